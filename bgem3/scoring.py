@@ -1,0 +1,179 @@
+"""Scores with BGE-M3's reference semantics, and score fusion.
+
+* lexical score: sum over the token ids both sides share of ``w_q * w_d``;
+* ColBERT score: mean over query vectors of the max dot product over document vectors;
+* dense score: dot product of L2-normalised vectors;
+* fusion: weighted sum ``w_dense*s_dense + w_lex*s_lex + w_colbert*s_colbert`` (optionally
+  divided by the weight sum, as FlagEmbedding's ``compute_score`` does), or reciprocal-rank
+  fusion.
+
+Single-pair forms take plain dicts/arrays; batched forms are vectorised (scipy CSR for
+lexical weights, one contiguous array + offsets for ColBERT vectors).
+
+Example::
+
+    >>> import numpy as np
+    >>> from bgem3.scoring import lexical_score, colbert_score
+    >>> lexical_score({5: 0.5, 7: 0.25}, {5: 0.4, 9: 1.0})
+    0.2
+    >>> q = np.eye(2, dtype=np.float32); d = np.array([[1, 0]], dtype=np.float32)
+    >>> float(colbert_score(q, d))
+    0.5
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+SparseWeights = Mapping[int, float]
+
+#: BGE-M3 paper / model card weights for (dense, lexical, ColBERT).
+DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)
+
+
+def lexical_score(query: SparseWeights, doc: SparseWeights) -> float:
+    """Lexical matching score of one pair: ``sum(w_q[t] * w_d[t] for t in shared ids)``."""
+    if len(doc) < len(query):
+        query, doc = doc, query
+    return float(sum(w * doc[t] for t, w in query.items() if t in doc))
+
+
+def sparse_to_csr(weights: Sequence[SparseWeights], vocab_size: Optional[int] = None) -> sp.csr_matrix:
+    """Stack lexical-weight dicts into a float32 CSR matrix ``[N, vocab_size]``."""
+    n = len(weights)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    lengths = np.fromiter((len(w) for w in weights), dtype=np.int64, count=n)
+    np.cumsum(lengths, out=indptr[1:])
+    total = int(indptr[-1])
+    indices = np.empty(total, dtype=np.int64)
+    data = np.empty(total, dtype=np.float32)
+    pos = 0
+    for w in weights:
+        k = len(w)
+        if k:
+            indices[pos:pos + k] = np.fromiter(w.keys(), dtype=np.int64, count=k)
+            data[pos:pos + k] = np.fromiter(w.values(), dtype=np.float32, count=k)
+            pos += k
+    max_id = int(indices.max()) + 1 if total else 0
+    if vocab_size is None:
+        vocab_size = max_id
+    elif max_id > vocab_size:
+        raise ValueError(f"token id {max_id - 1} is outside vocab_size={vocab_size}")
+    mat = sp.csr_matrix((data, indices, indptr), shape=(n, vocab_size))
+    mat.sum_duplicates()
+    return mat
+
+
+def lexical_scores(queries: Sequence[SparseWeights], docs: Sequence[SparseWeights]) -> np.ndarray:
+    """All-pairs lexical scores ``[len(queries), len(docs)]`` via one sparse matrix product."""
+    vocab = 0
+    for group in (queries, docs):
+        for w in group:
+            if w:
+                vocab = max(vocab, max(w) + 1)
+    q = sparse_to_csr(queries, vocab)
+    d = sparse_to_csr(docs, vocab)
+    out = (q.astype(np.float64) @ d.astype(np.float64).T).toarray()
+    return out
+
+
+def colbert_score(query: np.ndarray, doc: np.ndarray) -> float:
+    """ColBERT (MaxSim) score of one pair: mean over query vectors of the max dot product."""
+    query = np.asarray(query, dtype=np.float32)
+    doc = np.asarray(doc, dtype=np.float32)
+    if query.ndim != 2 or doc.ndim != 2:
+        raise ValueError(f"ColBERT vectors must be 2-D [tokens, dim]; got {query.shape} and {doc.shape}")
+    if len(query) == 0 or len(doc) == 0:
+        return 0.0
+    return float((query @ doc.T).max(axis=1).mean())
+
+
+def pack_multivectors(vectors: Sequence[np.ndarray], dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-document ``[T_i, H]`` arrays into one array plus ``offsets`` ``[N+1]``."""
+    if len(vectors) == 0:
+        return np.zeros((0, 0), dtype=dtype), np.zeros(1, dtype=np.int64)
+    lengths = np.fromiter((len(v) for v in vectors), dtype=np.int64, count=len(vectors))
+    offsets = np.zeros(len(vectors) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate([np.asarray(v, dtype=dtype) for v in vectors], axis=0)
+    return flat, offsets
+
+
+def colbert_scores_packed(query: np.ndarray, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """ColBERT scores of one query against documents packed by :func:`pack_multivectors`.
+
+    ``flat`` is ``[sum T_i, H]`` and document ``i`` is ``flat[offsets[i]:offsets[i+1]]``.
+    A document with no vectors scores 0.
+    """
+    query = np.asarray(query, dtype=np.float32)
+    n = len(offsets) - 1
+    out = np.zeros(n, dtype=np.float32)
+    if n == 0 or len(query) == 0:
+        return out
+    sims = query @ np.asarray(flat, dtype=np.float32).T  # [Tq, total]
+    starts = offsets[:-1]
+    nonempty = offsets[1:] > starts
+    if nonempty.any():
+        maxes = np.maximum.reduceat(sims, starts[nonempty], axis=1)  # [Tq, n_nonempty]
+        out[nonempty] = maxes.mean(axis=0)
+    return out
+
+
+def colbert_scores(query: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
+    """ColBERT scores of one query against many documents ``[len(docs)]``."""
+    flat, offsets = pack_multivectors(docs)
+    return colbert_scores_packed(query, flat, offsets)
+
+
+def fuse_weighted(
+    dense: np.ndarray,
+    lexical: np.ndarray,
+    colbert: np.ndarray,
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    normalize: bool = False,
+) -> np.ndarray:
+    """``w_d*dense + w_l*lexical + w_c*colbert``; divided by ``sum(weights)`` if ``normalize``.
+
+    ``normalize=True`` reproduces FlagEmbedding's ``compute_score()['colbert+sparse+dense']``.
+    The ranking is the same either way.
+    """
+    w = check_weights(weights)
+    s = w[0] * np.asarray(dense, np.float64) + w[1] * np.asarray(lexical, np.float64) + w[2] * np.asarray(colbert, np.float64)
+    if normalize:
+        s = s / sum(w)
+    return s
+
+
+def check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
+    """Validate ``(dense, lexical, colbert)`` weights: three finite, non-negative numbers, not all zero."""
+    try:
+        w = tuple(float(x) for x in weights)
+    except (TypeError, ValueError):
+        raise ValueError(f"weights must be three numbers (dense, lexical, colbert); got {weights!r}") from None
+    if len(w) != 3 or not all(np.isfinite(w)) or min(w) < 0 or sum(w) == 0:
+        raise ValueError(
+            f"weights must be three finite, non-negative numbers (dense, lexical, colbert), "
+            f"not all zero; got {weights!r}"
+        )
+    return w  # type: ignore[return-value]
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence], k: int = 60, weights: Optional[Sequence[float]] = None) -> dict:
+    """Reciprocal-rank fusion: ``score(x) = sum_r w_r / (k + rank_r(x))`` with ranks from 1.
+
+    ``rankings`` are lists of ids, best first. Returns ``{id: score}``.
+    """
+    if k <= 0:
+        raise ValueError(f"RRF constant k must be positive; got {k}")
+    if weights is None:
+        weights = [1.0] * len(rankings)
+    if len(weights) != len(rankings):
+        raise ValueError(f"got {len(weights)} weights for {len(rankings)} rankings")
+    scores: dict = {}
+    for w, ranking in zip(weights, rankings):
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + w / (k + rank)
+    return scores
