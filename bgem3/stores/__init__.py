@@ -1,0 +1,1 @@
+"""Stores other than the embedded index."""
