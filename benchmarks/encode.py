@@ -1,0 +1,376 @@
+"""Encode throughput: bgem3.Encoder vs FlagEmbedding (BGEM3FlagModel) vs sentence-transformers.
+
+All tools run in this one process on the same corpus, same model folder, same device and
+precision, same ``max_length``. Before any speed is printed, the outputs are compared
+(max abs difference of dense vectors, lexical weights and ColBERT vectors); in exact mode a
+difference above ``--tol`` stops the run (exit code 2). Then, per scenario, the tools run in
+turn — rotated every repetition so machine-load noise hits all of them alike — after a
+warm-up, and the median, min and max wall time are reported with texts/s, tokens/s and the
+ratio ours/peer (peer time / our time, >1 means we are faster).
+
+Scenarios: ``all`` (dense + lexical + ColBERT: ours vs FlagEmbedding) and ``dense`` (ours vs
+FlagEmbedding vs sentence-transformers). Settings: ``default`` (each tool's own default batch
+size: FlagEmbedding 256, sentence-transformers 32, ours its CPU/GPU defaults) and ``matched``
+(every tool at ``--batch`` texts per forward pass; ours also capped only by that count).
+
+Examples::
+
+    python benchmarks/encode.py --model small                       # ~3 min on 2 CPU cores
+    python benchmarks/encode.py --model full --n 48 --reps 3        # BGE-M3 sizes (builds 2.3 GB once)
+    python benchmarks/encode.py --model small --fast int8           # + the opt-in fast mode and its accuracy
+    python benchmarks/encode.py --model full --device cuda          # fp16 on a GPU (peers in fp16 too)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from typing import Callable, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks._models import MODELS, make_corpus, model_path  # noqa: E402
+
+warnings.filterwarnings("ignore")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# --------------------------------------------------------------------------- tools
+
+class Tool:
+    """A named callable ``fn(texts) -> dict(dense=, sparse=, colbert=)`` (numpy / dicts)."""
+
+    def __init__(self, name: str, fn: Callable, outputs: tuple[str, ...]):
+        self.name, self.fn, self.outputs = name, fn, outputs
+
+
+def ours_tool(enc, name: str, want: tuple[str, ...], batch: Optional[int] = None) -> Tool:
+    def fn(texts):
+        out = enc.encode(texts, dense="dense" in want, sparse="sparse" in want, colbert="colbert" in want,
+                         batch_size=batch, show_progress=False)
+        return {"dense": out.dense, "sparse": out.sparse, "colbert": out.colbert}
+    return Tool(name, fn, want)
+
+
+def flag_tool(model, name: str, want: tuple[str, ...], batch: int, max_length: int) -> Tool:
+    def fn(texts):
+        r = model.encode(texts, batch_size=batch, max_length=max_length, return_dense="dense" in want,
+                         return_sparse="sparse" in want, return_colbert_vecs="colbert" in want)
+        sparse = None
+        if "sparse" in want:
+            sparse = [{int(k): float(v) for k, v in d.items()} for d in r["lexical_weights"]]
+        return {"dense": r["dense_vecs"], "sparse": sparse, "colbert": r["colbert_vecs"] if "colbert" in want else None}
+    return Tool(name, fn, want)
+
+
+def st_tool(model, name: str, batch: int) -> Tool:
+    def fn(texts):
+        return {"dense": model.encode(texts, batch_size=batch, convert_to_numpy=True, show_progress_bar=False),
+                "sparse": None, "colbert": None}
+    return Tool(name, fn, ("dense",))
+
+
+# --------------------------------------------------------------------------- comparisons
+
+def max_abs_diff(a: dict, b: dict) -> dict:
+    """Max abs difference per output present in both."""
+    res = {}
+    if a.get("dense") is not None and b.get("dense") is not None:
+        res["dense"] = float(np.abs(np.asarray(a["dense"], dtype=np.float32) - np.asarray(b["dense"], dtype=np.float32)).max())
+    if a.get("sparse") is not None and b.get("sparse") is not None:
+        worst, key_mismatch = 0.0, 0
+        for x, y in zip(a["sparse"], b["sparse"]):
+            keys = set(x) | set(y)
+            key_mismatch += len(set(x) ^ set(y))
+            worst = max([worst] + [abs(x.get(k, 0.0) - y.get(k, 0.0)) for k in keys])
+        res["sparse"] = worst
+        res["sparse_key_mismatches"] = key_mismatch
+    if a.get("colbert") is not None and b.get("colbert") is not None:
+        worst = 0.0
+        for x, y in zip(a["colbert"], b["colbert"]):
+            if x.shape != y.shape:
+                worst = float("inf")
+                break
+            worst = max(worst, float(np.abs(x.astype(np.float32) - y.astype(np.float32)).max()))
+        res["colbert"] = worst
+    return res
+
+
+def fast_mode_accuracy(ref: dict, fast: dict, q_ref: dict, q_fast: dict, k: int = 10) -> dict:
+    """Accuracy cost of a fast mode vs exact fp32: cosine, score errors, top-k agreement."""
+    from bgem3.scoring import colbert_scores, lexical_scores
+
+    cos = np.sum(ref["dense"] * fast["dense"], axis=1) / (
+        np.linalg.norm(ref["dense"], axis=1) * np.linalg.norm(fast["dense"], axis=1))
+    out = {"dense_cosine_min": float(cos.min()), "dense_cosine_mean": float(cos.mean())}
+    scores = {"dense": (q_ref["dense"] @ ref["dense"].T, q_fast["dense"] @ fast["dense"].T)}
+    if ref.get("sparse") is not None:
+        scores["lexical"] = (np.asarray(lexical_scores(q_ref["sparse"], ref["sparse"])),
+                             np.asarray(lexical_scores(q_fast["sparse"], fast["sparse"])))
+    if ref.get("colbert") is not None:
+        scores["colbert"] = (np.stack([colbert_scores(q, ref["colbert"]) for q in q_ref["colbert"]]),
+                             np.stack([colbert_scores(q, fast["colbert"]) for q in q_fast["colbert"]]))
+    for name, (a, b) in scores.items():
+        rel = np.abs(a - b) / np.maximum(np.abs(a), 1e-6)
+        out[f"{name}_score_rel_err_median"] = float(np.median(rel))
+        out[f"{name}_score_rel_err_p95"] = float(np.percentile(rel, 95))
+        top_a = np.argsort(-a, axis=1, kind="stable")[:, :k]
+        top_b = np.argsort(-b, axis=1, kind="stable")[:, :k]
+        overlap = [len(set(x) & set(y)) / k for x, y in zip(top_a, top_b)]
+        out[f"{name}_top{k}_overlap_mean"] = float(np.mean(overlap))
+        out[f"{name}_top{k}_identical_queries"] = f"{sum(list(x) == list(y) for x, y in zip(top_a, top_b))}/{len(top_a)}"
+    return out
+
+
+# --------------------------------------------------------------------------- timing
+
+def time_tools(tools: list[Tool], texts: list[str], reps: int, warmup: int, log) -> dict[str, list[float]]:
+    """Warm-up each tool, then ``reps`` rounds; the order rotates every round."""
+    for _ in range(warmup):
+        for t in tools:
+            t.fn(texts)
+    times: dict[str, list[float]] = {t.name: [] for t in tools}
+    for r in range(reps):
+        order = tools[r % len(tools):] + tools[: r % len(tools)]
+        for t in order:
+            gc.collect()
+            t0 = time.perf_counter()
+            t.fn(texts)
+            dt = time.perf_counter() - t0
+            times[t.name].append(dt)
+            log(f"    rep {r + 1}/{reps}  {t.name:<28s} {dt:8.2f} s")
+    return times
+
+
+def summarise(times: dict[str, list[float]], n_texts: int, n_tokens: int, ours: str) -> list[dict]:
+    rows = []
+    base = times[ours]
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        row = {"tool": name, "median_s": med, "min_s": min(ts), "max_s": max(ts),
+               "texts_per_s": n_texts / med, "tokens_per_s": n_tokens / med}
+        if name != ours:
+            paired = [p / o for p, o in zip(ts, base)]
+            row["ratio_ours_over_peer"] = med / statistics.median(base)
+            row["paired_ratio_median"] = statistics.median(paired)
+            row["paired_ratio_min"] = min(paired)
+            row["paired_ratio_max"] = max(paired)
+        rows.append(row)
+    return rows
+
+
+def print_table(title: str, rows: list[dict], log) -> None:
+    log(f"\n  {title}")
+    log(f"  {'tool':<30s}{'median s':>10s}{'min-max s':>16s}{'texts/s':>10s}{'tokens/s':>11s}   ours faster by (paired min..max)")
+    for r in rows:
+        ratio = ""
+        if "ratio_ours_over_peer" in r:
+            ratio = (f"   {r['ratio_ours_over_peer']:.2f}x  ({r['paired_ratio_min']:.2f}..{r['paired_ratio_max']:.2f})")
+        log(f"  {r['tool']:<30s}{r['median_s']:10.2f}{r['min_s']:8.2f}-{r['max_s']:<7.2f}{r['texts_per_s']:10.1f}"
+            f"{r['tokens_per_s']:11.0f}{ratio}")
+
+
+# --------------------------------------------------------------------------- main
+
+def conditions(args, device: str, dtype: str, n_tokens: int, lengths: np.ndarray) -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import transformers
+
+    cond = {
+        "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "device": device, "dtype": dtype, "model": args.model, "model_desc": MODELS[args.model][1],
+        "n_texts": len(lengths), "n_tokens": n_tokens, "tokens_min": int(lengths.min()),
+        "tokens_median": float(np.median(lengths)), "tokens_max": int(lengths.max()), "max_length": args.max_length,
+        "reps": args.reps, "warmup": args.warmup, "matched_batch": args.batch,
+    }
+    try:
+        import FlagEmbedding  # noqa: F401
+        from importlib.metadata import version
+        cond["FlagEmbedding"] = version("FlagEmbedding")
+        cond["sentence_transformers"] = version("sentence-transformers")
+    except Exception:
+        pass
+    if device.startswith("cuda"):
+        cond["gpu"] = torch.cuda.get_device_name(0)
+    return cond
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(MODELS), default="small", help="benchmark model shape (default small)")
+    ap.add_argument("--models-dir", default=None, help="where benchmark models are built/cached (default .bench_models/)")
+    ap.add_argument("--n", type=int, default=None, help="corpus size (default: 256 small/tiny, 48 full)")
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per tool (default 3)")
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="extra untimed runs per tool; the agreement check already runs each tool once (default 0)")
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--scenarios", default="all,dense", help="comma list of: all, dense")
+    ap.add_argument("--settings", default="default,matched", help="comma list of: default, matched")
+    ap.add_argument("--batch", type=int, default=32, help="texts per forward pass in the matched setting (default 32)")
+    ap.add_argument("--peers", default="flag,st", help="comma list of: flag, st")
+    ap.add_argument("--fast", default=None, choices=["int8", "bf16"], help="also time + score the opt-in fast mode")
+    ap.add_argument("--ablation", action="store_true", help="also time ours with the unpadded path off")
+    ap.add_argument("--tol", type=float, default=None, help="agreement tolerance (default 1e-5 fp32, 2e-2 fp16)")
+    ap.add_argument("--json", default=None, help="write all figures and conditions to this JSON file")
+    args = ap.parse_args(argv)
+
+    def log(msg=""):
+        print(msg, flush=True)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.startswith("cuda")
+    dtype = "fp16" if gpu else "fp32"
+    tol = args.tol if args.tol is not None else (2e-2 if gpu else 1e-5)
+    n = args.n or (48 if args.model == "full" else 256)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    settings = [s for s in args.settings.split(",") if s]
+    peers = [p for p in args.peers.split(",") if p]
+
+    from bgem3 import Encoder
+
+    path = model_path(args.model, args.models_dir)
+    ours = Encoder(path, device=device, dtype=dtype, max_length=args.max_length)
+    texts = make_corpus(n, seed=0, tokenizer=ours.tokenizer)
+    lengths = np.array([len(x) for x in ours.tokenize(texts, args.max_length)])
+    n_tokens = int(lengths.sum())
+    cond = conditions(args, device, dtype, n_tokens, lengths)
+    log("conditions: " + json.dumps(cond))
+    report: dict = {"conditions": cond, "agreement": {}, "results": {}, "fast": {}}
+
+    flag = st = None
+    if "flag" in peers:
+        from FlagEmbedding import BGEM3FlagModel
+
+        flag = BGEM3FlagModel(path, use_fp16=gpu, devices=device if not gpu else "cuda:0",
+                              passage_max_length=args.max_length, query_max_length=args.max_length)
+    if "st" in peers and "dense" in scenarios:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(path, device=device)
+        st.max_seq_length = args.max_length
+        if gpu:
+            st.half()
+
+    FLAG_DEFAULT_BATCH, ST_DEFAULT_BATCH = 256, 32
+    matched_enc = Encoder(path, device=device, dtype=dtype, max_length=args.max_length, batch_size=args.batch,
+                          max_tokens_per_batch=args.batch * args.max_length)
+    encs = {"default": ours, "matched": matched_enc}
+    outputs = {"all": ("dense", "sparse", "colbert"), "dense": ("dense",)}
+
+    # ---- 1. agreement, before any speed (this run is also each tool's warm-up)
+    log(f"\nagreement check (max abs diff vs ours, tolerance {tol:g}):")
+    ok = True
+    first_out = {}
+    ref_all = ours_tool(ours, "ours", outputs["all"]).fn(texts)
+    first_out["ours"] = ref_all
+    checks = []
+    if flag is not None:
+        checks.append(("FlagEmbedding (all three)", flag_tool(flag, "flag", outputs["all"], args.batch, args.max_length)))
+    if st is not None:
+        checks.append(("sentence-transformers (dense)", st_tool(st, "st", args.batch)))
+    checks.append(("ours, matched batching", ours_tool(matched_enc, "ours-matched", outputs["all"])))
+    for label, tool in checks:
+        diff = max_abs_diff(ref_all, tool.fn(texts))
+        bad = [k for k in ("dense", "sparse", "colbert") if k in diff and diff[k] > tol]
+        if diff.get("sparse_key_mismatches"):
+            bad.append("sparse keys")
+        ok &= not bad
+        report["agreement"][label] = diff
+        log(f"  {label:<34s} " + "  ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in diff.items())
+            + ("   MISMATCH: " + ", ".join(bad) if bad else "   ok"))
+    if not ok:
+        log("\noutputs do not agree within the tolerance: no speed is reported.")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(report, fh, indent=2)
+        return 2
+
+    # ---- 2. speed
+    for scen in scenarios:
+        want = outputs[scen]
+        for setting in settings:
+            tools = []
+            if setting == "default":
+                tools.append(ours_tool(ours, "bgem3", want))
+                if flag is not None:
+                    tools.append(flag_tool(flag, f"FlagEmbedding (bs {FLAG_DEFAULT_BATCH})", want, FLAG_DEFAULT_BATCH, args.max_length))
+                if st is not None and scen == "dense":
+                    tools.append(st_tool(st, f"sentence-transformers (bs {ST_DEFAULT_BATCH})", ST_DEFAULT_BATCH))
+            else:
+                tools.append(ours_tool(matched_enc, f"bgem3 (bs {args.batch})", want))
+                if flag is not None:
+                    tools.append(flag_tool(flag, f"FlagEmbedding (bs {args.batch})", want, args.batch, args.max_length))
+                if st is not None and scen == "dense":
+                    tools.append(st_tool(st, f"sentence-transformers (bs {args.batch})", args.batch))
+            if args.ablation:
+                padded = Encoder(path, device=device, dtype=dtype, max_length=args.max_length,
+                                 batch_size=encs[setting].batch_size, max_tokens_per_batch=encs[setting].max_tokens_per_batch)
+                padded._packed = None
+                tools.append(ours_tool(padded, "bgem3 padded path (ablation)", want))
+            title = f"[{scen}: {'+'.join(want)}] [{setting} batch sizes] {n} texts, {n_tokens} tokens, {device} {dtype}"
+            log(f"\n{title}")
+            times = time_tools(tools, texts, args.reps, args.warmup, log)
+            rows = summarise(times, n, n_tokens, tools[0].name)
+            print_table(title, rows, log)
+            report["results"][f"{scen}/{setting}"] = rows
+
+    # ---- 3. fast mode: speed next to its accuracy cost
+    if args.fast and not gpu:
+        log(f"\nfast mode: {args.fast}")
+        kw = {"quantize": "int8"} if args.fast == "int8" else {"dtype": "bf16"}
+        fast = Encoder(path, device=device, max_length=args.max_length, **kw)
+        queries = make_corpus(32, seed=1, min_tokens=6, max_tokens=40, tokenizer=ours.tokenizer)
+        fast_all = ours_tool(fast, "fast", outputs["all"]).fn(texts)
+        q_ref = ours_tool(ours, "q", outputs["all"]).fn(queries)
+        q_fast = ours_tool(fast, "q", outputs["all"]).fn(queries)
+        acc = fast_mode_accuracy(ref_all, fast_all, q_ref, q_fast)
+        report["fast"]["accuracy"] = acc
+        log("  accuracy vs exact fp32 (corpus as documents, 32 short queries): " + json.dumps(acc, indent=None))
+        for scen in scenarios:
+            want = outputs[scen]
+            tools = [ours_tool(fast, f"bgem3 {args.fast}", want), ours_tool(ours, "bgem3 fp32", want)]
+            if flag is not None:
+                tools.append(flag_tool(flag, f"FlagEmbedding fp32 (bs {FLAG_DEFAULT_BATCH})", want, FLAG_DEFAULT_BATCH, args.max_length))
+                tools.append(flag_tool(flag, f"FlagEmbedding fp32 (bs {args.batch})", want, args.batch, args.max_length))
+            title = f"[fast {args.fast}] [{scen}: {'+'.join(want)}] {n} texts, {n_tokens} tokens"
+            log(f"\n{title}")
+            times = time_tools(tools, texts, args.reps, args.warmup, log)
+            rows = summarise(times, n, n_tokens, tools[0].name)
+            print_table(title, rows, log)
+            report["fast"][scen] = rows
+
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+        log(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
