@@ -137,34 +137,39 @@ def fast_mode_accuracy(ref: dict, fast: dict, q_ref: dict, q_fast: dict, k: int 
 
 # --------------------------------------------------------------------------- timing
 
-def time_tools(tools: list[Tool], texts: list[str], reps: int, warmup: int, log) -> dict[str, list[float]]:
-    """Warm-up each tool, then ``reps`` rounds; the order rotates every round."""
+def time_tools(tools: list[Tool], texts: list[str], reps: int, warmup: int, log) -> tuple[dict, dict]:
+    """Warm-up each tool, then ``reps`` rounds (order rotated every round): wall and process CPU seconds."""
     for _ in range(warmup):
         for t in tools:
             t.fn(texts)
     times: dict[str, list[float]] = {t.name: [] for t in tools}
+    cpu: dict[str, list[float]] = {t.name: [] for t in tools}
     for r in range(reps):
         order = tools[r % len(tools):] + tools[: r % len(tools)]
         for t in order:
             gc.collect()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             t.fn(texts)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             times[t.name].append(dt)
-            log(f"    rep {r + 1}/{reps}  {t.name:<28s} {dt:8.2f} s")
-    return times
+            cpu[t.name].append(dc)
+            log(f"    rep {r + 1}/{reps}  {t.name:<34s} wall {dt:8.2f} s   cpu {dc:8.2f} s")
+    return times, cpu
 
 
-def summarise(times: dict[str, list[float]], n_texts: int, n_tokens: int, ours: str) -> list[dict]:
+def summarise(timed, n_texts: int, n_tokens: int, ours: str) -> list[dict]:
+    times, cpu = timed
     rows = []
     base = times[ours]
     for name, ts in times.items():
         med = statistics.median(ts)
         row = {"tool": name, "median_s": med, "min_s": min(ts), "max_s": max(ts),
-               "texts_per_s": n_texts / med, "tokens_per_s": n_tokens / med}
+               "texts_per_s": n_texts / med, "tokens_per_s": n_tokens / med,
+               "cpu_median_s": statistics.median(cpu[name]), "wall_s": ts, "cpu_s": cpu[name]}
         if name != ours:
             paired = [p / o for p, o in zip(ts, base)]
             row["ratio_ours_over_peer"] = med / statistics.median(base)
+            row["cpu_ratio_ours_over_peer"] = statistics.median(cpu[name]) / statistics.median(cpu[ours])
             row["paired_ratio_median"] = statistics.median(paired)
             row["paired_ratio_min"] = min(paired)
             row["paired_ratio_max"] = max(paired)
@@ -174,13 +179,15 @@ def summarise(times: dict[str, list[float]], n_texts: int, n_tokens: int, ours: 
 
 def print_table(title: str, rows: list[dict], log) -> None:
     log(f"\n  {title}")
-    log(f"  {'tool':<30s}{'median s':>10s}{'min-max s':>16s}{'texts/s':>10s}{'tokens/s':>11s}   ours faster by (paired min..max)")
+    log(f"  {'tool':<36s}{'median s':>9s}{'min-max s':>16s}{'texts/s':>9s}{'tokens/s':>10s}{'cpu s':>8s}"
+        f"   ours faster: wall (paired min..max) | cpu")
     for r in rows:
         ratio = ""
         if "ratio_ours_over_peer" in r:
-            ratio = (f"   {r['ratio_ours_over_peer']:.2f}x  ({r['paired_ratio_min']:.2f}..{r['paired_ratio_max']:.2f})")
-        log(f"  {r['tool']:<30s}{r['median_s']:10.2f}{r['min_s']:8.2f}-{r['max_s']:<7.2f}{r['texts_per_s']:10.1f}"
-            f"{r['tokens_per_s']:11.0f}{ratio}")
+            ratio = (f"   {r['ratio_ours_over_peer']:.2f}x ({r['paired_ratio_min']:.2f}..{r['paired_ratio_max']:.2f})"
+                     f" | {r['cpu_ratio_ours_over_peer']:.2f}x")
+        log(f"  {r['tool']:<36s}{r['median_s']:9.2f}{r['min_s']:8.2f}-{r['max_s']:<7.2f}{r['texts_per_s']:9.1f}"
+            f"{r['tokens_per_s']:10.0f}{r['cpu_median_s']:8.1f}{ratio}")
 
 
 # --------------------------------------------------------------------------- main

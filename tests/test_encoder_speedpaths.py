@@ -1,0 +1,142 @@
+"""The encoder's speed paths give the reference outputs.
+
+The unpadded ("packed") forward and the CLS-only last layer must match the padded Hugging Face
+forward (and so FlagEmbedding / sentence-transformers) to float rounding, for XLM-R (BGE-M3,
+E5) and BERT (MiniLM) models, whatever the batching.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bgem3 import Encoder  # noqa: E402
+from bgem3.encoder import _packed_kind  # noqa: E402
+from bgem3.testing import make_m3_checkpoint, minilm_path  # noqa: E402
+
+TOL = 1e-5
+
+TEXTS = [
+    "BGE M3 is an embedding model supporting dense retrieval, lexical matching and multi-vector interaction.",
+    "a",
+    "",
+    "LangChain 에 대해서 알려주세요.",
+    "repeat repeat repeat the the the quick quick fox",
+    " ".join(["Hybrid retrieval fuses dense, sparse and late-interaction scores."] * 20),
+    "a literal <pad> token and <unk> and </s> inside the text",
+    "北京是中华人民共和国的首都。" * 5,
+    "Берлин — столица Германии.",
+    "short",
+    "short",  # equal lengths in one batch take the no-padding branch
+]
+
+
+@pytest.fixture(scope="module")
+def m3_dir(tmp_path_factory) -> str:
+    return make_m3_checkpoint(str(tmp_path_factory.mktemp("speedpaths-m3")), seed=3)
+
+
+@pytest.fixture(scope="module")
+def packed_enc(m3_dir) -> Encoder:
+    return Encoder(m3_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def padded_enc(m3_dir) -> Encoder:
+    enc = Encoder(m3_dir, device="cpu")
+    enc._packed = None
+    return enc
+
+
+def _assert_same(a, b, tol=TOL):
+    if a.dense is not None or b.dense is not None:
+        np.testing.assert_allclose(a.dense, b.dense, atol=tol, rtol=0)
+    if a.sparse is not None or b.sparse is not None:
+        assert [set(x) for x in a.sparse] == [set(y) for y in b.sparse]
+        for x, y in zip(a.sparse, b.sparse):
+            for k in x:
+                assert abs(x[k] - y[k]) <= tol
+    if a.colbert is not None or b.colbert is not None:
+        for x, y in zip(a.colbert, b.colbert):
+            assert x.shape == y.shape
+            np.testing.assert_allclose(x, y, atol=tol, rtol=0)
+    np.testing.assert_array_equal(a.token_counts, b.token_counts)
+
+
+def test_xlmr_model_takes_the_packed_path(packed_enc):
+    assert packed_enc._packed == "roberta"
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_packed_matches_padded_all_outputs(packed_enc, padded_enc, batch_size):
+    a = packed_enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=batch_size)
+    b = padded_enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=batch_size)
+    _assert_same(a, b)
+
+
+def test_packed_matches_flagembedding(m3_dir, packed_enc):
+    from FlagEmbedding import BGEM3FlagModel
+
+    flag = BGEM3FlagModel(m3_dir, use_fp16=False, devices="cpu")
+    ref = flag.encode(TEXTS, return_dense=True, return_sparse=True, return_colbert_vecs=True,
+                      max_length=512, batch_size=4)
+    out = packed_enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=5)
+    np.testing.assert_allclose(out.dense, ref["dense_vecs"], atol=TOL, rtol=0)
+    for ours, theirs in zip(out.sparse, ref["lexical_weights"]):
+        assert {str(k) for k in ours} == set(theirs)
+        assert all(abs(v - theirs[str(k)]) <= TOL for k, v in ours.items())
+    for ours, theirs in zip(out.colbert, ref["colbert_vecs"]):
+        np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
+
+
+def test_cls_only_last_layer_matches_full_last_layer(packed_enc):
+    """Dense-only skips the last layer's non-CLS rows; the vectors must not change."""
+    dense_only = packed_enc.encode(TEXTS, dense=True, batch_size=4).dense
+    with_heads = packed_enc.encode(TEXTS, dense=True, sparse=True, batch_size=4).dense
+    np.testing.assert_allclose(dense_only, with_heads, atol=1e-6, rtol=0)
+
+
+def test_single_heads_match(packed_enc, padded_enc):
+    _assert_same(packed_enc.encode(TEXTS, dense=False, sparse=True), padded_enc.encode(TEXTS, dense=False, sparse=True))
+    _assert_same(packed_enc.encode(TEXTS, dense=False, colbert=True), padded_enc.encode(TEXTS, dense=False, colbert=True))
+
+
+def test_order_is_kept_with_length_sorting(packed_enc):
+    """Outputs come back in input order even though batches run longest first."""
+    rev = list(reversed(TEXTS))
+    a = packed_enc.encode(TEXTS, sparse=True, colbert=True, batch_size=2)
+    b = packed_enc.encode(rev, sparse=True, colbert=True, batch_size=2)
+    np.testing.assert_allclose(a.dense, b.dense[::-1], atol=TOL, rtol=0)
+    assert a.sparse == list(reversed(b.sparse)) or all(
+        set(x) == set(y) for x, y in zip(a.sparse, reversed(b.sparse)))
+
+
+def test_bert_mean_pooling_packed_matches_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    path = minilm_path()
+    enc = Encoder(path, device="cpu")
+    assert enc._packed == "bert" and enc.profile.pooling == "mean"
+    st = SentenceTransformer(path, device="cpu")
+    ref = st.encode(TEXTS, convert_to_numpy=True, batch_size=4)
+    for bs in (1, 4, 64):
+        out = enc.encode(TEXTS, batch_size=bs, max_length=st.max_seq_length)
+        np.testing.assert_allclose(out.dense, ref, atol=TOL, rtol=0)
+
+
+def test_unsupported_architectures_fall_back_to_padded():
+    cfg = types.SimpleNamespace(model_type="xlm-roberta", is_decoder=False, position_embedding_type="relative_key")
+    assert _packed_kind(types.SimpleNamespace(config=cfg)) is None
+    cfg = types.SimpleNamespace(model_type="xlm-roberta", is_decoder=True, position_embedding_type="absolute")
+    assert _packed_kind(types.SimpleNamespace(config=cfg)) is None
+    cfg = types.SimpleNamespace(model_type="t5", is_decoder=False)
+    assert _packed_kind(types.SimpleNamespace(config=cfg)) is None
+    # the right type but not the standard module layout
+    cfg = types.SimpleNamespace(model_type="bert", is_decoder=False, position_embedding_type="absolute")
+    assert _packed_kind(types.SimpleNamespace(config=cfg, encoder=torch.nn.Module())) is None
