@@ -202,11 +202,6 @@ class Encoder:
         max_tokens_per_batch: most padded tokens in one forward pass (length x count); keeps
             memory flat when long and short texts are mixed.
         local_files_only / cache_dir / revision: hub loading options.
-        quantize: ``None`` (exact, the default) or ``"int8"``: an opt-in fast CPU mode that
-            quantises the weights of every ``nn.Linear`` of the transformer and of the ColBERT
-            head to int8 (dynamic quantisation; activations are quantised per batch). About
-            2-3x faster on CPUs with AVX-512 VNNI / AVX2, at a small accuracy cost (dense cosine
-            to fp32 ~0.99+; see ``docs/benchmarks_encode.md``). CPU only, with dtype fp32.
 
     Example::
 
@@ -233,7 +228,6 @@ class Encoder:
         cache_dir: Optional[str] = None,
         revision: Optional[str] = None,
         trust_remote_code: bool = False,
-        quantize: Optional[str] = None,
     ) -> None:
         _check_positive_int(batch_size, "batch_size")
         _check_positive_int(max_tokens_per_batch, "max_tokens_per_batch")
@@ -252,15 +246,9 @@ class Encoder:
 
         self._tokenizer_lock = threading.Lock()
         self.tokenizer = self._load_tokenizer(trust_remote_code)
-        if quantize is not None:
-            if quantize != "int8":
-                raise ValueError(f"quantize={quantize!r} is not supported; use quantize='int8' (CPU fast mode) or None (exact)")
-            if self.device.type != "cpu" or self.dtype != torch.float32:
-                raise ValueError(
-                    f"quantize='int8' runs on CPU in fp32 only (got device='{self.device}', dtype="
-                    f"{str(self.dtype).replace('torch.', '')}); on a GPU use dtype='fp16' or 'bf16' instead"
-                )
-        self.quantize = quantize
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not cpu_has_fast_bf16():
+            logger.warning("dtype='bf16' on a CPU without avx512_bf16/AMX runs emulated and is usually slower "
+                           "than fp32; use dtype='fp32' (the exact default) on this machine")
         self.model = self._load_model(trust_remote_code)
         self.hidden_size = int(self.model.config.hidden_size)
         self.colbert_linear: Optional[torch.nn.Linear] = None
@@ -268,8 +256,6 @@ class Encoder:
         self._missing_heads = [f for f in M3_HEAD_FILES if not os.path.isfile(os.path.join(self.path, f))]
         if not self._missing_heads:
             self.colbert_linear, self.sparse_linear = self._load_heads()
-        if quantize == "int8":
-            self._quantize_int8()
 
         self.model_max_length = self._model_max_length()
         if max_length is not None:
@@ -337,30 +323,10 @@ class Encoder:
                 )
             lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
             lin.load_state_dict(state)
-            lin.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+            # heads stay fp32 (they are ~0.3% of the FLOPs): bf16/fp16 models lose less accuracy
+            lin.to(device=self.device, dtype=torch.float32).eval().requires_grad_(False)
             heads.append(lin)
         return heads[0], heads[1]
-
-    def _quantize_int8(self) -> None:
-        """Dynamic int8 quantisation of the transformer's and the ColBERT head's ``nn.Linear`` layers.
-
-        The sparse head (one output) and embeddings / LayerNorms stay fp32.
-        """
-        import warnings
-
-        try:
-            from torch.ao.quantization import quantize_dynamic
-        except ImportError as exc:  # pragma: no cover - very old / stripped torch builds
-            raise ValueError(f"quantize='int8' needs torch.ao.quantization ({exc}); use quantize=None") from None
-        engines = torch.backends.quantized.supported_engines
-        if "fbgemm" in engines or "x86" in engines:
-            torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao deprecation notice (the API still works)
-            self.model = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
-            if self.colbert_linear is not None:
-                self.colbert_linear = quantize_dynamic(torch.nn.Sequential(self.colbert_linear), {torch.nn.Linear},
-                                                       dtype=torch.qint8)[0]
 
     def _model_max_length(self) -> int:
         cfg = self.model.config
@@ -389,8 +355,7 @@ class Encoder:
         return self.colbert_linear is not None
 
     def __repr__(self) -> str:
-        q = f", quantize={self.quantize!r}" if self.quantize else ""
-        return (f"Encoder({self.model_name!r}, device='{self.device}', dtype={str(self.dtype).replace('torch.', '')}{q}, "
+        return (f"Encoder({self.model_name!r}, device='{self.device}', dtype={str(self.dtype).replace('torch.', '')}, "
                 f"profile={self.profile.name!r}, max_length={self.max_length})")
 
     # ------------------------------------------------------------------ public API
@@ -557,12 +522,13 @@ class Encoder:
             vec = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         else:  # pragma: no cover - profiles are validated
             raise ValueError(f"unknown pooling {pooling!r}")
+        vec = vec.float()  # normalise in fp32 so bf16/fp16 vectors have unit norm too
         if self.profile.normalize:
             vec = torch.nn.functional.normalize(vec, dim=-1)
         return vec
 
     def _sparse(self, hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> list[dict[int, float]]:
-        weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float()  # [B, T]
+        weights = torch.relu(self.sparse_linear(hidden.float())).squeeze(-1)  # [B, T]
         keep = mask.bool() & (weights > 0)
         if len(self._special_ids):
             keep &= ~torch.isin(input_ids, self._special_ids.to(input_ids.device))
@@ -572,7 +538,7 @@ class Encoder:
     def _colbert(self, hidden: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray]:
         body_mask = mask[:, 1:].bool()
         tokens = hidden[:, 1:][body_mask]  # only real tokens: [sum(T_i - 1), H]
-        vecs = torch.nn.functional.normalize(self.colbert_linear(tokens).float(), dim=-1).cpu().numpy()
+        vecs = torch.nn.functional.normalize(self.colbert_linear(tokens.float()), dim=-1).cpu().numpy()
         counts = body_mask.sum(dim=1).cpu().numpy()
         return np.split(vecs, np.cumsum(counts)[:-1])
 
@@ -646,11 +612,12 @@ class Encoder:
                     vec = hidden[starts + lens - 1]
                 else:  # pragma: no cover - profiles are validated
                     raise ValueError(f"unknown pooling {pooling!r}")
+                vec = vec.float()
                 if self.profile.normalize:
                     vec = torch.nn.functional.normalize(vec, dim=-1)
                 dense_np = vec.float().cpu().numpy()
             if want_sparse:
-                weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float()  # [total]
+                weights = torch.relu(self.sparse_linear(hidden.float())).squeeze(-1)  # [total]
                 keep = weights > 0
                 if len(self._special_ids):
                     keep &= ~torch.isin(ids, self._special_ids.to(dev))
@@ -659,7 +626,7 @@ class Encoder:
                 sparse_list = self._sparse_dicts(rows, ids[sel], weights[sel], b)
             if want_colbert:
                 body = local.ne(0)
-                vecs = torch.nn.functional.normalize(self.colbert_linear(hidden[body]).float(), dim=-1).cpu().numpy()
+                vecs = torch.nn.functional.normalize(self.colbert_linear(hidden[body].float()), dim=-1).cpu().numpy()
                 colbert_list = np.split(vecs, np.cumsum(lens_np - 1)[:-1])
         return dense_np, sparse_list, colbert_list
 
@@ -755,6 +722,27 @@ def _packed_kind(model: torch.nn.Module) -> Optional[str]:
     except (AttributeError, IndexError, TypeError):
         return None
     return "roberta" if mtype in _ROBERTA_TYPES else "bert"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX), so ``dtype='bf16'`` pays off.
+
+    Example::
+
+        >>> from bgem3.encoder import cpu_has_fast_bf16
+        >>> isinstance(cpu_has_fast_bf16(), bool)
+        True
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
+    return "AMX" in str(cap).upper()
 
 
 def _is_oom(exc: BaseException) -> bool:
