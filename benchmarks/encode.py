@@ -99,6 +99,31 @@ def int8_encoder(path: str, device: str, max_length: int):
     return enc
 
 
+def model_flops(lengths: np.ndarray, cfg) -> float:
+    """FLOPs the transformer needs for these texts, unpadded (matmuls only; heads ~0.3% left out)."""
+    h, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    per_token = 2 * layers * (4 * h * h + 2 * h * f)
+    attn = 4 * layers * h * np.square(lengths.astype(np.float64))  # QK^T and AV
+    return float(per_token * lengths.sum() + attn.sum())
+
+
+def matmul_peak(device: str, dtype: torch.dtype, size: int = 2048, reps: int = 5) -> float:
+    """Best measured dense matmul FLOP/s on this device/dtype (the ceiling any encoder can reach)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(reps + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(4 if device.startswith("cuda") else 1):
+            a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) / (4 if device.startswith("cuda") else 1))
+    return 2 * size ** 3 / best
+
+
 # --------------------------------------------------------------------------- comparisons
 
 def max_abs_diff(a: dict, b: dict) -> dict:
@@ -173,7 +198,7 @@ def time_tools(tools: list[Tool], texts: list[str], reps: int, warmup: int, log)
     return times, cpu
 
 
-def summarise(timed, n_texts: int, n_tokens: int, ours: str) -> list[dict]:
+def summarise(timed, n_texts: int, n_tokens: int, ours: str, flops: float = 0.0, peak: float = 0.0) -> list[dict]:
     times, cpu = timed
     rows = []
     base = times[ours]
@@ -182,6 +207,10 @@ def summarise(timed, n_texts: int, n_tokens: int, ours: str) -> list[dict]:
         row = {"tool": name, "median_s": med, "min_s": min(ts), "max_s": max(ts),
                "texts_per_s": n_texts / med, "tokens_per_s": n_tokens / med,
                "cpu_median_s": statistics.median(cpu[name]), "wall_s": ts, "cpu_s": cpu[name]}
+        if flops:
+            row["model_gflops_per_s"] = flops / med / 1e9
+            if peak:
+                row["share_of_matmul_peak"] = flops / med / peak
         if name != ours:
             paired = [p / o for p, o in zip(ts, base)]
             row["ratio_ours_over_peer"] = med / statistics.median(base)
@@ -204,6 +233,9 @@ def print_table(title: str, rows: list[dict], log) -> None:
                      f" | {r['cpu_ratio_ours_over_peer']:.2f}x")
         log(f"  {r['tool']:<36s}{r['median_s']:9.2f}{r['min_s']:8.2f}-{r['max_s']:<7.2f}{r['texts_per_s']:9.1f}"
             f"{r['tokens_per_s']:10.0f}{r['cpu_median_s']:8.1f}{ratio}")
+    if rows and "share_of_matmul_peak" in rows[0]:
+        log("  model GFLOP/s (share of measured matmul peak): " + ", ".join(
+            f"{r['tool']}: {r['model_gflops_per_s']:.0f} ({100 * r['share_of_matmul_peak']:.0f}%)" for r in rows))
 
 
 # --------------------------------------------------------------------------- main
@@ -256,6 +288,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--batch", type=int, default=32, help="texts per forward pass in the matched setting (default 32)")
     ap.add_argument("--peers", default="flag,st", help="comma list of: flag, st")
     ap.add_argument("--fast", default=None, choices=["int8", "bf16"], help="also time + score the opt-in fast mode")
+    ap.add_argument("--fast-scenarios", default=None, help="scenarios timed for the fast mode (default: --scenarios)")
     ap.add_argument("--ablation", action="store_true", help="also time ours with the unpadded path off")
     ap.add_argument("--tol", type=float, default=None, help="agreement tolerance (default 1e-5 fp32, 2e-2 fp16)")
     ap.add_argument("--json", default=None, help="write all figures and conditions to this JSON file")
@@ -285,6 +318,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     cond = conditions(args, device, dtype, n_tokens, lengths)
     log("conditions: " + json.dumps(cond))
     report: dict = {"conditions": cond, "agreement": {}, "results": {}, "fast": {}}
+    flops = model_flops(lengths, ours.model.config)
+    peak = matmul_peak(device, ours.dtype)
+    cond["model_gflop_per_pass"] = flops / 1e9
+    cond["measured_matmul_peak_gflops"] = peak / 1e9
+    log(f"model work: {flops / 1e9:.0f} GFLOP per pass over the corpus (unpadded); "
+        f"measured {dtype} matmul peak: {peak / 1e9:.0f} GFLOP/s")
 
     flag = st = None
     if "flag" in peers:
@@ -359,7 +398,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             title = f"[{scen}: {'+'.join(want)}] [{setting} batch sizes] {n} texts, {n_tokens} tokens, {device} {dtype}"
             log(f"\n{title}")
             times = time_tools(tools, texts, args.reps, args.warmup, log)
-            rows = summarise(times, n, n_tokens, tools[0].name)
+            rows = summarise(times, n, n_tokens, tools[0].name, flops, peak)
             print_table(title, rows, log)
             report["results"][f"{scen}/{setting}"] = rows
 
@@ -377,16 +416,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         acc = fast_mode_accuracy(ref_all, fast_all, q_ref, q_fast)
         report["fast"]["accuracy"] = acc
         log("  accuracy vs exact fp32 (corpus as documents, 32 short queries): " + json.dumps(acc, indent=None))
-        for scen in scenarios:
+        for scen in (args.fast_scenarios.split(",") if args.fast_scenarios else scenarios):
             want = outputs[scen]
             tools = [ours_tool(fast, f"bgem3 {args.fast}", want), ours_tool(ours, "bgem3 fp32", want)]
             if flag is not None:
-                tools.append(flag_tool(flag, f"FlagEmbedding fp32 (bs {FLAG_DEFAULT_BATCH})", want, FLAG_DEFAULT_BATCH, args.max_length))
-                tools.append(flag_tool(flag, f"FlagEmbedding fp32 (bs {args.batch})", want, args.batch, args.max_length))
+                if "default" in settings:
+                    tools.append(flag_tool(flag, f"FlagEmbedding fp32 (bs {FLAG_DEFAULT_BATCH})", want, FLAG_DEFAULT_BATCH, args.max_length))
+                if "matched" in settings:
+                    tools.append(flag_tool(flag, f"FlagEmbedding fp32 (bs {args.batch})", want, args.batch, args.max_length))
             title = f"[fast {args.fast}] [{scen}: {'+'.join(want)}] {n} texts, {n_tokens} tokens"
             log(f"\n{title}")
             times = time_tools(tools, texts, args.reps, args.warmup, log)
-            rows = summarise(times, n, n_tokens, tools[0].name)
+            rows = summarise(times, n, n_tokens, tools[0].name, flops, peak)
             print_table(title, rows, log)
             report["fast"][scen] = rows
 
