@@ -41,6 +41,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -129,8 +130,8 @@ def _payload_key(key: Any) -> str:
 def _condition(path: str, value: Any, key: str):
     from qdrant_client import models
 
-    if value is None:
-        return models.IsNullCondition(is_null=models.PayloadField(key=path))
+    if value is None:  # like ``metadata.get(key) is None``: the key is missing or null
+        return models.IsEmptyCondition(is_empty=models.PayloadField(key=path))
     if isinstance(value, (bool, str)) or (isinstance(value, (int, np.integer)) and not isinstance(value, bool)):
         v = value.item() if isinstance(value, np.generic) else value
         return models.FieldCondition(key=path, match=models.MatchValue(value=v))
@@ -149,8 +150,11 @@ def to_qdrant_filter(filter: Optional[Mapping[str, Any]]):
     """Translate a metadata filter dict into a Qdrant ``Filter`` (``None`` for no filter).
 
     Every key must match (AND). A scalar value means ``metadata[key] == value``
-    (``MatchValue``; floats as a closed ``Range``; ``None`` as ``IsNullCondition``); a list or
-    tuple means "any of" (``MatchAny`` for str/int lists, else an OR of conditions).
+    (``MatchValue``; floats as a closed ``Range``; ``None`` as ``IsEmptyCondition``: missing or
+    null); a list, tuple or set means "any of" (``MatchAny`` for str/int lists, else an OR of
+    conditions). The same filter dict selects the same documents as in :class:`bgem3.HybridIndex`
+    for str/int/bool/None values and scalar metadata; see docs/qdrant.md for the corner cases
+    (Python's ``1 == True == 1.0``, list-valued metadata).
 
     >>> f = to_qdrant_filter({"lang": "de", "year": [2023, 2024]})
     >>> [c.key for c in f.must], type(f.must[1].match).__name__
@@ -165,7 +169,7 @@ def to_qdrant_filter(filter: Optional[Mapping[str, Any]]):
     must: list = []
     for key, value in filter.items():
         path = _payload_key(key)
-        if isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple, set, frozenset)):
             values = list(value)
             if not values:
                 raise ValueError(f"filter value for {key!r} is an empty list, which matches nothing; drop the key or give values")
@@ -234,7 +238,8 @@ class QdrantHybridStore:
             (``":memory:"``), ``path`` (local on-disk mode), or ``url`` + ``api_key``
             (a server or cluster); with none of them, ``":memory:"``.
         collection_name: the collection; created if missing (idempotent), checked if present.
-        model_name / dim: override what is recorded/checked (default: the encoder's).
+        model_name / dim / colbert_dim: what is recorded and checked (default: the encoder's
+            name, hidden size and ColBERT head width).
         shard_number / replication_factor / write_consistency_factor: passed to
             ``create_collection`` when the collection is created (cluster set-up; ignored by
             the local modes and for an existing collection).
@@ -273,6 +278,7 @@ class QdrantHybridStore:
         collection_name: str = "bgem3",
         model_name: Optional[str] = None,
         dim: Optional[int] = None,
+        colbert_dim: Optional[int] = None,
         shard_number: Optional[int] = None,
         replication_factor: Optional[int] = None,
         write_consistency_factor: Optional[int] = None,
@@ -313,15 +319,32 @@ class QdrantHybridStore:
 
         self.client = self._make_client(client, location, path, url, api_key, dict(client_kwargs or {}))
 
-        enc_name = getattr(encoder, "model_name", None) if encoder is not None else None
-        enc_dim = getattr(encoder, "hidden_size", None) if encoder is not None else None
+        enc_name = enc_dim = enc_cdim = None
+        if encoder is not None:
+            if not all(hasattr(encoder, a) for a in ("encode_queries", "encode_documents", "hidden_size")):
+                raise TypeError(f"encoder must be a bgem3.Encoder, a model name/folder or None; got {type(encoder).__name__}")
+            if getattr(encoder, "has_heads", True) is False:
+                raise ValueError(
+                    f"QdrantHybridStore needs lexical and ColBERT outputs, but the encoder for {encoder.model_name!r} "
+                    "has no BGE-M3 heads (colbert_linear.pt, sparse_linear.pt). Use a BGE-M3 checkpoint such as "
+                    "'BAAI/bge-m3'.")
+            enc_name = str(encoder.model_name)
+            enc_dim = int(encoder.hidden_size)
+            lin = getattr(encoder, "colbert_linear", None)
+            enc_cdim = int(lin.out_features) if lin is not None else enc_dim
         if dim is not None:
             dim = _check_pos_int(dim, "dim")
             if enc_dim is not None and dim != enc_dim:
-                raise ValueError(f"dim={dim} does not match the encoder's hidden size {enc_dim}; drop dim=")
-        self.model_name: Optional[str] = model_name if model_name is not None else (
-            None if enc_name is None else os.fspath(enc_name))
+                raise ValueError(f"dim={dim} does not match the encoder's hidden size {enc_dim}; leave dim unset")
+        if colbert_dim is not None:
+            colbert_dim = _check_pos_int(colbert_dim, "colbert_dim")
+            if enc_cdim is not None and colbert_dim != enc_cdim:
+                raise ValueError(f"colbert_dim={colbert_dim} does not match the encoder's ColBERT width {enc_cdim}; "
+                                 f"leave colbert_dim unset")
+        self.model_name: Optional[str] = str(model_name) if model_name is not None else enc_name
         self.dim: Optional[int] = dim if dim is not None else enc_dim
+        self.colbert_dim: Optional[int] = colbert_dim if colbert_dim is not None else (enc_cdim or self.dim)
+        self._last_seq = 0
         self._ensure_collection(shard_number=shard_number, replication_factor=replication_factor,
                                 write_consistency_factor=write_consistency_factor, on_disk=on_disk)
 
@@ -346,7 +369,7 @@ class QdrantHybridStore:
 
     def _meta(self) -> dict:
         return {"format_version": FORMAT_VERSION, "model_name": self.model_name, "dim": self.dim,
-                "colbert_dtype": self.colbert_dtype}
+                "colbert_dim": self.colbert_dim, "colbert_dtype": self.colbert_dtype}
 
     def _ensure_collection(self, *, shard_number, replication_factor, write_consistency_factor, on_disk) -> None:
         from qdrant_client import models
@@ -357,7 +380,7 @@ class QdrantHybridStore:
         if self.dim is None:
             raise ValueError(f"collection {self.collection_name!r} does not exist and there is no encoder to "
                              f"size it; pass encoder= or dim=")
-        colbert_params = dict(size=self.dim, distance=models.Distance.DOT,
+        colbert_params = dict(size=self.colbert_dim, distance=models.Distance.DOT,
                               multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
                               hnsw_config=models.HnswConfigDiff(m=0), on_disk=on_disk)
         if self.colbert_dtype == "float16":
@@ -389,6 +412,7 @@ class QdrantHybridStore:
                 f"'dense', 'colbert' and sparse vector 'sparse', it has vectors {have} and sparse vectors "
                 f"{sorted(sparse)}; pick another collection_name or delete that collection")
         existing_dim = int(vectors[DENSE].size)
+        existing_cdim = int(vectors[COLBERT].size)
         if vectors[COLBERT].multivector_config is None:
             raise CollectionMismatchError(f"collection {name!r}: vector 'colbert' is not a multi-vector; "
                                           f"pick another collection_name or delete that collection")
@@ -398,6 +422,11 @@ class QdrantHybridStore:
                 f"collection {name!r} holds {existing_dim}-dimensional vectors "
                 f"(model {meta.get('model_name', 'unknown')!r}) but this store's encoder makes {self.dim}-dimensional "
                 f"ones ({self.model_name!r}); use the model the collection was built with, or another collection_name")
+        if self.colbert_dim is not None and existing_cdim != self.colbert_dim:
+            raise CollectionMismatchError(
+                f"collection {name!r} holds {existing_cdim}-dimensional ColBERT vectors but this store's encoder "
+                f"makes {self.colbert_dim}-dimensional ones ({self.model_name!r}); use the model the collection was "
+                f"built with, or another collection_name")
         if meta:
             version = meta.get("format_version")
             if version != FORMAT_VERSION:
@@ -416,16 +445,18 @@ class QdrantHybridStore:
             # a collection from a server without collection metadata, or made by hand with our layout
             if self.model_name is not None:
                 try:
-                    self.client.update_collection(name, metadata={META_KEY: {**self._meta(), "dim": existing_dim}})
+                    self.client.update_collection(name, metadata={META_KEY: {
+                        **self._meta(), "dim": existing_dim, "colbert_dim": existing_cdim}})
                 except Exception:  # older servers: nothing to record it in; the dimension check stands
                     pass
         self.dim = existing_dim
+        self.colbert_dim = existing_cdim
 
     # ------------------------------------------------------------------ writing
     def _require_encoder(self, what: str) -> "Encoder":
         if self.encoder is None:
-            raise ValueError(f"this store has no encoder, so {what}() cannot encode text; pass encoder= when "
-                             f"creating the store, or use {what}_encoded()")
+            raise TypeError(f"{what}() needs an encoder, but this store has none (built for precomputed vectors); "
+                            f"use {what}_encoded(...) or create the store with encoder=")
         return self.encoder
 
     def add(
@@ -439,7 +470,7 @@ class QdrantHybridStore:
     ) -> list[str]:
         """Encode ``texts`` as documents and upsert them; returns their ids.
 
-        Ids default to fresh UUID4 strings. An id that is already in the collection is
+        Ids default to fresh ``uuid4().hex`` strings. An id that is already in the collection is
         replaced (text, metadata and vectors), never duplicated. ``batch_size`` is the
         encoder's batch size; upserts go ``self.batch_size`` points at a time.
         """
@@ -493,13 +524,15 @@ class QdrantHybridStore:
     def _check_docs(self, texts, ids, metadatas) -> tuple[list[str], list[str], list[dict]]:
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string; wrap it: add([text])")
+        if isinstance(metadatas, Mapping):
+            raise TypeError("metadatas must be a list with one dict per text, not a single dict")
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] is a {type(t).__name__}, not a str")
         n = len(texts)
         if ids is None:
-            ids = [str(uuid.uuid4()) for _ in range(n)]
+            ids = [uuid.uuid4().hex for _ in range(n)]
         else:
             if isinstance(ids, str):
                 raise TypeError("ids must be a list of strings, not one string; wrap it: ids=[id]")
@@ -520,10 +553,19 @@ class QdrantHybridStore:
             metadatas = list(metadatas)
             if len(metadatas) != n:
                 raise ValueError(f"got {n} texts but {len(metadatas)} metadatas")
+            clean = []
             for i, m in enumerate(metadatas):
-                if m is not None and not isinstance(m, Mapping):
-                    raise TypeError(f"metadatas[{i}] is a {type(m).__name__}, not a dict")
-            metadatas = [dict(m) if m is not None else {} for m in metadatas]
+                if m is None:
+                    clean.append({})
+                    continue
+                if not isinstance(m, Mapping):
+                    raise TypeError(f"metadatas[{i}] must be a dict or None; got {type(m).__name__}")
+                try:
+                    clean.append(json.loads(json.dumps(dict(m), allow_nan=False)))
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"metadatas[{i}] (id {ids[i]!r}) is not JSON-serialisable ({exc}); Qdrant stores "
+                                     f"metadata as JSON: use str/int/float/bool/None, lists and dicts") from None
+            metadatas = clean
         return texts, ids, metadatas
 
     def _colbert_values(self, vecs: np.ndarray) -> np.ndarray:
@@ -538,22 +580,43 @@ class QdrantHybridStore:
         if self.dim is not None and dense.shape[1] != self.dim:
             raise ValueError(f"dense vectors have dimension {dense.shape[1]}, collection "
                              f"{self.collection_name!r} stores {self.dim}")
+        if not np.isfinite(dense).all():
+            raise ValueError("dense vectors contain NaN or infinity")
+        cdim = self.colbert_dim or dense.shape[1]
         points = []
         for i, doc_id in enumerate(ids):
             cb = self._colbert_values(colbert[i])
-            if cb.ndim != 2 or cb.shape[0] == 0 or cb.shape[1] != dense.shape[1]:
-                raise ValueError(f"ColBERT vectors of document {doc_id!r} must be a non-empty [tokens, {dense.shape[1]}] "
-                                 f"array; got shape {cb.shape}")
+            if cb.ndim != 2 or cb.shape[1] != cdim:
+                raise ValueError(f"ColBERT vectors of document {doc_id!r} must have shape (tokens, {cdim}); "
+                                 f"got {cb.shape}")
+            if not np.isfinite(cb).all():
+                raise ValueError(f"ColBERT vectors of document {doc_id!r} contain NaN or infinity")
             sw = sparse[i]
+            if not isinstance(sw, Mapping):
+                raise TypeError(f"sparse[{i}] must be a dict {{token_id: weight}}; got {type(sw).__name__}")
             idx = sorted(int(t) for t in sw)
-            vector = {DENSE: dense[i].tolist(), COLBERT: cb.tolist()}
+            if idx and idx[0] < 0:
+                raise ValueError(f"lexical token id {idx[0]} of document {doc_id!r} is negative")
+            values = [float(sw[t]) for t in idx]
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"lexical weights of document {doc_id!r} contain NaN or infinity")
+            vector: dict = {DENSE: dense[i].tolist()}
+            if len(cb):  # a document without ColBERT vectors scores 0 on that channel
+                vector[COLBERT] = cb.tolist()
             if idx:
-                vector[SPARSE] = models.SparseVector(indices=idx, values=[float(sw[t]) for t in idx])
+                vector[SPARSE] = models.SparseVector(indices=idx, values=values)
             points.append(models.PointStruct(
                 id=point_id(doc_id), vector=vector,
-                payload={"id": doc_id, "text": texts[i], "metadata": metadatas[i]},
+                payload={"id": doc_id, "text": texts[i], "metadata": metadatas[i], "seq": self._next_seq()},
             ))
         return points
+
+    def _next_seq(self) -> int:
+        """Insertion stamp (nanoseconds, strictly increasing in this process): ties in the fused
+        score are broken by it, oldest first, as :class:`bgem3.HybridIndex` breaks them by storage
+        order (a re-added document moves to the end in both)."""
+        self._last_seq = max(time.time_ns(), self._last_seq + 1)
+        return self._last_seq
 
     def _upsert(self, ids, texts, metadatas, dense, sparse, colbert, already_written) -> None:
         written = list(already_written)
@@ -589,11 +652,12 @@ class QdrantHybridStore:
                 raise TypeError(f"ids[{i}] = {x!r}: ids are strings")
         return ids
 
-    def _retrieve(self, pids: list[str], with_vectors: Union[bool, list[str]] = False) -> dict:
+    def _retrieve(self, pids: list[str], with_vectors: Union[bool, list[str]] = False,
+                  with_payload: Union[bool, list[str]] = True) -> dict:
         out = {}
         for start in range(0, len(pids), 1024):
             for rec in self.client.retrieve(self.collection_name, ids=pids[start:start + 1024],
-                                            with_payload=True, with_vectors=with_vectors):
+                                            with_payload=with_payload, with_vectors=with_vectors):
                 out[str(rec.id)] = rec
         return out
 
@@ -603,22 +667,27 @@ class QdrantHybridStore:
         recs = self._retrieve([point_id(x) for x in ids])
         missing = [x for x in ids if point_id(x) not in recs]
         if missing:
-            raise KeyError(f"ids not in collection {self.collection_name!r}: {missing[:10]}")
+            raise KeyError(f"{len(missing)} id(s) not in collection {self.collection_name!r}: {missing[:10]}")
         return [self._hit(recs[point_id(x)]) for x in ids]
 
-    def delete(self, ids: Sequence[str]) -> None:
-        """Delete documents by id. Unknown ids raise ``KeyError`` and nothing is deleted."""
+    def delete(self, ids: Sequence[str], *, ignore_missing: bool = False) -> None:
+        """Delete documents by id.
+
+        Unknown ids raise ``KeyError`` naming them and nothing is deleted, unless
+        ``ignore_missing=True`` (then they are skipped).
+        """
         from qdrant_client import models
 
-        ids = self._check_ids(ids)
+        ids = list(dict.fromkeys(self._check_ids(ids)))
         if not ids:
             return
         pids = [point_id(x) for x in ids]
-        recs = self._retrieve(pids)
-        missing = [x for x, p in zip(ids, pids) if p not in recs]
-        if missing:
-            raise KeyError(f"cannot delete ids that are not in collection {self.collection_name!r}: {missing[:10]} "
-                           f"(nothing was deleted)")
+        if not ignore_missing:
+            recs = self._retrieve(pids, with_payload=False)
+            missing = [x for x, p in zip(ids, pids) if p not in recs]
+            if missing:
+                raise KeyError(f"{len(missing)} id(s) not in collection {self.collection_name!r}: {missing[:10]}; "
+                               f"nothing was deleted (pass ignore_missing=True to skip unknown ids)")
         self.client.delete(self.collection_name, points_selector=models.PointIdsList(points=pids), wait=True)
 
     def __len__(self) -> int:
@@ -683,7 +752,8 @@ class QdrantHybridStore:
         _check_pos_int(candidates, "candidates")
         if mode not in ("weighted", "rrf"):
             raise ValueError(f'mode must be "weighted" or "rrf"; got {mode!r}')
-        _check_pos_int(rrf_k, "rrf_k")
+        if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float, np.integer)) or not rrf_k > 0:
+            raise ValueError(f"rrf_k must be positive; got {rrf_k!r}")
         return scoring.check_weights(weights)
 
     def search_encoded(
@@ -709,7 +779,9 @@ class QdrantHybridStore:
             raise ValueError(f"query dense vector has dimension {dense_q.shape[0]}, collection stores {self.dim}")
         if colbert_q.ndim != 2 or colbert_q.shape[1] != dense_q.shape[0]:
             raise ValueError(f"query ColBERT vectors must be [tokens, {dense_q.shape[0]}]; got {colbert_q.shape}")
-        sparse_q = {int(t): float(v) for t, v in dict(sparse_q).items()}
+        if not isinstance(sparse_q, Mapping):
+            raise TypeError(f"sparse query must be a dict {{token_id: weight}}; got {type(sparse_q).__name__}")
+        sparse_q = {int(t): float(v) for t, v in sparse_q.items()}
 
         if exhaustive:
             limit = int(self.client.count(self.collection_name, count_filter=qfilter, exact=True).count)
@@ -718,31 +790,40 @@ class QdrantHybridStore:
         if limit == 0:
             return []
         if self.rescore == "qdrant" and len(colbert_q) > 0:
-            pids, dense_s, sparse_s, colbert_s = self._scores_qdrant(dense_q, sparse_q, colbert_q, qfilter,
-                                                                     candidates, limit, exhaustive)
+            cand = self._scores_qdrant(dense_q, sparse_q, colbert_q, qfilter, candidates, limit, exhaustive)
         else:
-            pids, dense_s, sparse_s, colbert_s = self._scores_client(dense_q, sparse_q, colbert_q, qfilter,
-                                                                     candidates, limit, exhaustive)
+            cand = self._scores_client(dense_q, sparse_q, colbert_q, qfilter, candidates, exhaustive)
+        pids, seqs, d, s, c = cand
         if not pids:
             return []
+        # candidates in insertion order, as HybridIndex holds them in storage order: ties keep it
+        order = np.argsort(seqs, kind="stable")
+        pids = [pids[i] for i in order]
+        d, s, c = d[order], s[order], c[order]
         if mode == "weighted":
-            fused = scoring.fuse_weighted(dense_s, sparse_s, colbert_s, w, normalize=True)
+            fused = scoring.fuse_weighted(d, s, c, w, normalize=True)
         else:
-            fused = self._rrf(pids, (dense_s, sparse_s, colbert_s), w, rrf_k)
-        order = np.lexsort((np.asarray(pids), -fused))[:k]  # fused desc, ties by point id
-        top = [pids[i] for i in order]
-        recs = self._retrieve(top)
-        return [self._hit(recs[pids[i]], fused[i], dense_s[i], sparse_s[i], colbert_s[i])
-                for i in order if pids[i] in recs]
+            fused = self._rrf(pids, d, s, c, w, rrf_k)
+        top = np.argsort(-fused, kind="stable")[:k]
+        recs = self._retrieve([pids[i] for i in top])
+        return [self._hit(recs[pids[i]], fused[i], d[i], s[i], c[i]) for i in top if pids[i] in recs]
 
     @staticmethod
-    def _rrf(pids, channels, w, rrf_k) -> np.ndarray:
-        rankings = []
-        for s in channels:
-            order = np.lexsort((np.asarray(pids), -np.asarray(s)))
+    def _rrf(pids: list[str], d: np.ndarray, s: np.ndarray, c: np.ndarray, w: Sequence[float], rrf_k: float) -> np.ndarray:
+        """Weighted reciprocal-rank fusion (:func:`bgem3.scoring.reciprocal_rank_fusion`) of the three
+        channel rankings over the candidates; ties keep insertion order, and a candidate sharing no
+        token with the query (lexical score <= 0) is not in the lexical ranking."""
+        rankings, weights = [], []
+        for weight, scores, positive_only in ((w[0], d, False), (w[1], s, True), (w[2], c, False)):
+            if weight == 0:
+                continue
+            order = np.argsort(-scores, kind="stable")
+            if positive_only:
+                order = order[scores[order] > 0]
             rankings.append([pids[i] for i in order])
-        fused = scoring.reciprocal_rank_fusion(rankings, k=rrf_k, weights=list(w))
-        return np.array([fused[p] for p in pids], dtype=np.float64)
+            weights.append(weight)
+        fused = scoring.reciprocal_rank_fusion(rankings, k=rrf_k, weights=weights)
+        return np.array([fused.get(p, 0.0) for p in pids], dtype=np.float64)
 
     def _is_local(self) -> bool:
         """qdrant-client's local mode (``:memory:`` / ``path=``) always searches exactly."""
@@ -768,36 +849,44 @@ class QdrantHybridStore:
         return pre
 
     def _scores_qdrant(self, dense_q, sparse_q, colbert_q, qfilter, candidates, limit, exhaustive):
-        """Each channel's score over the candidate set, computed by Qdrant (one batched request)."""
+        """Each channel's score over the candidate set, computed by Qdrant (one batched request).
+
+        Three re-scoring queries share the same two prefetches (dense top-N, lexical top-N), so
+        each sees exactly the candidate set; the dense one also returns the insertion stamps.
+        """
         from qdrant_client import models
 
         channel_queries = [(DENSE, dense_q.tolist()), (COLBERT, colbert_q.tolist())]
         if sparse_q:
             channel_queries.append((SPARSE, self._sparse_vector(sparse_q)))
+        payload = {DENSE: ["seq"], COLBERT: False, SPARSE: False}
         if exhaustive:
             params = None if self._is_local() else models.SearchParams(exact=True)
-            requests = [models.QueryRequest(query=q, using=name, filter=qfilter, limit=limit, with_payload=False,
-                                            params=params)
+            requests = [models.QueryRequest(query=q, using=name, filter=qfilter, limit=limit,
+                                            with_payload=payload[name], params=params)
                         for name, q in channel_queries]
         else:
             pre = self._prefetch(dense_q, sparse_q, qfilter, candidates)
             requests = [models.QueryRequest(prefetch=pre, query=q, using=name, filter=qfilter, limit=limit,
-                                            with_payload=False)
+                                            with_payload=payload[name])
                         for name, q in channel_queries]
         responses = self.client.query_batch_points(self.collection_name, requests=requests)
         by_channel = {name: {str(p.id): float(p.score) for p in resp.points}
                       for (name, _), resp in zip(channel_queries, responses)}
-        # every candidate has a dense and a ColBERT vector, so those two lists hold the whole set;
-        # a sparse re-score leaves out documents that share no token with the query (score 0)
-        pids = sorted(set(by_channel[DENSE]) | set(by_channel[COLBERT]))
-        tq = float(len(colbert_q))
-        dense_s = np.array([by_channel[DENSE].get(p, 0.0) for p in pids], dtype=np.float64)
+        # every document has a dense vector, so the dense list is the whole candidate set; a
+        # sparse re-score leaves out documents sharing no token with the query (score 0), a
+        # ColBERT one those stored without ColBERT vectors (score 0)
+        dense_pts = responses[0].points
+        pids = [str(p.id) for p in dense_pts]
+        seqs = np.array([int((p.payload or {}).get("seq", 0)) for p in dense_pts], dtype=np.int64)
+        d = np.array([p.score for p in dense_pts], dtype=np.float64)
         sparse_map = by_channel.get(SPARSE, {})
-        sparse_s = np.array([sparse_map.get(p, 0.0) for p in pids], dtype=np.float64)
-        colbert_s = np.array([by_channel[COLBERT].get(p, 0.0) for p in pids], dtype=np.float64) / tq
-        return pids, dense_s, sparse_s, colbert_s
+        s = np.array([sparse_map.get(p, 0.0) for p in pids], dtype=np.float64)
+        # Qdrant's MAX_SIM sums over the query vectors; BGE-M3's ColBERT score is the mean
+        c = np.array([by_channel[COLBERT].get(p, 0.0) for p in pids], dtype=np.float64) / float(len(colbert_q))
+        return pids, seqs, d, s, c
 
-    def _scores_client(self, dense_q, sparse_q, colbert_q, qfilter, candidates, limit, exhaustive):
+    def _scores_client(self, dense_q, sparse_q, colbert_q, qfilter, candidates, exhaustive):
         """Each channel's score over the candidate set, computed here from the stored vectors."""
         from qdrant_client import models
 
@@ -808,21 +897,26 @@ class QdrantHybridStore:
                                             with_payload=False)
                         for p in self._prefetch(dense_q, sparse_q, qfilter, candidates)]
             responses = self.client.query_batch_points(self.collection_name, requests=requests)
-            pids = sorted({str(p.id) for resp in responses for p in resp.points})
+            pids = list(dict.fromkeys(str(p.id) for resp in responses for p in resp.points))
+        empty = np.zeros(0)
         if not pids:
-            return [], np.zeros(0), np.zeros(0), np.zeros(0)
-        recs = self._retrieve(pids, with_vectors=[DENSE, SPARSE, COLBERT])
+            return [], np.zeros(0, dtype=np.int64), empty, empty, empty
+        recs = self._retrieve(pids, with_vectors=[DENSE, SPARSE, COLBERT], with_payload=["seq"])
         pids = [p for p in pids if p in recs]
+        seqs = np.array([int((recs[p].payload or {}).get("seq", 0)) for p in pids], dtype=np.int64)
         dense_docs = np.array([recs[p].vector[DENSE] for p in pids], dtype=np.float32)
-        sparse_docs = []
+        sparse_docs, colbert_docs = [], []
         for p in pids:
-            sv = recs[p].vector.get(SPARSE)
+            vec = recs[p].vector
+            sv = vec.get(SPARSE)
             sparse_docs.append({} if sv is None else dict(zip(sv.indices, sv.values)))
-        colbert_docs = [np.asarray(recs[p].vector[COLBERT], dtype=np.float32) for p in pids]
-        dense_s = (dense_docs @ dense_q).astype(np.float64)
-        sparse_s = scoring.lexical_scores([sparse_q], sparse_docs)[0] if sparse_q else np.zeros(len(pids))
-        colbert_s = scoring.colbert_scores(colbert_q, colbert_docs).astype(np.float64)
-        return pids, dense_s, sparse_s, colbert_s
+            cb = vec.get(COLBERT)
+            colbert_docs.append(np.zeros((0, len(colbert_q[0]) if len(colbert_q) else dense_q.shape[0]), np.float32)
+                                if cb is None else np.asarray(cb, dtype=np.float32))
+        d = (dense_docs @ dense_q).astype(np.float64)
+        s = scoring.lexical_scores([sparse_q], sparse_docs)[0] if sparse_q else np.zeros(len(pids))
+        c = scoring.colbert_scores(colbert_q, colbert_docs).astype(np.float64)
+        return pids, seqs, d, s, c
 
     def _scroll_ids(self, qfilter) -> list[str]:
         pids: list[str] = []
@@ -833,7 +927,7 @@ class QdrantHybridStore:
             pids.extend(str(r.id) for r in recs)
             if offset is None:
                 break
-        return sorted(pids)
+        return pids
 
     # ------------------------------------------------------------------ extras
     def create_metadata_index(self, field: str, schema: str = "keyword") -> None:
