@@ -12,7 +12,8 @@ fused exactly as :class:`bgem3.HybridIndex` fuses them:
 * ``score`` (``mode="weighted"``) = ``(w_d*dense + w_l*sparse + w_c*colbert) / sum(w)``, which is
   FlagEmbedding's ``compute_score(...)["colbert+sparse+dense"]`` with
   ``weights_for_different_modes=w``; or (``mode="rrf"``) the weighted reciprocal-rank fusion of
-  the three per-channel rankings of the candidates (:func:`bgem3.scoring.reciprocal_rank_fusion`).
+  the three per-channel rankings of the candidates (:func:`bgem3.scoring.reciprocal_rank_fusion`;
+  ranks from 1, candidates sharing no token with the query are not in the lexical ranking).
 
 Ties keep the input order. The LangChain and LlamaIndex rerankers are thin wrappers over
 :class:`HybridReranker`.
@@ -199,10 +200,13 @@ def score_candidates(
         else:  # w == (w_d, 0, 0): the normalised sum is the dense score itself
             fused = dense.copy()
     else:
-        channels = [dense] + ([sparse, colbert] if heads else [])
-        ch_weights = list(w[: len(channels)])
-        rankings = [np.argsort(-c, kind="stable").tolist() for c, cw in zip(channels, ch_weights)]
-        rrf = reciprocal_rank_fusion(rankings, k=rrf_k, weights=ch_weights)
+        # as HybridIndex: ranks from 1, ties keep input order, and a candidate sharing no token
+        # with the query (lexical score <= 0) is left out of the lexical ranking
+        rankings = [np.argsort(-dense, kind="stable").tolist()]
+        if heads:
+            lex_order = np.argsort(-sparse, kind="stable")
+            rankings += [lex_order[sparse[lex_order] > 0].tolist(), np.argsort(-colbert, kind="stable").tolist()]
+        rrf = reciprocal_rank_fusion(rankings, k=rrf_k, weights=list(w[: len(rankings)]))
         fused = np.fromiter((rrf.get(i, 0.0) for i in range(n)), dtype=np.float64, count=n)
     return RerankScores(score=fused, dense=dense, sparse=sparse, colbert=colbert)
 

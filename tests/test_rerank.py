@@ -5,36 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgem3 import Encoder
+from bgem3 import Encoder, HybridIndex
 from bgem3.rerank import HybridReranker, rerank, resolve_encoder, score_candidates
-from bgem3.scoring import colbert_score, lexical_score
 from bgem3.testing import minilm_path
 
-from conftest_retrievers import CORPUS, MAX_LENGTH, rt_encoder, rt_m3_path  # noqa: F401  (fixtures)
+from conftest_retrievers import CORPUS, MAX_LENGTH, independent_scores, rt_encoder, rt_m3_path  # noqa: F401
 
 QUERY = "where does the cat sleep at night"
-
-
-def _independent_scores(enc: Encoder, query: str, texts: list[str]):
-    """Channel scores pair by pair with the single-pair scoring functions (no batching)."""
-    q = enc.encode_queries([query], dense=True, sparse=True, colbert=True)
-    dense, sparse, colb = [], [], []
-    for t in texts:
-        d = enc.encode_documents([t], dense=True, sparse=True, colbert=True)
-        dense.append(float(np.dot(q.dense[0].astype(np.float64), d.dense[0].astype(np.float64))))
-        sparse.append(lexical_score(q.sparse[0], d.sparse[0]))
-        colb.append(colbert_score(q.colbert[0], d.colbert[0]))
-    return np.array(dense), np.array(sparse), np.array(colb)
 
 
 def test_scores_equal_pairwise_scoring(rt_encoder):
     weights = (0.4, 0.2, 0.4)
     s = score_candidates(rt_encoder, QUERY, CORPUS, weights)
-    dense, sparse, colb = _independent_scores(rt_encoder, QUERY, CORPUS)
+    fused, dense, sparse, colb = independent_scores(rt_encoder, QUERY, CORPUS, weights)
     np.testing.assert_allclose(s.dense, dense, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s.sparse, sparse, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s.colbert, colb, rtol=1e-5, atol=1e-6)
-    fused = (0.4 * dense + 0.2 * sparse + 0.4 * colb) / 1.0
+    np.testing.assert_allclose(fused, (0.4 * dense + 0.2 * sparse + 0.4 * colb) / 1.0)
     np.testing.assert_allclose(s.score, fused, rtol=1e-5, atol=1e-6)
     # the corpus is not scored in a trivial order (otherwise the ordering checks below prove nothing)
     assert list(s.order()) != list(range(len(CORPUS)))
@@ -94,11 +81,14 @@ def test_ties_keep_input_order(rt_encoder):
 
 
 def test_rrf_mode(rt_encoder):
-    s = score_candidates(rt_encoder, QUERY, CORPUS, (0.4, 0.2, 0.4), mode="rrf", rrf_k=10)
-    expected = np.zeros(len(CORPUS))
+    texts = CORPUS + [""]  # the empty text shares no token with the query
+    s = score_candidates(rt_encoder, QUERY, texts, (0.4, 0.2, 0.4), mode="rrf", rrf_k=10)
+    expected = np.zeros(len(texts))
     for w, ch in ((0.4, s.dense), (0.2, s.sparse), (0.4, s.colbert)):
-        for rank, i in enumerate(np.argsort(-ch, kind="stable"), start=1):
+        ranked = [i for i in np.argsort(-ch, kind="stable") if ch is not s.sparse or ch[i] > 0]
+        for rank, i in enumerate(ranked, start=1):
             expected[i] += w / (10 + rank)
+    assert (s.sparse == 0).any()  # the lexical-ranking exclusion is exercised
     np.testing.assert_allclose(s.score, expected)
 
 
@@ -140,3 +130,20 @@ def test_bad_reranker_options(rt_encoder):
         resolve_encoder(rt_encoder, device="cpu")
     with pytest.raises(TypeError, match="bgem3.Encoder or a model name"):
         resolve_encoder(42)
+
+
+@pytest.mark.parametrize("mode", ["weighted", "rrf"])
+def test_same_scores_as_hybrid_index(rt_encoder, mode):
+    """The reranker scores a candidate list exactly as HybridIndex scores the same documents."""
+    texts = CORPUS + [""]
+    index = HybridIndex(rt_encoder, colbert_dtype="float32")
+    index.add(texts, ids=[str(i) for i in range(len(texts))])
+    weights = (0.3, 0.3, 0.4)
+    hits = index.search(QUERY, k=len(texts), weights=weights, mode=mode, rrf_k=60, exhaustive=True)
+    s = score_candidates(rt_encoder, QUERY, texts, weights, mode=mode, rrf_k=60)
+    assert [h.id for h in hits] == [str(i) for i in s.order()]
+    for h in hits:
+        i = int(h.id)
+        assert h.score == pytest.approx(s.score[i], rel=1e-5, abs=1e-6)
+        assert (h.dense_score, h.sparse_score, h.colbert_score) == pytest.approx(
+            (s.dense[i], s.sparse[i], s.colbert[i]), rel=1e-5, abs=1e-6)
