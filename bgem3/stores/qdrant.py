@@ -934,9 +934,12 @@ class QdrantHybridStore:
         """Create a Qdrant payload index on ``metadata.<field>`` (speeds up filters on a server).
 
         ``schema`` is a Qdrant payload schema type: ``"keyword"``, ``"integer"``, ``"float"``,
-        ``"bool"``, ... Local mode accepts and ignores it.
+        ``"bool"``, ... Local mode has no payload indexes (it scans), so there this does nothing.
         """
-        self.client.create_payload_index(self.collection_name, field_name=_payload_key(field), field_schema=schema)
+        key = _payload_key(field)
+        if self._is_local():
+            return
+        self.client.create_payload_index(self.collection_name, field_name=key, field_schema=schema)
 
     def iter_ids(self) -> Iterator[str]:
         """All document ids in the collection (scrolls through it)."""
