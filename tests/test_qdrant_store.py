@@ -469,3 +469,82 @@ def test_non_transient_errors_are_not_retried(qd_encoder):
     with pytest.raises(QdrantUpsertError, match="bad request"):
         st.add(["a"], ids=["1"])
     assert client.upsert_calls == 1 and sleeps == []
+
+
+# ------------------------------------------------------------------ the retrievers over this store
+RETRIEVER_QUERY = "cat dog river"
+
+
+@pytest.fixture(scope="module")
+def qdrant_for_retrievers(qd_encoder, corpus, encoded_docs) -> QdrantHybridStore:
+    texts, ids, metas = corpus
+    st = QdrantHybridStore(qd_encoder, client=QdrantClient(":memory:"), collection_name="retrievers")
+    st.add_encoded(ids, texts, metas, encoded_docs.dense, encoded_docs.sparse, encoded_docs.colbert)
+    return st
+
+
+def test_langchain_retriever_over_qdrant_store(qdrant_for_retrievers, index, qd_encoder):
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+
+    from langchain_bgem3 import BGEM3HybridRetriever
+
+    on_qdrant = BGEM3HybridRetriever(store=qdrant_for_retrievers, k=5)
+    on_index = BGEM3HybridRetriever(store=index, k=5)
+    got, expected = on_qdrant.invoke(RETRIEVER_QUERY), on_index.invoke(RETRIEVER_QUERY)
+    assert [d.id for d in got] == [d.id for d in expected] and len(got) == 5
+    for a, b in zip(got, expected):
+        assert a.page_content == b.page_content
+        for key in ("score", "dense_score", "sparse_score", "colbert_score", "group", "lang"):
+            assert a.metadata[key] == pytest.approx(b.metadata[key], abs=1e-4)
+    # per-call k and filter reach the store
+    docs = on_qdrant.invoke(RETRIEVER_QUERY, k=3, filter={"lang": "de"})
+    assert len(docs) == 3 and all(d.metadata["lang"] == "de" for d in docs)
+    assert [d.id for d in docs] == [h.id for h in qdrant_for_retrievers.search(RETRIEVER_QUERY, k=3, filter={"lang": "de"})]
+
+    # add_documents / delete go through the store (on a fresh collection)
+    fresh = BGEM3HybridRetriever(store=_fresh(qd_encoder), k=2)
+    ids = fresh.add_documents([Document(page_content="bread oven night", metadata={"t": 1}, id="x"),
+                               Document(page_content="cat dog bird", metadata={"t": 2}, id="y")])
+    assert ids == ["x", "y"] and len(fresh.store) == 2
+    assert fresh.invoke("bread oven")[0].id == "x"
+    fresh.delete(["x"])
+    assert [d.id for d in fresh.invoke("bread oven")] == ["y"]
+
+
+async def test_langchain_retriever_over_qdrant_store_async(qdrant_for_retrievers):
+    pytest.importorskip("langchain_core")
+    from langchain_bgem3 import BGEM3HybridRetriever
+
+    r = BGEM3HybridRetriever(store=qdrant_for_retrievers, k=4)
+    assert [d.id for d in await r.ainvoke(RETRIEVER_QUERY)] == [d.id for d in r.invoke(RETRIEVER_QUERY)]
+
+
+def test_llama_index_retriever_over_qdrant_store(qdrant_for_retrievers, index, qd_encoder):
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import ExactMatchFilter, MetadataFilters
+
+    from llama_index_bgem3 import BGEM3HybridRetriever
+
+    on_qdrant = BGEM3HybridRetriever(qdrant_for_retrievers, similarity_top_k=5)
+    on_index = BGEM3HybridRetriever(index, similarity_top_k=5)
+    got, expected = on_qdrant.retrieve(RETRIEVER_QUERY), on_index.retrieve(RETRIEVER_QUERY)
+    assert [n.node.node_id for n in got] == [n.node.node_id for n in expected] and len(got) == 5
+    for a, b in zip(got, expected):
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        assert a.node.get_content() == b.node.get_content()
+        for key in ("dense_score", "sparse_score", "colbert_score"):
+            assert a.node.metadata[key] == pytest.approx(b.node.metadata[key], abs=1e-4)
+    flt = MetadataFilters(filters=[ExactMatchFilter(key="group", value=2)])
+    filtered = BGEM3HybridRetriever(qdrant_for_retrievers, similarity_top_k=4, filters=flt).retrieve(RETRIEVER_QUERY)
+    assert len(filtered) == 4 and all(n.node.metadata["group"] == 2 for n in filtered)
+
+    # nodes round-trip through the Qdrant payload (LlamaIndex's _node_content record included)
+    fresh = BGEM3HybridRetriever(_fresh(qd_encoder), similarity_top_k=1)
+    fresh.add_nodes([TextNode(text="bread oven night", id_="n1", metadata={"src": "a"}),
+                     TextNode(text="cat dog bird", id_="n2", metadata={"src": "b"})])
+    (hit,) = fresh.retrieve("bread oven")
+    assert hit.node.node_id == "n1" and hit.node.metadata["src"] == "a" and hit.node.get_content() == "bread oven night"
+    fresh.delete(["n1"])
+    assert fresh.retrieve("bread oven")[0].node.node_id == "n2"
