@@ -395,6 +395,7 @@ def test_constructor_arguments_are_checked(qd_encoder):
         QdrantHybridStore(qd_encoder, rescore="server")
     st = QdrantHybridStore(qd_encoder, location=":memory:")  # default collection "bgem3"
     assert st.collection_name == "bgem3" and len(st) == 0
+    assert st.rescore == "client"  # "auto" in local mode
 
 
 # ------------------------------------------------------------------ bounded retry on transient errors

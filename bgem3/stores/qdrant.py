@@ -26,7 +26,7 @@ batched request of three re-scoring queries over the same two prefetches: Qdrant
 dot products, the sparse dot product and MaxSim server-side, only ids and scores travel) and
 fuses on the client with :mod:`bgem3.scoring`: the ColBERT sum is divided by the number of
 query vectors, which is exact. ``rescore="client"`` instead downloads the candidates' vectors
-and scores them with :mod:`bgem3.scoring` (slower over a network; useful as a cross-check).
+and scores them with :mod:`bgem3.scoring` (slower; a cross-check).
 
 Example::
 
@@ -244,16 +244,29 @@ class QdrantHybridStore:
             ``create_collection`` when the collection is created (cluster set-up; ignored by
             the local modes and for an existing collection).
         on_disk: keep vectors on disk on the server (``on_disk=True`` for all three).
-        colbert_dtype: ``"float16"`` (default; halves the server's ColBERT memory; values are
-            rounded to float16 before upload so every mode scores the same numbers) or
-            ``"float32"``.
+        colbert_dtype: precision of the ColBERT vectors, as in :class:`bgem3.HybridIndex`:
+            ``"float16"`` (default; values are rounded to float16 before upload, so scores equal
+            the embedded index's default) or ``"float32"``.
+        server_colbert_datatype: the Qdrant ``datatype`` of the ColBERT vector: ``"float32"``
+            (default: Qdrant scores in float32, identical to the embedded index) or
+            ``"float16"`` (half the server memory for ColBERT, the largest part of the
+            collection; Qdrant then also rounds the *query* to float16, which moves ColBERT
+            scores by up to ~1e-3). Local mode ignores it.
         batch_size: points per upsert request.
         max_retries / retry_backoff: a failed upsert batch is retried up to ``max_retries``
             times on transient errors (connection errors, 408/429/5xx), sleeping
             ``retry_backoff * 2**attempt`` seconds between tries.
-        rescore: ``"qdrant"`` (channel scores computed by Qdrant over the candidates; only ids
-            and scores travel) or ``"client"`` (candidates' vectors downloaded and scored with
-            :mod:`bgem3.scoring`).
+        rescore: where the three channel scores of the candidates are computed. ``"qdrant"``:
+            by Qdrant, in one batched request; only ids and scores travel (a server scores the
+            candidates only). ``"client"``: the candidates' vectors are fetched and scored with
+            :mod:`bgem3.scoring`, the embedded index's own arithmetic. ``"auto"`` (default):
+            ``"qdrant"`` for a server, ``"client"`` for qdrant-client's local mode, whose
+            brute-force re-scoring scans the whole collection once per channel (fetching the
+            candidates' vectors is cheaper there; see docs/benchmarks_qdrant.md).
+        hnsw_ef: the HNSW beam width of the dense candidate search on a server (higher: closer
+            to the exact dense top-N the embedded index takes; default: the collection's).
+        client_kwargs: extra ``QdrantClient(...)`` arguments (``timeout``, ``prefer_grpc``...)
+            when the store makes the client.
         **encoder_kwargs: passed to ``Encoder(...)`` when ``encoder`` is a name/path.
 
     Example::
@@ -284,10 +297,12 @@ class QdrantHybridStore:
         write_consistency_factor: Optional[int] = None,
         on_disk: Optional[bool] = None,
         colbert_dtype: Literal["float16", "float32"] = "float16",
+        server_colbert_datatype: Literal["float32", "float16"] = "float32",
         batch_size: int = 64,
         max_retries: int = 3,
         retry_backoff: float = 0.5,
-        rescore: Literal["qdrant", "client"] = "qdrant",
+        rescore: Literal["auto", "qdrant", "client"] = "auto",
+        hnsw_ef: Optional[int] = None,
         client_kwargs: Optional[Mapping[str, Any]] = None,
         **encoder_kwargs: Any,
     ) -> None:
@@ -312,12 +327,18 @@ class QdrantHybridStore:
         if colbert_dtype not in ("float16", "float32"):
             raise ValueError(f'colbert_dtype must be "float16" or "float32"; got {colbert_dtype!r}')
         self.colbert_dtype = colbert_dtype
-        if rescore not in ("qdrant", "client"):
-            raise ValueError(f'rescore must be "qdrant" or "client"; got {rescore!r}')
-        self.rescore = rescore
+        if server_colbert_datatype not in ("float16", "float32"):
+            raise ValueError(f'server_colbert_datatype must be "float32" or "float16"; got {server_colbert_datatype!r}')
+        self.server_colbert_datatype = server_colbert_datatype
+        if rescore not in ("auto", "qdrant", "client"):
+            raise ValueError(f'rescore must be "auto", "qdrant" or "client"; got {rescore!r}')
         self._sleep: Callable[[float], None] = time.sleep
 
         self.client = self._make_client(client, location, path, url, api_key, dict(client_kwargs or {}))
+        if rescore == "auto":
+            rescore = "client" if self._is_local() else "qdrant"
+        self.rescore = rescore
+        self.hnsw_ef = None if hnsw_ef is None else _check_pos_int(hnsw_ef, "hnsw_ef")
 
         enc_name = enc_dim = enc_cdim = None
         if encoder is not None:
@@ -383,7 +404,7 @@ class QdrantHybridStore:
         colbert_params = dict(size=self.colbert_dim, distance=models.Distance.DOT,
                               multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
                               hnsw_config=models.HnswConfigDiff(m=0), on_disk=on_disk)
-        if self.colbert_dtype == "float16":
+        if self.server_colbert_datatype == "float16":
             colbert_params["datatype"] = models.Datatype.FLOAT16
         self.client.create_collection(
             self.collection_name,
@@ -842,7 +863,10 @@ class QdrantHybridStore:
     def _prefetch(self, dense_q, sparse_q, qfilter, candidates) -> list:
         from qdrant_client import models
 
-        pre = [models.Prefetch(query=dense_q.tolist(), using=DENSE, limit=candidates, filter=qfilter)]
+        params = None
+        if self.hnsw_ef is not None and not self._is_local():
+            params = models.SearchParams(hnsw_ef=self.hnsw_ef)
+        pre = [models.Prefetch(query=dense_q.tolist(), using=DENSE, limit=candidates, filter=qfilter, params=params)]
         if sparse_q:
             pre.append(models.Prefetch(query=self._sparse_vector(sparse_q), using=SPARSE, limit=candidates,
                                        filter=qfilter))
@@ -894,7 +918,7 @@ class QdrantHybridStore:
             pids = self._scroll_ids(qfilter)
         else:
             requests = [models.QueryRequest(query=p.query, using=p.using, filter=qfilter, limit=candidates,
-                                            with_payload=False)
+                                            params=p.params, with_payload=False)
                         for p in self._prefetch(dense_q, sparse_q, qfilter, candidates)]
             responses = self.client.query_batch_points(self.collection_name, requests=requests)
             pids = list(dict.fromkeys(str(p.id) for resp in responses for p in resp.points))
