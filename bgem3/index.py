@@ -61,8 +61,8 @@ _DOCUMENTS = "documents.json"
 _ARRAY_FILES = ("dense.npy", "sparse_indptr.npy", "sparse_indices.npy", "sparse_data.npy",
                 "colbert.npy", "colbert_offsets.npy")
 _COLBERT_DTYPES = {"float16": np.float16, "float32": np.float32}
-#: ColBERT tokens gathered (and cast to float32) per scoring chunk; bounds temporary memory.
-_COLBERT_CHUNK_TOKENS = 1 << 18
+#: ColBERT values (tokens x dim) gathered and cast to float32 per scoring chunk (64 MiB).
+_COLBERT_CHUNK_VALUES = 1 << 24
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -444,7 +444,8 @@ class HybridIndex:
                       else np.zeros((0, self.colbert_dim), dtype=np.float32))
         if c_flat.ndim != 2 or c_flat.shape[1] != self.colbert_dim:
             raise ValueError(f"ColBERT vectors must have shape (tokens, {self.colbert_dim}); got {c_flat.shape}")
-        if not np.isfinite(c_flat).all():
+        step = max(1, _COLBERT_CHUNK_VALUES // self.colbert_dim)
+        if not all(np.isfinite(c_flat[a:a + step]).all() for a in range(0, len(c_flat), step)):
             raise ValueError("ColBERT vectors contain NaN or infinity")
 
         with self._lock:
@@ -702,15 +703,19 @@ class HybridIndex:
         out = np.zeros(len(cand), dtype=np.float32)
         if len(q) == 0:
             return out
-        budget = max(_COLBERT_CHUNK_TOKENS, int(lens.max(initial=0)))
+        budget = max(_COLBERT_CHUNK_VALUES // self.colbert_dim, int(lens.max(initial=0)))
         csum = np.cumsum(lens)
+        contiguous = int(cand[-1]) - int(cand[0]) + 1 == len(cand) if len(cand) else False
         lo = 0
         while lo < len(cand):
             base = csum[lo - 1] if lo else 0
             hi = int(np.searchsorted(csum, base + budget, side="right"))
             hi = max(hi, lo + 1)
             l = lens[lo:hi]
-            sub = flat[_ranges(starts[lo:hi], l)].astype(np.float32, copy=False)
+            if contiguous:  # consecutive rows: one slice, no gather
+                sub = flat[int(starts[lo]): int(starts[lo]) + int(l.sum())].astype(np.float32)
+            else:
+                sub = flat[_ranges(starts[lo:hi], l)].astype(np.float32, copy=False)
             sub_offs = np.zeros(hi - lo + 1, dtype=np.int64)
             np.cumsum(l, out=sub_offs[1:])
             out[lo:hi] = colbert_scores_packed(q, sub, sub_offs)

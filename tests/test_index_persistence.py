@@ -45,12 +45,15 @@ def index(encoder) -> HybridIndex:
     return idx
 
 
-def results(idx: HybridIndex) -> list:
+def results(idx: HybridIndex, encoder: Encoder = None) -> list:
+    """Hits for several queries x search options (queries encoded once, to keep the test fast)."""
+    enc = encoder or idx.encoder
+    q = enc.encode_queries(QUERIES, dense=True, sparse=True, colbert=True)
     out = []
-    for q in QUERIES:
+    for n in range(len(QUERIES)):
         for kw in ({}, {"exhaustive": True}, {"mode": "rrf"}, {"filter": {"lang": ["en", "ko"]}}, {"candidates": 1}):
             out.append([(h.id, h.text, h.metadata, h.score, h.dense_score, h.sparse_score, h.colbert_score)
-                        for h in idx.search(q, k=5, **kw)])
+                        for h in idx.search_encoded(q.dense[n], q.sparse[n], q.colbert[n], k=5, **kw)])
     return out
 
 
@@ -61,6 +64,7 @@ def test_round_trip_gives_identical_results(index, encoder, tmp_path):
     loaded = HybridIndex.load(tmp_path / "idx", encoder)
     assert len(loaded) == len(index) == 7 and loaded.ids == index.ids and "t6" not in loaded
     assert results(loaded) == before  # bit for bit
+    assert loaded.search(QUERIES[1], k=5, mode="rrf") == index.search(QUERIES[1], k=5, mode="rrf")
     # compaction changes only float32 rounding (the matrix products have another row count)
     for a, b in zip(pre, before):
         assert [h[:3] for h in a] == [h[:3] for h in b]
@@ -88,6 +92,7 @@ def test_load_builds_the_encoder_from_the_manifest(index, tmp_path):
     loaded = HybridIndex.load(tmp_path / "idx", device="cpu")
     assert loaded.encoder is not None and loaded.encoder.model_name == index.model_name
     assert results(loaded) == results(index)
+    assert loaded.search(QUERIES[0], k=3) == index.search(QUERIES[0], k=3)
     bare = HybridIndex.load(tmp_path / "idx", load_encoder=False)
     assert bare.encoder is None
     dq, sq, cq = index.vectors("t2")
