@@ -135,7 +135,7 @@ def test_rrf_matches_hybrid_index_client_rescoring(qd_encoder, corpus, encoded_d
     assert_same_hits(st.search(QUERIES[0], k=5, mode="rrf"), index.search(QUERIES[0], k=5, mode="rrf"))
 
 
-def _synthetic(n: int, dim: int, seed: int):
+def _synthetic(n: int, dim: int, seed: int, colbert_dim: int = 8):
     rng = np.random.default_rng(seed)
     dense = rng.normal(size=(n, dim)).astype(np.float32)
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
@@ -143,8 +143,8 @@ def _synthetic(n: int, dim: int, seed: int):
                                                 rng.uniform(0.01, 0.5, size=12))} for _ in range(n)]
     colbert = []
     for _ in range(n):
-        c = rng.normal(size=(int(rng.integers(1, 9)), dim)).astype(np.float32)
-        colbert.append(c / np.linalg.norm(c, axis=1, keepdims=True))
+        c = rng.normal(size=(int(rng.integers(0, 9)), colbert_dim)).astype(np.float32)  # 0: no ColBERT vectors
+        colbert.append(c / np.linalg.norm(c, axis=1, keepdims=True) if len(c) else c)
     return dense, sparse, colbert
 
 
@@ -155,9 +155,10 @@ def test_synthetic_vectors_match_hybrid_index_weighted_and_rrf(rescore):
     ids = [f"v{i}" for i in range(n)]
     texts = [f"text {i}" for i in range(n)]
     metas = [{"shard": i % 5} for i in range(n)]
-    idx = HybridIndex(None, model_name="synthetic", dim=dim)
+    assert any(len(c) == 0 for c in colbert) and any(len(s) == 0 for s in sparse)
+    idx = HybridIndex(None, model_name="synthetic", dim=dim, colbert_dim=8)
     idx.add_encoded(ids, texts, metas, dense, sparse, colbert)
-    st = QdrantHybridStore(None, model_name="synthetic", dim=dim, client=QdrantClient(":memory:"),
+    st = QdrantHybridStore(None, model_name="synthetic", dim=dim, colbert_dim=8, client=QdrantClient(":memory:"),
                            rescore=rescore, batch_size=50)
     st.add_encoded(ids, texts, metas, dense, sparse, colbert)
     qd, qs, qc = _synthetic(5, dim, seed=2)

@@ -798,8 +798,9 @@ class QdrantHybridStore:
         colbert_q = np.asarray(colbert_q, dtype=np.float32)
         if self.dim is not None and dense_q.shape[0] != self.dim:
             raise ValueError(f"query dense vector has dimension {dense_q.shape[0]}, collection stores {self.dim}")
-        if colbert_q.ndim != 2 or colbert_q.shape[1] != dense_q.shape[0]:
-            raise ValueError(f"query ColBERT vectors must be [tokens, {dense_q.shape[0]}]; got {colbert_q.shape}")
+        cdim = self.colbert_dim or dense_q.shape[0]
+        if colbert_q.ndim != 2 or colbert_q.shape[1] != cdim:
+            raise ValueError(f"query ColBERT vectors must have shape (tokens, {cdim}); got {colbert_q.shape}")
         if not isinstance(sparse_q, Mapping):
             raise TypeError(f"sparse query must be a dict {{token_id: weight}}; got {type(sparse_q).__name__}")
         sparse_q = {int(t): float(v) for t, v in sparse_q.items()}
@@ -935,7 +936,7 @@ class QdrantHybridStore:
             sv = vec.get(SPARSE)
             sparse_docs.append({} if sv is None else dict(zip(sv.indices, sv.values)))
             cb = vec.get(COLBERT)
-            colbert_docs.append(np.zeros((0, len(colbert_q[0]) if len(colbert_q) else dense_q.shape[0]), np.float32)
+            colbert_docs.append(np.zeros((0, colbert_q.shape[1]), np.float32)
                                 if cb is None else np.asarray(cb, dtype=np.float32))
         d = (dense_docs @ dense_q).astype(np.float64)
         s = scoring.lexical_scores([sparse_q], sparse_docs)[0] if sparse_q else np.zeros(len(pids))
