@@ -550,3 +550,20 @@ def test_llama_index_retriever_over_qdrant_store(qdrant_for_retrievers, index, q
     assert hit.node.node_id == "n1" and hit.node.metadata["src"] == "a" and hit.node.get_content() == "bread oven night"
     fresh.delete(["n1"])
     assert fresh.retrieve("bread oven")[0].node.node_id == "n2"
+
+
+def test_bad_vectors_write_nothing():
+    dense, sparse, colbert = _synthetic(5, 16, seed=3)
+    st = QdrantHybridStore(None, model_name="synthetic", dim=16, colbert_dim=8, client=QdrantClient(":memory:"),
+                           batch_size=2)
+    bad = list(colbert)
+    bad[4] = np.full((2, 8), np.nan, dtype=np.float32)  # the last batch is bad
+    with pytest.raises(ValueError, match="NaN"):
+        st.add_encoded([f"v{i}" for i in range(5)], ["t"] * 5, None, dense, sparse, bad)
+    wrong = list(colbert)
+    wrong[3] = np.zeros((2, 16), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"shape \(tokens, 8\)"):
+        st.add_encoded([f"v{i}" for i in range(5)], ["t"] * 5, None, dense, sparse, wrong)
+    with pytest.raises(ValueError, match="dimension 12"):
+        st.add_encoded(["a"], ["t"], None, np.ones((1, 12), np.float32), [{}], [np.ones((1, 8), np.float32)])
+    assert len(st) == 0

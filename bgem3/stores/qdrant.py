@@ -595,37 +595,43 @@ class QdrantHybridStore:
             vecs = vecs.astype(np.float16).astype(np.float32)
         return vecs
 
-    def _points(self, ids, texts, metadatas, dense, sparse, colbert) -> list:
-        from qdrant_client import models
-
+    def _check_vectors(self, ids, dense, sparse, colbert) -> None:
+        """Every vector of the call is checked before the first upsert, so bad input writes nothing."""
         if self.dim is not None and dense.shape[1] != self.dim:
             raise ValueError(f"dense vectors have dimension {dense.shape[1]}, collection "
                              f"{self.collection_name!r} stores {self.dim}")
         if not np.isfinite(dense).all():
             raise ValueError("dense vectors contain NaN or infinity")
         cdim = self.colbert_dim or dense.shape[1]
-        points = []
         for i, doc_id in enumerate(ids):
-            cb = self._colbert_values(colbert[i])
-            if cb.ndim != 2 or cb.shape[1] != cdim:
+            cb = colbert[i]
+            if np.ndim(cb) != 2 or np.shape(cb)[1] != cdim:
                 raise ValueError(f"ColBERT vectors of document {doc_id!r} must have shape (tokens, {cdim}); "
-                                 f"got {cb.shape}")
+                                 f"got {np.shape(cb)}")
             if not np.isfinite(cb).all():
                 raise ValueError(f"ColBERT vectors of document {doc_id!r} contain NaN or infinity")
             sw = sparse[i]
             if not isinstance(sw, Mapping):
                 raise TypeError(f"sparse[{i}] must be a dict {{token_id: weight}}; got {type(sw).__name__}")
+            if sw:
+                if min(int(t) for t in sw) < 0:
+                    raise ValueError(f"lexical token ids of document {doc_id!r} must be >= 0")
+                if not all(math.isfinite(float(v)) for v in sw.values()):
+                    raise ValueError(f"lexical weights of document {doc_id!r} contain NaN or infinity")
+
+    def _points(self, ids, texts, metadatas, dense, sparse, colbert) -> list:
+        from qdrant_client import models
+
+        points = []
+        for i, doc_id in enumerate(ids):
+            cb = self._colbert_values(colbert[i])
+            sw = sparse[i]
             idx = sorted(int(t) for t in sw)
-            if idx and idx[0] < 0:
-                raise ValueError(f"lexical token id {idx[0]} of document {doc_id!r} is negative")
-            values = [float(sw[t]) for t in idx]
-            if not all(math.isfinite(v) for v in values):
-                raise ValueError(f"lexical weights of document {doc_id!r} contain NaN or infinity")
             vector: dict = {DENSE: dense[i].tolist()}
             if len(cb):  # a document without ColBERT vectors scores 0 on that channel
                 vector[COLBERT] = cb.tolist()
             if idx:
-                vector[SPARSE] = models.SparseVector(indices=idx, values=values)
+                vector[SPARSE] = models.SparseVector(indices=idx, values=[float(sw[t]) for t in idx])
             points.append(models.PointStruct(
                 id=point_id(doc_id), vector=vector,
                 payload={"id": doc_id, "text": texts[i], "metadata": metadatas[i], "seq": self._next_seq()},
@@ -640,6 +646,7 @@ class QdrantHybridStore:
         return self._last_seq
 
     def _upsert(self, ids, texts, metadatas, dense, sparse, colbert, already_written) -> None:
+        self._check_vectors(ids, dense, sparse, colbert)
         written = list(already_written)
         for start in range(0, len(ids), self.batch_size):
             sl = slice(start, start + self.batch_size)
