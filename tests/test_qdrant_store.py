@@ -567,3 +567,34 @@ def test_bad_vectors_write_nothing():
     with pytest.raises(ValueError, match="dimension 12"):
         st.add_encoded(["a"], ["t"], None, np.ones((1, 12), np.float32), [{}], [np.ones((1, 8), np.float32)])
     assert len(st) == 0
+
+
+try:
+    from langchain_tests.integration_tests import RetrieversIntegrationTests
+except ImportError:  # pragma: no cover
+    RetrieversIntegrationTests = None
+
+if RetrieversIntegrationTests is not None:
+
+    class TestLangChainStandardSuiteOnQdrant(RetrieversIntegrationTests):
+        """langchain-tests' standard retriever suite, with QdrantHybridStore as the store."""
+
+        _store = None
+
+        @pytest.fixture(autouse=True)
+        def _bind_store(self, qdrant_for_retrievers):
+            type(self)._store = qdrant_for_retrievers
+
+        @property
+        def retriever_constructor(self):
+            from langchain_bgem3 import BGEM3HybridRetriever
+
+            return BGEM3HybridRetriever
+
+        @property
+        def retriever_constructor_params(self) -> dict:
+            return {"store": self._store}
+
+        @property
+        def retriever_query_example(self) -> str:
+            return RETRIEVER_QUERY
