@@ -74,7 +74,7 @@ def token_ids(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def make_corpus(cfg: Config, seed: int = 0):
     rng = np.random.default_rng(seed)
-    dense = rng.standard_normal((cfg.n, cfg.dim), dtype=np.float32)
+    dense = rng.random((cfg.n, cfg.dim), dtype=np.float32) - 0.5
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
     nnz = rng.integers(30, 101, cfg.n)
     indptr = np.zeros(cfg.n + 1, dtype=np.int64)
@@ -88,7 +88,7 @@ def make_corpus(cfg: Config, seed: int = 0):
     flat = np.empty((int(offsets[-1]), cfg.colbert_dim), dtype=np.float16)
     step = 1 << 18
     for a in range(0, len(flat), step):  # chunked: never a full float32 copy
-        block = rng.standard_normal((min(step, len(flat) - a), cfg.colbert_dim), dtype=np.float32)
+        block = rng.random((min(step, len(flat) - a), cfg.colbert_dim), dtype=np.float32) - 0.5
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         flat[a:a + len(block)] = block
     return dense, csr, flat, offsets
@@ -108,9 +108,19 @@ def make_queries(cfg: Config, count: int, seed: int = 1):
     return out
 
 
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def traced(fn):
+    """(result, bytes newly allocated and still held) -- tracemalloc sees numpy buffers too."""
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out = fn()
+        gc.collect()
+        return out, tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
 
 
 def timed(fn, queries) -> np.ndarray:
@@ -132,10 +142,6 @@ class PythonLoopBaseline:
         self.lexical = [dict(zip(csr.indices[csr.indptr[i]:csr.indptr[i + 1]].tolist(),
                                  csr.data[csr.indptr[i]:csr.indptr[i + 1]].tolist())) for i in range(csr.shape[0])]
         self.colbert = [flat[offsets[i]:offsets[i + 1]].astype(np.float32) for i in range(len(offsets) - 1)]
-
-    def nbytes(self) -> int:
-        d = sum(sys.getsizeof(x) + len(x) * (28 + 24) for x in self.lexical)
-        return int(self.dense.nbytes + d + sum(a.nbytes + 112 for a in self.colbert))
 
     def search(self, dq, sq, cq, k=10, w=(0.4, 0.2, 0.4)):
         dense = self.dense @ dq
@@ -214,25 +220,22 @@ def run_config(cfg: Config, args, qdrant_n: int) -> list[dict]:
         off = offsets[: n + 1]
         f = flat[: off[-1]]
         sub = Config(n, cfg.dim, cfg.colbert_dim, cfg.tmin, cfg.tmax)
-        gc.collect()
-        r0 = rss()
         t = time.perf_counter()
         idx = build_ours(d, c, f, off, sub)
         build_s = time.perf_counter() - t
         ours = timed(lambda dq, sq, cq: idx.search_encoded(dq, sq, cq, k=10), queries)
-        grow = rss() - r0
         mem = idx.memory_usage()
         report("HybridIndex (candidates)", n, ours, mem["used"] / n,
-               f"build {build_s:.1f}s, RSS growth {grow / n / 1024:.1f} KiB/doc")
+               f"build {build_s:.1f}s; arrays incl. lexical search copy")
         exh = timed(lambda dq, sq, cq: idx.search_encoded(dq, sq, cq, k=10, exhaustive=True),
                     queries[: args.exhaustive_queries])
         report("HybridIndex (exhaustive)", n, exh, mem["used"] / n)
         # the exhaustive ranking equals brute force: check on the first query
         base = None
         if nq_baseline:
-            base = PythonLoopBaseline(d, c, f, off)
+            base, held = traced(lambda: PythonLoopBaseline(d, c, f, off))
             bl = timed(lambda dq, sq, cq: base.search(dq, sq, cq), queries[:nq_baseline])
-            report("python-loop baseline", n, bl, base.nbytes() / n)
+            report("python-loop baseline", n, bl, (held + d.nbytes) / n, "(tracemalloc + shared dense matrix)")
             want = base.search(*queries[0])
             got = [int(h.id) for h in idx.search_encoded(*queries[0], k=10, exhaustive=True)]
             agree = len(set(want.tolist()) & set(got))
@@ -242,6 +245,16 @@ def run_config(cfg: Config, args, qdrant_n: int) -> list[dict]:
             print(f"    baseline / HybridIndex: {rows[-1]['ratio_vs_ours_candidates']:.0f}x (candidates), "
                   f"{rows[-1]['ratio_vs_ours_exhaustive']:.1f}x (exhaustive)")
         del base
+        gc.collect()
+        if args.fp32 and nq_baseline:
+            idx32 = HybridIndex(None, model_name="synthetic", dim=cfg.dim, colbert_dim=cfg.colbert_dim,
+                                vocab_size=VOCAB, colbert_dtype="float32")
+            idx32.add_encoded([str(i) for i in range(n)], [""] * n, None, d, c, (f, off))
+            f32 = timed(lambda dq, sq, cq: idx32.search_encoded(dq, sq, cq, k=10), queries)
+            report("HybridIndex fp32 (candidates)", n, f32, idx32.memory_usage()["used"] / n,
+                   "colbert_dtype='float32'")
+            del idx32
+            gc.collect()
         return idx, ours
 
     idx, ours = ours_and_baseline(cfg.n, min(args.baseline_queries, args.queries))
@@ -256,14 +269,11 @@ def run_config(cfg: Config, args, qdrant_n: int) -> list[dict]:
         except ImportError:
             print("  qdrant-client not installed: skipped")
             return rows
-        gc.collect()
-        r0 = rss()
         t = time.perf_counter()
-        q = QdrantLocal(dense[:n], csr[:n], flat, offsets[: n + 1])
+        q, held = traced(lambda: QdrantLocal(dense[:n], csr[:n], flat, offsets[: n + 1]))
         build_s = time.perf_counter() - t
-        grow = rss() - r0
         ql = timed(lambda dq, sq, cq: q.search(dq, sq, cq), queries[: args.qdrant_queries])
-        report("qdrant-client :memory:", n, ql, grow / n, f"build {build_s:.1f}s (RSS growth)")
+        report("qdrant-client :memory:", n, ql, held / n, f"build {build_s:.1f}s incl. tracemalloc overhead")
         rows[-1]["ratio_vs_ours_candidates"] = float(np.median(ql) / np.median(ours))
         print(f"    qdrant local / HybridIndex: {rows[-1]['ratio_vs_ours_candidates']:.0f}x")
         del q
@@ -283,8 +293,10 @@ def main(argv=None) -> int:
     p.add_argument("--blas-threads", type=int, default=1,
                    help="BLAS threads for every system (threadpoolctl); 1 gives stable figures on a shared "
                         "machine; 0 = library default")
+    p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time HybridIndex with colbert_dtype='float32' (configs that run the baseline)")
     p.add_argument("--baseline-queries", type=int, default=5, help="queries for the (slow) python-loop baseline")
-    p.add_argument("--qdrant-n", type=int, default=5000,
+    p.add_argument("--qdrant-n", type=int, default=2000,
                    help="documents for qdrant local mode, on the LAST config's shapes (0 = skip)")
     p.add_argument("--qdrant-queries", type=int, default=20)
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
