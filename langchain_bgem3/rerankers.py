@@ -32,8 +32,10 @@ class BGEM3Reranker(BaseDocumentCompressor):
     ``colbert_score`` are then not written.
 
     Args:
-        encoder: a :class:`bgem3.Encoder`, or a model name / local folder to load one from.
-        encoder_kwargs: options for :class:`bgem3.Encoder` when ``encoder`` is a name.
+        model_name: hub id or local folder of the model (default ``"BAAI/bge-m3"``).
+        model_kwargs: options for :class:`bgem3.Encoder` (``device``, ``dtype``, ``max_length``...).
+        encoder: an already loaded :class:`bgem3.Encoder` (shared with other components);
+            when given, ``model_name`` / ``model_kwargs`` are not used.
         top_n: how many documents to keep (``None``: all, reordered). Default 3.
         weights: ``(dense, lexical, colbert)``; default ``(0.4, 0.2, 0.4)``.
         mode: ``"weighted"`` or ``"rrf"`` (reciprocal-rank fusion of the three channel rankings).
@@ -46,7 +48,7 @@ class BGEM3Reranker(BaseDocumentCompressor):
         from langchain_classic.retrievers import ContextualCompressionRetriever
         from langchain_bgem3 import BGEM3Reranker
 
-        reranker = BGEM3Reranker(encoder="BAAI/bge-m3", top_n=3)
+        reranker = BGEM3Reranker(model_name="BAAI/bge-m3", top_n=3)
         retriever = ContextualCompressionRetriever(base_compressor=reranker, base_retriever=bm25_retriever)
         docs = retriever.invoke("what is BGE M3?")
         # or directly:
@@ -55,8 +57,9 @@ class BGEM3Reranker(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    encoder: Encoder
-    encoder_kwargs: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    model_name: str = "BAAI/bge-m3"
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    encoder: Optional[Encoder] = Field(default=None, exclude=True, repr=False)
     top_n: Optional[int] = 3
     weights: tuple[float, float, float] = DEFAULT_WEIGHTS
     mode: Literal["weighted", "rrf"] = "weighted"
@@ -68,9 +71,18 @@ class BGEM3Reranker(BaseDocumentCompressor):
     @model_validator(mode="before")
     @classmethod
     def _load_encoder(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "encoder" in data and not isinstance(data["encoder"], Encoder):
+        if isinstance(data, dict):
             data = dict(data)
-            data["encoder"] = resolve_encoder(data["encoder"], **(data.get("encoder_kwargs") or {}))
+            enc = data.get("encoder")
+            if enc is None:
+                data["encoder"] = resolve_encoder(data.get("model_name", "BAAI/bge-m3"), **(data.get("model_kwargs") or {}))
+            elif not isinstance(enc, Encoder):
+                raise ValueError(f"encoder must be a bgem3.Encoder (or leave it out and pass model_name=...); "
+                                 f"got {type(enc).__name__}")
+            elif data.get("model_kwargs"):
+                raise ValueError("model_kwargs are only used when the reranker loads the model by model_name; "
+                                 "an Encoder was given: configure it with Encoder(...) instead")
+            data["model_name"] = str(data["encoder"].model_name)
         return data
 
     @field_validator("weights", mode="before")

@@ -30,8 +30,10 @@ class BGEM3Reranker(BaseNodePostprocessor):
     Models without BGE-M3 heads rerank dense-only with ``weights=(1, 0, 0)``.
 
     Args:
-        encoder: a :class:`bgem3.Encoder`, or a model name / folder to load one from
-            (``encoder_kwargs`` are passed to :class:`bgem3.Encoder` then).
+        model_name: hub id or local folder of the model (default ``"BAAI/bge-m3"``).
+        model_kwargs: options for :class:`bgem3.Encoder` (``device``, ``dtype``, ``max_length``...).
+        encoder: an already loaded :class:`bgem3.Encoder` (shared with other components);
+            when given, ``model_name`` / ``model_kwargs`` are not used.
         top_n: how many nodes to keep (``None``: all, reordered). Default 3.
         weights: ``(dense, lexical, colbert)``; default ``(0.4, 0.2, 0.4)``.
         mode: ``"weighted"`` or ``"rrf"``; ``rrf_k``: the RRF constant.
@@ -42,14 +44,15 @@ class BGEM3Reranker(BaseNodePostprocessor):
     Example::
 
         >>> from llama_index_bgem3 import BGEM3Reranker                            # doctest: +SKIP
-        >>> reranker = BGEM3Reranker(encoder="BAAI/bge-m3", top_n=3)               # doctest: +SKIP
+        >>> reranker = BGEM3Reranker(model_name="BAAI/bge-m3", top_n=3)               # doctest: +SKIP
         >>> query_engine = index.as_query_engine(similarity_top_k=20,
         ...                                      node_postprocessors=[reranker])    # doctest: +SKIP
         >>> best = reranker.postprocess_nodes(nodes, query_str="what is BGE M3?")   # doctest: +SKIP
     """
 
-    encoder: Any = Field(description="a bgem3.Encoder or a model name / folder", exclude=True)
-    encoder_kwargs: dict = Field(default_factory=dict, exclude=True)
+    model_name: str = Field(default="BAAI/bge-m3", description="hub id or local folder of the model")
+    model_kwargs: dict = Field(default_factory=dict, description="options for bgem3.Encoder")
+    encoder: Optional[Any] = Field(default=None, description="an already loaded bgem3.Encoder", exclude=True)
     top_n: Optional[int] = Field(default=3, description="nodes to keep; None keeps all")
     weights: Tuple[float, float, float] = Field(default=DEFAULT_WEIGHTS)
     mode: Literal["weighted", "rrf"] = "weighted"
@@ -63,8 +66,18 @@ class BGEM3Reranker(BaseNodePostprocessor):
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
-        self._encoder = resolve_encoder(self.encoder, **self.encoder_kwargs)
+        if self.encoder is None:
+            self._encoder = resolve_encoder(self.model_name, **self.model_kwargs)
+        elif not isinstance(self.encoder, Encoder):
+            raise TypeError(f"encoder must be a bgem3.Encoder (or leave it out and pass model_name=...); "
+                            f"got {type(self.encoder).__name__}")
+        elif self.model_kwargs:
+            raise ValueError("model_kwargs are only used when the reranker loads the model by model_name; "
+                             "an Encoder was given: configure it with Encoder(...) instead")
+        else:
+            self._encoder = self.encoder
         self.encoder = self._encoder
+        self.model_name = str(self._encoder.model_name)
 
     @field_validator("weights", mode="before")
     @classmethod

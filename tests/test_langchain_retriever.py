@@ -233,8 +233,12 @@ async def test_reranker_async_and_options(rt_m3_path, rt_encoder):
     async_ = await reranker.acompress_documents(_candidates(), QUERY)
     assert [(d.id, d.metadata) for d in sync] == [(d.id, d.metadata) for d in async_]
     assert "m3_score" in sync[0].metadata and "score" not in sync[0].metadata
-    loaded = BGEM3Reranker(encoder=rt_m3_path, encoder_kwargs={"device": "cpu", "max_length": MAX_LENGTH})
-    assert loaded.encoder.max_length == MAX_LENGTH
+    loaded = BGEM3Reranker(model_name=rt_m3_path, model_kwargs={"device": "cpu", "max_length": MAX_LENGTH})
+    assert loaded.encoder.max_length == MAX_LENGTH and loaded.model_name == rt_m3_path
+    with pytest.raises(ValidationError, match="model_kwargs are only used"):
+        BGEM3Reranker(encoder=rt_encoder, model_kwargs={"device": "cpu"})
+    with pytest.raises(ValidationError, match="encoder must be a bgem3.Encoder"):
+        BGEM3Reranker(encoder=rt_m3_path)
     with pytest.raises(ValidationError, match="top_n"):
         BGEM3Reranker(encoder=rt_encoder, top_n=0)
     with pytest.raises(ValueError, match="query is empty"):

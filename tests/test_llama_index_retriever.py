@@ -221,6 +221,10 @@ async def test_reranker_async_and_errors(rt_m3_path, rt_encoder):
         rr.postprocess_nodes(_nodes())
     with pytest.raises(ValueError, match="top_n"):
         BGEM3Reranker(encoder=rt_encoder, top_n=0)
-    loaded = BGEM3Reranker(encoder=rt_m3_path, encoder_kwargs={"device": "cpu", "max_length": MAX_LENGTH})
-    assert loaded.encoder.max_length == MAX_LENGTH
+    loaded = BGEM3Reranker(model_name=rt_m3_path, model_kwargs={"device": "cpu", "max_length": MAX_LENGTH})
+    assert loaded.encoder.max_length == MAX_LENGTH and loaded.model_name == rt_m3_path
+    with pytest.raises(ValueError, match="model_kwargs are only used"):
+        BGEM3Reranker(encoder=rt_encoder, model_kwargs={"device": "cpu"})
+    with pytest.raises(TypeError, match="encoder must be a bgem3.Encoder"):
+        BGEM3Reranker(encoder=rt_m3_path)
     assert loaded.to_dict()["top_n"] == 3 and "encoder" not in loaded.to_dict()
