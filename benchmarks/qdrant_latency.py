@@ -37,8 +37,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.index_latency import Config, build_ours, make_corpus, make_queries, rss, stats  # noqa: E402
+from benchmarks.index_latency import Config, build_ours, make_corpus, make_queries, stats  # noqa: E402
 from bgem3.stores.qdrant import QdrantHybridStore  # noqa: E402
+
+
+def rss() -> int:
+    """Resident set size of this process, bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def fill_qdrant(dense, csr, flat, offsets, cfg: Config, batch: int) -> QdrantHybridStore:
