@@ -339,6 +339,7 @@ def test_collection_creation_is_idempotent(qd_encoder):
     a.add(["cat dog", "bread oven"], ids=["1", "2"])
     b = QdrantHybridStore(qd_encoder, client=client, collection_name="c")
     assert len(b) == 2 and b.get(["1"])[0].text == "cat dog"
+    assert sorted(b.iter_ids()) == ["1", "2"] and "1" in b and "3" not in b
     meta = client.get_collection("c").config.metadata["bgem3"]
     assert meta["model_name"] == qd_encoder.model_name and meta["dim"] == qd_encoder.hidden_size
     params = client.get_collection("c").config.params
