@@ -183,9 +183,11 @@ def e5_templates(profile: Profile, task: Optional[str] = None) -> Profile:
                    passage_template=e5.passage_template, task=task if task is not None else e5.task)
 
 
-def e5_encoder_profile(model_name_or_path: Union[str, os.PathLike], *, cache_dir: Optional[str] = None,
-                       revision: Optional[str] = None, local_files_only: Optional[bool] = None) -> Optional[str]:
-    """``None`` when the model folder tells its own pooling, else ``"e5"`` (mean pooling).
+def e5_encoder_profile(model_name_or_path: Union[str, os.PathLike], *, task: Optional[str] = None,
+                       cache_dir: Optional[str] = None, revision: Optional[str] = None,
+                       local_files_only: Optional[bool] = None) -> Optional[str]:
+    """``None`` when the model folder tells its own pooling, else ``"e5"`` (``"e5-instruct"``
+    with a ``task``), both mean pooling.
 
     An E5 facade passes the result as ``profile=`` so a bare E5 folder (no sentence-transformers
     config, unknown name) still loads with E5's mean pooling.
@@ -195,7 +197,7 @@ def e5_encoder_profile(model_name_or_path: Union[str, os.PathLike], *, cache_dir
     try:
         detect_profile(path, name_hint=os.fspath(model_name_or_path))
     except ValueError:
-        return "e5"
+        return "e5-instruct" if task is not None else "e5"
     return None
 
 

@@ -207,7 +207,7 @@ class E5Embeddings(_DenseEmbeddings):
         if self.cache_folder is not None:
             opts.setdefault("cache_dir", self.cache_folder)
         if "profile" not in opts:
-            profile = e5_encoder_profile(self.model_name, cache_dir=opts.get("cache_dir"),
+            profile = e5_encoder_profile(self.model_name, task=self.task, cache_dir=opts.get("cache_dir"),
                                          revision=opts.get("revision"), local_files_only=opts.get("local_files_only"))
             if profile is not None:
                 opts["profile"] = profile

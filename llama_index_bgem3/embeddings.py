@@ -198,7 +198,7 @@ class E5Embedding(_DenseEmbedding):
     def _load_encoder(self) -> Encoder:
         opts = self._encoder_options()
         if "profile" not in opts:
-            profile = e5_encoder_profile(self.model_name, cache_dir=opts.get("cache_dir"),
+            profile = e5_encoder_profile(self.model_name, task=self.task, cache_dir=opts.get("cache_dir"),
                                          revision=opts.get("revision"), local_files_only=opts.get("local_files_only"))
             if profile is not None:
                 opts["profile"] = profile
