@@ -143,7 +143,8 @@ def test_llama_index_qdrant_stores_the_encoders_lexical_weights(li_setup):
     ref = dense.encoder.encode_documents(DOCS, dense=False, sparse=True).sparse
     for p in points:
         i = p.payload["i"]  # LlamaIndex stores node metadata at the payload's top level
-        assert _sparse_of(p, store.sparse_vector_name) == pytest.approx(ref[i], rel=1e-6)
+        # the store encoded in batches of 3, the reference in one batch: equal up to float rounding
+        assert _sparse_of(p, store.sparse_vector_name) == pytest.approx(ref[i], rel=1e-5)
 
 
 def test_llama_index_sparse_scores_are_bgem3s(li_setup):
