@@ -11,12 +11,17 @@ Example::
 
 from .encoder import EncodeOutput, Encoder, ModelLoadError, resolve_device, resolve_dtype
 from .profiles import Profile, detect_profile, get_profile
+from .index import HybridIndex, IndexFormatError
+from .types import Hit
 from . import scoring
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Encoder",
+    "HybridIndex",
+    "Hit",
+    "IndexFormatError",
     "EncodeOutput",
     "ModelLoadError",
     "Profile",
