@@ -24,6 +24,7 @@ Run it as ``bgem3 ...`` or ``python -m bgem3 ...``. ``main(argv)`` is callable i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -58,16 +59,23 @@ class _UsageError(CLIError):
 
 # --------------------------------------------------------------------------- small helpers
 
-def _quiet_libraries() -> None:
-    """Keep stderr for our own messages: no transformers load bars or advisory warnings."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Keep stderr for our own messages: no transformers load bars or advisory warnings (restored after)."""
     try:
         from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
     except Exception:  # pragma: no cover - transformers is a hard dependency
-        pass
+        yield
+        return
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _model_arg(name: str) -> str:
@@ -633,9 +641,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not getattr(args, "command", None):
             parser.print_help(sys.stderr)
             return EXIT_USAGE
-        if not debug:
-            _quiet_libraries()
-        return int(args.func(args) or EXIT_OK)
+        with (contextlib.nullcontext() if debug else _quiet_libraries()):
+            return int(args.func(args) or EXIT_OK)
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
