@@ -241,10 +241,15 @@ search. E5 models give dense vectors only (no lexical or ColBERT heads).
         code("""
 from langchain_bgem3 import E5Embeddings
 
+from bgem3 import get_profile
+
 e5 = E5Embeddings(model_name=E5_MODEL, model_kwargs={"device": DEVICE} if DEVICE else {})
-profile = e5.encoder.profile
-print("query is encoded as:  ", repr(profile.format_query("Which city is the capital of France?", None)))
-print("passage is encoded as:", repr(profile.format_passage("Paris is the capital of France.")))
+e5_format = get_profile("e5-instruct" if "instruct" in E5_MODEL else "e5")
+question = "Which city is the capital of France?"
+print("queries are encoded as: ", repr(e5_format.format_query(question, None)))
+print("passages are encoded as:", repr(e5_format.format_passage("Paris is the capital of France.")))
+same = np.allclose(e5.embed_query(question), e5.encoder.encode([e5_format.format_query(question, None)]).dense[0], atol=1e-5)
+print("embed_query(question) is the encoding of that string:", same)
 e5_store = InMemoryVectorStore.from_documents(documents, e5)
 for doc in e5_store.similarity_search("Which city is the capital of France?", k=2):
     print(doc.page_content)
@@ -402,8 +407,15 @@ E5 gives dense vectors only.
         code("""
 from llama_index_bgem3 import E5Embedding
 
+import numpy as np
+from bgem3 import get_profile
+
 e5 = E5Embedding(model_name=E5_MODEL, device=DEVICE)
-print(repr(e5.encoder.profile.format_query(query, None)), "|", repr(e5.encoder.profile.format_passage(corpus[5])))
+e5_format = get_profile("e5-instruct" if "instruct" in E5_MODEL else "e5")
+print("queries are encoded as: ", repr(e5_format.format_query(query, None)))
+print("passages are encoded as:", repr(e5_format.format_passage(corpus[5])))
+same = np.allclose(e5.get_query_embedding(query), e5.encoder.encode([e5_format.format_query(query, None)]).dense[0], atol=1e-5)
+print("get_query_embedding(query) is the encoding of that string:", same)
 e5_index = VectorStoreIndex.from_documents(documents, embed_model=e5)
 print([hit.node.get_content()[:50] for hit in e5_index.as_retriever(similarity_top_k=2).retrieve(query)])
 """),

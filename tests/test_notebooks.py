@@ -74,5 +74,8 @@ def test_notebook_runs(name, nb_models, monkeypatch, tmp_path):
         assert "12 documents; True False" in text  # add + delete survived save/load
     if name == "01_langchain.ipynb":
         assert "Question: What is BGE M3?" in text  # the echo LLM received the RAG prompt
+        assert "embed_query(question) is the encoding of that string: True" in text  # E5 prefix applied
+        assert "'query: Which city is the capital of France?'" in text
     if name == "02_llamaindex.ipynb":
         assert "sources:" in text
+        assert "get_query_embedding(query) is the encoding of that string: True" in text
