@@ -12,6 +12,7 @@ Example::
 from .encoder import EncodeOutput, Encoder, ModelLoadError, resolve_device, resolve_dtype
 from .profiles import Profile, detect_profile, get_profile
 from .index import HybridIndex, IndexFormatError
+from .rerank import HybridReranker
 from .types import Hit
 from . import scoring
 
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Encoder",
     "HybridIndex",
+    "HybridReranker",
     "Hit",
     "IndexFormatError",
     "EncodeOutput",

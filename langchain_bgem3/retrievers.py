@@ -98,7 +98,7 @@ class BGEM3HybridRetriever(BaseRetriever):
     def from_texts(
         cls,
         texts: Iterable[str],
-        model_name_or_encoder: Any = None,
+        model_name_or_encoder: Any = "BAAI/bge-m3",
         metadatas: Optional[Sequence[Mapping[str, Any]]] = None,
         ids: Optional[Sequence[str]] = None,
         **kwargs: Any,
@@ -124,7 +124,7 @@ class BGEM3HybridRetriever(BaseRetriever):
     def from_documents(
         cls,
         documents: Iterable[Document],
-        model_name_or_encoder: Any = None,
+        model_name_or_encoder: Any = "BAAI/bge-m3",
         *,
         ids: Optional[Sequence[str]] = None,
         **kwargs: Any,

@@ -110,7 +110,7 @@ class BGEM3HybridRetriever(BaseRetriever):
     def from_nodes(
         cls,
         nodes: Sequence[BaseNode],
-        model_name_or_encoder: Any = None,
+        model_name_or_encoder: Any = "BAAI/bge-m3",
         *,
         show_progress: Optional[bool] = None,
         **kwargs: Any,
@@ -132,7 +132,7 @@ class BGEM3HybridRetriever(BaseRetriever):
     def from_documents(
         cls,
         documents: Sequence[Document],
-        model_name_or_encoder: Any = None,
+        model_name_or_encoder: Any = "BAAI/bge-m3",
         *,
         transformations: Optional[List[TransformComponent]] = None,
         show_progress: Optional[bool] = None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from bgem3 import Encoder
-from bgem3.testing import make_m3_checkpoint
 
 #: Small corpus: the tiny random model gives lexical/ColBERT scores that follow shared tokens.
 CORPUS = [
@@ -27,9 +26,9 @@ MAX_LENGTH = 64
 
 
 @pytest.fixture(scope="session")
-def rt_m3_path(tmp_path_factory) -> str:
-    """A tiny random-weight BGE-M3 checkpoint (with heads), built offline."""
-    return make_m3_checkpoint(str(tmp_path_factory.mktemp("rt_m3")), seed=3)
+def rt_m3_path(m3_path) -> str:
+    """The suite's tiny random-weight BGE-M3 checkpoint (with heads; tests/conftest.py)."""
+    return m3_path
 
 
 @pytest.fixture(scope="session")
