@@ -48,7 +48,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 import scipy.sparse as sp
 
-from .scoring import DEFAULT_WEIGHTS, check_weights, colbert_scores_packed, fuse_weighted
+from ._store import StoreBase, check_documents, check_positive_int as _positive_int, check_search_args
+from ._store import check_str_list as _check_str_list, encoder_shape, rank, resolve_encoder, scored_hit
+from .scoring import DEFAULT_WEIGHTS, colbert_scores_packed
 from .types import FusionMode, Hit
 
 __all__ = ["HybridIndex", "IndexFormatError", "FORMAT_VERSION"]
@@ -130,7 +132,7 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the index
-class HybridIndex:
+class HybridIndex(StoreBase):
     """Embedded hybrid index over BGE-M3's dense, lexical and ColBERT outputs.
 
     Args:
@@ -180,35 +182,19 @@ class HybridIndex:
         colbert_dtype: str = "float16",
         **encoder_kwargs: Any,
     ) -> None:
-        if isinstance(encoder, (str, os.PathLike)):
-            from .encoder import Encoder
-
-            encoder = Encoder(encoder, **encoder_kwargs)
-        elif encoder_kwargs:
-            raise TypeError(
-                f"unexpected keyword arguments {sorted(encoder_kwargs)}: encoder options are only used "
-                "when `encoder` is a model name or folder (HybridIndex('BAAI/bge-m3', device='cpu'))"
-            )
+        encoder = resolve_encoder(encoder, encoder_kwargs, "HybridIndex")
         if colbert_dtype not in _COLBERT_DTYPES:
             raise ValueError(f"colbert_dtype must be 'float16' or 'float32'; got {colbert_dtype!r}")
         self.encoder = encoder
         if encoder is not None:
-            if not all(hasattr(encoder, a) for a in ("encode_queries", "encode_documents", "hidden_size")):
-                raise TypeError(f"encoder must be a bgem3.Encoder, a model name/folder or None; got {type(encoder).__name__}")
-            if getattr(encoder, "has_heads", True) is False:
-                raise ValueError(
-                    f"HybridIndex needs lexical and ColBERT outputs, but the encoder for {encoder.model_name!r} has no "
-                    "BGE-M3 heads (colbert_linear.pt, sparse_linear.pt). Use a BGE-M3 checkpoint such as 'BAAI/bge-m3'."
-                )
-            enc_dim = int(encoder.hidden_size)
+            enc_name, enc_dim, enc_cdim = encoder_shape(encoder, "HybridIndex")
             if dim is not None and int(dim) != enc_dim:
                 raise ValueError(f"dim={dim} does not match the encoder's hidden size {enc_dim}; leave dim unset")
             dim = enc_dim
             if model_name is None:
-                model_name = str(encoder.model_name)
+                model_name = enc_name
             if colbert_dim is None:
-                lin = getattr(encoder, "colbert_linear", None)
-                colbert_dim = int(lin.out_features) if lin is not None else dim
+                colbert_dim = enc_cdim
             if vocab_size is None:
                 vocab_size = int(getattr(encoder, "vocab_size", 0)) or None
         else:
@@ -308,8 +294,7 @@ class HybridIndex:
             TypeError: non-string texts or ids, or no encoder.
         """
         enc = self._require_encoder("add")
-        texts = _check_str_list(texts, "texts")
-        ids, metas = self._check_batch(texts, ids, metadatas)
+        texts, ids, metas = check_documents(texts, ids, metadatas, store="the index")
         if not texts:
             return []
         kwargs: dict[str, Any] = {"dense": True, "sparse": True, "colbert": True}
@@ -340,45 +325,8 @@ class HybridIndex:
             colbert: one ``[T_i, colbert_dim]`` array per document, or a packed
                 ``(flat [sum T_i, colbert_dim], offsets [N+1])`` pair.
         """
-        texts = _check_str_list(texts, "texts")
-        ids, metas = self._check_batch(texts, ids, metadatas)
+        texts, ids, metas = check_documents(texts, ids, metadatas, store="the index")
         return self._add_checked(ids, texts, metas, dense, sparse, colbert)
-
-    def _check_batch(self, texts: list[str], ids: Optional[Sequence[str]],
-                     metadatas: Optional[Sequence[Optional[Mapping[str, Any]]]]) -> tuple[list[str], list[dict]]:
-        n = len(texts)
-        if ids is None:
-            ids = [uuid.uuid4().hex for _ in range(n)]
-        else:
-            ids = _check_str_list(ids, "ids")
-            if len(ids) != n:
-                raise ValueError(f"got {n} texts but {len(ids)} ids; pass one id per text (or ids=None)")
-            if len(set(ids)) != n:
-                seen: set[str] = set()
-                dups = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
-                raise ValueError(f"duplicate ids in one add call: {dups[:10]}; ids must be unique within a call "
-                                 "(an id already in the index is replaced)")
-        if metadatas is None:
-            metas = [{} for _ in range(n)]
-        else:
-            if isinstance(metadatas, Mapping):
-                raise TypeError("metadatas must be a list with one dict per text, not a single dict")
-            metadatas = list(metadatas)
-            if len(metadatas) != n:
-                raise ValueError(f"got {n} texts but {len(metadatas)} metadatas; pass one dict (or None) per text")
-            metas = []
-            for i, m in enumerate(metadatas):
-                if m is None:
-                    metas.append({})
-                    continue
-                if not isinstance(m, Mapping):
-                    raise TypeError(f"metadatas[{i}] must be a dict or None; got {type(m).__name__}")
-                try:
-                    metas.append(json.loads(json.dumps(dict(m), allow_nan=False)))
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"metadatas[{i}] (id {ids[i]!r}) is not JSON-serialisable ({exc}); the index stores "
-                                     "metadata as JSON: use str/int/float/bool/None, lists and dicts") from None
-        return list(ids), metas
 
     def _add_checked(self, ids: list[str], texts: list[str], metas: list[dict], dense: Any,
                      sparse: Any, colbert: Any) -> list[str]:
@@ -510,8 +458,7 @@ class HybridIndex:
             return [self._hit(self._row[i]) for i in ids]
 
     def _hit(self, row: int, score: float = 0.0, d: float = 0.0, s: float = 0.0, c: float = 0.0) -> Hit:
-        return Hit(id=self._ids[row], text=self._texts[row], metadata=copy.deepcopy(self._metas[row]),
-                   score=float(score), dense_score=float(d), sparse_score=float(s), colbert_score=float(c))
+        return scored_hit(self._ids[row], self._texts[row], copy.deepcopy(self._metas[row]), score, d, s, c)
 
     def vectors(self, id: str) -> tuple[np.ndarray, dict[int, float], np.ndarray]:
         """The stored ``(dense [dim], lexical {token: weight}, colbert [T, colbert_dim] float32)`` of one document."""
@@ -565,43 +512,12 @@ class HybridIndex:
             self._invalidate()
 
     # ------------------------------------------------------------------ search
-    def search(
-        self,
-        query: str,
-        k: int = 4,
-        weights: Sequence[float] = DEFAULT_WEIGHTS,
-        *,
-        filter: Optional[Mapping[str, Any]] = None,
-        candidates: int = 100,
-        mode: FusionMode = "weighted",
-        rrf_k: int = 60,
-        exhaustive: bool = False,
-    ) -> list[Hit]:
-        """Top-``k`` documents for ``query``, best first.
+    # search(query, ...) is StoreBase.search: checks, encode_queries, then search_encoded
+    _store_noun = "index"
+    _encoder_fix = "create/load the index with an encoder"
 
-        Args:
-            query: a non-empty string (encoded with ``encoder.encode_queries``).
-            k: how many hits (fewer if fewer documents match).
-            weights: ``(dense, lexical, colbert)``; default ``(0.4, 0.2, 0.4)`` (BGE-M3 paper).
-            filter: ``{key: value}``; every key must match exactly, a list/tuple/set value means
-                "any of". Applied before candidate selection.
-            candidates: N in "dense top-N united with lexical top-N".
-            mode: ``"weighted"`` (score = weighted mean of the channel scores) or ``"rrf"``
-                (score = ``sum_c w_c / (rrf_k + rank_c)`` over the candidates).
-            rrf_k: the RRF constant.
-            exhaustive: score every (filtered) document instead of the candidates.
-        """
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a string; got {type(query).__name__}")
-        if not query.strip():
-            raise ValueError("query is empty; pass a non-empty string to search for")
-        self._check_search_args(k, weights, candidates, mode, rrf_k)
-        enc = self._require_encoder("search")
-        if len(self) == 0:
-            return []
-        out = enc.encode_queries([query], dense=True, sparse=True, colbert=True)
-        return self.search_encoded(out.dense[0], out.sparse[0], out.colbert[0], k, weights, filter=filter,
-                                   candidates=candidates, mode=mode, rrf_k=rrf_k, exhaustive=exhaustive)
+    def _nothing_to_search(self) -> bool:
+        return len(self) == 0
 
     def search_encoded(
         self,
@@ -619,7 +535,7 @@ class HybridIndex:
     ) -> list[Hit]:
         """:meth:`search` with a precomputed query: ``dense_q [dim]``, ``sparse_q {token: weight}``,
         ``colbert_q [Tq, colbert_dim]``. No encoder needed."""
-        w = self._check_search_args(k, weights, candidates, mode, rrf_k)
+        w = check_search_args(k, weights, candidates, mode, rrf_k)
         dense_q = np.asarray(dense_q, dtype=np.float32).reshape(-1)
         if dense_q.shape != (self.dim,):
             raise ValueError(f"dense query must have {self.dim} values; got shape {np.shape(dense_q)}")
@@ -646,23 +562,8 @@ class HybridIndex:
             d = dense_all[cand]
             s = lex_all[cand]
             c = self._colbert(colbert_q, cand)
-            if mode == "weighted":
-                fused = fuse_weighted(d, s, c, w, normalize=True)
-            else:
-                fused = _rrf(d, s, c, w, rrf_k)
-            order = np.argsort(-fused, kind="stable")[:k]
+            fused, order = rank(d, s, c, w, k, mode, rrf_k)
             return [self._hit(int(cand[i]), fused[i], d[i], s[i], c[i]) for i in order]
-
-    def _check_search_args(self, k: Any, weights: Sequence[float], candidates: Any, mode: str, rrf_k: Any):
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise ValueError(f"k must be a positive integer; got {k!r}")
-        if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates <= 0:
-            raise ValueError(f"candidates must be a positive integer; got {candidates!r}")
-        if mode not in ("weighted", "rrf"):
-            raise ValueError(f"mode must be 'weighted' or 'rrf'; got {mode!r}")
-        if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float, np.integer)) or rrf_k <= 0:
-            raise ValueError(f"rrf_k must be positive; got {rrf_k!r}")
-        return check_weights(weights)
 
     def _lexical_all(self, sparse_q: Mapping[int, float]) -> np.ndarray:
         n = self._n_rows
@@ -760,12 +661,6 @@ class HybridIndex:
             by_value = {v: np.asarray(rs, dtype=np.int64) for v, rs in by_value.items()}
             idx = self._meta_index[key] = (by_value, unhashable)
         return idx
-
-    def _require_encoder(self, what: str):
-        if self.encoder is None:
-            raise TypeError(f"{what}() needs an encoder, but this index has none (built for precomputed vectors); "
-                            f"use {what}_encoded(...) or create/load the index with an encoder")
-        return self.encoder
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: PathLike) -> None:
@@ -931,42 +826,6 @@ class HybridIndex:
 
 
 # --------------------------------------------------------------------------- helpers
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
-
-
-def _check_str_list(values: Any, name: str) -> list[str]:
-    if isinstance(values, str):
-        raise TypeError(f"{name} must be a list of strings, not a single string; wrap it: [{values[:30]!r}]")
-    try:
-        values = list(values)
-    except TypeError:
-        raise TypeError(f"{name} must be a list of strings; got {type(values).__name__}") from None
-    for i, v in enumerate(values):
-        if not isinstance(v, str):
-            raise TypeError(f"{name}[{i}] must be a string; got {type(v).__name__} ({v!r})")
-    return values
-
-
-def _rrf(d: np.ndarray, s: np.ndarray, c: np.ndarray, w: Sequence[float], rrf_k: float) -> np.ndarray:
-    """Weighted reciprocal-rank fusion of the three channel rankings over the candidates.
-
-    Ranks start at 1, ties keep storage order; a candidate with lexical score <= 0 is not in
-    the lexical ranking (it shares no token with the query).
-    """
-    out = np.zeros(len(d), dtype=np.float64)
-    for weight, scores, positive_only in ((w[0], d, False), (w[1], s, True), (w[2], c, False)):
-        if weight == 0:
-            continue
-        order = np.argsort(-scores, kind="stable")
-        if positive_only:
-            order = order[scores[order] > 0]
-        out[order] += weight / (rrf_k + np.arange(1, len(order) + 1, dtype=np.float64))
-    return out
-
-
 def _same_model(a: str, b: str) -> bool:
     if a == b:
         return True

@@ -330,6 +330,8 @@ def test_bad_input_has_defined_errors(encoder, index, corpus):
         index.search("capital", mode="max")
     with pytest.raises(ValueError, match="candidates"):
         index.search("capital", candidates=0)
+    with pytest.raises(ValueError, match="rrf_k"):
+        index.search("capital", mode="rrf", rrf_k=float("nan"))
     assert len(index) == n and index.ids == ids
     empty = HybridIndex(encoder)
     assert empty.search("anything", k=3) == []

@@ -41,7 +41,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -51,6 +50,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Opt
 import numpy as np
 
 from .. import scoring
+from .._store import StoreBase, check_documents, check_positive_int as _check_pos_int, check_search_args
+from .._store import check_str_list, encoder_shape, rank, resolve_encoder, scored_hit
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
 
@@ -217,13 +218,7 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _check_pos_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
-
-
-class QdrantHybridStore:
+class QdrantHybridStore(StoreBase):
     """BGE-M3 hybrid (dense + lexical + ColBERT) search on a Qdrant collection.
 
     Same protocol as :class:`bgem3.HybridIndex` (``add``, ``add_encoded``, ``delete``, ``get``,
@@ -306,13 +301,7 @@ class QdrantHybridStore:
         client_kwargs: Optional[Mapping[str, Any]] = None,
         **encoder_kwargs: Any,
     ) -> None:
-        if isinstance(encoder, (str, os.PathLike)):
-            from ..encoder import Encoder
-
-            encoder = Encoder(encoder, **encoder_kwargs)
-        elif encoder_kwargs:
-            raise TypeError(f"unexpected keyword arguments {sorted(encoder_kwargs)} (encoder options only apply "
-                            f"when encoder is a model name or path)")
+        encoder = resolve_encoder(encoder, encoder_kwargs, "QdrantHybridStore")
         self.encoder = encoder
         if not isinstance(collection_name, str) or not collection_name:
             raise ValueError(f"collection_name must be a non-empty string; got {collection_name!r}")
@@ -342,17 +331,7 @@ class QdrantHybridStore:
 
         enc_name = enc_dim = enc_cdim = None
         if encoder is not None:
-            if not all(hasattr(encoder, a) for a in ("encode_queries", "encode_documents", "hidden_size")):
-                raise TypeError(f"encoder must be a bgem3.Encoder, a model name/folder or None; got {type(encoder).__name__}")
-            if getattr(encoder, "has_heads", True) is False:
-                raise ValueError(
-                    f"QdrantHybridStore needs lexical and ColBERT outputs, but the encoder for {encoder.model_name!r} "
-                    "has no BGE-M3 heads (colbert_linear.pt, sparse_linear.pt). Use a BGE-M3 checkpoint such as "
-                    "'BAAI/bge-m3'.")
-            enc_name = str(encoder.model_name)
-            enc_dim = int(encoder.hidden_size)
-            lin = getattr(encoder, "colbert_linear", None)
-            enc_cdim = int(lin.out_features) if lin is not None else enc_dim
+            enc_name, enc_dim, enc_cdim = encoder_shape(encoder, "QdrantHybridStore")
         if dim is not None:
             dim = _check_pos_int(dim, "dim")
             if enc_dim is not None and dim != enc_dim:
@@ -474,11 +453,8 @@ class QdrantHybridStore:
         self.colbert_dim = existing_cdim
 
     # ------------------------------------------------------------------ writing
-    def _require_encoder(self, what: str) -> "Encoder":
-        if self.encoder is None:
-            raise TypeError(f"{what}() needs an encoder, but this store has none (built for precomputed vectors); "
-                            f"use {what}_encoded(...) or create the store with encoder=")
-        return self.encoder
+    _store_noun = "store"
+    _encoder_fix = "create the store with encoder="
 
     def add(
         self,
@@ -496,7 +472,7 @@ class QdrantHybridStore:
         encoder's batch size; upserts go ``self.batch_size`` points at a time.
         """
         encoder = self._require_encoder("add")
-        texts, ids, metadatas = self._check_docs(texts, ids, metadatas)
+        texts, ids, metadatas = check_documents(texts, ids, metadatas, store="Qdrant", nonempty_ids=True)
         if not texts:
             return []
         chunk = max(self.batch_size, 256)
@@ -531,7 +507,7 @@ class QdrantHybridStore:
         colbert: Sequence[np.ndarray],
     ) -> list[str]:
         """Upsert documents whose vectors were computed already (``Encoder.encode_documents``)."""
-        texts, ids, metadatas = self._check_docs(texts, ids, metadatas)
+        texts, ids, metadatas = check_documents(texts, ids, metadatas, store="Qdrant", nonempty_ids=True)
         n = len(texts)
         dense = np.asarray(dense, dtype=np.float32)
         if dense.ndim != 2 or dense.shape[0] != n:
@@ -541,53 +517,6 @@ class QdrantHybridStore:
         if n:
             self._upsert(ids, texts, metadatas, dense, list(sparse), list(colbert), already_written=[])
         return list(ids)
-
-    def _check_docs(self, texts, ids, metadatas) -> tuple[list[str], list[str], list[dict]]:
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings, not one string; wrap it: add([text])")
-        if isinstance(metadatas, Mapping):
-            raise TypeError("metadatas must be a list with one dict per text, not a single dict")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] is a {type(t).__name__}, not a str")
-        n = len(texts)
-        if ids is None:
-            ids = [uuid.uuid4().hex for _ in range(n)]
-        else:
-            if isinstance(ids, str):
-                raise TypeError("ids must be a list of strings, not one string; wrap it: ids=[id]")
-            ids = list(ids)
-            if len(ids) != n:
-                raise ValueError(f"got {n} texts but {len(ids)} ids")
-            for i, x in enumerate(ids):
-                if not isinstance(x, str) or not x:
-                    raise TypeError(f"ids[{i}] = {x!r}: ids must be non-empty strings")
-            seen: set = set()
-            dups = sorted({x for x in ids if x in seen or seen.add(x)})
-            if dups:
-                raise ValueError(f"ids repeat within one call: {dups[:5]}; each id may appear once per add "
-                                 f"(adding an id that is already stored replaces it)")
-        if metadatas is None:
-            metadatas = [{} for _ in range(n)]
-        else:
-            metadatas = list(metadatas)
-            if len(metadatas) != n:
-                raise ValueError(f"got {n} texts but {len(metadatas)} metadatas")
-            clean = []
-            for i, m in enumerate(metadatas):
-                if m is None:
-                    clean.append({})
-                    continue
-                if not isinstance(m, Mapping):
-                    raise TypeError(f"metadatas[{i}] must be a dict or None; got {type(m).__name__}")
-                try:
-                    clean.append(json.loads(json.dumps(dict(m), allow_nan=False)))
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"metadatas[{i}] (id {ids[i]!r}) is not JSON-serialisable ({exc}); Qdrant stores "
-                                     f"metadata as JSON: use str/int/float/bool/None, lists and dicts") from None
-            metadatas = clean
-        return texts, ids, metadatas
 
     def _colbert_values(self, vecs: np.ndarray) -> np.ndarray:
         vecs = np.asarray(vecs, dtype=np.float32)
@@ -671,15 +600,6 @@ class QdrantHybridStore:
             written.extend(ids[sl])
 
     # ------------------------------------------------------------------ reading / deleting
-    def _check_ids(self, ids: Sequence[str]) -> list[str]:
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of strings, not one string; wrap it: [id]")
-        ids = list(ids)
-        for i, x in enumerate(ids):
-            if not isinstance(x, str):
-                raise TypeError(f"ids[{i}] = {x!r}: ids are strings")
-        return ids
-
     def _retrieve(self, pids: list[str], with_vectors: Union[bool, list[str]] = False,
                   with_payload: Union[bool, list[str]] = True) -> dict:
         out = {}
@@ -691,7 +611,7 @@ class QdrantHybridStore:
 
     def get(self, ids: Sequence[str]) -> list[Hit]:
         """The stored documents with these ids, in order (scores 0). Unknown ids raise ``KeyError``."""
-        ids = self._check_ids(ids)
+        ids = check_str_list(ids, "ids")
         recs = self._retrieve([point_id(x) for x in ids])
         missing = [x for x in ids if point_id(x) not in recs]
         if missing:
@@ -706,7 +626,7 @@ class QdrantHybridStore:
         """
         from qdrant_client import models
 
-        ids = list(dict.fromkeys(self._check_ids(ids)))
+        ids = list(dict.fromkeys(check_str_list(ids, "ids")))
         if not ids:
             return
         pids = [point_id(x) for x in ids]
@@ -733,56 +653,12 @@ class QdrantHybridStore:
     @staticmethod
     def _hit(rec, score: float = 0.0, d: float = 0.0, s: float = 0.0, c: float = 0.0) -> Hit:
         payload = rec.payload or {}
-        return Hit(id=payload.get("id", str(rec.id)), text=payload.get("text", ""),
-                   metadata=dict(payload.get("metadata") or {}), score=float(score),
-                   dense_score=float(d), sparse_score=float(s), colbert_score=float(c))
+        return scored_hit(payload.get("id", str(rec.id)), payload.get("text", ""), dict(payload.get("metadata") or {}),
+                          score, d, s, c)
 
     # ------------------------------------------------------------------ search
-    def search(
-        self,
-        query: str,
-        k: int = 4,
-        weights: Sequence[float] = DEFAULT_WEIGHTS,
-        *,
-        filter: Optional[Mapping[str, Any]] = None,
-        candidates: int = 100,
-        mode: FusionMode = "weighted",
-        rrf_k: int = 60,
-        exhaustive: bool = False,
-    ) -> list[Hit]:
-        """Hybrid search: the ``k`` best documents for ``query`` by the fused BGE-M3 score.
-
-        Args:
-            query: the query text (encoded with the profile's query template).
-            k: how many hits.
-            weights: ``(dense, lexical, colbert)`` weights; the fused score is their weighted
-                mean (divided by the weight sum, as FlagEmbedding's ``compute_score`` does).
-            filter: metadata filter, ``{field: value or [any of values]}``, applied before
-                candidate selection.
-            candidates: N of the dense top-N and lexical top-N candidate sets.
-            mode: ``"weighted"`` or ``"rrf"`` (reciprocal-rank fusion of the three channel
-                rankings over the candidates, constant ``rrf_k``).
-            exhaustive: score every (filtered) document instead of the candidates.
-        """
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a str; got {type(query).__name__}")
-        if not query.strip():
-            raise ValueError("query is empty; give some text to search for")
-        self._check_search_args(k, weights, candidates, mode, rrf_k)
-        encoder = self._require_encoder("search")
-        q = encoder.encode_queries([query], dense=True, sparse=True, colbert=True, show_progress=False)
-        return self.search_encoded(q.dense[0], q.sparse[0], q.colbert[0], k, weights, filter=filter,
-                                   candidates=candidates, mode=mode, rrf_k=rrf_k, exhaustive=exhaustive)
-
-    @staticmethod
-    def _check_search_args(k, weights, candidates, mode, rrf_k) -> tuple[float, float, float]:
-        _check_pos_int(k, "k")
-        _check_pos_int(candidates, "candidates")
-        if mode not in ("weighted", "rrf"):
-            raise ValueError(f'mode must be "weighted" or "rrf"; got {mode!r}')
-        if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float, np.integer)) or not rrf_k > 0:
-            raise ValueError(f"rrf_k must be positive; got {rrf_k!r}")
-        return scoring.check_weights(weights)
+    # search(query, ...) is StoreBase.search: checks, encode_queries, then search_encoded
+    _query_encode_kwargs = {"show_progress": False}
 
     def search_encoded(
         self,
@@ -799,7 +675,7 @@ class QdrantHybridStore:
         exhaustive: bool = False,
     ) -> list[Hit]:
         """:meth:`search` with an already-encoded query (``Encoder.encode_queries`` outputs)."""
-        w = self._check_search_args(k, weights, candidates, mode, rrf_k)
+        w = check_search_args(k, weights, candidates, mode, rrf_k)
         qfilter = to_qdrant_filter(filter)
         dense_q = np.asarray(dense_q, dtype=np.float32).reshape(-1)
         colbert_q = np.asarray(colbert_q, dtype=np.float32)
@@ -829,30 +705,9 @@ class QdrantHybridStore:
         order = np.argsort(seqs, kind="stable")
         pids = [pids[i] for i in order]
         d, s, c = d[order], s[order], c[order]
-        if mode == "weighted":
-            fused = scoring.fuse_weighted(d, s, c, w, normalize=True)
-        else:
-            fused = self._rrf(pids, d, s, c, w, rrf_k)
-        top = np.argsort(-fused, kind="stable")[:k]
+        fused, top = rank(d, s, c, w, k, mode, rrf_k)
         recs = self._retrieve([pids[i] for i in top])
         return [self._hit(recs[pids[i]], fused[i], d[i], s[i], c[i]) for i in top if pids[i] in recs]
-
-    @staticmethod
-    def _rrf(pids: list[str], d: np.ndarray, s: np.ndarray, c: np.ndarray, w: Sequence[float], rrf_k: float) -> np.ndarray:
-        """Weighted reciprocal-rank fusion (:func:`bgem3.scoring.reciprocal_rank_fusion`) of the three
-        channel rankings over the candidates; ties keep insertion order, and a candidate sharing no
-        token with the query (lexical score <= 0) is not in the lexical ranking."""
-        rankings, weights = [], []
-        for weight, scores, positive_only in ((w[0], d, False), (w[1], s, True), (w[2], c, False)):
-            if weight == 0:
-                continue
-            order = np.argsort(-scores, kind="stable")
-            if positive_only:
-                order = order[scores[order] > 0]
-            rankings.append([pids[i] for i in order])
-            weights.append(weight)
-        fused = scoring.reciprocal_rank_fusion(rankings, k=rrf_k, weights=weights)
-        return np.array([fused.get(p, 0.0) for p in pids], dtype=np.float64)
 
     def _is_local(self) -> bool:
         """qdrant-client's local mode (``:memory:`` / ``path=``) always searches exactly."""
