@@ -281,6 +281,18 @@ def run_config(cfg: Config, args, qdrant_n: int) -> list[dict]:
     return rows
 
 
+def limit_blas(threads: int):
+    """Cap BLAS threads with threadpoolctl (0: library default); keep the returned limiter alive."""
+    if not threads:
+        return None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("threadpoolctl not installed: BLAS threads left at the library default")
+        return None
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -304,13 +316,7 @@ def main(argv=None) -> int:
     configs = [Config.parse(c, args.dim) for c in (args.config or ["10000:1024:50:200", "100000:128:32:96"])]
     import scipy
 
-    limiter = None
-    if args.blas_threads:
-        try:
-            from threadpoolctl import threadpool_limits
-            limiter = threadpool_limits(limits=args.blas_threads, user_api="blas")
-        except ImportError:
-            print("threadpoolctl not installed: BLAS threads left at the library default")
+    limiter = limit_blas(args.blas_threads)
     print(f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
           f"{os.cpu_count()} CPU cores, {platform.machine()}, BLAS threads: {args.blas_threads or 'default'}, "
           f"load average {os.getloadavg()[0]:.1f}")

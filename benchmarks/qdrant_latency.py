@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.index_latency import Config, build_ours, make_corpus, make_queries, stats  # noqa: E402
+from benchmarks.index_latency import Config, build_ours, limit_blas, make_corpus, make_queries, stats  # noqa: E402
 from bgem3.stores.qdrant import QdrantHybridStore  # noqa: E402
 
 
@@ -128,13 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
     configs = [Config.parse(c, args.dim) for c in (args.config or ["10000:128:32:96"])]
-    limiter = None
-    if args.blas_threads:
-        try:
-            from threadpoolctl import threadpool_limits
-            limiter = threadpool_limits(limits=args.blas_threads, user_api="blas")
-        except ImportError:
-            print("threadpoolctl not installed: BLAS threads left at the library default")
+    limiter = limit_blas(args.blas_threads)
     import importlib.metadata as md
 
     print(f"python {platform.python_version()}, numpy {np.__version__}, qdrant-client {md.version('qdrant-client')}, "
