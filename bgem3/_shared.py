@@ -42,6 +42,7 @@ from typing import Any, Hashable, Optional, Sequence, Union
 import numpy as np
 
 from .encoder import Encoder, resolve_device, resolve_dtype, resolve_model_path
+from .encoder import _check_texts as _texts
 from .profiles import Profile, _escape, detect_profile, get_profile
 
 __all__ = [
@@ -320,18 +321,6 @@ class TextEncoder:
                 f"sparse (lexical) embeddings need BGE-M3's sparse head, but the model at {self.encoder.path!r} "
                 "has no sparse_linear.pt / colbert_linear.pt. Use a BGE-M3 checkpoint such as 'BAAI/bge-m3'."
             )
-
-
-def _texts(texts: Union[str, Sequence[str]]) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if texts is None or isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
-        raise TypeError(f"texts must be a list of strings; got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, not str; every item must be a string")
-    return texts
 
 
 def _split(rows: list[dict]) -> tuple[list[list[int]], list[list[float]]]:
