@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: test install bench-quick clean
+.PHONY: test install demo clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,5 +16,16 @@ install: $(VENV)/bin/python
 test: install
 	$(VENV)/bin/python -m pytest -q
 
+# The main job on a fresh machine, offline: index this repository's docs and search them.
+# MODEL defaults to a tiny random-weight BGE-M3-shaped checkpoint built on the spot (no hub access
+# needed; its rankings are meaningless). With real weights: make demo MODEL=/path/to/bge-m3
+DEMO ?= .demo
+MODEL ?= $(DEMO)/tiny-m3
+QUERY ?= how does hybrid retrieval fuse dense, lexical and ColBERT scores?
+demo: install
+	@test -e "$(MODEL)" || $(VENV)/bin/python -c "from bgem3.testing import make_m3_checkpoint as m; m('$(MODEL)')" >/dev/null 2>&1
+	$(VENV)/bin/bgem3 index README.md docs --index $(DEMO)/index --model "$(MODEL)"
+	$(VENV)/bin/bgem3 search "$(QUERY)" --index $(DEMO)/index -k 5
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(DEMO)

@@ -9,14 +9,59 @@ Example::
     out = enc.encode(["hello"], dense=True, sparse=True, colbert=True)
 """
 
-from .encoder import EncodeOutput, Encoder, ModelLoadError, resolve_device, resolve_dtype
-from .profiles import Profile, detect_profile, get_profile
-from . import scoring
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public names -> the submodule that defines them. Loaded on first use (PEP 562), so
+# `import bgem3` and `bgem3 --help` do not pay for importing torch and transformers.
+_LAZY = {
+    "Encoder": "encoder",
+    "EncodeOutput": "encoder",
+    "ModelLoadError": "encoder",
+    "resolve_device": "encoder",
+    "resolve_dtype": "encoder",
+    "Profile": "profiles",
+    "detect_profile": "profiles",
+    "get_profile": "profiles",
+    "HybridIndex": "index",
+    "IndexFormatError": "index",
+    "HybridReranker": "rerank",
+    "Hit": "types",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from . import scoring
+    from .encoder import EncodeOutput, Encoder, ModelLoadError, resolve_device, resolve_dtype
+    from .index import HybridIndex, IndexFormatError
+    from .profiles import Profile, detect_profile, get_profile
+    from .rerank import HybridReranker
+    from .types import Hit
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name == "scoring":
+        return importlib.import_module(".scoring", __name__)
+    raise AttributeError(f"module 'bgem3' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Encoder",
+    "HybridIndex",
+    "HybridReranker",
+    "Hit",
+    "IndexFormatError",
     "EncodeOutput",
     "ModelLoadError",
     "Profile",

@@ -147,6 +147,52 @@ def fuse_weighted(
     return s
 
 
+def fuse_rrf(
+    dense: np.ndarray,
+    lexical: np.ndarray,
+    colbert: np.ndarray,
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    k: float = 60,
+) -> np.ndarray:
+    """Weighted reciprocal-rank fusion of the three channel rankings of the same candidates.
+
+    Each channel ranks the candidates by its score (ranks from 1, ties keep input order); a
+    candidate's fused score is ``sum_c w_c / (k + rank_c)``, the same numbers as
+    :func:`reciprocal_rank_fusion`. A channel with weight 0 is skipped, and a candidate with
+    lexical score <= 0 (it shares no token with the query) is not in the lexical ranking.
+
+    >>> fused = fuse_rrf(np.array([0.9, 0.1]), np.array([0.0, 0.3]), np.array([0.2, 0.8]), k=1)
+    >>> [round(float(x), 3) for x in fused]
+    [0.333, 0.433]
+    """
+    out = np.zeros(len(dense), dtype=np.float64)
+    for weight, scores, positive_only in ((weights[0], dense, False), (weights[1], lexical, True),
+                                          (weights[2], colbert, False)):
+        if weight == 0:
+            continue
+        order = np.argsort(-scores, kind="stable")
+        if positive_only:
+            order = order[scores[order] > 0]
+        out[order] += weight / (k + np.arange(1, len(order) + 1, dtype=np.float64))
+    return out
+
+
+def fuse_channels(
+    dense: np.ndarray,
+    lexical: np.ndarray,
+    colbert: np.ndarray,
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    *,
+    mode: str = "weighted",
+    rrf_k: float = 60,
+) -> np.ndarray:
+    """The hybrid stores' fused score: ``mode="weighted"`` is :func:`fuse_weighted` with
+    ``normalize=True`` (FlagEmbedding's ``compute_score``), ``mode="rrf"`` is :func:`fuse_rrf`."""
+    if mode == "weighted":
+        return fuse_weighted(dense, lexical, colbert, weights, normalize=True)
+    return fuse_rrf(dense, lexical, colbert, weights, rrf_k)
+
+
 def check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
     """Validate ``(dense, lexical, colbert)`` weights: three finite, non-negative numbers, not all zero."""
     try:

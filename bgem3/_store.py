@@ -1,0 +1,234 @@
+"""What the two hybrid stores share: argument checks, query encoding and result ranking.
+
+:class:`bgem3.HybridIndex` (embedded) and :class:`bgem3.stores.qdrant.QdrantHybridStore`
+(scale-out) implement the same protocol with the same semantics; the code that does not depend
+on where the vectors live is here, once.
+
+Example::
+
+    >>> from bgem3._store import check_documents, check_search_args
+    >>> check_search_args(4, (0.4, 0.2, 0.4), 100, "rrf", 60)
+    (0.4, 0.2, 0.4)
+    >>> texts, ids, metas = check_documents(["a", "b"], ["x", "y"], None, store="the index")
+    >>> ids, metas
+    (['x', 'y'], [{}, {}])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .scoring import DEFAULT_WEIGHTS, check_weights, fuse_channels
+from .types import FusionMode, Hit
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``int(value)`` if it is a positive integer (not a bool), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def check_str_list(values: Any, name: str) -> list[str]:
+    """``list(values)`` if it is a list of strings; a clear ``TypeError`` otherwise."""
+    if isinstance(values, str):
+        raise TypeError(f"{name} must be a list of strings, not a single string; wrap it: [{values[:30]!r}]")
+    try:
+        values = list(values)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of strings; got {type(values).__name__}") from None
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise TypeError(f"{name}[{i}] must be a string; got {type(v).__name__} ({v!r})")
+    return values
+
+
+def check_documents(
+    texts: Any,
+    ids: Optional[Sequence[str]],
+    metadatas: Optional[Sequence[Optional[Mapping[str, Any]]]],
+    *,
+    store: str,
+    nonempty_ids: bool = False,
+) -> tuple[list[str], list[str], list[dict]]:
+    """Validate one ``add`` call's ``texts``, ``ids`` and ``metadatas`` before anything is stored.
+
+    ``ids=None`` gives fresh ``uuid4().hex`` ids; ids must be unique within the call.
+    Metadata is copied through JSON (what both stores keep); ``store`` names who stores it in
+    the error message. ``nonempty_ids`` also refuses ``""`` as an id.
+    Returns ``(texts, ids, metadatas)``.
+    """
+    texts = check_str_list(texts, "texts")
+    n = len(texts)
+    if ids is None:
+        ids = [uuid.uuid4().hex for _ in range(n)]
+    else:
+        ids = check_str_list(ids, "ids")
+        if len(ids) != n:
+            raise ValueError(f"got {n} texts but {len(ids)} ids; pass one id per text (or ids=None)")
+        if nonempty_ids:
+            for i, x in enumerate(ids):
+                if not x:
+                    raise TypeError(f"ids[{i}] = {x!r}: ids must be non-empty strings")
+        if len(set(ids)) != n:
+            seen: set[str] = set()
+            dups = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+            raise ValueError(f"duplicate ids in one add call: {dups[:10]}; ids must be unique within a call "
+                             "(an id already in the index is replaced)")
+    if metadatas is None:
+        metas = [{} for _ in range(n)]
+    else:
+        if isinstance(metadatas, Mapping):
+            raise TypeError("metadatas must be a list with one dict per text, not a single dict")
+        metadatas = list(metadatas)
+        if len(metadatas) != n:
+            raise ValueError(f"got {n} texts but {len(metadatas)} metadatas; pass one dict (or None) per text")
+        metas = []
+        for i, m in enumerate(metadatas):
+            if m is None:
+                metas.append({})
+                continue
+            if not isinstance(m, Mapping):
+                raise TypeError(f"metadatas[{i}] must be a dict or None; got {type(m).__name__}")
+            try:
+                metas.append(json.loads(json.dumps(dict(m), allow_nan=False)))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"metadatas[{i}] (id {ids[i]!r}) is not JSON-serialisable ({exc}); {store} stores "
+                                 "metadata as JSON: use str/int/float/bool/None, lists and dicts") from None
+    return texts, list(ids), metas
+
+
+def check_search_args(k: Any, weights: Sequence[float], candidates: Any, mode: Any,
+                      rrf_k: Any) -> tuple[float, float, float]:
+    """Validate ``search``'s arguments; returns the checked ``(dense, lexical, colbert)`` weights."""
+    check_positive_int(k, "k")
+    check_positive_int(candidates, "candidates")
+    if mode not in ("weighted", "rrf"):
+        raise ValueError(f"mode must be 'weighted' or 'rrf'; got {mode!r}")
+    if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float, np.integer)) or not rrf_k > 0:
+        raise ValueError(f"rrf_k must be positive; got {rrf_k!r}")
+    return check_weights(weights)
+
+
+def check_query(query: Any) -> str:
+    """``query`` if it is a non-blank string; ``TypeError``/``ValueError`` otherwise."""
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a string; got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("query is empty; pass a non-empty string to search for")
+    return query
+
+
+def resolve_encoder(encoder: Any, encoder_kwargs: Mapping[str, Any], owner: str) -> Any:
+    """Load ``Encoder(encoder, **encoder_kwargs)`` for a model name/folder; otherwise return
+    ``encoder`` as given and refuse stray encoder options."""
+    if isinstance(encoder, (str, os.PathLike)):
+        from .encoder import Encoder
+
+        return Encoder(encoder, **encoder_kwargs)
+    if encoder_kwargs:
+        raise TypeError(
+            f"unexpected keyword arguments {sorted(encoder_kwargs)}: encoder options are only used "
+            f"when `encoder` is a model name or folder ({owner}('BAAI/bge-m3', device='cpu'))"
+        )
+    return encoder
+
+
+def encoder_shape(encoder: Any, owner: str) -> tuple[str, int, int]:
+    """``(model_name, dense dim, ColBERT dim)`` of a BGE-M3 encoder; refuses anything else."""
+    if not all(hasattr(encoder, a) for a in ("encode_queries", "encode_documents", "hidden_size")):
+        raise TypeError(f"encoder must be a bgem3.Encoder, a model name/folder or None; got {type(encoder).__name__}")
+    if getattr(encoder, "has_heads", True) is False:
+        raise ValueError(
+            f"{owner} needs lexical and ColBERT outputs, but the encoder for {encoder.model_name!r} has no "
+            "BGE-M3 heads (colbert_linear.pt, sparse_linear.pt). Use a BGE-M3 checkpoint such as 'BAAI/bge-m3'."
+        )
+    dim = int(encoder.hidden_size)
+    lin = getattr(encoder, "colbert_linear", None)
+    return str(encoder.model_name), dim, int(lin.out_features) if lin is not None else dim
+
+
+def scored_hit(id: str, text: str, metadata: dict, score: float = 0.0, d: float = 0.0, s: float = 0.0,
+               c: float = 0.0) -> Hit:
+    """A :class:`~bgem3.types.Hit` with its scores as Python floats."""
+    return Hit(id=id, text=text, metadata=metadata, score=float(score), dense_score=float(d),
+               sparse_score=float(s), colbert_score=float(c))
+
+
+def rank(d: np.ndarray, s: np.ndarray, c: np.ndarray, w: Sequence[float], k: int, mode: str,
+         rrf_k: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse the candidates' channel scores (:func:`bgem3.scoring.fuse_channels`); returns
+    ``(fused, top)`` where ``top`` are the positions of the ``k`` best, ties in input order."""
+    fused = fuse_channels(d, s, c, w, mode=mode, rrf_k=rrf_k)
+    return fused, np.argsort(-fused, kind="stable")[:k]
+
+
+class StoreBase:
+    """``search`` and the encoder requirement, shared by the two stores.
+
+    A subclass defines ``search_encoded(dense_q, sparse_q, colbert_q, k, weights, *, filter,
+    candidates, mode, rrf_k, exhaustive)``, ``_store_noun`` / ``_encoder_fix`` (wording of the
+    "no encoder" error), ``_query_encode_kwargs`` and, if it can tell cheaply,
+    ``_nothing_to_search``.
+    """
+
+    encoder: Any
+    #: how the "needs an encoder" error names the store and the fix
+    _store_noun = "store"
+    _encoder_fix = "create the store with an encoder"
+    #: extra keyword arguments of ``encoder.encode_queries`` in :meth:`search`
+    _query_encode_kwargs: Mapping[str, Any] = {}
+
+    def _nothing_to_search(self) -> bool:
+        """True when the store is known to be empty (then :meth:`search` does not encode)."""
+        return False
+
+    def _require_encoder(self, what: str) -> Any:
+        if self.encoder is None:
+            raise TypeError(f"{what}() needs an encoder, but this {self._store_noun} has none (built for precomputed "
+                            f"vectors); use {what}_encoded(...) or {self._encoder_fix}")
+        return self.encoder
+
+    def search(
+        self,
+        query: str,
+        k: int = 4,
+        weights: Sequence[float] = DEFAULT_WEIGHTS,
+        *,
+        filter: Optional[Mapping[str, Any]] = None,
+        candidates: int = 100,
+        mode: FusionMode = "weighted",
+        rrf_k: int = 60,
+        exhaustive: bool = False,
+    ) -> list[Hit]:
+        """Top-``k`` documents for ``query``, best first.
+
+        Args:
+            query: a non-empty string (encoded with ``encoder.encode_queries``, so the profile's
+                query template applies).
+            k: how many hits (fewer if fewer documents match).
+            weights: ``(dense, lexical, colbert)``; default ``(0.4, 0.2, 0.4)`` (BGE-M3 paper).
+                The fused score is their weighted mean (divided by the weight sum, as
+                FlagEmbedding's ``compute_score`` does).
+            filter: ``{key: value}``; every key must match exactly, a list/tuple/set value means
+                "any of". Applied before candidate selection.
+            candidates: N in "dense top-N united with lexical top-N".
+            mode: ``"weighted"`` (score = weighted mean of the channel scores) or ``"rrf"``
+                (score = ``sum_c w_c / (rrf_k + rank_c)`` over the candidates).
+            rrf_k: the RRF constant.
+            exhaustive: score every (filtered) document instead of the candidates.
+        """
+        check_query(query)
+        check_search_args(k, weights, candidates, mode, rrf_k)
+        enc = self._require_encoder("search")
+        if self._nothing_to_search():
+            return []
+        out = enc.encode_queries([query], dense=True, sparse=True, colbert=True, **self._query_encode_kwargs)
+        return self.search_encoded(out.dense[0], out.sparse[0], out.colbert[0], k, weights,  # type: ignore[attr-defined]
+                                   filter=filter, candidates=candidates, mode=mode, rrf_k=rrf_k,
+                                   exhaustive=exhaustive)

@@ -1,0 +1,676 @@
+"""The ``bgem3`` command: build and update a hybrid index from files, search it, embed texts.
+
+Usage::
+
+    bgem3 index docs/ notes.md --index ./my-index          # build, or update after edits
+    bgem3 search "how do I rotate the logs?" --index ./my-index -k 5 [--explain] [--json]
+    bgem3 embed "first text" "second text" -o vectors.npz  # dense + lexical + ColBERT
+    bgem3 info --index ./my-index
+
+Every command takes ``--model`` (default ``BAAI/bge-m3``, or any local folder), ``--device``
+and ``--dtype``. A failure you can cause (a missing file or folder, no network for a hub id,
+an index built with another model, an unreadable file, empty input) ends with one line
+``bgem3: error: ...`` on stderr and a non-zero exit status; the index on disk is only ever
+replaced as a whole, so it is never left half-written.
+
+Run it as ``bgem3 ...`` or ``python -m bgem3 ...``. ``main(argv)`` is callable in-process::
+
+    >>> from bgem3.cli import main
+    >>> main(["--version"])            # doctest: +SKIP
+    bgem3 0.1.0
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import uuid
+from typing import Any, Optional, Sequence, TextIO
+
+from . import __version__
+from .ingest import (DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, MANIFEST_NAME, SUPPORTED_EXTENSIONS, IngestError,
+                     Manifest, file_sha256, find_files, is_under, read_source)
+
+DEFAULT_MODEL = "BAAI/bge-m3"
+
+#: Exit statuses.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one ``bgem3: error: ...`` line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus the exit status 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+class _UsageError(CLIError):
+    pass
+
+
+# --------------------------------------------------------------------------- small helpers
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Keep stderr for our own messages: no transformers load bars or advisory warnings (restored after)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except Exception:  # pragma: no cover - transformers is a hard dependency
+        yield
+        return
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _model_arg(name: str) -> str:
+    """A local folder as an absolute path (so the index can find it again from anywhere); hub ids as given."""
+    expanded = os.path.expanduser(name)
+    return os.path.abspath(expanded) if os.path.isdir(expanded) else name
+
+
+def _load_encoder(args: argparse.Namespace, model: Optional[str] = None):
+    from .encoder import Encoder
+
+    kwargs: dict[str, Any] = {}
+    if args.max_length is not None:
+        kwargs["max_length"] = args.max_length
+    if args.batch_size is not None:
+        kwargs["batch_size"] = args.batch_size
+    return Encoder(_model_arg(model or args.model or DEFAULT_MODEL), device=args.device, dtype=args.dtype, **kwargs)
+
+
+def _is_hybrid_index(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "manifest.json"))
+
+
+def _load_index(args: argparse.Namespace, folder: str):
+    """Load the index at ``folder`` with ``--model`` if given, else with the model it was built with."""
+    from .index import HybridIndex
+
+    if not os.path.exists(folder):
+        raise CLIError(f"index folder {folder!r} does not exist; build it with `bgem3 index PATH... --index {folder}`")
+    if not os.path.isdir(folder):
+        raise CLIError(f"--index {folder!r} is a file, not an index folder")
+    if not _is_hybrid_index(folder):
+        raise CLIError(f"{folder!r} is not a bgem3 index (no manifest.json); build one with "
+                       f"`bgem3 index PATH... --index {folder}`")
+    if args.model:
+        return HybridIndex.load(folder, encoder=_load_encoder(args))
+    kwargs: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
+    if args.max_length is not None:
+        kwargs["max_length"] = args.max_length
+    if args.batch_size is not None:
+        kwargs["batch_size"] = args.batch_size
+    return HybridIndex.load(folder, **kwargs)
+
+
+def _save_atomically(index, manifest: Manifest, folder: str) -> None:
+    """Write index + source manifest to a staging folder, then swap it in with renames.
+
+    Either the old index (with its old manifest) or the new one is at ``folder``; a crash
+    between the two renames leaves the old one as ``.<name>.old-*`` beside it, which
+    :meth:`bgem3.HybridIndex.load` points to.
+    """
+    folder = os.path.abspath(folder)
+    parent, name = os.path.dirname(folder), os.path.basename(folder)
+    os.makedirs(parent, exist_ok=True)
+    stage = os.path.join(parent, f".{name}.new-{uuid.uuid4().hex[:8]}")
+    old = None
+    try:
+        index.save(stage)
+        manifest.save(stage)
+        if os.path.exists(folder):
+            old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(folder, old)
+        os.rename(stage, folder)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if old is not None and not os.path.exists(folder):
+            os.rename(old, folder)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _display_path(path: str) -> str:
+    """Relative to the working directory when the file is under it, else as stored."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _snippet(text: str, query: str, width: int) -> str:
+    """One line of ``text`` around the first word of ``query`` it contains."""
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    low = flat.lower()
+    pos = -1
+    for word in sorted({w.strip(".,;:!?\"'()").lower() for w in query.split()}, key=len, reverse=True):
+        if len(word) >= 3:
+            pos = low.find(word)
+            if pos >= 0:
+                break
+    start = max(0, min(pos - width // 3, len(flat) - width)) if pos > 0 else 0
+    out = flat[start:start + width - 1]
+    if start > 0:
+        out = "…" + out[1:]
+    return out + "…" if start + width - 1 < len(flat) else out
+
+
+def _source_label(md: dict) -> str:
+    src = md.get("source")
+    if not src:
+        return "-"
+    label = _display_path(str(src))
+    if "line" in md:
+        return f"{label}:{md['line']}"
+    if "passage" in md:
+        return f"{label} #{md['passage']}"
+    return label
+
+
+def _parse_weights(value: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in value.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not three numbers; write e.g. 0.4,0.2,0.4") from None
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) == 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: give three non-negative numbers (dense,lexical,colbert), not all zero")
+    return parts  # type: ignore[return-value]
+
+
+def _parse_filter(items: Optional[Sequence[str]]) -> Optional[dict]:
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise CLIError(f"--filter {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        try:  # numbers / true / false / null compare as JSON values; anything else as a string
+            parsed = json.loads(value)
+            if isinstance(parsed, (dict, list)):
+                parsed = value
+        except ValueError:
+            parsed = value
+        out[key] = parsed
+    return out
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return n
+
+
+def _non_negative(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return n
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- bgem3 index
+
+def cmd_index(args: argparse.Namespace) -> int:
+    folder = os.path.abspath(os.path.expanduser(args.index))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise CLIError(f"--index {args.index!r} is a file; pass a folder for the index")
+    existing = os.path.isdir(folder) and _is_hybrid_index(folder) and not args.rebuild
+    if os.path.isdir(folder) and os.listdir(folder) and not _is_hybrid_index(folder):
+        raise CLIError(f"--index {args.index!r} is a non-empty folder that is not a bgem3 index; "
+                       "pass a new or empty folder")
+
+    # 1. what is on disk now (cheap; fails before the model is loaded)
+    files = find_files(args.paths, exclude=[folder])
+    if not files:
+        raise CLIError(f"no {', '.join(SUPPORTED_EXTENSIONS)} files found in {', '.join(map(repr, args.paths))}")
+    hashes = {path: file_sha256(path) for path in files}
+    manifest = Manifest.load(folder) if existing else Manifest()
+
+    defaults = {"chunk_size": DEFAULT_CHUNK_SIZE, "chunk_overlap": DEFAULT_CHUNK_OVERLAP, "chunk_unit": "tokens"}
+    settings = {key: (getattr(args, key) if getattr(args, key) is not None else manifest.settings.get(key, default))
+                for key, default in defaults.items()}
+    if settings["chunk_overlap"] >= settings["chunk_size"]:
+        raise CLIError(f"--chunk-overlap ({settings['chunk_overlap']}) must be smaller than --chunk-size "
+                       f"({settings['chunk_size']})")
+    resplit = bool(manifest.files) and bool(manifest.settings) and manifest.settings != settings
+    plan = manifest.plan(args.paths, hashes, force=resplit)
+    if existing and plan.is_noop:
+        print(f"{_display_path(folder)} is up to date ({len(plan.unchanged)} files unchanged)")
+        return EXIT_OK
+
+    # 2. the model and the index
+    if existing:
+        index = _load_index(args, folder)
+        encoder = index.encoder
+    else:
+        from .index import HybridIndex
+
+        encoder = _load_encoder(args)
+        index = HybridIndex(encoder)
+
+    # 3. read and split everything that changed before touching the index
+    length = None
+    if settings["chunk_unit"] == "tokens":
+        tok = encoder.tokenizer
+
+        def length(text: str) -> int:
+            return len(tok(text, add_special_tokens=False, truncation=False)["input_ids"])
+
+    new_passages: dict[str, list] = {}
+    for path in plan.to_read:
+        new_passages[path] = read_source(path, settings["chunk_size"], settings["chunk_overlap"], length)
+    replaced = set(plan.changed) | set(plan.removed)
+    owners = {pid: path for pid, path in manifest.owner_of_ids().items() if path not in replaced}
+    for path, passages in new_passages.items():
+        for p in passages:
+            if p.id in owners:
+                raise CLIError(f"id {p.id!r} from {_display_path(path)} is already used by "
+                               f"{_display_path(owners[p.id])}; ids must be unique across the indexed files")
+            owners[p.id] = path
+
+    # 4. apply: drop old passages, encode and add the new ones, swap the folder in
+    stale = [pid for path in replaced for pid in manifest.ids_of(path) if pid in index]
+    if stale:
+        index.delete(stale)
+    for path in replaced:
+        manifest.remove(path)
+    todo = [p for path in plan.to_read for p in new_passages[path]]
+    if todo:
+        index.add([p.text for p in todo], [p.id for p in todo], [p.metadata for p in todo],
+                  show_progress=False if args.quiet else None)
+    for path in plan.to_read:
+        manifest.set(path, plan.hashes[path], [p.id for p in new_passages[path]])
+    if len(index) == 0:
+        raise CLIError("nothing to index: the files hold no text")
+    manifest.settings = settings
+    _save_atomically(index, manifest, folder)
+
+    summary = (f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
+               f"{len(plan.unchanged)} unchanged")
+    note = " (chunk settings changed: files re-split)" if resplit else ""
+    print(f"indexed {len(todo)} passages from {len(plan.to_read)} files ({summary}){note}; "
+          f"{_display_path(folder)} holds {len(index)} passages from {len(manifest.files)} files")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- bgem3 search
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if not args.query.strip():
+        raise CLIError("the query is empty; pass the question to search for")
+    folder = os.path.abspath(os.path.expanduser(args.index))
+    filt = _parse_filter(args.filter)
+    index = _load_index(args, folder)
+    hits = index.search(args.query, k=args.k, weights=args.weights, filter=filt, candidates=args.candidates,
+                        mode=args.mode, exhaustive=args.exhaustive)
+    explanations = None
+    if args.explain and hits:
+        from .explain import explain_many
+
+        explanations = explain_many(index.encoder, args.query, [h.text for h in hits])
+
+    if args.json:
+        out = {"query": args.query, "index": folder, "model": index.model_name, "mode": args.mode,
+               "weights": list(args.weights), "hits": []}
+        for rank, h in enumerate(hits, start=1):
+            row = {"rank": rank, "id": h.id, "score": h.score, "dense_score": h.dense_score,
+                   "sparse_score": h.sparse_score, "colbert_score": h.colbert_score,
+                   "source": h.metadata.get("source"), "text": h.text, "metadata": h.metadata}
+            if explanations is not None:
+                row["explain"] = explanations[rank - 1].to_dict(top=args.explain_top)
+            out["hits"].append(row)
+        json.dump(out, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+
+    if not hits:
+        print("no results" + (" (the index is empty)" if len(index) == 0 else " (nothing matches the filter)" if filt else ""))
+        return EXIT_OK
+    _print_table(hits, args.query, explanations, args.explain_top, sys.stdout)
+    return EXIT_OK
+
+
+def _print_table(hits, query: str, explanations, top: int, out: TextIO) -> None:
+    from .explain import display_token
+
+    width = shutil.get_terminal_size((120, 24)).columns
+    sources = [_source_label(h.metadata) for h in hits]
+    src_w = min(max(len("source"), *(len(s) for s in sources)), 40)
+    head = f"{'#':>3}  {'score':>6}  {'dense':>6}  {'lexical':>7}  {'colbert':>7}  {'source':<{src_w}}  "
+    snip_w = max(20, width - len(head))
+    print(head + "snippet", file=out)
+    for rank, (h, src) in enumerate(zip(hits, sources), start=1):
+        if len(src) > src_w:
+            src = "…" + src[-(src_w - 1):]
+        print(f"{rank:>3}  {h.score:6.3f}  {h.dense_score:6.3f}  {h.sparse_score:7.3f}  {h.colbert_score:7.3f}  "
+              f"{src:<{src_w}}  {_snippet(h.text, query, snip_w)}", file=out)
+        if explanations is None:
+            continue
+        ex = explanations[rank - 1]
+        lex = ex.top_lexical(top)
+        parts = [f"{display_token(m.token)} {m.contribution:.3f} (q {m.query_weight:.2f} × d {m.doc_weight:.2f})"
+                 for m in lex]
+        _print_parts("lexical:", parts or ["no shared tokens"], width, out)
+        shown = ex.colbert[: max(top * 2, 8)]
+        parts = [f"{display_token(m.query_token)}→{display_token(m.doc_token)} {m.similarity:.2f}" for m in shown]
+        if len(ex.colbert) > len(shown):
+            parts.append(f"… {len(ex.colbert) - len(shown)} more")
+        _print_parts("colbert:", parts, width, out)
+
+
+def _print_parts(label: str, parts: list[str], width: int, out: TextIO, indent: int = 5) -> None:
+    """``label part · part · ...`` wrapped at ``width`` between parts, never inside one."""
+    line = " " * indent + label
+    for i, part in enumerate(parts):
+        piece = (" " if i == 0 else " · ") + part
+        if len(line) + len(piece) > width and line.strip() != label:
+            print(line + (" ·" if i else ""), file=out)
+            line = " " * (indent + len(label) + 1) + part
+        else:
+            line += piece
+    print(line, file=out)
+
+
+# --------------------------------------------------------------------------- bgem3 embed
+
+def _read_inputs(args: argparse.Namespace) -> list[str]:
+    texts = list(args.texts)
+    if args.input:
+        if args.input == "-":
+            texts.extend(line.rstrip("\n") for line in sys.stdin if line.strip())
+        else:
+            if not os.path.exists(args.input):
+                raise CLIError(f"--input {args.input!r} does not exist")
+            if args.input.lower().endswith(".jsonl"):
+                texts.extend(p.text for p in read_source(os.path.abspath(args.input), chunk_size=10**12,
+                                                         chunk_overlap=0))
+            else:
+                try:
+                    with open(args.input, "r", encoding="utf-8-sig") as fh:
+                        texts.extend(line.rstrip("\n") for line in fh if line.strip())
+                except UnicodeDecodeError:
+                    raise CLIError(f"cannot read --input {args.input!r}: it is not UTF-8 text") from None
+                except OSError as exc:
+                    raise CLIError(f"cannot read --input {args.input!r} ({exc.strerror or exc})") from None
+    elif not texts and not sys.stdin.isatty():
+        texts.extend(line.rstrip("\n") for line in sys.stdin if line.strip())
+    if not texts:
+        raise CLIError("no input texts: pass texts as arguments, --input FILE (one text per line, or .jsonl "
+                       "with a \"text\" field), or pipe them on stdin")
+    return texts
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    out_path = args.output
+    fmt = "jsonl" if out_path in (None, "-") else os.path.splitext(out_path)[1].lower().lstrip(".")
+    if fmt not in ("jsonl", "npy", "npz"):
+        raise CLIError(f"--output {out_path!r}: unknown format; use a .jsonl, .npy or .npz file name (or - for stdout)")
+    asked = [name for name in ("dense", "sparse", "colbert") if getattr(args, name)]
+    if fmt == "npy" and set(asked) - {"dense"}:
+        raise CLIError("a .npy file holds one array (the dense vectors); use .npz or .jsonl for --sparse / --colbert")
+    if out_path not in (None, "-"):
+        parent = os.path.dirname(os.path.abspath(out_path))
+        if not os.path.isdir(parent):
+            raise CLIError(f"--output {out_path!r}: the folder {parent!r} does not exist")
+    texts = _read_inputs(args)
+    encoder = _load_encoder(args)
+    if asked:
+        want = set(asked)
+        if want - {"dense"} and not encoder.has_heads:
+            raise CLIError(f"the model {encoder.model_name!r} has no BGE-M3 heads, so it gives dense vectors only; "
+                           "drop --sparse/--colbert")
+    elif fmt == "npy":
+        want = {"dense"}
+    else:
+        want = {"dense", "sparse", "colbert"} if encoder.has_heads else {"dense"}
+    fn = {"query": encoder.encode_queries, "passage": encoder.encode_documents, "raw": encoder.encode}[args.as_]
+    res = fn(texts, dense="dense" in want, sparse="sparse" in want, colbert="colbert" in want,
+             show_progress=False if args.quiet else None)
+
+    def write(path: str, writer) -> None:  # temp file + rename: never a half-written output
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            writer(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    if fmt == "npy":
+        def w_npy(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, res.dense, allow_pickle=False)
+        write(out_path, w_npy)
+    elif fmt == "npz":
+        from .scoring import pack_multivectors, sparse_to_csr
+
+        arrays: dict[str, np.ndarray] = {"token_counts": res.token_counts}
+        if res.dense is not None:
+            arrays["dense"] = res.dense
+        if res.sparse is not None:
+            csr = sparse_to_csr(res.sparse, encoder.vocab_size)
+            arrays.update(sparse_indptr=csr.indptr.astype(np.int64), sparse_indices=csr.indices.astype(np.int64),
+                          sparse_data=csr.data.astype(np.float32),
+                          sparse_shape=np.asarray(csr.shape, dtype=np.int64))
+        if res.colbert is not None:
+            flat, offsets = pack_multivectors(res.colbert)
+            arrays.update(colbert_vectors=flat.astype(np.float32), colbert_offsets=offsets)
+
+        def w_npz(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        write(out_path, w_npz)
+    else:
+        tokens = encoder.tokenizer.convert_ids_to_tokens if args.sparse_tokens else None
+
+        def lines():
+            for i, text in enumerate(texts):
+                rec: dict[str, Any] = {"index": i, "text": text, "tokens": int(res.token_counts[i])}
+                if res.dense is not None:
+                    rec["dense"] = [round(float(x), 7) for x in res.dense[i]]
+                if res.sparse is not None:
+                    sp_ = res.sparse[i]
+                    keys = tokens(list(sp_)) if tokens else [str(t) for t in sp_]
+                    rec["sparse"] = {k: round(float(v), 7) for k, v in zip(keys, sp_.values())}
+                if res.colbert is not None:
+                    rec["colbert"] = [[round(float(x), 7) for x in row] for row in res.colbert[i]]
+                yield json.dumps(rec, ensure_ascii=False) + "\n"
+
+        if out_path in (None, "-"):
+            for line in lines():
+                sys.stdout.write(line)
+            sys.stdout.flush()
+            return EXIT_OK
+
+        def w_jsonl(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.writelines(lines())
+        write(out_path, w_jsonl)
+    if not args.quiet:
+        _err(f"wrote {', '.join(sorted(want))} of {len(texts)} texts to {out_path}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- bgem3 info
+
+def cmd_info(args: argparse.Namespace) -> int:
+    folder = os.path.abspath(os.path.expanduser(args.index))
+    if not os.path.isdir(folder) or not _is_hybrid_index(folder):
+        raise CLIError(f"{args.index!r} is not a bgem3 index folder; build one with `bgem3 index PATH... --index {args.index}`")
+    with open(os.path.join(folder, "manifest.json"), "r", encoding="utf-8") as fh:
+        meta = json.load(fh)
+    sources = Manifest.load(folder)
+    info = {"index": folder, "model": meta.get("model_name"), "passages": meta.get("count"),
+            "dim": meta.get("dim"), "colbert_dtype": meta.get("colbert_dtype"),
+            "files": len(sources.files), "chunking": sources.settings,
+            "bytes_on_disk": sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))}
+    if args.json:
+        info["sources"] = {p: len(e["ids"]) for p, e in sources.files.items()}
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for key, value in info.items():
+        print(f"{key:>13}: {value}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation tools and tests)."""
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("model")
+    g.add_argument("--model", default=None, metavar="NAME_OR_DIR",
+                   help=f"hub id or local model folder (default: {DEFAULT_MODEL}; for an existing index, the model "
+                        "it was built with)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda > mps > cpu)")
+    g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="weights precision (default: fp16 on GPUs, fp32 on CPU)")
+    g.add_argument("--max-length", type=_positive, default=None, metavar="TOKENS",
+                   help="truncate texts to this many tokens (default: the model's limit, 8192 for BGE-M3)")
+    g.add_argument("--batch-size", type=_positive, default=None, metavar="N", help="texts per forward pass (default 32)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries on stderr")
+
+    parser = _Parser(prog="bgem3", description="BGE-M3 hybrid retrieval (dense + lexical + ColBERT) from the shell.")
+    parser.add_argument("--version", action="version", version=f"bgem3 {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("index", parents=[common], help="build or update an index from files and folders",
+                       description="Index .txt, .md and .jsonl files (folders are walked recursively). Re-running "
+                                   "updates the index: added and changed files are (re-)encoded, removed files' "
+                                   "passages are deleted, unchanged files are not touched.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    p.add_argument("--index", "-i", required=True, metavar="DIR", help="index folder (created if missing)")
+    p.add_argument("--chunk-size", type=_positive, default=None, metavar="N",
+                   help=f"passage size in --chunk-unit units (default {DEFAULT_CHUNK_SIZE}, or the index's setting)")
+    p.add_argument("--chunk-overlap", type=_non_negative, default=None, metavar="N",
+                   help=f"overlap between neighbouring passages (default {DEFAULT_CHUNK_OVERLAP})")
+    p.add_argument("--chunk-unit", choices=["tokens", "chars"], default=None,
+                   help="measure passages in model tokens (default) or characters")
+    p.add_argument("--rebuild", action="store_true", help="start from an empty index instead of updating")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", parents=[common], help="search an index",
+                       description="Hybrid search: candidates from dense and lexical top-N, ranked by the weighted "
+                                   "BGE-M3 score (or RRF).")
+    p.add_argument("query", help="the question")
+    p.add_argument("--index", "-i", required=True, metavar="DIR", help="index folder")
+    p.add_argument("-k", type=_positive, default=5, help="number of hits (default 5)")
+    p.add_argument("--weights", type=_parse_weights, default=(0.4, 0.2, 0.4), metavar="D,L,C",
+                   help="dense,lexical,colbert weights (default 0.4,0.2,0.4, the BGE-M3 paper's)")
+    p.add_argument("--mode", choices=["weighted", "rrf"], default="weighted", help="score fusion (default weighted)")
+    p.add_argument("--candidates", type=_positive, default=100, metavar="N",
+                   help="dense top-N and lexical top-N candidates (default 100)")
+    p.add_argument("--exhaustive", action="store_true", help="score every passage (slow, exact)")
+    p.add_argument("--filter", action="append", metavar="KEY=VALUE", help="metadata must match (repeatable)")
+    p.add_argument("--explain", action="store_true",
+                   help="show the query tokens with the largest lexical contributions and, for ColBERT, the "
+                        "document token each query token matched")
+    p.add_argument("--explain-top", type=_positive, default=5, metavar="N", help="tokens shown by --explain (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("embed", parents=[common], help="write dense / lexical / ColBERT outputs of texts",
+                       description="Encode texts (arguments, --input FILE, or stdin) and write JSONL (default, to "
+                                   "stdout), .npy (dense matrix) or .npz (dense, CSR lexical weights, packed ColBERT).")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to encode")
+    p.add_argument("--input", metavar="FILE", help="one text per line, or .jsonl with a \"text\" field; - for stdin")
+    p.add_argument("--output", "-o", metavar="FILE", help="out.jsonl, out.npy or out.npz (default: JSONL on stdout)")
+    p.add_argument("--dense", action="store_true", help="dense vectors")
+    p.add_argument("--sparse", action="store_true", help="lexical weights {token id: weight}")
+    p.add_argument("--colbert", action="store_true", help="ColBERT token vectors")
+    p.add_argument("--as", dest="as_", choices=["passage", "query", "raw"], default="passage",
+                   help="apply the model's passage or query template, or none (default passage)")
+    p.add_argument("--sparse-tokens", action="store_true", help="JSONL: key lexical weights by token string, not id")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("info", help="describe an index", description="Model, size and sources of an index.")
+    p.add_argument("--index", "-i", required=True, metavar="DIR", help="index folder")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        msg = exc.args[0]
+    return " ".join(msg.split()) or type(exc).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``bgem3`` command; returns the exit status (0 ok, 1 error, 2 usage error, 130 interrupted)."""
+    debug = os.environ.get("BGEM3_DEBUG", "").lower() in ("1", "true", "yes")
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        with (contextlib.nullcontext() if debug else _quiet_libraries()):
+            return int(args.func(args) or EXIT_OK)
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("bgem3: interrupted (an index or output file is only written when complete)")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `bgem3 search ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+    except _UsageError as exc:
+        _err(f"bgem3: error: {_one_line(exc)}")
+        return EXIT_USAGE
+    except Exception as exc:
+        if debug:
+            raise
+        from .encoder import ModelLoadError
+        from .index import IndexFormatError
+
+        known = (CLIError, ModelLoadError, IndexFormatError, IngestError, OSError, ValueError, KeyError, TypeError)
+        if isinstance(exc, known):
+            _err(f"bgem3: error: {_one_line(exc)}")
+        else:
+            _err(f"bgem3: error: unexpected {type(exc).__name__}: {_one_line(exc)} "
+                 "(run with BGEM3_DEBUG=1 for the traceback, and please report it)")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

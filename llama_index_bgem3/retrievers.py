@@ -1,0 +1,209 @@
+"""LlamaIndex retriever over a bgem3 hybrid store (dense + lexical + ColBERT fusion)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, List, Optional, Sequence
+
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.ingestion import run_transformations
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import BaseNode, Document, NodeWithScore, QueryBundle, TransformComponent
+from llama_index.core.settings import Settings
+from llama_index.core.vector_stores.types import MetadataFilters
+
+from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
+
+from ._nodes import NO_MATCH, filters_to_store, hit_to_node, node_to_store, with_channel_scores
+
+__all__ = ["BGEM3HybridRetriever"]
+
+_STORE_METHODS = ("add", "delete", "search", "__len__")
+_RETRIEVER_KWARGS = ("similarity_top_k", "weights", "candidates", "mode", "filters", "metadata_key_prefix",
+                     "callback_manager", "verbose")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+class BGEM3HybridRetriever(BaseRetriever):
+    """Hybrid retrieval with BGE-M3 for LlamaIndex: dense, lexical and ColBERT scores fused.
+
+    Works over any :class:`bgem3.types.HybridStore` (the embedded :class:`bgem3.HybridIndex`,
+    which :meth:`from_documents` / :meth:`from_nodes` build, or
+    :class:`bgem3.stores.qdrant.QdrantHybridStore`). Every number comes from the store's ``search``.
+
+    Returns ``NodeWithScore`` with ``score`` = the fused score; the channel scores are in the node's
+    metadata as ``dense_score``, ``sparse_score``, ``colbert_score`` (prefixed by
+    ``metadata_key_prefix``) and are listed in ``excluded_llm_metadata_keys`` /
+    ``excluded_embed_metadata_keys``, so they never reach a prompt. If a node's own metadata has a
+    key of that name, the returned copy holds the score and a ``UserWarning`` names the key.
+
+    Nodes are indexed by their text without metadata (``MetadataMode.NONE``); the whole node
+    (relationships, templates, metadata) is kept as LlamaIndex's ``_node_content`` record and
+    rebuilt on retrieval. Texts added to the store by other means come back as ``TextNode``.
+
+    Args:
+        store: the hybrid store to search.
+        similarity_top_k: how many nodes to return (default 4).
+        weights: ``(dense, lexical, colbert)``; default ``(0.4, 0.2, 0.4)`` (BGE-M3 paper).
+        candidates: the store's candidate pool (dense top-N united with lexical top-N).
+        mode: ``"weighted"`` or ``"rrf"``.
+        filters: ``MetadataFilters`` of ``ExactMatchFilter`` / ``MetadataFilter`` with operator
+            ``EQ`` or ``IN``, combined with AND (OR only between filters on one key). Other
+            operators raise ``NotImplementedError`` naming the operator.
+        metadata_key_prefix: prefix for the channel-score metadata keys.
+
+    Example::
+
+        >>> from llama_index.core import Document                                  # doctest: +SKIP
+        >>> from llama_index_bgem3 import BGEM3HybridRetriever                     # doctest: +SKIP
+        >>> retriever = BGEM3HybridRetriever.from_documents(
+        ...     [Document(text="BGE M3 is an embedding model."), Document(text="Pandas eat bamboo.")],
+        ...     "BAAI/bge-m3", similarity_top_k=1)                                 # doctest: +SKIP
+        >>> hit = retriever.retrieve("What is BGE M3?")[0]                         # doctest: +SKIP
+        >>> hit.node.text, round(hit.score, 3), hit.node.metadata["sparse_score"]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        similarity_top_k: int = 4,
+        weights: Sequence[float] = DEFAULT_WEIGHTS,
+        candidates: int = 100,
+        mode: str = "weighted",
+        filters: Optional[MetadataFilters] = None,
+        metadata_key_prefix: str = "",
+        callback_manager: Optional[CallbackManager] = None,
+        verbose: bool = False,
+    ) -> None:
+        missing = [m for m in _STORE_METHODS if not callable(getattr(store, m, None))]
+        if missing:
+            raise TypeError(
+                f"store must implement bgem3.types.HybridStore (add, delete, search, __len__); "
+                f"{type(store).__name__} lacks {', '.join(missing)}. Use bgem3.HybridIndex, "
+                "bgem3.stores.qdrant.QdrantHybridStore, or BGEM3HybridRetriever.from_documents(...)"
+            )
+        if mode not in ("weighted", "rrf"):
+            raise ValueError(f"mode must be 'weighted' or 'rrf'; got {mode!r}")
+        if filters is not None and not isinstance(filters, MetadataFilters):
+            raise TypeError(
+                f"filters must be llama_index MetadataFilters; got {type(filters).__name__} "
+                "(e.g. MetadataFilters(filters=[ExactMatchFilter(key='topic', value='pets')]))"
+            )
+        self.store = store
+        self.similarity_top_k = _positive_int(similarity_top_k, "similarity_top_k")
+        self.weights = check_weights(weights)
+        self.candidates = _positive_int(candidates, "candidates")
+        self.mode = mode
+        self.filters = filters
+        filters_to_store(filters)  # unsupported operators fail here, not at the first query
+        self.metadata_key_prefix = metadata_key_prefix
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_nodes(
+        cls,
+        nodes: Sequence[BaseNode],
+        model_name_or_encoder: Any = "BAAI/bge-m3",
+        *,
+        show_progress: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> "BGEM3HybridRetriever":
+        """Build a :class:`bgem3.HybridIndex` holding ``nodes`` and a retriever on it.
+
+        Retriever options (``similarity_top_k``, ``weights``, ``candidates``, ``mode``, ``filters``,
+        ``metadata_key_prefix``, ``callback_manager``, ``verbose``) configure the retriever; other
+        ``kwargs`` go to ``HybridIndex(model_name_or_encoder, **kwargs)`` (``device``, ``max_length``...).
+        """
+        from bgem3.index import HybridIndex
+
+        mine = {k: kwargs.pop(k) for k in _RETRIEVER_KWARGS if k in kwargs}
+        retriever = cls(HybridIndex(model_name_or_encoder, **kwargs), **mine)
+        retriever.add_nodes(nodes, show_progress=show_progress)
+        return retriever
+
+    @classmethod
+    def from_documents(
+        cls,
+        documents: Sequence[Document],
+        model_name_or_encoder: Any = "BAAI/bge-m3",
+        *,
+        transformations: Optional[List[TransformComponent]] = None,
+        show_progress: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> "BGEM3HybridRetriever":
+        """Split ``documents`` into nodes (``transformations``, default ``Settings.transformations``,
+        i.e. a ``SentenceSplitter``, as ``VectorStoreIndex.from_documents`` does) and :meth:`from_nodes`.
+
+        Pass ``transformations=[]`` to index each document whole.
+        """
+        nodes = cls._to_nodes(documents, transformations, show_progress)
+        return cls.from_nodes(nodes, model_name_or_encoder, show_progress=show_progress, **kwargs)
+
+    @staticmethod
+    def _to_nodes(documents: Sequence[Document], transformations: Optional[List[TransformComponent]],
+                  show_progress: Optional[bool]) -> List[BaseNode]:
+        if transformations is None:
+            transformations = Settings.transformations
+        documents = list(documents)
+        if not transformations:
+            return documents
+        return run_transformations(documents, transformations, show_progress=bool(show_progress))
+
+    # ------------------------------------------------------------------ writing
+    def add_nodes(self, nodes: Sequence[BaseNode], *, show_progress: Optional[bool] = None) -> List[str]:
+        """Add (or, for an existing node id, replace) nodes in the store; returns their ids."""
+        records = [node_to_store(n) for n in nodes]
+        if not records:
+            return []
+        ids, texts, metas = (list(x) for x in zip(*records))
+        if show_progress is not None and self._store_takes("show_progress"):
+            return list(self.store.add(texts, ids=ids, metadatas=metas, show_progress=show_progress))
+        return list(self.store.add(texts, ids=ids, metadatas=metas))
+
+    def add_documents(self, documents: Sequence[Document], *,
+                      transformations: Optional[List[TransformComponent]] = None,
+                      show_progress: Optional[bool] = None) -> List[str]:
+        """Split documents into nodes (see :meth:`from_documents`) and add them; returns the node ids."""
+        return self.add_nodes(self._to_nodes(documents, transformations, show_progress), show_progress=show_progress)
+
+    def delete(self, node_ids: Sequence[str]) -> None:
+        """Delete nodes by id from the store."""
+        self.store.delete(list(node_ids))
+
+    def _store_takes(self, name: str) -> bool:
+        import inspect
+
+        try:
+            return name in inspect.signature(self.store.add).parameters
+        except (TypeError, ValueError):
+            return False
+
+    # ------------------------------------------------------------------ reading
+    def _retrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
+        store_filter = filters_to_store(self.filters)
+        if store_filter is NO_MATCH:
+            return []
+        hits = self.store.search(
+            query_bundle.query_str,
+            k=self.similarity_top_k,
+            weights=self.weights,
+            filter=store_filter,
+            candidates=self.candidates,
+            mode=self.mode,
+        )
+        return [
+            with_channel_scores(hit_to_node(h), h.dense_score, h.sparse_score, h.colbert_score, h.score,
+                                self.metadata_key_prefix, warn_on_collision=True, owner="BGEM3HybridRetriever")
+            for h in hits
+        ]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
+        # the store's search is synchronous CPU/GPU work: keep it off the event loop
+        return await asyncio.to_thread(self._retrieve, query_bundle)

@@ -1,0 +1,231 @@
+"""HybridIndex.save / load: round trip, atomicity, and every way a saved index can be wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bgem3 import Encoder, HybridIndex, IndexFormatError
+from bgem3.index import FORMAT_VERSION
+from bgem3.testing import make_m3_checkpoint
+
+TEXTS = [
+    "Paris is the capital and most populous city of France.",
+    "BM25 is a bag-of-words retrieval function.",
+    "서울은 대한민국의 수도이다.",
+    "北京是中华人民共和国的首都。",
+    "Берлин — столица Германии.",
+    "La recherche hybride combine plusieurs signaux de pertinence.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Hybrid retrieval fuses dense, sparse and late-interaction scores.",
+]
+QUERIES = ["capital city", "수도", "hybrid retrieval scores", "首都"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    return make_m3_checkpoint(str(tmp_path_factory.mktemp("persist_m3")), seed=0)
+
+
+@pytest.fixture(scope="module")
+def encoder(ckpt) -> Encoder:
+    return Encoder(ckpt, device="cpu")
+
+
+@pytest.fixture
+def index(encoder) -> HybridIndex:
+    idx = HybridIndex(encoder)
+    metas = [{"lang": l, "i": i, "tags": ["a", "b"] if i % 2 else None}
+             for i, l in enumerate(["en", "en", "ko", "zh", "ru", "fr", "en", "en"])]
+    idx.add(TEXTS, ids=[f"t{i}" for i in range(len(TEXTS))], metadatas=metas)
+    idx.delete(["t6"])  # saved indexes hold only live documents
+    return idx
+
+
+def results(idx: HybridIndex, encoder: Encoder = None) -> list:
+    """Hits for several queries x search options (queries encoded once, to keep the test fast)."""
+    enc = encoder or idx.encoder
+    q = enc.encode_queries(QUERIES, dense=True, sparse=True, colbert=True)
+    out = []
+    for n in range(len(QUERIES)):
+        for kw in ({}, {"exhaustive": True}, {"mode": "rrf"}, {"filter": {"lang": ["en", "ko"]}}, {"candidates": 1}):
+            out.append([(h.id, h.text, h.metadata, h.score, h.dense_score, h.sparse_score, h.colbert_score)
+                        for h in idx.search_encoded(q.dense[n], q.sparse[n], q.colbert[n], k=5, **kw)])
+    return out
+
+
+def test_round_trip_gives_identical_results(index, encoder, tmp_path):
+    pre = results(index)
+    index.save(tmp_path / "idx")  # compacts the tombstoned row away first
+    before = results(index)
+    loaded = HybridIndex.load(tmp_path / "idx", encoder)
+    assert len(loaded) == len(index) == 7 and loaded.ids == index.ids and "t6" not in loaded
+    assert results(loaded) == before  # bit for bit
+    assert loaded.search(QUERIES[1], k=5, mode="rrf") == index.search(QUERIES[1], k=5, mode="rrf")
+    # compaction changes only float32 rounding (the matrix products have another row count)
+    for a, b in zip(pre, before):
+        assert [h[:3] for h in a] == [h[:3] for h in b]
+        np.testing.assert_allclose([h[3:] for h in a], [h[3:] for h in b], atol=1e-6, rtol=0)
+    assert [h.metadata for h in loaded.get(["t1", "t2"])] == [{"lang": "en", "i": 1, "tags": ["a", "b"]},
+                                                             {"lang": "ko", "i": 2, "tags": None}]
+    for f in ("dense.npy", "colbert.npy", "sparse_data.npy"):  # plain .npy, no pickle needed
+        np.load(tmp_path / "idx" / f, allow_pickle=False)
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["model_name"] == encoder.model_name
+    assert manifest["dim"] == encoder.hidden_size and manifest["count"] == 7
+    assert manifest["vocab_size"] == encoder.vocab_size and manifest["colbert_dtype"] == "float16"
+    # the loaded index keeps working: add, upsert, delete, save again
+    loaded.add(["Tokyo is the capital of Japan."], ids=["t9"])
+    loaded.add(["replaced"], ids=["t0"])
+    loaded.delete(["t1"])
+    loaded.save(tmp_path / "idx")
+    again = HybridIndex.load(tmp_path / "idx", encoder)
+    assert again.ids == loaded.ids and results(again) == results(loaded)
+    assert again.get(["t0"])[0].text == "replaced"
+
+
+def test_load_builds_the_encoder_from_the_manifest(index, tmp_path):
+    index.save(tmp_path / "idx")
+    loaded = HybridIndex.load(tmp_path / "idx", device="cpu")
+    assert loaded.encoder is not None and loaded.encoder.model_name == index.model_name
+    assert results(loaded) == results(index)
+    assert loaded.search(QUERIES[0], k=3) == index.search(QUERIES[0], k=3)
+    bare = HybridIndex.load(tmp_path / "idx", load_encoder=False)
+    assert bare.encoder is None
+    dq, sq, cq = index.vectors("t2")
+    assert bare.search_encoded(dq, sq, cq, k=1)[0].id == "t2"
+
+
+def test_synthetic_index_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(5, 6)).astype(np.float32)
+    colbert = [rng.normal(size=(int(t), 3)).astype(np.float32) for t in (1, 0, 4, 2, 3)]
+    idx = HybridIndex(None, model_name="my-vectors", dim=6, colbert_dim=3, colbert_dtype="float32")
+    idx.add_encoded(list("abcde"), list("ABCDE"), None, dense, [{3: 1.0}, {}, {7: 0.5, 1: 0.1}, {}, {9: 2.0}], colbert)
+    idx.save(tmp_path / "s")
+    loaded = HybridIndex.load(tmp_path / "s", load_encoder=False)
+    assert (loaded.model_name, loaded.dim, loaded.colbert_dim, loaded.colbert_dtype) == ("my-vectors", 6, 3, "float32")
+    q = (dense[2], {7: 1.0}, colbert[2])
+    assert loaded.search_encoded(*q, k=5) == idx.search_encoded(*q, k=5)
+    np.testing.assert_array_equal(loaded.vectors("c")[2], colbert[2])
+
+
+def test_crash_mid_save_leaves_previous_index_intact(index, encoder, tmp_path, monkeypatch):
+    target = tmp_path / "idx"
+    index.save(target)
+    before = results(index)
+    index.add(["a new document that must not appear"], ids=["new"])
+    index.delete(["t0"])
+    real_save = np.save
+    calls = {"n": 0}
+
+    def failing_save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full (simulated)")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(np, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(target)
+    monkeypatch.setattr(np, "save", real_save)
+    assert calls["n"] == 2
+    old = HybridIndex.load(target, encoder)
+    assert "new" not in old and "t0" in old and results(old) == before
+    assert sorted(os.listdir(tmp_path)) == ["idx"]  # the temporary folder was cleaned up
+
+
+def test_interrupted_swap_is_reported_with_the_backup_path(index, tmp_path):
+    index.save(tmp_path / "idx")
+    os.rename(tmp_path / "idx", tmp_path / ".idx.old-1234abcd")  # a crash between the two renames
+    with pytest.raises(FileNotFoundError, match=r"\.idx\.old-1234abcd"):
+        HybridIndex.load(tmp_path / "idx", load_encoder=False)
+
+
+def test_truncated_file_is_named(index, tmp_path):
+    index.save(tmp_path / "idx")
+    path = tmp_path / "idx" / "colbert.npy"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexFormatError, match=r"colbert\.npy.*truncated"):
+        HybridIndex.load(tmp_path / "idx", load_encoder=False)
+
+
+def test_corrupted_file_is_named(index, tmp_path):
+    index.save(tmp_path / "idx")
+    path = tmp_path / "idx" / "dense.npy"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # same size, one byte flipped
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match=r"dense\.npy.*checksum"):
+        HybridIndex.load(tmp_path / "idx", load_encoder=False)
+    # verify=False skips checksums; the shape checks still guard the structure
+    loaded = HybridIndex.load(tmp_path / "idx", load_encoder=False, verify=False)
+    assert len(loaded) == len(index)
+
+
+def test_corrupted_documents_and_manifest(index, tmp_path):
+    index.save(tmp_path / "idx")
+    docs = tmp_path / "idx" / "documents.json"
+    docs.write_bytes(docs.read_bytes().replace(b'"t1"', b'"tX"'))
+    with pytest.raises(IndexFormatError, match=r"documents\.json.*checksum"):
+        HybridIndex.load(tmp_path / "idx", load_encoder=False)
+    (tmp_path / "idx" / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexFormatError, match=r"manifest\.json.*not valid JSON"):
+        HybridIndex.load(tmp_path / "idx", load_encoder=False)
+    (tmp_path / "idx" / "manifest.json").unlink()
+    with pytest.raises(IndexFormatError, match=r"manifest\.json.*missing"):
+        HybridIndex.load(tmp_path / "idx", load_encoder=False)
+    with pytest.raises(FileNotFoundError, match="no saved HybridIndex"):
+        HybridIndex.load(tmp_path / "nowhere", load_encoder=False)
+
+
+def test_shape_mismatch_is_caught_even_without_checksums(index, tmp_path):
+    index.save(tmp_path / "idx")
+    mpath = tmp_path / "idx" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["count"] = m["count"] + 1
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="inconsistent"):
+        HybridIndex.load(tmp_path / "idx", load_encoder=False, verify=False)
+
+
+@pytest.mark.parametrize("version,hint", [(FORMAT_VERSION + 1, "upgrade bgem3"), (0, "rebuild")])
+def test_version_mismatch(index, tmp_path, version, hint):
+    index.save(tmp_path / "idx")
+    mpath = tmp_path / "idx" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["format_version"] = version
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match=f"format_version {version}.*{hint}"):
+        HybridIndex.load(tmp_path / "idx", load_encoder=False)
+
+
+def test_model_mismatch(index, tmp_path_factory, tmp_path):
+    index.save(tmp_path / "idx")
+    other_dim = Encoder(make_m3_checkpoint(str(tmp_path_factory.mktemp("other48")), hidden_size=48), device="cpu")
+    with pytest.raises(IndexFormatError, match="dim 48"):
+        HybridIndex.load(tmp_path / "idx", other_dim)
+    with pytest.raises(IndexFormatError, match="dim 48"):
+        HybridIndex.load(tmp_path / "idx", other_dim, allow_model_mismatch=True)
+    other_name = Encoder(make_m3_checkpoint(str(tmp_path_factory.mktemp("othername")), seed=1), device="cpu")
+    with pytest.raises(IndexFormatError, match="built with model.*allow_model_mismatch"):
+        HybridIndex.load(tmp_path / "idx", other_name)
+    loaded = HybridIndex.load(tmp_path / "idx", other_name, allow_model_mismatch=True)
+    assert loaded.encoder is other_name and len(loaded) == len(index)
+
+
+def test_save_refuses_to_overwrite_a_folder_that_is_not_an_index(index, tmp_path):
+    precious = tmp_path / "mydata"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    with pytest.raises(ValueError, match="not a saved HybridIndex"):
+        index.save(precious)
+    assert (precious / "thesis.txt").read_text() == "do not delete"
+    index.save(tmp_path / "empty_ok")  # a new folder is fine
+    (tmp_path / "empty_dir").mkdir()
+    index.save(tmp_path / "empty_dir")  # so is an empty one
+    assert len(HybridIndex.load(tmp_path / "empty_dir", load_encoder=False)) == len(index)
