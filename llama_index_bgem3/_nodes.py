@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Optional
 
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, TextNode
@@ -14,6 +13,7 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
+from bgem3._hits import merge_scores
 from bgem3.types import Hit
 
 #: channel-score keys written into node metadata (the fused score is ``NodeWithScore.score``).
@@ -66,22 +66,9 @@ def with_channel_scores(
     ``excluded_embed_metadata_keys`` so they never reach a prompt or an embedding.
     """
     node = node.model_copy()
-    meta = dict(node.metadata)
-    keys = []
-    for key, value in zip(CHANNEL_KEYS, (dense, sparse, colbert)):
-        if value is None:
-            continue
-        name = prefix + key
-        if warn_on_collision and name in meta:
-            warnings.warn(
-                f"{owner}: a node's metadata already has the key {name!r}; the returned node's {name!r} holds "
-                f"bgem3's {key} instead (the stored metadata is unchanged). Pass metadata_key_prefix='bgem3_' "
-                "(or another prefix) to keep both.",
-                UserWarning,
-                stacklevel=4,
-            )
-        meta[name] = float(value)
-        keys.append(name)
+    meta, keys = merge_scores(node.metadata, zip(CHANNEL_KEYS, (dense, sparse, colbert)), prefix,
+                              warn_on_collision=warn_on_collision, owner=owner, noun="node", returned="node",
+                              verb="Pass")
     node.metadata = meta
     node.excluded_llm_metadata_keys = list(dict.fromkeys([*node.excluded_llm_metadata_keys, *keys]))
     node.excluded_embed_metadata_keys = list(dict.fromkeys([*node.excluded_embed_metadata_keys, *keys]))
