@@ -13,6 +13,9 @@ from __future__ import annotations
 import warnings
 from typing import Any, Iterable, Mapping, Optional
 
+from .encoder import Encoder
+from .rerank import resolve_encoder
+
 
 def merge_scores(
     metadata: Mapping[str, Any],
@@ -52,3 +55,34 @@ def merge_scores(
         meta[name] = float(value)
         keys.append(name)
     return meta, keys
+
+
+def check_top_n(top_n: Optional[int]) -> Optional[int]:
+    """The adapters' ``top_n`` check (after their framework's own int validation): ``None`` or > 0.
+
+    >>> check_top_n(3), check_top_n(None)
+    (3, None)
+    """
+    if top_n is not None and top_n <= 0:
+        raise ValueError(f"top_n must be a positive integer or None (keep all); got {top_n!r}")
+    return top_n
+
+
+def reranker_encoder(encoder: Any, model_name: str, model_kwargs: Optional[Mapping[str, Any]],
+                     *, type_error: type[Exception] = TypeError) -> Encoder:
+    """The encoder an adapter's reranker uses: ``encoder`` if given (it must be a
+    :class:`bgem3.Encoder`, else ``type_error``; ``model_kwargs`` must then be empty, else
+    ``ValueError``), or one loaded from ``model_name`` with ``model_kwargs``.
+
+    ``type_error`` lets a pydantic ``model_validator`` raise ``ValueError`` (which pydantic turns
+    into a ``ValidationError``) while a plain ``__init__`` raises ``TypeError``.
+    """
+    if encoder is None:
+        return resolve_encoder(model_name, **(model_kwargs or {}))
+    if not isinstance(encoder, Encoder):
+        raise type_error(f"encoder must be a bgem3.Encoder (or leave it out and pass model_name=...); "
+                         f"got {type(encoder).__name__}")
+    if model_kwargs:
+        raise ValueError("model_kwargs are only used when the reranker loads the model by model_name; "
+                         "an Encoder was given: configure it with Encoder(...) instead")
+    return encoder

@@ -10,7 +10,8 @@ from langchain_core.documents.compressor import BaseDocumentCompressor
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from bgem3 import Encoder
-from bgem3.rerank import rerank, resolve_encoder
+from bgem3._hits import check_top_n, reranker_encoder
+from bgem3.rerank import rerank
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
 from ._scores import scored_document
@@ -73,15 +74,8 @@ class BGEM3Reranker(BaseDocumentCompressor):
     def _load_encoder(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
-            enc = data.get("encoder")
-            if enc is None:
-                data["encoder"] = resolve_encoder(data.get("model_name", "BAAI/bge-m3"), **(data.get("model_kwargs") or {}))
-            elif not isinstance(enc, Encoder):
-                raise ValueError(f"encoder must be a bgem3.Encoder (or leave it out and pass model_name=...); "
-                                 f"got {type(enc).__name__}")
-            elif data.get("model_kwargs"):
-                raise ValueError("model_kwargs are only used when the reranker loads the model by model_name; "
-                                 "an Encoder was given: configure it with Encoder(...) instead")
+            data["encoder"] = reranker_encoder(data.get("encoder"), data.get("model_name", "BAAI/bge-m3"),
+                                               data.get("model_kwargs"), type_error=ValueError)
             data["model_name"] = str(data["encoder"].model_name)
         return data
 
@@ -93,9 +87,7 @@ class BGEM3Reranker(BaseDocumentCompressor):
     @field_validator("top_n")
     @classmethod
     def _check_top_n(cls, v: Optional[int]) -> Optional[int]:
-        if v is not None and v <= 0:
-            raise ValueError(f"top_n must be a positive integer or None (keep all); got {v!r}")
-        return v
+        return check_top_n(v)
 
     def compress_documents(
         self,

@@ -9,7 +9,8 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from bgem3 import Encoder
-from bgem3.rerank import rerank, resolve_encoder
+from bgem3._hits import check_top_n, reranker_encoder
+from bgem3.rerank import rerank
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
 from ._nodes import with_channel_scores
@@ -66,16 +67,7 @@ class BGEM3Reranker(BaseNodePostprocessor):
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
-        if self.encoder is None:
-            self._encoder = resolve_encoder(self.model_name, **self.model_kwargs)
-        elif not isinstance(self.encoder, Encoder):
-            raise TypeError(f"encoder must be a bgem3.Encoder (or leave it out and pass model_name=...); "
-                            f"got {type(self.encoder).__name__}")
-        elif self.model_kwargs:
-            raise ValueError("model_kwargs are only used when the reranker loads the model by model_name; "
-                             "an Encoder was given: configure it with Encoder(...) instead")
-        else:
-            self._encoder = self.encoder
+        self._encoder = reranker_encoder(self.encoder, self.model_name, self.model_kwargs)
         self.encoder = self._encoder
         self.model_name = str(self._encoder.model_name)
 
@@ -87,9 +79,7 @@ class BGEM3Reranker(BaseNodePostprocessor):
     @field_validator("top_n")
     @classmethod
     def _check_top_n(cls, v: Optional[int]) -> Optional[int]:
-        if v is not None and v <= 0:
-            raise ValueError(f"top_n must be a positive integer or None (keep all); got {v!r}")
-        return v
+        return check_top_n(v)
 
     @classmethod
     def class_name(cls) -> str:
