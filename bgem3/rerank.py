@@ -43,9 +43,9 @@ from .scoring import (
     DEFAULT_WEIGHTS,
     check_weights,
     colbert_scores,
-    fuse_weighted,
+    fuse_channels,
+    fuse_rrf,
     lexical_scores,
-    reciprocal_rank_fusion,
 )
 
 __all__ = ["HybridReranker", "RerankResult", "RerankScores", "rerank", "resolve_encoder", "score_candidates"]
@@ -194,20 +194,17 @@ def score_candidates(
         sparse = lexical_scores(q.sparse, d.sparse)[0]
         colbert = colbert_scores(q.colbert[0], d.colbert).astype(np.float64)
 
-    if mode == "weighted":
-        if heads:
-            fused = fuse_weighted(dense, sparse, colbert, w, normalize=True)
-        else:  # w == (w_d, 0, 0): the normalised sum is the dense score itself
-            fused = dense.copy()
-    else:
-        # as HybridIndex: ranks from 1, ties keep input order, and a candidate sharing no token
-        # with the query (lexical score <= 0) is left out of the lexical ranking
-        rankings = [np.argsort(-dense, kind="stable").tolist()]
-        if heads:
-            lex_order = np.argsort(-sparse, kind="stable")
-            rankings += [lex_order[sparse[lex_order] > 0].tolist(), np.argsort(-colbert, kind="stable").tolist()]
-        rrf = reciprocal_rank_fusion(rankings, k=rrf_k, weights=list(w[: len(rankings)]))
-        fused = np.fromiter((rrf.get(i, 0.0) for i in range(n)), dtype=np.float64, count=n)
+    if mode == "rrf" and rrf_k <= 0:
+        raise ValueError(f"RRF constant k must be positive; got {rrf_k}")
+    if heads:
+        # as HybridIndex (the same function): in "rrf" mode ranks from 1, ties keep input order, and a
+        # candidate sharing no token with the query (lexical score <= 0) is left out of the lexical ranking
+        fused = fuse_channels(dense, sparse, colbert, w, mode=mode, rrf_k=rrf_k)
+    elif mode == "weighted":  # w == (w_d, 0, 0): the normalised sum is the dense score itself
+        fused = dense.copy()
+    else:  # w == (w_d, 0, 0): only the dense ranking counts
+        zeros = np.zeros(n, dtype=np.float64)
+        fused = fuse_rrf(dense, zeros, zeros, w, rrf_k)
     return RerankScores(score=fused, dense=dense, sparse=sparse, colbert=colbert)
 
 
