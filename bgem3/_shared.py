@@ -54,6 +54,7 @@ __all__ = [
     "e5_encoder_profile",
     "e5_templates",
     "encoder_cache_info",
+    "missing_framework",
     "shared_encoder",
     "sparse_to_lists",
 ]
@@ -66,6 +67,18 @@ ENCODER_OPTIONS: frozenset = frozenset(
 _CACHE: "weakref.WeakValueDictionary[Hashable, Encoder]" = weakref.WeakValueDictionary()
 _LOCK = threading.RLock()
 _LOADS = 0
+
+
+def missing_framework(adapter: str, requirement: str, framework: str, extra: str) -> ImportError:
+    """The ``ImportError`` an adapter package raises when its framework is not installed.
+
+    >>> str(missing_framework("langchain_bgem3", "langchain-core", "LangChain", "langchain"))
+    "langchain_bgem3 needs langchain-core, which is not installed. Install the LangChain extra: pip install 'bgem3[langchain]'"
+    """
+    return ImportError(
+        f"{adapter} needs {requirement}, which is not installed. "
+        f"Install the {framework} extra: pip install 'bgem3[{extra}]'"
+    )
 
 
 def check_encoder_options(options: dict, where: str = "model_kwargs") -> dict:

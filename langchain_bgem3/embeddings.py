@@ -23,10 +23,9 @@ try:
     from langchain_core.embeddings import Embeddings
     from langchain_core.runnables.config import run_in_executor
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(
-        "langchain_bgem3 needs langchain-core, which is not installed. "
-        "Install the LangChain extra: pip install 'bgem3[langchain]'"
-    ) from _exc
+    from bgem3._shared import missing_framework
+
+    raise missing_framework("langchain_bgem3", "langchain-core", "LangChain", "langchain") from _exc
 
 from typing import Any, Optional
 

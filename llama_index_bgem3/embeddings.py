@@ -21,10 +21,9 @@ try:
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
     from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(
-        "llama_index_bgem3 needs llama-index-core, which is not installed. "
-        "Install the LlamaIndex extra: pip install 'bgem3[llama-index]'"
-    ) from _exc
+    from bgem3._shared import missing_framework
+
+    raise missing_framework("llama_index_bgem3", "llama-index-core", "LlamaIndex", "llama-index") from _exc
 
 import asyncio
 from typing import Any, ClassVar, Optional
