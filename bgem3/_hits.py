@@ -86,3 +86,25 @@ def reranker_encoder(encoder: Any, model_name: str, model_kwargs: Optional[Mappi
         raise ValueError("model_kwargs are only used when the reranker loads the model by model_name; "
                          "an Encoder was given: configure it with Encoder(...) instead")
     return encoder
+
+
+#: the methods of :class:`bgem3.types.HybridStore` an adapter's retriever calls.
+STORE_METHODS = ("add", "delete", "search", "__len__")
+
+
+def check_hybrid_store(store: Any, *, builder: str, error: type[Exception] = TypeError) -> Any:
+    """``store`` if it has the :class:`bgem3.types.HybridStore` methods, else ``error`` naming the
+    missing ones and ``BGEM3HybridRetriever.<builder>(...)`` as the way to get a store built.
+
+    >>> check_hybrid_store(object(), builder="from_texts")
+    Traceback (most recent call last):
+    TypeError: store must implement bgem3.types.HybridStore (add, delete, search, __len__); object lacks add, delete, search, __len__. Use bgem3.HybridIndex, bgem3.stores.qdrant.QdrantHybridStore, or BGEM3HybridRetriever.from_texts(...)
+    """
+    missing = [m for m in STORE_METHODS if not callable(getattr(store, m, None))]
+    if missing:
+        raise error(
+            f"store must implement bgem3.types.HybridStore (add, delete, search, __len__); "
+            f"{type(store).__name__} lacks {', '.join(missing)}. Use bgem3.HybridIndex, "
+            f"bgem3.stores.qdrant.QdrantHybridStore, or BGEM3HybridRetriever.{builder}(...)"
+        )
+    return store

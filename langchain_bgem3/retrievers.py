@@ -11,25 +11,12 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, field_validator
 
+from bgem3._hits import check_hybrid_store
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
 from ._scores import scored_document
 
 __all__ = ["BGEM3HybridRetriever"]
-
-_STORE_METHODS = ("add", "delete", "search", "__len__")
-
-
-def _check_store(store: Any) -> Any:
-    missing = [m for m in _STORE_METHODS if not callable(getattr(store, m, None))]
-    if missing:
-        raise ValueError(
-            f"store must implement bgem3.types.HybridStore (add, delete, search, __len__); "
-            f"{type(store).__name__} lacks {', '.join(missing)}. Use bgem3.HybridIndex, "
-            "bgem3.stores.qdrant.QdrantHybridStore, or BGEM3HybridRetriever.from_texts(...)"
-        )
-    return store
-
 
 class BGEM3HybridRetriever(BaseRetriever):
     """Hybrid retrieval with BGE-M3: dense, lexical and ColBERT scores fused per document.
@@ -79,7 +66,7 @@ class BGEM3HybridRetriever(BaseRetriever):
     @field_validator("store")
     @classmethod
     def _validate_store(cls, v: Any) -> Any:
-        return _check_store(v)
+        return check_hybrid_store(v, builder="from_texts", error=ValueError)
 
     @field_validator("weights", mode="before")
     @classmethod

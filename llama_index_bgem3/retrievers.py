@@ -12,13 +12,13 @@ from llama_index.core.schema import BaseNode, Document, NodeWithScore, QueryBund
 from llama_index.core.settings import Settings
 from llama_index.core.vector_stores.types import MetadataFilters
 
+from bgem3._hits import check_hybrid_store
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
 from ._nodes import NO_MATCH, filters_to_store, hit_to_node, node_to_store, with_channel_scores
 
 __all__ = ["BGEM3HybridRetriever"]
 
-_STORE_METHODS = ("add", "delete", "search", "__len__")
 _RETRIEVER_KWARGS = ("similarity_top_k", "weights", "candidates", "mode", "filters", "metadata_key_prefix",
                      "callback_manager", "verbose")
 
@@ -81,13 +81,7 @@ class BGEM3HybridRetriever(BaseRetriever):
         callback_manager: Optional[CallbackManager] = None,
         verbose: bool = False,
     ) -> None:
-        missing = [m for m in _STORE_METHODS if not callable(getattr(store, m, None))]
-        if missing:
-            raise TypeError(
-                f"store must implement bgem3.types.HybridStore (add, delete, search, __len__); "
-                f"{type(store).__name__} lacks {', '.join(missing)}. Use bgem3.HybridIndex, "
-                "bgem3.stores.qdrant.QdrantHybridStore, or BGEM3HybridRetriever.from_documents(...)"
-            )
+        check_hybrid_store(store, builder="from_documents")
         if mode not in ("weighted", "rrf"):
             raise ValueError(f"mode must be 'weighted' or 'rrf'; got {mode!r}")
         if filters is not None and not isinstance(filters, MetadataFilters):
