@@ -57,17 +57,6 @@ def merge_scores(
     return meta, keys
 
 
-def check_top_n(top_n: Optional[int]) -> Optional[int]:
-    """The adapters' ``top_n`` check (after their framework's own int validation): ``None`` or > 0.
-
-    >>> check_top_n(3), check_top_n(None)
-    (3, None)
-    """
-    if top_n is not None and top_n <= 0:
-        raise ValueError(f"top_n must be a positive integer or None (keep all); got {top_n!r}")
-    return top_n
-
-
 def reranker_encoder(encoder: Any, model_name: str, model_kwargs: Optional[Mapping[str, Any]],
                      *, type_error: type[Exception] = TypeError) -> Encoder:
     """The encoder an adapter's reranker uses: ``encoder`` if given (it must be a

@@ -121,7 +121,12 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _check_top_n(top_n: Optional[int]) -> Optional[int]:
+def check_top_n(top_n: Optional[int]) -> Optional[int]:
+    """``top_n`` if it is ``None`` (keep all) or a positive integer; ``ValueError`` otherwise.
+
+    >>> check_top_n(3), check_top_n(None)
+    (3, None)
+    """
     if top_n is None:
         return None
     if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n <= 0:
@@ -225,7 +230,7 @@ def rerank(
         >>> [r.index for r in rerank(enc, "panda", ["cars", "pandas eat bamboo"])]   # doctest: +SKIP
         [1, 0]
     """
-    top_n = _check_top_n(top_n)
+    top_n = check_top_n(top_n)
     scores = score_candidates(encoder, query, texts, weights, **kwargs)
     return [scores.result(i) for i in scores.order(top_n)]
 
@@ -261,7 +266,7 @@ class HybridReranker:
     ) -> None:
         self.encoder = resolve_encoder(encoder, **encoder_kwargs)
         self.weights = check_weights(weights)
-        self.top_n = _check_top_n(top_n)
+        self.top_n = check_top_n(top_n)
         self.mode = _check_mode(mode)
         if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, np.integer)) or rrf_k <= 0:
             raise ValueError(f"rrf_k must be a positive integer; got {rrf_k!r}")
@@ -284,6 +289,6 @@ class HybridReranker:
     def rerank(self, query: str, texts: Sequence[str], *, top_n: Any = ..., weights: Optional[Sequence[float]] = None,
                show_progress: Optional[bool] = None) -> list[RerankResult]:
         """Results best first, at most ``top_n`` (default: the reranker's ``top_n``)."""
-        top_n = self.top_n if top_n is ... else _check_top_n(top_n)
+        top_n = self.top_n if top_n is ... else check_top_n(top_n)
         scores = self.score(query, texts, weights=weights, show_progress=show_progress)
         return [scores.result(i) for i in scores.order(top_n)]

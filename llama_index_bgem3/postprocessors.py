@@ -9,8 +9,8 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from bgem3 import Encoder
-from bgem3._hits import check_top_n, reranker_encoder
-from bgem3.rerank import rerank
+from bgem3._hits import reranker_encoder
+from bgem3.rerank import check_top_n, rerank
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
 from ._nodes import with_channel_scores
