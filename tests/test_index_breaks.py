@@ -371,3 +371,20 @@ def test_lone_surrogates_are_refused_at_add(tmp_path, where):
         idx.add_encoded(ids, texts, metas, np.ones((1, 8), np.float32) / np.sqrt(8), [{}], [np.ones((1, 8), np.float32)])
     assert len(idx) == 12
     idx.save(tmp_path / "idx")  # and later saves still work
+
+
+def test_cli_info_reads_the_manifest_and_verify_checks_everything(tmp_path, capsys):
+    from bgem3.cli import main
+
+    root = tmp_path / "idx"
+    make().save(root)
+    assert main(["info", "--index", str(root), "--json", "--verify"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["passages"] == 12 and info["format_version"] == 2 and info["channels"] == ["dense", "lexical", "colbert"]
+    assert info["verified"] and info["bytes_on_disk"] > 0
+    path = seg_file(root, "dense.npy")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert main(["info", "--index", str(root), "--verify"]) != 0
+    assert "checksum" in capsys.readouterr().err
