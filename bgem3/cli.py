@@ -103,10 +103,20 @@ def _is_hybrid_index(folder: str) -> bool:
     return is_saved_index(folder)
 
 
+def _recover(folder: str) -> None:
+    """Put back an index that an interrupted bgem3 0.1 save left as ``.<name>.old-*`` (see
+    :func:`bgem3.index.persistence.recover_interrupted_save`)."""
+    from .index.persistence import recover_interrupted_save
+
+    if recover_interrupted_save(folder):
+        _err(f"bgem3: recovered the index at {folder} from the backup an interrupted save left beside it")
+
+
 def _load_index(args: argparse.Namespace, folder: str):
     """Load the index at ``folder`` with ``--model`` if given, else with the model it was built with."""
     from .index import HybridIndex
 
+    _recover(folder)
     if not os.path.exists(folder):
         raise CLIError(f"index folder {folder!r} does not exist; build it with `bgem3 index PATH... --index {folder}`")
     if not os.path.isdir(folder):
@@ -239,6 +249,7 @@ def _err(msg: str) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
+    _recover(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise CLIError(f"--index {args.index!r} is a file; pass a folder for the index")
     existing = os.path.isdir(folder) and _is_hybrid_index(folder) and not args.rebuild
@@ -525,6 +536,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
+    _recover(folder)
     if not os.path.isdir(folder) or not _is_hybrid_index(folder):
         raise CLIError(f"{args.index!r} is not a bgem3 index folder; build one with `bgem3 index PATH... --index {args.index}`")
     from .index.persistence import describe

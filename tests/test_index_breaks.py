@@ -388,3 +388,16 @@ def test_cli_info_reads_the_manifest_and_verify_checks_everything(tmp_path, caps
     path.write_bytes(bytes(data))
     assert main(["info", "--index", str(root), "--verify"]) != 0
     assert "checksum" in capsys.readouterr().err
+
+
+def test_cli_recovers_an_index_left_by_an_old_interrupted_swap(tmp_path, capsys):
+    from test_index_persistence import write_v1
+
+    from bgem3.cli import main
+
+    idx = make()
+    write_v1(idx, tmp_path / ".idx.old-1234abcd")  # bgem3 0.1 killed between its two renames
+    assert main(["info", "--index", str(tmp_path / "idx"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["passages"] == 12 and "recovered" in err
+    assert (tmp_path / "idx").is_dir() and not (tmp_path / ".idx.old-1234abcd").exists()
