@@ -65,6 +65,17 @@ def rss_mb() -> tuple[float, float]:
     return cur, peak
 
 
+def rss_split_mb() -> dict:
+    """VmRSS split into anonymous memory and file-backed (memory-mapped page-cache) pages."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            for key in ("RssAnon", "RssFile", "RssShmem"):
+                if line.startswith(key + ":"):
+                    out[key] = int(line.split()[1]) / 1024
+    return out
+
+
 def normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
@@ -246,7 +257,7 @@ def serve(args: argparse.Namespace) -> dict:
     cur, peak = rss_mb()
     return {"open_s": open_s, "p50_ms": float(np.percentile(lat_ms, 50)), "p90_ms": float(np.percentile(lat_ms, 90)),
             "mean_ms": float(lat_ms.mean()), "first_query_ms": float(lat_ms[0]), "rss_start_mb": rss0,
-            "rss_after_mb": cur, "peak_rss_mb": peak, "dense_recall_at_100": float(np.mean(rec100)), "hits": hits,
+            "rss_after_mb": cur, "peak_rss_mb": peak, "rss_split_mb": rss_split_mb(), "dense_recall_at_100": float(np.mean(rec100)), "hits": hits,
             "segments": len(idx._segments), "count": len(idx)}
 
 
