@@ -622,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", "-i", required=True, metavar="DIR", help="index folder")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
+
+    from .serve.cli import add_parser as _add_serve_parser  # `bgem3 serve` lives in bgem3/serve/cli.py
+    _add_serve_parser(sub, common)
     return parser
 
 
