@@ -44,6 +44,7 @@ import numpy as np
 from .encoder import Encoder, resolve_device, resolve_dtype, resolve_model_path
 from .encoder import _check_texts as _texts
 from .profiles import Profile, _escape, detect_profile, get_profile
+from .remote import is_url, remote_encoder_for
 
 __all__ = [
     "ENCODER_OPTIONS",
@@ -140,6 +141,8 @@ def shared_encoder(model_name_or_path: Union[str, os.PathLike], **options: Any) 
     """
     global _LOADS
     check_encoder_options(options, "encoder options")
+    if is_url(model_name_or_path):  # a `bgem3 serve` server: the model is there, not here
+        return remote_encoder_for(model_name_or_path, **options)
     if not isinstance(model_name_or_path, (str, os.PathLike)):
         raise TypeError(
             f"model_name must be a hub id like 'BAAI/bge-m3' or a local folder path; got {type(model_name_or_path).__name__}"

@@ -178,6 +178,8 @@ class _Server:
         ml = min(max_length or self.max_input_length, self.max_input_length)
         truncate = self.config.auto_truncate if truncate is None else truncate
         check = ml if truncate else ml + 1
+        if not texts:
+            return []
         ids = await asyncio.to_thread(self.encoder.tokenize, texts, check)
         if not truncate:
             for i, row in enumerate(ids):

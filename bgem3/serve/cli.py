@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -137,5 +138,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              access_log=args.log_level in ("info", "debug"), lifespan="on",
                              limit_concurrency=None, backlog=2048)
     server = uvicorn.Server(uconfig)
-    server.run(sockets=[sock])
+    # uvicorn re-raises the signal it caught once it has shut down gracefully; a SIGTERM that
+    # was handled (in-flight work finished) ends the process with status 0, not "killed".
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
