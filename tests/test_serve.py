@@ -323,8 +323,12 @@ def test_llama_index_text_embeddings_inference(server, local):
     assert np.abs(q - local.encode(["a question"]).dense[0]).max() <= 1e-6
 
 
-def test_langchain_huggingface_endpoint_embeddings(server, local):
+def test_langchain_huggingface_endpoint_embeddings(server, local, monkeypatch):
     lc = pytest.importorskip("langchain_huggingface")
+    import huggingface_hub.constants
+
+    # the suite runs with HF_HUB_OFFLINE=1, which huggingface_hub applies to every URL, loopback included
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     emb = lc.HuggingFaceEndpointEmbeddings(model=server.url, huggingfacehub_api_token=KEY)
     got = np.asarray(emb.embed_documents(["one text", "two texts"]), np.float32)
     assert np.abs(got - local.encode(["one text", "two texts"]).dense).max() <= 1e-6
