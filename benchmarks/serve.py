@@ -246,6 +246,8 @@ def bench(args: argparse.Namespace, enc: Any, model: str) -> dict:
     single = lambda n: [qs[n % len(qs)]]  # noqa: E731
     batch = lambda n: [ps[(n * 32 + j) % len(ps)] for j in range(32)]  # noqa: E731
     results: dict = {"local": {}, "bgem3": {}, "infinity": {}}
+    enc.encode(batch(0))  # warm-up
+    enc.encode(single(0))
     results["local"]["single"] = local_loop(enc, args.seconds, single)
     results["local"]["batch32"] = local_loop(enc, args.seconds, batch)
     print("local", results["local"], flush=True)
@@ -348,9 +350,14 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
+    import signal
+
     import torch
 
     from bgem3 import Encoder
+
+    # SIGTERM stops the run through the `finally` blocks, so no server is left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from bgem3.testing import minilm_path
 
     model = minilm_path()

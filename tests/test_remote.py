@@ -22,10 +22,16 @@ DOCS = ["BGE M3 supports dense, lexical and multi-vector retrieval.", "Paris is 
         "The quick brown fox jumps over the lazy dog."]
 
 
+KEY = "remote-key"
+
+
 @pytest.fixture(scope="module")
 def server(m3_path):
-    srv = ServerProcess(m3_path, "--max-client-batch-size", "4")  # small: calls are split into requests
-    yield srv
+    # small batches: calls are split into several requests; a key, read by RemoteEncoder from the env
+    srv = ServerProcess(m3_path, "--max-client-batch-size", "4", "--api-key", KEY)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BGEM3_API_KEY", KEY)
+        yield srv
     srv.stop()
 
 
@@ -122,22 +128,19 @@ def test_unreachable_server_gives_up_after_bounded_retries():
         RemoteEncoder(f"http://127.0.0.1:{port}", max_retries=2, backoff=0.01, timeout=2)
 
 
-def test_auth_errors_and_server_refusals(m3_path):
-    srv = None
-    try:
-        srv = ServerProcess(m3_path, "--api-key", "k1", "--max-length", "16", "--no-auto-truncate")
-        with pytest.raises(PermissionError, match="api_key"):
-            RemoteEncoder(srv.url, api_key="wrong")
-        enc = RemoteEncoder(srv.url, api_key="k1")
-        assert enc.encode(["short"]).dense.shape[0] == 1
-        # the client always sends truncate=true, like the local Encoder truncating
-        assert enc.encode(["word " * 100]).token_counts.tolist() == [16]
-        r = httpx.post(srv.url + "/encode", json={"inputs": ["word " * 100]}, headers={"authorization": "Bearer k1"})
-        assert r.status_code == 413
-        enc.close()
-    finally:
-        if srv is not None:
-            srv.stop()
+def test_auth_errors_and_server_refusals(server, local):
+    with pytest.raises(PermissionError, match="api_key"):
+        RemoteEncoder(server.url, api_key="wrong")
+    assert httpx.post(server.url + "/encode", json={"inputs": ["x"]}).status_code == 401
+    long = "word " * 700
+    r = httpx.post(server.url + "/encode", json={"inputs": [long], "truncate": False},
+                   headers={"authorization": f"Bearer {KEY}"})
+    assert r.status_code == 413
+    with RemoteEncoder(server.url, api_key=KEY) as enc:  # the client truncates, like the local Encoder
+        assert enc.encode([long]).token_counts.tolist() == local.encode([long]).token_counts.tolist()
+        with pytest.raises(RemoteError) as info:
+            enc._request_sync("POST", "/encode", {"inputs": "x", "bogus": 1})
+        assert info.value.status == 422 and "bogus" in str(info.value)
 
 
 def test_retry_on_503_then_success():

@@ -6,7 +6,7 @@ Routes:
 ``POST /embed``, ``POST /``  TEI: dense vectors ``[[float]]``
 ``POST /embed_sparse``       TEI: BGE-M3 lexical weights ``[[{"index", "value"}]]``
 ``GET /info``                TEI's model info (+ a ``bgem3`` section RemoteEncoder reads)
-``GET /health``              200 while serving, 503 while starting or draining (never needs a key)
+``GET /health``              200 while the batcher runs, 503 otherwise (never needs a key)
 ``POST /v1/embeddings``      OpenAI embeddings (``float`` or ``base64``)
 ``GET /v1/models``           OpenAI model list
 ``POST /encode``             ours: dense + lexical + ColBERT in one call, query/document side
