@@ -55,7 +55,7 @@ def test_queue_limit_enforced_under_overload(busy_server, local):
 def test_remote_encoder_retries_through_429(busy_server, local):
     from bgem3.remote import RemoteEncoder
 
-    enc = RemoteEncoder(busy_server.url, batch_size=1, concurrency=8, backoff=0.05, max_backoff=0.2, max_retries=50)
+    enc = RemoteEncoder(busy_server.url, batch_size=1, concurrency=4, backoff=0.02, max_backoff=0.1, max_retries=1000)
     out = enc.encode(LONG[:24], sparse=True)
     want = local.encode(LONG[:24], sparse=True)
     assert np.abs(out.dense - want.dense).max() <= 1e-6
