@@ -119,6 +119,8 @@ class Proc:
 
 def start_bgem3(model: str, *extra: str) -> Proc:
     env = {"PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if os.environ.get("OMP_NUM_THREADS"):  # --threads: the same for every tool
+        extra = ("--threads", os.environ["OMP_NUM_THREADS"], *extra)
     return Proc([sys.executable, "-m", "bgem3", "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
                  "--device", "cpu", "-q", *extra], None, env)
 

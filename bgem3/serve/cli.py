@@ -85,10 +85,27 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                    help="seconds a request may wait for its vectors before a 504 (default 60)")
     g.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="S",
                    help="on SIGTERM/Ctrl-C, seconds to finish in-flight requests (default 30)")
+    g.add_argument("--threads", type=_positive, default=None, metavar="N",
+                   help="torch CPU threads for the model (default on CPU: cores - 1, at least 1, so the HTTP event "
+                        "loop keeps a core; more threads than free cores stall torch's OpenMP barriers)")
     g.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default warning; info logs every request)")
     p.set_defaults(func=cmd_serve)
     return p
+
+
+def _set_threads(threads: "int | None", device: "str | None") -> None:
+    """torch's intra-op threads: ``threads`` if given; on CPU, cores - 1 (at least 1) by default."""
+    import torch
+
+    from ..encoder import resolve_device
+
+    if threads is None:
+        if resolve_device(device).type != "cpu":
+            return
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores - 1)
+    torch.set_num_threads(threads)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -103,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import ServeConfig, create_app
 
     model = args.model or "BAAI/bge-m3"
+    _set_threads(args.threads, args.device)
     options: dict = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length}
     if args.batch_size:
         options["batch_size"] = args.batch_size
@@ -118,7 +136,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(encoder, config)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it every response with a body waits ~40 ms for the client's delayed ACK (Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
