@@ -15,7 +15,7 @@ Example::
     >>> req = parse_encode({"inputs": ["hi"], "sparse": True}, max_texts=8)
     >>> req.texts, req.dense, req.sparse, req.colbert
     (['hi'], True, True, False)
-    >>> decode_array(encode_array(np.ones((2, 3), np.float32)), "float32", (2, 3)).sum()
+    >>> float(decode_array(encode_array(np.ones((2, 3), np.float32)), "float32", (2, 3)).sum())
     6.0
 """
 
