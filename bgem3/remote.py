@@ -179,7 +179,7 @@ class RemoteEncoder(Encoder):
         raise NotImplementedError("RemoteEncoder has no local forward pass; call encode()")
 
     def close(self) -> None:
-        """Close the pooled connections (also done when the object is garbage-collected)."""
+        """Close the pooled connections (or use the encoder as a context manager)."""
         client = self.__dict__.get("_client")
         if client is not None:
             client.close()
