@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hmac
 import json
 import logging
@@ -61,6 +62,9 @@ except ImportError:  # pragma: no cover
 logger = logging.getLogger("bgem3.serve")
 
 __all__ = ["ServeConfig", "create_app"]
+
+#: requests of at most this many characters are tokenised on the event loop; longer ones in a thread
+_INLINE_TOKENIZE_CHARS = 4096
 
 
 @dataclass
@@ -132,6 +136,8 @@ class _Server:
         self.aliases = {self.name, os.path.basename(os.path.normpath(self.name)), str(encoder.model_name),
                         os.path.basename(os.path.normpath(str(encoder.model_name)))}
         self._key = config.api_key.encode() if config.api_key else None
+        tok = getattr(encoder, "tokenizer", None)
+        self._loop_tokenizer = copy.deepcopy(tok) if tok is not None else None
 
     # ------------------------------------------------------------------ plumbing
     def check_auth(self, request: Request) -> None:
@@ -180,7 +186,13 @@ class _Server:
         check = ml if truncate else ml + 1
         if not texts:
             return []
-        ids = await asyncio.to_thread(self.encoder.tokenize, texts, check)
+        if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS and self._loop_tokenizer is not None:
+            # short requests: tokenise right here with the event loop's own tokenizer copy (no lock
+            # shared with other threads, no thread hop: under CPU contention each hop costs a time slice)
+            ids = self._loop_tokenizer(list(texts), truncation=True, max_length=check, padding=False,
+                                       return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        else:
+            ids = await asyncio.to_thread(self.encoder.tokenize, texts, check)
         if not truncate:
             for i, row in enumerate(ids):
                 if len(row) > ml:
