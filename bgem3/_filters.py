@@ -124,20 +124,41 @@ class Where:
 
     def as_dict(self) -> Optional[dict]:
         """The store dict form ``{key: value | [values]}``, or ``None`` when the tree needs more
-        than ``==`` / ``in`` joined by AND (or when one key is tested twice)."""
-        if self.condition != "and":
+        than ``==`` / ``in`` joined by AND (OR between tests of one key becomes ``in``)."""
+        allowed = _allowed(self)
+        if allowed is None:
             return None
+        return {k: (v[0] if len(v) == 1 else v) for k, v in allowed.items()}
+
+
+def _allowed(item: Union[Cond, Where]) -> Optional[dict]:
+    # key -> allowed values (ordered, no repeats), or None when not expressible as a store dict
+    if isinstance(item, Cond):
+        if item.op == "==" and _plain(item.value):
+            return {item.key: [item.value]}
+        if item.op == "in" and item.value and all(_plain(x) for x in item.value):
+            return {item.key: list(dict.fromkeys(item.value))}
+        return None
+    parts = [_allowed(i) for i in item.items]
+    if any(p is None for p in parts) or not parts:
+        return None
+    if item.condition == "and":
         out: dict = {}
-        for item in self.items:
-            if not isinstance(item, Cond) or item.key in out:
-                return None
-            if item.op == "==" and _plain(item.value):
-                out[item.key] = item.value
-            elif item.op == "in" and item.value and all(_plain(x) for x in item.value):
-                out[item.key] = list(item.value)
-            else:
-                return None
+        for part in parts:
+            for key, values in part.items():
+                if key in out:
+                    values = [v for v in out[key] if v in values]
+                    if not values:  # contradiction: the predicate says "no match"
+                        return None
+                out[key] = values
         return out
+    if item.condition == "or":
+        keys = {k for p in parts for k in p}
+        if len(keys) != 1 or any(len(p) != 1 for p in parts):
+            return None
+        key = keys.pop()
+        return {key: list(dict.fromkeys(v for p in parts for v in p[key]))}
+    return None
 
 
 def _plain(value: Any) -> bool:
