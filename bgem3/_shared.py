@@ -424,15 +424,19 @@ def encode_call_options(encode_kwargs: Mapping[str, Any], extras: Mapping[str, A
 
 # --------------------------------------------------------------------------- output views
 
-def encoder_view(encoder: Encoder, normalize: Optional[bool] = None) -> Encoder:
-    """``encoder`` itself, or a view of it (same weights, tokenizer and locks; no reload) whose
-    dense vectors are (``True``) or are not (``False``) L2-normalised. ``None``: the model's own."""
-    if normalize is None or bool(normalize) == encoder.profile.normalize:
+def encoder_view(encoder: Encoder, normalize: Optional[bool] = None, profile: Optional[Profile] = None) -> Encoder:
+    """``encoder`` itself, or a view of it (same weights, tokenizer and locks; no reload) with
+    ``profile`` (a facade's own templates) and/or dense vectors that are (``True``) or are not
+    (``False``) L2-normalised. ``None`` keeps the encoder's own."""
+    new = encoder.profile if profile is None else profile
+    if normalize is not None and bool(normalize) != new.normalize:
+        new = replace(new, normalize=bool(normalize))
+    if new == encoder.profile:
         return encoder
     view = object.__new__(type(encoder))
     view.__dict__.update(encoder.__dict__)
     view.__dict__.pop("_bgem3_token", None)
-    view.profile = replace(encoder.profile, normalize=bool(normalize))
+    view.profile = new
     return view
 
 
@@ -661,19 +665,25 @@ class TextEncoder:
         """The documents as the model sees them (with the passage template). A lone string is refused."""
         return [self.profile.format_passage(t) for t in check_list_arg(texts, "texts")]
 
-    def _encode(self, texts: list[str], *, dense: bool, sparse: bool, batch_size: Optional[int],
+    def _encode(self, texts: Sequence[str], *, query: bool, dense: bool, sparse: bool, batch_size: Optional[int],
                 show_progress: Optional[bool]):
-        encoder = encoder_view(self.encoder, self.normalize) if dense else self.encoder
-        return encoder.encode(
-            texts, dense=dense, sparse=sparse,
-            batch_size=batch_size if batch_size is not None else self.batch_size,
-            max_length=self.max_length,
-            show_progress=show_progress if show_progress is not None else self.show_progress,
-        )
+        # the encoder's own encode_queries / encode_documents on a view with this facade's templates:
+        # whatever the encoder does with its profile (prompt handling, no double prefix) applies as is
+        texts = check_list_arg(texts, "texts")
+        view = encoder_view(self.encoder, self.normalize if dense else None, self.profile)
+        kwargs = dict(dense=dense, sparse=sparse,
+                      batch_size=batch_size if batch_size is not None else self.batch_size,
+                      max_length=self.max_length,
+                      show_progress=show_progress if show_progress is not None else self.show_progress)
+        if query:
+            return view.encode_queries(texts, task=self.task, **kwargs)
+        return view.encode_documents(texts, **kwargs)
 
-    def _dense(self, texts: list[str], batch_size: Optional[int], show_progress: Optional[bool]) -> np.ndarray:
-        vecs = self._encode(texts, dense=True, sparse=False, batch_size=batch_size, show_progress=show_progress).dense
-        normalized = self.encoder.profile.normalize if self.normalize is None else self.normalize
+    def _dense(self, texts: Sequence[str], query: bool, batch_size: Optional[int],
+               show_progress: Optional[bool]) -> np.ndarray:
+        vecs = self._encode(texts, query=query, dense=True, sparse=False, batch_size=batch_size,
+                            show_progress=show_progress).dense
+        normalized = self.profile.normalize if self.normalize is None else self.normalize
         return truncate_dense(vecs, self.truncate_dim, normalized)
 
     # ---------------------------------------------------------------- dense
@@ -683,26 +693,26 @@ class TextEncoder:
         ``truncate_dim`` numbers when set)."""
         if batch_size is None:
             batch_size = self.query_batch_size
-        return self._dense(self.format_queries(texts), batch_size, show_progress)
+        return self._dense(texts, True, batch_size, show_progress)
 
     def dense_documents(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
                         show_progress: Optional[bool] = None) -> np.ndarray:
         """``float32 [N, H]`` document vectors (see :meth:`dense_queries`)."""
-        return self._dense(self.format_documents(texts), batch_size, show_progress)
+        return self._dense(texts, False, batch_size, show_progress)
 
     # ---------------------------------------------------------------- sparse
     def sparse_queries(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
                        show_progress: Optional[bool] = None) -> list[dict[int, float]]:
         """``{token_id: weight}`` per query (BGE-M3's lexical weights)."""
         self.check_sparse()
-        return self._encode(self.format_queries(texts), dense=False, sparse=True, batch_size=batch_size,
+        return self._encode(texts, query=True, dense=False, sparse=True, batch_size=batch_size,
                             show_progress=show_progress).sparse
 
     def sparse_documents(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
                          show_progress: Optional[bool] = None) -> list[dict[int, float]]:
         """``{token_id: weight}`` per document."""
         self.check_sparse()
-        return self._encode(self.format_documents(texts), dense=False, sparse=True, batch_size=batch_size,
+        return self._encode(texts, query=False, dense=False, sparse=True, batch_size=batch_size,
                             show_progress=show_progress).sparse
 
     def sparse_lists_queries(self, texts: Sequence[str], **kwargs: Any) -> tuple[list[list[int]], list[list[float]]]:

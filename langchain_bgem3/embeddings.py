@@ -182,21 +182,27 @@ class EncoderBacked(BaseModel):
         )
 
 
+def _one_line(texts: list[str]) -> list[str]:
+    # HuggingFaceEmbeddings replaces newlines by spaces before encoding; so do we (templates keep theirs)
+    return [t.replace("\n", " ") if isinstance(t, str) else t for t in check_list_arg(texts, "texts")]
+
+
 class _DenseEmbeddings(EncoderBacked, Embeddings):
     """The LangChain ``Embeddings`` methods over a :class:`~bgem3._shared.TextEncoder`."""
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (with the model's passage template: none for BGE-M3, ``passage: `` for E5).
 
-        A lone string is refused (``TypeError``): pass a list.
+        A lone string is refused (``TypeError``): pass a list. Newlines become spaces first, as in
+        ``HuggingFaceEmbeddings``.
         """
-        return self._text_encoder().dense_documents(texts).tolist()
+        return self._text_encoder().dense_documents(_one_line(texts)).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one query (with the model's query template: none for BGE-M3, ``query: `` for E5)."""
         if not isinstance(text, str):
             raise TypeError(f"embed_query takes one string; got {type(text).__name__} (use embed_documents for a list)")
-        return self._text_encoder(query=True).dense_queries([text])[0].tolist()
+        return self._text_encoder(query=True).dense_queries(_one_line([text]))[0].tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Like :meth:`embed_documents`, in a worker thread (the event loop keeps running)."""
