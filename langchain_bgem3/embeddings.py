@@ -121,6 +121,8 @@ class EncoderBacked(BaseModel):
                              "GPUs build one BGEM3Embeddings per device (model_kwargs={'device': 'cuda:1'}) or run "
                              "`bgem3 serve`; leave multi_process=False")
         enc_opts, extras = split_model_kwargs(self.model_kwargs, "model_kwargs")
+        if extras.get("token") is not None:  # used to download, never kept in the config (repr, dumps, pickles)
+            self.model_kwargs = {k: v for k, v in self.model_kwargs.items() if k not in ("token", "use_auth_token")}
         doc_kw = check_encode_kwargs(self.encode_kwargs, "encode_kwargs")
         query_kw = check_encode_kwargs(self.query_encode_kwargs, "query_encode_kwargs") or doc_kw
         if self.encoder is not None:
