@@ -6,7 +6,9 @@ turns that tree into what a given store takes:
 
 * a plain ``{key: value | [values]}`` dict when the tree is only ``==`` / ``in`` joined by AND
   (every :class:`bgem3.types.HybridStore` understands it);
-* a Qdrant ``Filter`` for :class:`bgem3.stores.qdrant.QdrantHybridStore` (evaluated inside Qdrant);
+* a Qdrant ``Filter`` for :class:`bgem3.stores.qdrant.QdrantHybridStore` (evaluated inside Qdrant;
+  the few tests Qdrant cannot express, such as substring matches, are evaluated on the stored
+  metadata and sent as a point-id condition);
 * otherwise a predicate ``metadata -> bool`` (:meth:`Where.matches`), which
   :class:`bgem3.HybridIndex` applies before candidate selection.
 
@@ -226,22 +228,57 @@ def _qdrant_leaf(c: Cond) -> Any:
         return any_of(v) if list(v) else _nothing()
     if op == "all":
         return models.Filter(must=[value_match(x) for x in v])
-    if op == "text_match":
-        return field(match=models.MatchText(text=v))
     if op == "is_empty":
         return models.Filter(should=[models.IsEmptyCondition(is_empty=models.PayloadField(key=path)),
                                      models.IsNullCondition(is_null=models.PayloadField(key=path)),
                                      field(match=models.MatchValue(value=""))])
-    raise NotImplementedError(
-        f"filter operator {op!r} on key {c.key!r} has no Qdrant equivalent (Qdrant's text match is case-sensitive "
-        "without a full-text index); use 'text_match', or the embedded bgem3.HybridIndex")
+    raise NotImplementedError(f"filter operator {op!r} on key {c.key!r} has no Qdrant equivalent")
 
 
-def to_qdrant(where: Where) -> Any:
-    """A ``qdrant_client.models.Filter`` selecting what :meth:`Where.matches` selects."""
+def _native(c: Cond) -> bool:
+    """Whether Qdrant evaluates ``c`` itself with the same semantics as :meth:`Cond.matches`."""
+    if c.op in ("text_match", "text_match_insensitive"):  # Qdrant's text match is by words, not substrings
+        return False
+    if c.op in (">", "<", ">=", "<="):
+        return not isinstance(c.value, bool) and isinstance(c.value, (int, float))
+    values = c.value if c.op in ("in", "nin", "any", "all") else ([] if c.op == "is_empty" else [c.value])
+    return all(isinstance(v, (str, int, float)) for v in values)
+
+
+def _scanned_ids(store: Any, c: Cond) -> Any:
+    """``HasIdCondition`` over the points whose metadata passes ``c``, read from the collection
+    (the generic evaluation, for tests Qdrant cannot run itself). Costs one scroll per query."""
     from qdrant_client import models
 
-    parts = [to_qdrant(i) if isinstance(i, Where) else _qdrant_leaf(i) for i in where.items]
+    ids: list = []
+    offset = None
+    while True:
+        recs, offset = store.client.scroll(store.collection_name, limit=1024, offset=offset,
+                                           with_payload=["metadata"], with_vectors=False)
+        ids.extend(r.id for r in recs if c.matches((r.payload or {}).get("metadata") or {}))
+        if offset is None:
+            break
+    return models.HasIdCondition(has_id=ids)
+
+
+def to_qdrant(where: Where, store: Any = None) -> Any:
+    """A ``qdrant_client.models.Filter`` selecting what :meth:`Where.matches` selects.
+
+    Tests Qdrant has no equivalent for (substring text match, ranges over strings) are evaluated
+    on the stored metadata of ``store`` (read with one scroll) and sent as an id condition;
+    without a ``store`` they raise ``NotImplementedError``.
+    """
+    from qdrant_client import models
+
+    def leaf(c: Cond) -> Any:
+        if _native(c):
+            return _qdrant_leaf(c)
+        if store is None:
+            raise NotImplementedError(f"filter operator {c.op!r} on key {c.key!r} with {c.value!r} has no Qdrant "
+                                      "equivalent; pass the store to evaluate it on the stored metadata")
+        return _scanned_ids(store, c)
+
+    parts = [to_qdrant(i, store) if isinstance(i, Where) else leaf(i) for i in where.items]
     if where.condition == "and":
         return models.Filter(must=parts)
     if where.condition == "or":
@@ -258,7 +295,7 @@ def store_filter(store: Any, where: Optional[Where]) -> Union[None, dict, Callab
     if plain is not None:
         return plain
     if _is_qdrant_store(store):
-        return to_qdrant(where)
+        return to_qdrant(where, store)
     return where.matches
 
 

@@ -69,10 +69,11 @@ def _hash_without_scores(self: BaseNode) -> str:
     return base.model_construct(**fields).hash
 
 
-def _rebuild_scored(base: type, state: dict) -> BaseNode:
+def _rebuild_scored(base: type, state: dict, keys: tuple) -> BaseNode:
     cls = scored_class(base)
     obj = cls.__new__(cls)
     obj.__setstate__(state)
+    obj._bgem3_score_keys = tuple(keys)
     return obj
 
 
@@ -86,7 +87,7 @@ def scored_class(base: type) -> type:
             "__annotations__": {"_bgem3_score_keys": tuple},
             "_bgem3_score_keys": PrivateAttr(default=()),
             "hash": property(_hash_without_scores),
-            "__reduce__": lambda self: (_rebuild_scored, (base, self.__getstate__())),
+            "__reduce__": lambda self: (_rebuild_scored, (base, self.__getstate__(), self._bgem3_score_keys)),
             "__doc__": base.__doc__,
         })
         _SCORED[base] = cls

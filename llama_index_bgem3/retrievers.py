@@ -118,7 +118,8 @@ class BGEM3HybridRetriever(BaseRetriever):
         self.candidates = _positive_int(candidates, "candidates")
         self.mode = mode
         self.filters = filters
-        self._filter = store_filter(store, filters_to_where(filters))  # bad filters fail here, not at the first query
+        self._where = filters_to_where(filters)
+        store_filter(store, self._where)  # bad filters fail here, not at the first query
         self.metadata_key_prefix = metadata_key_prefix
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
@@ -219,7 +220,7 @@ class BGEM3HybridRetriever(BaseRetriever):
             self.store, queries,
             k=self.similarity_top_k,
             weights=self.weights,
-            filter=self._filter,
+            filter=store_filter(self.store, self._where),  # per query: a Qdrant scan sees the current data
             candidates=self.candidates,
             mode=self.mode,
         )
