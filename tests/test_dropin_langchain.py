@@ -329,3 +329,21 @@ def test_a_pickle_loads_the_model_again_in_another_process(m3):
     import json
 
     assert json.loads(out.stdout.strip().splitlines()[-1]) == pytest.approx(want, abs=1e-6)
+
+
+def test_over_qdrant_a_callable_filter_and_pickling_are_refused_clearly():
+    from qdrant_client import QdrantClient
+
+    from bgem3.stores.qdrant import QdrantHybridStore
+
+    store = QdrantHybridStore(shared_encoder(tiny_m3_path(), device="cpu"), client=QdrantClient(":memory:"),
+                              collection_name="lc-dropin")
+    r = BGEM3HybridRetriever(store=store)
+    r.add_texts(TEXTS, metadatas=[{"n": i} for i in range(len(TEXTS))])
+    assert [d.metadata["n"] for d in r.invoke("cat", filter={"n": 1})] == [1]
+    with pytest.raises(TypeError, match="callable filter cannot run inside Qdrant"):
+        r.invoke("cat", filter=lambda m: True)
+    with pytest.raises(TypeError, match="live Qdrant client"):
+        pickle.dumps(r)
+    with pytest.raises(TypeError, match="live Qdrant client"):
+        copy.deepcopy(r)
