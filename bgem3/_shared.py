@@ -45,7 +45,6 @@ from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .encoder import Encoder, resolve_device, resolve_dtype, resolve_model_path
-from .encoder import _check_texts as _texts
 from ._store import check_str_list
 from .profiles import Profile, _escape, detect_profile, get_profile
 

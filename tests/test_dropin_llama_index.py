@@ -16,7 +16,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 from llama_index.core.vector_stores.utils import build_metadata_filter_fn
 
-from bgem3 import Encoder, HybridIndex
+from bgem3 import Encoder
 from bgem3._hits import encode_query_group
 from bgem3._shared import FRAMEWORK_BGE_QUERY_INSTRUCTION, shared_encoder
 from bgem3.testing import make_m3_checkpoint
