@@ -78,12 +78,12 @@ def test_decoder_family_matches_flagllmmodel(request, fixture, fmt, profile):
     assert (enc.profile.name, enc.profile.pooling) == (profile, "lasttoken")
     assert enc.is_decoder and enc.max_length == 512  # FlagLLMModel's default, not the 2048 context
     ref = _flag_llm(path, fmt)
-    q, p = enc.encode_queries(QUERIES + [LONG]).dense, enc.encode_documents(PASSAGES + [LONG]).dense
-    rq, rp = ref.encode_queries(QUERIES + [LONG]), ref.encode_corpus(PASSAGES + [LONG])
-    assert q.shape == rq.shape and p.shape == rp.shape
+    q, docs = enc.encode_queries(QUERIES).dense, enc.encode_documents(PASSAGES + [LONG])
+    rq, rp = ref.encode_queries(QUERIES), ref.encode_corpus(PASSAGES + [LONG])
+    assert q.shape == rq.shape and docs.dense.shape == rp.shape
     assert np.abs(q - rq).max() <= TOL
-    assert np.abs(p - rp).max() <= TOL
-    assert enc.encode_documents([LONG]).token_counts[0] == 512
+    assert np.abs(docs.dense - rp).max() <= TOL
+    assert docs.token_counts[-1] == 512
 
 
 def test_e5_mistral_is_last_token_not_mean(mistral_left):
@@ -187,18 +187,20 @@ def test_encoder_family_matches_flagmodel(bert_factory, name, profile, pooling, 
     assert np.abs(p - ref.encode_corpus(PASSAGES)).max() <= TOL
 
 
-@pytest.mark.parametrize("task", ["qa", "convsearch", "chat", "lrlm", "icl", "tool"])
-def test_llm_embedder_tasks_per_call(bert_factory, task):
+def test_llm_embedder_tasks_per_call(bert_factory):
     from bgem3.profiles import LLM_EMBEDDER_INSTRUCTIONS
 
     path = bert_factory("llm-embedder")
     enc = Encoder(path, device="cpu")
-    qi, ki = LLM_EMBEDDER_INSTRUCTIONS[task]
-    ref = _flag_model(path, "cls", qi, ki)
-    assert np.abs(enc.encode_queries(QUERIES, task=task).dense - ref.encode_queries(QUERIES)).max() <= TOL
-    assert np.abs(enc.encode_documents(PASSAGES, task=task).dense - ref.encode_corpus(PASSAGES)).max() <= TOL
-    fixed = Encoder(path, device="cpu", task=task)  # the default task, set once
-    assert fixed.profile.format_query("x") == qi + "x"
+    ref = _flag_model(path, "cls", "x", "y")
+    assert sorted(LLM_EMBEDDER_INSTRUCTIONS) == ["chat", "convsearch", "icl", "lrlm", "qa", "tool"]
+    for task, (qi, ki) in LLM_EMBEDDER_INSTRUCTIONS.items():
+        ref.query_instruction_for_retrieval = qi
+        ref.kwargs["passage_instruction_for_retrieval"] = ki
+        assert np.abs(enc.encode_queries(QUERIES, task=task).dense - ref.encode_queries(QUERIES)).max() <= TOL, task
+        assert np.abs(enc.encode_documents(PASSAGES, task=task).dense - ref.encode_corpus(PASSAGES)).max() <= TOL, task
+        fixed = Encoder(path, device="cpu", task=task)  # the default task, set once
+        assert fixed.profile.format_query("x") == qi + "x" and fixed.profile.format_passage("x") == ki + "x"
 
 
 def test_llm_embedder_unknown_task_is_refused(bert_factory):
