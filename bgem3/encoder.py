@@ -277,7 +277,8 @@ class Encoder:
             logger.warning("dtype='bf16' on a CPU without avx512_bf16/AMX runs emulated and is usually slower "
                            "than fp32; use dtype='fp32' (the exact default) on this machine")
         self.model = self._load_model(trust_remote_code)
-        self.hidden_size = int(self.model.config.hidden_size)
+        #: the transformer's hidden size (what the M3 heads and the first Dense module take)
+        self.model_hidden_size = int(self.model.config.hidden_size)
         #: decoder-only architecture (Mistral, Qwen2/3, Gemma2, ...): last-token families, 512 default length
         self.is_decoder = _is_decoder_only(self.model.config)
         self._dense_layers = []
@@ -286,11 +287,13 @@ class Encoder:
                 self._dense_layers = [layer.to(self.device) for layer in load_dense_layers(self.path, self.st_pipeline)]
             except ValueError as exc:
                 raise ModelLoadError(str(exc)) from None
-            if self._dense_layers[0].spec.in_features != self.hidden_size:
+            if self._dense_layers[0].spec.in_features != self.model_hidden_size:
                 raise ModelLoadError(f"the first Dense module of {self.path!r} takes {self._dense_layers[0].spec.in_features} "
-                                     f"features but the model's hidden size is {self.hidden_size}")
+                                     f"features but the model's hidden size is {self.model_hidden_size}")
         #: dense output dimension (the last Dense module's out_features, else the hidden size)
-        self.dimension = self._dense_layers[-1].spec.out_features if self._dense_layers else self.hidden_size
+        self.dimension = self._dense_layers[-1].spec.out_features if self._dense_layers else self.model_hidden_size
+        #: the dense vectors' size, as the stores read it (== ``dimension``; ``model_hidden_size`` is the transformer's)
+        self.hidden_size = self.dimension
         self.colbert_linear: Optional[torch.nn.Linear] = None
         self.sparse_linear: Optional[torch.nn.Linear] = None
         self._missing_heads = [f for f in M3_HEAD_FILES if not os.path.isfile(os.path.join(self.path, f))]

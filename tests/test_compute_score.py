@@ -56,3 +56,27 @@ def test_bad_pairs_are_named(m3_encoder, m3_no_heads_path):
 
     dense_only = compute_score(Encoder(m3_no_heads_path, device="cpu", profile="m3"), [("q", "d")])
     assert list(dense_only) == ["dense"]
+
+
+def test_reference_zero_padding_floor_is_reproduced():
+    """FlagEmbedding pads a batch's shorter passages with zero ColBERT vectors: a query token whose
+    best real match is negative scores 0 there. batch_size=1 (no padding) gives plain MaxSim."""
+    import numpy as np
+
+    from bgem3.encoder import EncodeOutput
+
+    vecs = {"q": np.array([[1.0, 0.0]], np.float32), "short": np.array([[-1.0, 0.0]], np.float32),
+            "long": np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)}
+
+    class Fake:
+        has_heads = True
+        model_max_length = 512
+
+        def encode(self, texts, **kw):
+            return EncodeOutput(dense=np.ones((len(texts), 2), np.float32) / np.sqrt(2),
+                                sparse=[{} for _ in texts], colbert=[vecs[t] for t in texts],
+                                token_counts=np.array([len(vecs[t]) + 1 for t in texts]))
+
+    pairs = [("q", "short"), ("q", "long")]
+    assert compute_score(Fake(), pairs, batch_size=2)["colbert"] == [0.0, 0.0]
+    assert compute_score(Fake(), pairs, batch_size=1)["colbert"] == [-1.0, 0.0]

@@ -51,7 +51,8 @@ def test_dense_normalize_prompts_and_include_prompt_false(minilm, tmp_path):
         prompts={"query": "query: ", "document": "passage: "})
     ref = _st(path)
     enc = Encoder(path, device="cpu")
-    assert enc.dimension == 96 and enc.profile.include_prompt is False
+    assert enc.dimension == enc.hidden_size == 96 and enc.model_hidden_size == 384
+    assert enc.profile.include_prompt is False
     q = enc.encode_queries(TEXTS).dense
     assert q.shape == (len(TEXTS), 96)  # not the transformer's 384
     assert _max_diff(q, ref.encode_query(TEXTS)) <= TOL
