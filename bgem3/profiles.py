@@ -1,9 +1,10 @@
 """What a model family needs: pooling, heads, and query/passage templates.
 
-A :class:`Profile` is a small frozen record. :func:`detect_profile` picks one for a
-model folder (M3 head files -> ``m3``; a known hub id -> its profile; a
-sentence-transformers pooling config -> that pooling), and :func:`get_profile`
-looks one up by name.
+A :class:`Profile` is a small frozen record. :func:`detect_profile` picks one for a model folder
+(M3 head files -> ``m3``; what a sentence-transformers folder declares wins; the family named by
+the hub id, folder name, ``config.json`` or model card fills in templates; see
+:mod:`bgem3.families` for the name table), and :func:`get_profile` looks one up by profile name,
+pooling name (``"cls"``, ``"mean"``, ``"lasttoken"``) or known model name.
 
 Example::
 
