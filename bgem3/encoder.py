@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .families import check_runnable
+from .families import check_runnable, family_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
 from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
 
@@ -366,9 +366,12 @@ class Encoder:
                     "Check that the folder holds a complete checkpoint (config.json + model.safetensors)."
                 ) from None
         except Exception as exc:
+            fam = family_for_name(self.model_name if isinstance(self.model_name, str) else None) or family_for_name(self.path)
+            hint = (f" {fam.hub_id} ships its own modelling code: pass trust_remote_code=True if you trust it."
+                    if fam is not None and fam.trust_remote_code and not trust_remote_code else "")
             raise ModelLoadError(
                 f"cannot load model weights from {self.path!r} ({type(exc).__name__}: {exc}). "
-                "Check that the folder holds a complete checkpoint (config.json + model.safetensors)."
+                "Check that the folder holds a complete checkpoint (config.json + model.safetensors)." + hint
             ) from None
         model.to(self.device)
         model.eval()
@@ -495,6 +498,13 @@ class Encoder:
         if examples is not None:
             raise ValueError(f"examples= is for in-context-learning profiles (bge-en-icl); the {self.profile.name!r} "
                              "profile takes none")
+        tmpl = self.profile.query_template
+        if task is not None and self.profile.task_instructions is None and not (tmpl and "{task}" in tmpl):
+            raise ValueError(
+                f"task={task!r} was given but the {self.profile.name!r} profile's query template "
+                f"({tmpl!r}) has no {{task}}; use an instruct profile (e.g. profile='e5-instruct') or put "
+                "the instruction in query_template=..."
+            )
         formatted = [self.profile.format_query(t, task) for t in texts]
         prompt_len = 0 if self.profile.include_prompt else self._prompt_length(self.profile.query_prefix(task))
         return self._run_kwargs(formatted, kwargs, prompt_len)

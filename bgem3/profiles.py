@@ -338,7 +338,7 @@ def _model_card_names(text: str) -> list[str]:
 _warned_unknown: set = set()
 
 
-def detect_profile(folder: str, name_hint: Optional[str] = None) -> Profile:
+def detect_profile(folder: str, name_hint: Optional[str] = None, *, warn_unknown: bool = True) -> Profile:
     """Pick the profile for a local model folder.
 
     Order: M3 head files present -> ``m3``. Otherwise what the folder itself declares (a
@@ -347,7 +347,8 @@ def detect_profile(folder: str, name_hint: Optional[str] = None) -> Profile:
     config's ``_name_or_path`` or its model card fills in only what the folder does not say
     (templates, task, per-task instructions, examples). A folder that declares nothing takes
     its family's profile. Raises ``ValueError`` naming the folder when neither applies (never
-    guesses a pooling); logs one warning when a sentence-transformers folder's family cannot be told.
+    guesses a pooling); logs one warning when a sentence-transformers folder's family cannot be told
+    (``warn_unknown=False``: a caller that sets templates itself, like the E5 facades).
     """
     if all(os.path.isfile(os.path.join(folder, f)) for f in M3_HEAD_FILES):
         return M3
@@ -377,14 +378,18 @@ def detect_profile(folder: str, name_hint: Optional[str] = None) -> Profile:
     if named is not None and named.pooling != st.pooling:
         logger.info("%s: the folder's pooling config says %r, the %r family uses %r; the folder wins",
                     folder, st.pooling, named.name, named.pooling)
+    query_prompt = st.query_prompt
+    if named is not None and query_prompt and named.query_template and "{task}" in named.query_template \
+            and named.query_template.endswith("{text}") and query_prompt == named.query_prefix():
+        query_prompt = None  # the family's own template with its default task: keep {task} selectable
     prof = replace(
         base, pooling=st.pooling, normalize=st.normalize, include_prompt=st.include_prompt,  # type: ignore[arg-type]
-        query_template=(_escape(st.query_prompt) + "{text}") if st.query_prompt else base.query_template,
+        query_template=(_escape(query_prompt) + "{text}") if query_prompt else base.query_template,
         passage_template=(_escape(st.document_prompt) + "{text}") if st.document_prompt else base.passage_template,
     )
     if st.query_prompt or st.document_prompt:
         prof = replace(prof, task_instructions=None) if prof.task_instructions is not None else prof
-    if named is None and not known_plain and not (st.query_prompt or st.document_prompt):
+    if warn_unknown and named is None and not known_plain and not (st.query_prompt or st.document_prompt):
         key = os.path.abspath(folder)
         if key not in _warned_unknown:
             _warned_unknown.add(key)

@@ -138,3 +138,27 @@ def _dense_act(path, act):
     cfg["activation_function"] = act
     with open(cfg_path, "w", encoding="utf-8") as fh:
         json.dump(cfg, fh)
+
+
+def test_decoder_sentence_transformers_folder_keeps_the_task_selectable(tmp_path):
+    """A Qwen3-Embedding folder whose ST query prompt is the family's template with the default
+    task: equal to SentenceTransformer.encode_query, and task= still selects another instruction."""
+    from bgem3.testing import make_decoder_checkpoint
+
+    task = "Given a web search query, retrieve relevant passages that answer the query"
+    path = make_decoder_checkpoint(str(tmp_path / "Qwen3-Embedding-0.6B"), "qwen3", bos=False, padding_side="left")
+    add_sentence_transformers_modules(path, pooling="lasttoken", normalize=True, st6=True,
+                                      prompts={"query": f"Instruct: {task}\nQuery:", "document": ""})
+    enc = Encoder(path, device="cpu")
+    assert enc.profile.query_template == "Instruct: {task}\nQuery:{text}"
+    ref = _st(path)
+    assert _max_diff(enc.encode_queries(TEXTS[:4]).dense, ref.encode_query(TEXTS[:4])) <= TOL
+    assert _max_diff(enc.encode_documents(TEXTS[:4]).dense, ref.encode_document(TEXTS[:4])) <= TOL
+    other = enc.encode_queries(["q"], task="Find code").dense
+    assert _max_diff(other, enc.encode(["Instruct: Find code\nQuery:q"]).dense) <= TOL
+
+
+def test_task_on_a_profile_without_task_is_refused(minilm):
+    enc = Encoder(minilm, device="cpu", profile="e5")
+    with pytest.raises(ValueError, match="has no \\{task\\}"):
+        enc.encode_queries(["q"], task="Find the answer")
