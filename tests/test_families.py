@@ -77,6 +77,7 @@ def test_decoder_family_matches_flagllmmodel(request, fixture, fmt, profile):
     enc = Encoder(path, device="cpu", batch_size=2)  # detected from the folder name
     assert (enc.profile.name, enc.profile.pooling) == (profile, "lasttoken")
     assert enc.is_decoder and enc.max_length == 512  # FlagLLMModel's default, not the 2048 context
+    assert enc._pad_left == (enc.tokenizer.padding_side == "left")  # both sides are covered by the fixtures
     ref = _flag_llm(path, fmt)
     q, docs = enc.encode_queries(QUERIES).dense, enc.encode_documents(PASSAGES + [LONG])
     rq, rp = ref.encode_queries(QUERIES), ref.encode_corpus(PASSAGES + [LONG])
@@ -103,15 +104,6 @@ def test_decoder_without_pad_token_does_not_crash(tmp_path):
     batch = enc.encode(PASSAGES).dense
     alone = np.vstack([enc.encode([t]).dense for t in PASSAGES])
     assert np.abs(batch - alone).max() <= TOL  # padding (with a stand-in id) changes nothing
-
-
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_padding_side_follows_the_tokenizer(tmp_path, side):
-    path = make_decoder_checkpoint(str(tmp_path / side), "qwen2", padding_side=side)
-    enc = Encoder(path, device="cpu", profile="lasttoken")
-    assert enc._pad_left == (side == "left")
-    ref = _flag_llm(path, "{}{}").encode_corpus(PASSAGES)
-    assert np.abs(enc.encode(PASSAGES).dense - ref).max() <= TOL
 
 
 def test_bge_en_icl_matches_flagiclmodel_and_truncates_the_query_not_the_examples(tmp_path):
