@@ -347,3 +347,21 @@ def test_prefix_is_never_doubled():
     inst = get_profile("e5-instruct")
     once = inst.format_query("q")
     assert inst.format_query(once) == once
+
+
+def test_e5_told_from_the_folder_reaches_the_cli_and_the_reranker(minilm, tmp_path, capsys):
+    """#13: an E5 fine-tune in a folder with an unknown name gets its prefixes in `bgem3 embed` and rerank."""
+    from bgem3.cli import main
+    from bgem3.rerank import score_candidates
+
+    path = _e5_like(minilm, tmp_path / "my-e5")
+    with open(os.path.join(path, "README.md"), "w", encoding="utf-8") as fh:
+        fh.write("---\nbase_model:\n- intfloat/multilingual-e5-small\n---\n")
+    enc = Encoder(path, device="cpu")
+    assert main(["embed", "how are you", "--model", path, "--as", "query", "-q"]) == 0
+    rec = json.loads(capsys.readouterr().out.splitlines()[0])
+    np.testing.assert_allclose(rec["dense"], enc.encode(["query: how are you"]).dense[0], atol=1e-6)
+    scores = score_candidates(enc, "how are you", ["fine thanks", "the weather"], weights=(1, 0, 0))
+    q = enc.encode(["query: how are you"]).dense[0]
+    d = enc.encode(["passage: fine thanks", "passage: the weather"]).dense
+    np.testing.assert_allclose(np.asarray(scores.dense, dtype=np.float64), d @ q, atol=1e-5)
