@@ -201,17 +201,23 @@ class Encoder:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default cuda > mps > cpu.
         dtype: ``"fp32"``, ``"fp16"``, ``"bf16"``; default fp16 on CUDA/MPS, fp32 on CPU.
             fp16 on CPU is refused.
-        profile: ``"m3"``, ``"e5"``, ``"e5-instruct"``, ``"bge"``, ``"bge-zh"`` or a
-            :class:`~bgem3.profiles.Profile`; default detected from the folder / hub id.
+        profile: a profile name (``"m3"``, ``"e5"``, ``"e5-instruct"``, ``"bge"``, ``"bge-zh"``,
+            ``"llm-embedder"``, ``"llm-instruct"``, ``"qwen3-embedding"``, ``"bge-llm"``,
+            ``"bge-en-icl"``), a pooling (``"cls"``, ``"mean"``, ``"lasttoken"``), a known model name,
+            or a :class:`~bgem3.profiles.Profile`; default detected from the folder (its
+            sentence-transformers pipeline wins) and its name (docs/encoder.md has the table).
         query_template / passage_template: override the profile's templates (they must
             contain ``{text}``); ``None`` or ``""`` turns a template off.
         task: the instruction for e5-instruct query templates.
         max_length: default truncation length; default the model's own limit (8192 for
-            BGE-M3). Longer inputs are truncated.
+            BGE-M3), a sentence-transformers folder's ``max_seq_length``, or 512 for decoder-only
+            models (FlagEmbedding's default). Longer inputs are truncated.
         batch_size: most texts in one forward pass.
         max_tokens_per_batch: most padded tokens in one forward pass (length x count); keeps
             memory flat when long and short texts are mixed.
         local_files_only / cache_dir / revision: hub loading options.
+        examples: bge-en-icl few-shot examples, dicts with ``query``, ``response`` (and
+            optionally ``instruct``); also per call in :meth:`encode_queries`.
 
     Example::
 
