@@ -347,3 +347,22 @@ def test_over_qdrant_a_callable_filter_and_pickling_are_refused_clearly():
         pickle.dumps(r)
     with pytest.raises(TypeError, match="live Qdrant client"):
         copy.deepcopy(r)
+
+
+def test_an_e5_folder_gets_e5_prefixes_once_from_the_encoder_profile(tmp_path, monkeypatch):
+    """BGEM3Embeddings(model_name=<an E5 fine-tune in a folder>) adds E5's prefixes because the encoder
+    tells E5 from the folder (its model card); the facade adds nothing of its own, and never doubles them."""
+    import os
+    import shutil
+
+    path = str(tmp_path / "my-e5")
+    shutil.copytree(minilm_path(), path, ignore=shutil.ignore_patterns("README.md"))
+    with open(os.path.join(path, "README.md"), "w", encoding="utf-8") as fh:
+        fh.write("---\nbase_model: intfloat/multilingual-e5-small\n---\n")
+    emb = BGEM3Embeddings(model_name=path, model_kwargs={"device": "cpu"})
+    spy = RecordingSpy(emb.encoder.encode)
+    monkeypatch.setattr(emb.encoder, "encode", spy)
+    emb.embed_query("how are you")
+    emb.embed_query("query: how are you")
+    emb.embed_documents(["fine thanks"])
+    assert [c[2] for c in spy.calls] == [["query: how are you"], ["query: how are you"], ["passage: fine thanks"]]

@@ -136,7 +136,7 @@ def test_parity_with_huggingface_embedding_on_real_minilm():
     assert np.min(np.sum(a * b, axis=1)) > 0.9999
     for q, _ in QUERIES:
         assert np.dot(anchor.get_query_embedding(q), ours.get_query_embedding(q)) > 0.9999
-    assert ours.max_length == ours.encoder.max_length
+    assert ours.max_length == ours.encoder.max_length == anchor.max_length  # 256, from sentence_bert_config.json
 
 
 def test_bge_query_instruction_is_llama_index_s(monkeypatch):
@@ -327,3 +327,20 @@ def test_returned_nodes_round_trip_through_to_dict(embedded):
     back = TextNode.from_dict(hit.node.to_dict())
     assert back.text == hit.node.text and back.metadata == hit.node.metadata
     assert type(hit.node).class_name() == "TextNode" and isinstance(hit.node, TextNode)
+
+
+def test_an_e5_folder_gets_e5_prefixes_once_from_the_encoder_profile(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    path = str(tmp_path / "my-e5")
+    shutil.copytree(minilm_path(), path, ignore=shutil.ignore_patterns("README.md"))
+    with open(os.path.join(path, "README.md"), "w", encoding="utf-8") as fh:
+        fh.write("---\nbase_model: intfloat/multilingual-e5-small\n---\n")
+    emb = BGEM3Embedding(model_name=path, device="cpu")
+    spy = RecordingSpy(emb.encoder.encode)
+    monkeypatch.setattr(emb.encoder, "encode", spy)
+    emb.get_query_embedding("how are you")
+    emb.get_query_embedding("query: how are you")
+    emb.get_text_embedding("fine thanks")
+    assert [c[2] for c in spy.calls] == [["query: how are you"], ["query: how are you"], ["passage: fine thanks"]]
