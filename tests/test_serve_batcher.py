@@ -140,3 +140,55 @@ def test_a_failing_pass_fails_its_requests_and_the_worker_keeps_going():
     assert asyncio.run(go()).dense[0, 0] == 100
     b.stop()
     assert b.metrics.failed_batches == 1
+
+
+def test_accepted_connections_get_tcp_nodelay():
+    # without proto=IPPROTO_TCP on the listening socket asyncio skips TCP_NODELAY, and every response
+    # with a body waits ~40 ms for the client's delayed ACK
+    import socket
+
+    from bgem3.serve.cli import listen_socket
+
+    sock, _ = listen_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    seen: list[int] = []
+
+    async def go():
+        loop = asyncio.get_running_loop()
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport):
+                s = transport.get_extra_info("socket")
+                seen.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await loop.create_server(Proto, sock=sock)
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        w.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(go())
+    assert seen and seen[0] != 0
+
+
+def test_listen_socket_names_a_busy_port():
+    from bgem3.serve.cli import listen_socket
+
+    a, _ = listen_socket("127.0.0.1", 0)
+    try:
+        import socket as _s
+
+        b = _s.socket()
+        b.bind(("127.0.0.1", 0))
+        port = b.getsockname()[1]
+        b.listen(1)
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listen_socket("127.0.0.1", port)
+        b.close()
+    finally:
+        a.close()

@@ -15,7 +15,7 @@ import socket
 import sys
 from typing import Any
 
-__all__ = ["add_parser", "cmd_serve"]
+__all__ = ["add_parser", "cmd_serve", "listen_socket"]
 
 
 def _positive(value: str) -> int:
@@ -108,6 +108,25 @@ def _set_threads(threads: "int | None", device: "str | None") -> None:
     torch.set_num_threads(threads)
 
 
+def listen_socket(host: str, port: int) -> "tuple[socket.socket, int]":
+    """A listening TCP socket on ``host:port`` (``port`` 0 = any free one) and its address family.
+
+    It is created with ``proto=IPPROTO_TCP``: asyncio sets ``TCP_NODELAY`` only on sockets that say
+    they are TCP, and without it every response with a body waits ~40 ms for the client's delayed ACK.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port "
+                      "(0 = any free port) or stop what uses it") from None
+    sock.listen(2048)
+    return sock, family
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the encoder, bind the socket, serve until SIGTERM / Ctrl-C (in-flight work finishes)."""
     try:
@@ -135,18 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     app = create_app(encoder, config)
 
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
-    # without it every response with a body waits ~40 ms for the client's delayed ACK (Nagle)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((args.host, args.port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); pick another --port "
-                      "(0 = any free port) or stop what uses it") from None
-    sock.listen(2048)
+    sock, family = listen_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     if not args.quiet:
