@@ -99,7 +99,8 @@ def dtype_name(dtype: Any) -> Optional[str]:
     if dtype is None:
         return None
     text = str(dtype).replace("torch.", "").lower()
-    return {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(text, text)
+    return {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
+            "qint8": "int8"}.get(text, text)
 
 
 def _freeze(value: Any) -> Hashable:

@@ -43,6 +43,7 @@ _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "int8": torch.qint8, "qint8": torch.qint8,  # CPU: int8 linear layers, the rest fp32 (bgem3.quant)
 }
 
 #: Files a hub download needs (weights, configs, tokenizer, M3 heads, ST configs).
@@ -106,14 +107,16 @@ def resolve_dtype(dtype: DTypeLike, device: torch.device) -> torch.dtype:
     if isinstance(dtype, str):
         key = dtype.lower().replace("torch.", "")
         if key not in _DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported; use 'fp32', 'fp16' or 'bf16' (or None for auto)")
+            raise ValueError(f"dtype {dtype!r} is not supported; use 'fp32', 'fp16', 'bf16' or 'int8' (CPU) (or None for auto)")
         dt = _DTYPES[key]
     elif isinstance(dtype, torch.dtype):
         dt = dtype
     else:
         raise TypeError(f"dtype must be a string, a torch.dtype or None; got {type(dtype).__name__}")
-    if dt not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype {dtype!r} is not supported; use fp32, fp16 or bf16")
+    if dt == torch.qint8 and device.type != "cpu":
+        raise ValueError(f"dtype 'int8' runs on CPU only (device is {device}); use dtype='fp16' on GPUs")
+    if dt not in (torch.float32, torch.float16, torch.bfloat16, torch.qint8):
+        raise ValueError(f"dtype {dtype!r} is not supported; use fp32, fp16, bf16 or int8 (CPU)")
     if dt == torch.float16 and device.type == "cpu":
         raise ValueError(
             "dtype fp16 on CPU is not supported (it rounds the weights and is slow there); "
@@ -250,6 +253,7 @@ class Encoder:
             logger.warning("dtype='bf16' on a CPU without avx512_bf16/AMX runs emulated and is usually slower "
                            "than fp32; use dtype='fp32' (the exact default) on this machine")
         self.model = self._load_model(trust_remote_code)
+        self.quantization: Optional[dict] = None  # the int8 report (bgem3.quant) when dtype='int8'
         self.hidden_size = int(self.model.config.hidden_size)
         self.colbert_linear: Optional[torch.nn.Linear] = None
         self.sparse_linear: Optional[torch.nn.Linear] = None
@@ -266,6 +270,10 @@ class Encoder:
         self._packed: Optional[str] = _packed_kind(self.model)
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.vocab_size = max(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0))
+        if self.dtype == torch.qint8:  # int8: loaded in fp32 above, now calibrated + quantised
+            from .quant import quantize_encoder
+
+            quantize_encoder(self)
 
     # ------------------------------------------------------------------ loading
     def _load_tokenizer(self, trust_remote_code: bool):
@@ -287,11 +295,12 @@ class Encoder:
                 f"{self.path!r} is not a model folder: config.json is missing. Pass the folder that "
                 "holds config.json and the weights (model.safetensors or pytorch_model.bin)."
             )
+        load_dtype = torch.float32 if self.dtype == torch.qint8 else self.dtype
         try:
-            model = AutoModel.from_pretrained(self.path, dtype=self.dtype, trust_remote_code=trust_remote_code,
+            model = AutoModel.from_pretrained(self.path, dtype=load_dtype, trust_remote_code=trust_remote_code,
                                               add_pooling_layer=False)
         except TypeError:
-            model = AutoModel.from_pretrained(self.path, dtype=self.dtype, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(self.path, dtype=load_dtype, trust_remote_code=trust_remote_code)
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot load model weights from {self.path!r} ({type(exc).__name__}: {exc}). "
