@@ -3,14 +3,19 @@
 The int8 linear layers run on PyTorch's own quantized kernels (FBGEMM, the ``x86`` / ``fbgemm``
 quantized engine): no extra dependency. FBGEMM uses VNNI (``avx512_vnni`` / ``avx_vnni``) or AMX
 (``amx_int8``) when the CPU has them and falls back to AVX2 ``vpmaddubsw`` otherwise, which is
-exact but only about 2x the fp32 matmul rate instead of ~4x. ONNX Runtime (MLAS) and
+only about 2x the fp32 matmul rate instead of ~4x, and whose int16 pair sums saturate with
+8-bit activations: there the activations are quantised to 7 bits (``reduce_range``), which keeps
+the arithmetic exact. ONNX Runtime (MLAS) and
 OpenVINO were measured as alternatives (see docs/benchmarks_encode.md).
 
 Example::
 
     >>> from bgem3.quant.engine import int8_cpu_features
-    >>> sorted(int8_cpu_features())[:0]
-    []
+    >>> from bgem3.quant.engine import select_engine
+    >>> select_engine() in ("fbgemm", "x86")
+    True
+    >>> isinstance(int8_cpu_features(), frozenset)
+    True
 """
 
 from __future__ import annotations
@@ -54,14 +59,14 @@ def has_vnni() -> bool:
     return bool(int8_cpu_features() & set(VNNI_FLAGS))
 
 
-def select_engine() -> str:
+def select_engine(engines: "list[str] | None" = None) -> str:
     """Pick and activate PyTorch's quantized engine for the int8 layers; the engine's name.
 
     Raises:
         RuntimeError: this PyTorch build has no x86 int8 engine (``fbgemm`` / ``x86``), e.g. on
             ARM; the message says to use ``dtype='fp32'`` or ``'bf16'``.
     """
-    engines = list(torch.backends.quantized.supported_engines)
+    engines = list(torch.backends.quantized.supported_engines if engines is None else engines)
     for name in ("fbgemm", "x86"):
         if name in engines:
             if torch.backends.quantized.engine != name:
