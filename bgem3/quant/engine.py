@@ -88,5 +88,5 @@ def warn_if_slow() -> None:
 def _warn_once() -> None:
     logger.warning(
         "dtype='int8' on a CPU without VNNI/AMX (%s): results keep their accuracy (7-bit activations) but the int8 "
-        "matmuls run on AVX2 at only ~2x the fp32 rate and the per-token scaling eats that: measured ~1.0x "
+        "matmuls run on AVX2 at only ~2x the fp32 rate and the per-token scaling eats that: measured ~1.1x "
         "dtype='fp32' here (docs/encoder.md); fp32 stays the exact choice", ", ".join(sorted(int8_cpu_features())) or "no AVX2")
