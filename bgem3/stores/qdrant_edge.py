@@ -314,7 +314,7 @@ class EdgeClient:
             if c.match is not None:
                 m = c.match
                 if isinstance(m, models.MatchValue):
-                    match = qe.MatchValue(m.value)
+                    match = qe.MatchValue(self._match_value(m.value))
                 elif isinstance(m, models.MatchAny):
                     match = qe.MatchAny(list(m.any))
                 elif isinstance(m, models.MatchExcept):
@@ -330,6 +330,17 @@ class EdgeClient:
                 rng = qe.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt)
             return qe.FieldCondition(key=c.key, match=match, range=rng, is_empty=c.is_empty, is_null=c.is_null)
         raise NotImplementedError(f"EdgeClient: condition {type(c).__name__}")
+
+    @staticmethod
+    def _match_value(value):
+        """qdrant-edge-py 0.9.0 reads a Python ``bool`` as an integer (``MatchValue(True)`` then
+        matches no boolean payload: measured, and pinned by a test); a ``numpy.bool_`` reaches the
+        engine as a boolean."""
+        if isinstance(value, bool):
+            import numpy as np
+
+            return np.bool_(value)
+        return value
 
     def _params(self, p):
         if p is None:
