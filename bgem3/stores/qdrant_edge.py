@@ -488,8 +488,10 @@ class EdgeClient:
 
     # ------------------------------------------------------------------ snapshots
     def snapshot_manifest(self) -> Any:
-        """The engine's snapshot manifest of the shard (segments and their file versions)."""
-        return self._require("?").snapshot_manifest()
+        """The engine's snapshot manifest of the shard (segments and their file versions), after a flush."""
+        shard = self._require("?")
+        shard.flush()
+        return shard.snapshot_manifest()
 
     def write_snapshot(self, target: Union[str, os.PathLike]) -> str:
         """Write the shard as a shard-snapshot archive (tar: ``segments/``, ``wal/``, ``edge_config.json``).
@@ -505,6 +507,9 @@ class EdgeClient:
             raise ValueError(f"snapshot target {target!r} is inside the shard folder; write it elsewhere")
         if os.path.isdir(target):
             raise ValueError(f"snapshot target {target!r} is a folder; give a file name such as shard.snapshot")
+        if os.path.lexists(target):
+            raise FileExistsError(f"snapshot target {target!r} exists; it is left untouched: remove it or pick "
+                                  f"another name")
         shard.flush()
         tmp = f"{target}.tmp-{os.getpid()}"
         try:
