@@ -541,6 +541,45 @@ def test_non_transient_errors_are_not_retried(qd_encoder, backend, edge_root):
     assert client.upsert_calls == 1 and sleeps == []
 
 
+class FailingEncoder:
+    """The real encoder, except that encoding documents fails on call number ``fail_on``."""
+
+    def __init__(self, inner, fail_on: int) -> None:
+        self._inner, self.fail_on, self.calls = inner, fail_on, 0
+
+    def encode_documents(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self._inner.encode_documents(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_encoding_failure_mid_add_reports_what_was_written(qd_encoder, fresh):
+    """add() encodes 256 texts at a time: if the second chunk fails, the first is already in the
+    store. The error says so and carries the ids (it used to be the raw exception, 256 written)."""
+    texts = [f"cat dog {i} river" for i in range(300)]
+    ids = [f"h{i}" for i in range(300)]
+    st = fresh(FailingEncoder(qd_encoder, fail_on=2))
+    with pytest.raises(QdrantUpsertError, match=r"encoding documents 'h256'..'h299' failed \(RuntimeError: CUDA out "
+                                                r"of memory \(simulated\)\) after 256 documents were written") as info:
+        st.add(texts, ids=ids)
+    assert info.value.written_ids == ids[:256] and info.value.failed_ids == ids[256:]
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert len(st) == 256 and all(x in st for x in ids[:256]) and ids[256] not in st
+    # re-adding the failed ids completes the call
+    st.encoder = qd_encoder
+    st.add(texts[256:], ids=info.value.failed_ids)
+    assert len(st) == 300
+    # a failure in the first chunk writes nothing and is the encoder's own error
+    st2 = fresh(FailingEncoder(qd_encoder, fail_on=1), collection_name="t2")
+    with pytest.raises(RuntimeError, match="simulated"):
+        st2.add(texts[:10], ids=ids[:10])
+    assert len(st2) == 0
+
+
 # ------------------------------------------------------------------ the retrievers over this store
 RETRIEVER_QUERY = "cat dog river"
 
