@@ -412,6 +412,17 @@ class EdgeClient:
                                params=self._params(r.params))
 
     # ------------------------------------------------------------------ points
+    def point(self, pid: str, dense, colbert, sparse, payload: dict, *, names: tuple[str, str, str]):
+        """An Edge point straight from numpy arrays (``sparse``: ``(indices, values)`` or ``None``;
+        ``colbert``: ``None`` for a document without ColBERT vectors)."""
+        qe = self._qe
+        vec: dict = {names[0]: dense}
+        if colbert is not None:
+            vec[names[1]] = colbert
+        if sparse is not None:
+            vec[names[2]] = qe.SparseVector(indices=sparse[0], values=sparse[1])
+        return qe.Point(pid, vec, payload)
+
     def upsert(self, collection_name: str, points: Sequence[Any], wait: bool = True, **kwargs: Any) -> None:
         qe = self._qe
         shard = self._require(collection_name)
@@ -419,6 +430,9 @@ class EdgeClient:
             raise NotImplementedError(f"EdgeClient.upsert: {sorted(kwargs)}")
         out = []
         for p in points:
+            if isinstance(p, qe.Point):
+                out.append(p)
+                continue
             vec = p.vector
             if isinstance(vec, Mapping):
                 vec = {name: self._vector(v) for name, v in vec.items()}
