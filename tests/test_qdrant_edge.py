@@ -338,7 +338,6 @@ class _FakeRpcError(Exception):
         super().__init__(f"<_InactiveRpcError of RPC that terminated with:\n\tstatus = {code}\n\tdetails = "
                          f'"{details}"\n\tdebug_error_string = "UNKNOWN:Error received from peer"\n>')
         self._code, self._details = getattr(grpc.StatusCode, code), details
-        type(self).__bases__  # noqa: B018
 
     def code(self):
         return self._code

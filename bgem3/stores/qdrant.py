@@ -1019,8 +1019,14 @@ class QdrantHybridStore(StoreBase):
         """All document ids in the collection (scrolls through it)."""
         offset = None
         while True:
-            recs, offset = self.client.scroll(self.collection_name, limit=1024, offset=offset,
-                                              with_payload=["id"], with_vectors=False)
+            try:
+                recs, offset = self.client.scroll(self.collection_name, limit=1024, offset=offset,
+                                                  with_payload=["id"], with_vectors=False)
+            except Exception as exc:
+                new = translate(exc, self._where())
+                if new is None:
+                    raise
+                raise new from exc
             for r in recs:
                 yield (r.payload or {}).get("id", str(r.id))
             if offset is None:
