@@ -174,6 +174,12 @@ def test_reopened_edge_store_keeps_datatype_and_quantisation(data, tmp_path):
         ("float16", "int8", DIM, "synthetic")
     assert len(again) == N
     again.close()
+    from bgem3.stores.qdrant import CollectionMismatchError
+
+    with pytest.raises(CollectionMismatchError, match="'float16', not server_colbert_datatype='turbo8'"):
+        QdrantHybridStore(None, edge_path=tmp_path / "s", server_colbert_datatype="turbo8")
+    with pytest.raises(CollectionMismatchError, match="'int8', not colbert_quantization='binary'"):
+        QdrantHybridStore(None, edge_path=tmp_path / "s", colbert_quantization="binary")
 
 
 def test_colbert_options_are_checked(tmp_path):

@@ -419,6 +419,11 @@ class QdrantHybridStore(StoreBase):
             self._ensure_collection(shard_number=shard_number, replication_factor=replication_factor,
                                     write_consistency_factor=write_consistency_factor, on_disk=on_disk)
         except Exception as exc:
+            if client is None:  # ours: release it (an Edge shard's lock, a local folder's lock)
+                try:
+                    self.client.close()
+                except Exception:  # pragma: no cover - the original error matters more
+                    pass
             new = translate(exc, self._where())
             if new is None:
                 raise
@@ -575,11 +580,23 @@ class QdrantHybridStore(StoreBase):
                     pass
         self.dim = existing_dim
         self.colbert_dim = existing_cdim
+        # the collection's ColBERT storage wins; one asked for explicitly that differs is an error
         dt = getattr(vectors[COLBERT], "datatype", None)
-        if dt is not None:
-            self.server_colbert_datatype = getattr(dt, "value", str(dt))
-        if getattr(vectors[COLBERT], "quantization_config", None) is not None and self.colbert_quantization is None:
-            self.colbert_quantization = self._quantization_name(vectors[COLBERT].quantization_config)
+        existing_dt = "float32" if dt is None else str(getattr(dt, "value", dt))
+        if self.server_colbert_datatype not in ("float32", existing_dt):
+            raise CollectionMismatchError(
+                f"collection {name!r} stores ColBERT vectors as {existing_dt!r}, not server_colbert_datatype="
+                f"{self.server_colbert_datatype!r}; a datatype is fixed when the collection is created: leave it "
+                f"unset, or re-index into another collection_name")
+        self.server_colbert_datatype = existing_dt
+        qc = getattr(vectors[COLBERT], "quantization_config", None)
+        existing_q = None if qc is None else self._quantization_name(qc)
+        if self.colbert_quantization is not None and self.colbert_quantization != existing_q:
+            raise CollectionMismatchError(
+                f"collection {name!r} has ColBERT quantization {existing_q!r}, not colbert_quantization="
+                f"{self.colbert_quantization!r}; leave it unset (Qdrant's update_collection can change a "
+                f"quantization_config), or use another collection_name")
+        self.colbert_quantization = existing_q
 
     @staticmethod
     def _quantization_name(q) -> Optional[str]:
