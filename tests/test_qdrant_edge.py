@@ -189,6 +189,9 @@ def test_colbert_options_are_checked(tmp_path):
         QdrantHybridStore(None, dim=4, edge_path=tmp_path / "a", server_colbert_datatype="turbo4")
     with pytest.raises(ValueError, match="colbert_quantization"):
         QdrantHybridStore(None, dim=4, edge_path=tmp_path / "a", colbert_quantization="pq")
+    with pytest.raises(ValueError, match="binary.*colbert_rescore=False is refused.*another scale"):
+        QdrantHybridStore(None, dim=4, edge_path=tmp_path / "a", colbert_quantization="binary-2bit",
+                          colbert_rescore=False)
     with pytest.raises(ValueError, match="shard_number.*one shard"):
         QdrantHybridStore(None, dim=4, edge_path=tmp_path / "a", shard_number=2)
     with pytest.raises(ValueError, match="edge_optimizers.*edge_path"):
