@@ -117,9 +117,15 @@ def run(cfg: Config, args) -> list[dict]:
     gc.collect()
 
     def compare(got):
+        """(queries with the same top-10 ids in order, mean top-10 overlap, max |fused score diff| of
+        the documents found by both)."""
         same = sum([h.id for h in a] == [h.id for h in b] for a, b in zip(got, ref))
-        diff = max((abs(x.score - y.score) for a, b in zip(got, ref) for x, y in zip(a, b)), default=0.0)
-        return same, diff
+        overlap = float(np.mean([len({h.id for h in a} & {h.id for h in b}) / max(1, len(b)) for a, b in zip(got, ref)]))
+        diff = 0.0
+        for a, b in zip(got, ref):
+            by = {h.id: h.score for h in b}
+            diff = max([diff] + [abs(h.score - by[h.id]) for h in a if h.id in by])
+        return same, overlap, diff
 
     for datatype in args.edge_datatype:
         folder = tempfile.mkdtemp(prefix="bgem3-edge-", dir=args.workdir)
@@ -139,14 +145,18 @@ def run(cfg: Config, args) -> list[dict]:
             print(f"  Edge {datatype}: filled in {fill_s:.1f}s ({cfg.n / fill_s:.0f} docs/s), optimize {opt_s:.1f}s "
                   f"({info.segments_count} segments), RSS growth {grow / cfg.n / 1024:.1f} KiB/passage, "
                   f"disk {disk / cfg.n / 1024:.1f} KiB/passage", flush=True)
-            ms, got = timed_hits(lambda dq, sq, cq: store.search_encoded(dq, sq, cq, **kw), queries)
-            same, diff = compare(got)
-            report(f"QdrantHybridStore Edge colbert={datatype}", ms,
-                   f"same top-10 as HybridIndex {same}/{len(ref)}, max |score diff| {diff:.1e}",
-                   {"same_top10": same, "max_score_diff": diff, "fill_s": fill_s, "optimize_s": opt_s,
-                    "rss_kib_per_passage": grow / cfg.n / 1024, "disk_kib_per_passage": disk / cfg.n / 1024,
-                    "segments": info.segments_count,
-                    "ratio_vs_hybrid_index": float(np.median(ms) / np.median(ref_ms))})
+            for ef in (None, args.hnsw_ef):
+                store.hnsw_ef = ef
+                ms, got = timed_hits(lambda dq, sq, cq: store.search_encoded(dq, sq, cq, **kw), queries)
+                same, overlap, diff = compare(got)
+                report(f"QdrantHybridStore Edge colbert={datatype} hnsw_ef={ef or 'default'}", ms,
+                       f"same top-10 as HybridIndex {same}/{len(ref)}, top-10 overlap {overlap:.3f}, "
+                       f"max |score diff| (same docs) {diff:.1e}",
+                       {"same_top10": same, "top10_overlap": overlap, "max_score_diff": diff, "fill_s": fill_s,
+                        "optimize_s": opt_s, "hnsw_ef": ef,
+                        "rss_kib_per_passage": grow / cfg.n / 1024, "disk_kib_per_passage": disk / cfg.n / 1024,
+                        "segments": info.segments_count,
+                        "ratio_vs_hybrid_index": float(np.median(ms) / np.median(ref_ms))})
             store.close()
             del store
         finally:
@@ -168,10 +178,10 @@ def run(cfg: Config, args) -> list[dict]:
     for rescore in ("client", "qdrant"):
         store.rescore = rescore
         ms, got = timed_hits(lambda dq, sq, cq: store.search_encoded(dq, sq, cq, **kw), queries)
-        same, diff = compare(got)
+        same, overlap, diff = compare(got)
         report(f"QdrantHybridStore :memory: rescore={rescore!r}", ms,
-               f"same top-10 as HybridIndex {same}/{len(ref)}, max |score diff| {diff:.1e}",
-               {"same_top10": same, "max_score_diff": diff, "fill_s": fill_s,
+               f"same top-10 as HybridIndex {same}/{len(ref)}, top-10 overlap {overlap:.3f}, max |score diff| {diff:.1e}",
+               {"same_top10": same, "top10_overlap": overlap, "max_score_diff": diff, "fill_s": fill_s,
                 "rss_kib_per_passage": grow / cfg.n / 1024,
                 "ratio_vs_hybrid_index": float(np.median(ms) / np.median(ref_ms))})
     store.close()
@@ -192,6 +202,8 @@ def main(argv=None) -> int:
     p.add_argument("--edge-datatype", action="append", default=None, metavar="DATATYPE",
                    help="ColBERT storage datatype of a Qdrant Edge row (float32, float16, turbo16, turbo8); "
                         "repeatable (default: float16); 'none' for no Edge row")
+    p.add_argument("--hnsw-ef", type=int, default=512,
+                   help="the Edge rows are timed with the engine's default HNSW beam and with this hnsw_ef")
     p.add_argument("--local-max-n", type=int, default=10000,
                    help="run qdrant-client's local mode only on corpora up to this many passages")
     p.add_argument("--workdir", default=None, help="where the Edge shards are written (default: the temp folder)")
