@@ -145,11 +145,13 @@ def run(cfg: Config, args) -> list[dict]:
             print(f"  Edge {datatype}: filled in {fill_s:.1f}s ({cfg.n / fill_s:.0f} docs/s), optimize {opt_s:.1f}s "
                   f"({info.segments_count} segments), RSS growth {grow / cfg.n / 1024:.1f} KiB/passage, "
                   f"disk {disk / cfg.n / 1024:.1f} KiB/passage", flush=True)
-            for ef in (None, args.hnsw_ef):
-                store.hnsw_ef = ef
+            for ef in (None, args.hnsw_ef, "exact"):
+                store.hnsw_ef = ef if isinstance(ef, int) else None
+                store.exact_candidates = ef == "exact"
                 ms, got = timed_hits(lambda dq, sq, cq: store.search_encoded(dq, sq, cq, **kw), queries)
                 same, overlap, diff = compare(got)
-                report(f"QdrantHybridStore Edge colbert={datatype} hnsw_ef={ef or 'default'}", ms,
+                label = "exact_candidates=True" if ef == "exact" else f"hnsw_ef={ef or 'default'}"
+                report(f"QdrantHybridStore Edge colbert={datatype} {label}", ms,
                        f"same top-10 as HybridIndex {same}/{len(ref)}, top-10 overlap {overlap:.3f}, "
                        f"max |score diff| (same docs) {diff:.1e}",
                        {"same_top10": same, "top10_overlap": overlap, "max_score_diff": diff, "fill_s": fill_s,

@@ -389,3 +389,20 @@ def test_server_errors_are_one_readable_line(tmp_path):
     assert "\n" not in str(info.value) and info.value.code == 403
     st.client = real
     st.close()
+
+
+def test_exact_candidates_on_an_indexed_shard(data, exact_index, tmp_path):
+    """After optimize() the dense vectors have an HNSW graph; exact_candidates=True takes the
+    dense top-N by an exact scan (HybridIndex's rule) and so returns HybridIndex's hits."""
+    st = _edge(tmp_path / "s", data, exact_candidates=True, edge_optimizers={"indexing_threshold": 1})
+    st.optimize()
+    sent = []
+    real = st.client.query_batch_points
+    st.client.query_batch_points = lambda name, requests: sent.extend(requests) or real(name, requests)
+    for q in data[-1]:
+        assert [h.id for h in st.search_encoded(*q, k=10, candidates=20)] == \
+            [h.id for h in exact_index.search_encoded(*q, k=10, candidates=20)]
+    assert sent and all(p.params.exact for r in sent for p in r.prefetch if p.using == "dense")
+    with pytest.raises(ValueError, match="exact_candidates=True.*hnsw_ef"):
+        QdrantHybridStore(None, dim=4, location=":memory:", exact_candidates=True, hnsw_ef=64)
+    st.close()

@@ -295,6 +295,9 @@ class QdrantHybridStore(StoreBase):
             candidates' vectors is cheaper there; see docs/benchmarks_qdrant.md).
         hnsw_ef: the HNSW beam width of the dense candidate search on a server (higher: closer
             to the exact dense top-N the embedded index takes; default: the collection's).
+        exact_candidates: take the dense top-N by an exact scan instead of HNSW (the embedded
+            index's rule, so the same candidates, at the cost of reading every dense vector;
+            ColBERT is still computed for the candidates only, unlike ``exhaustive=True``).
         client_kwargs: extra ``QdrantClient(...)`` arguments (``timeout``, ``prefer_grpc``...)
             when the store makes the client.
         **encoder_kwargs: passed to ``Encoder(...)`` when ``encoder`` is a name/path.
@@ -337,6 +340,7 @@ class QdrantHybridStore(StoreBase):
         retry_backoff: float = 0.5,
         rescore: Literal["auto", "qdrant", "client"] = "auto",
         hnsw_ef: Optional[int] = None,
+        exact_candidates: bool = False,
         client_kwargs: Optional[Mapping[str, Any]] = None,
         **encoder_kwargs: Any,
     ) -> None:
@@ -404,6 +408,11 @@ class QdrantHybridStore(StoreBase):
             rescore = "client" if self._is_local() else "qdrant"
         self.rescore = rescore
         self.hnsw_ef = None if hnsw_ef is None else _check_pos_int(hnsw_ef, "hnsw_ef")
+        if not isinstance(exact_candidates, bool):
+            raise ValueError(f"exact_candidates must be True or False; got {exact_candidates!r}")
+        if exact_candidates and self.hnsw_ef is not None:
+            raise ValueError("exact_candidates=True scans without HNSW, so hnsw_ef= would do nothing; give one of them")
+        self.exact_candidates = exact_candidates
 
         enc_name = enc_dim = enc_cdim = None
         if encoder is not None:
@@ -925,7 +934,9 @@ class QdrantHybridStore(StoreBase):
         from qdrant_client import models
 
         params = None
-        if self.hnsw_ef is not None and not self._is_local():
+        if self.exact_candidates and not self._is_local():
+            params = models.SearchParams(exact=True)
+        elif self.hnsw_ef is not None and not self._is_local():
             params = models.SearchParams(hnsw_ef=self.hnsw_ef)
         pre = [models.Prefetch(query=dense_q.tolist(), using=DENSE, limit=candidates, filter=qfilter, params=params)]
         if sparse_q:
