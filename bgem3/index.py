@@ -43,6 +43,7 @@ import shutil
 import threading
 import uuid
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -624,9 +625,12 @@ class HybridIndex(StoreBase):
         return out
 
     def _filter_mask(self, filter: Mapping[str, Any]) -> np.ndarray:
-        if not isinstance(filter, Mapping):
-            raise TypeError(f"filter must be a dict {{key: value}}; got {type(filter).__name__}")
         n = self._n_rows
+        if callable(filter) and not isinstance(filter, Mapping):  # a predicate metadata -> bool
+            return np.fromiter((bool(filter(MappingProxyType(m))) for m in self._metas), dtype=np.bool_, count=n)
+        if not isinstance(filter, Mapping):
+            raise TypeError(f"filter must be a dict {{key: value}} or a callable metadata -> bool; "
+                            f"got {type(filter).__name__}")
         mask = np.ones(n, dtype=np.bool_)
         for key, wanted in filter.items():
             values = list(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
