@@ -406,3 +406,20 @@ def test_exact_candidates_on_an_indexed_shard(data, exact_index, tmp_path):
     with pytest.raises(ValueError, match="exact_candidates=True.*hnsw_ef"):
         QdrantHybridStore(None, dim=4, location=":memory:", exact_candidates=True, hnsw_ef=64)
     st.close()
+
+
+def test_rich_filters_from_the_adapters_run_on_the_engine(data, tmp_path):
+    """bgem3._filters.to_qdrant (the adapters' operators: ranges, !=, in, nested or/not, and tests
+    Qdrant cannot run, sent as an id condition) selects on Edge what Where.matches selects."""
+    from bgem3._filters import Cond, Where, to_qdrant
+
+    ids, texts, metas, dense, sparse, colbert, queries = data
+    st = _edge(tmp_path / "s", data)
+    wheres = [Where("and", [Cond("part", ">", 1)]), Where("and", [Cond("part", "!=", 2), Cond("even", "==", True)]),
+              Where("or", [Cond("part", "in", [0, 3]), Cond("even", "==", False)]),
+              Where("not", [Cond("part", "<=", 1)]), Where("and", [Cond("part", "in", [])]),
+              Where("and", [Cond("part", ">", "1")])]  # a range over a string: evaluated on the stored metadata
+    for w in wheres:
+        got = {h.id for h in st.search_encoded(*queries[0], k=N, filter=to_qdrant(w, st), exhaustive=True)}
+        assert got == {i for i, m in zip(ids, metas) if w.matches(m)}, w
+    st.close()
