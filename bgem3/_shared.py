@@ -109,7 +109,8 @@ def dtype_name(dtype: Any) -> Optional[str]:
     if dtype is None:
         return None
     text = str(dtype).replace("torch.", "").lower()
-    return {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(text, text)
+    return {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
+            "qint8": "int8"}.get(text, text)
 
 
 def _freeze(value: Any) -> Hashable:
@@ -288,14 +289,15 @@ ENCODE_REFUSED = {
 }
 
 _TORCH_DTYPE_NAMES = {"auto": None, "float32": "fp32", "float": "fp32", "fp32": "fp32", "float16": "fp16",
-                      "half": "fp16", "fp16": "fp16", "bfloat16": "bf16", "bf16": "bf16"}
+                      "half": "fp16", "fp16": "fp16", "bfloat16": "bf16", "bf16": "bf16",
+                      "int8": "int8", "qint8": "int8"}  # int8: CPU, bgem3.quant
 
 
 def _dtype_option(value: Any, where: str) -> Optional[str]:
     text = str(value).replace("torch.", "").lower() if value is not None else None
     if text is not None and text not in _TORCH_DTYPE_NAMES:
         raise ValueError(f"{where}={value!r} is not a dtype bgem3 runs; use 'float32', 'float16', 'bfloat16' "
-                         "(or torch.float16 ...), or 'auto' / None for the default")
+                         "(or torch.float16 ...), 'int8' (CPU), or 'auto' / None for the default")
     return None if text is None else _TORCH_DTYPE_NAMES[text]
 
 
