@@ -29,6 +29,7 @@ _LAZY = {
     "IndexFormatError": "index",
     "HybridReranker": "rerank",
     "Hit": "types",
+    "RemoteEncoder": "remote",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .encoder import EncodeOutput, Encoder, ModelLoadError, resolve_device, resolve_dtype
     from .index import HybridIndex, IndexFormatError
     from .profiles import Profile, detect_profile, get_profile
+    from .remote import RemoteEncoder
     from .rerank import HybridReranker
     from .types import Hit
 
@@ -64,6 +66,7 @@ __all__ = [
     "IndexFormatError",
     "EncodeOutput",
     "ModelLoadError",
+    "RemoteEncoder",
     "Profile",
     "detect_profile",
     "get_profile",
