@@ -33,8 +33,8 @@ import uuid
 from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
-from .ingest import (DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, MANIFEST_NAME, SUPPORTED_EXTENSIONS, IngestError,
-                     Manifest, file_sha256, find_files, is_under, read_source)
+from .ingest import (DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUPPORTED_EXTENSIONS, IngestError, Manifest,
+                     check_source, file_sha256, iter_passages, read_source, scan_paths)
 
 DEFAULT_MODEL = "BAAI/bge-m3"
 
@@ -242,6 +242,24 @@ def _err(msg: str) -> None:
 
 # --------------------------------------------------------------------------- bgem3 index
 
+#: Passages encoded and added per step: memory is bounded by this, not by the size of a file.
+INDEX_BATCH = 256
+
+
+def _note(args: argparse.Namespace, msg: str) -> None:
+    """A line on stderr unless ``-q``."""
+    if not args.quiet:
+        _err(msg)
+
+
+def _bad_inputs_error(bad: dict[str, str], unreadable_dirs: list[tuple[str, str]]) -> CLIError:
+    parts = [f"cannot list the folder {_display_path(d)} ({why})" for d, why in unreadable_dirs]
+    parts += [msg.replace(repr(path), _display_path(path)) for path, msg in bad.items()]
+    n = len(bad) + len(unreadable_dirs)
+    return CLIError(f"{n} input{'s' * (n != 1)} cannot be indexed, nothing was changed: " + "; ".join(parts)
+                    + ". Fix them, or pass --skip-bad to index the rest (files already indexed from them are kept)")
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -252,11 +270,20 @@ def cmd_index(args: argparse.Namespace) -> int:
                        "pass a new or empty folder")
 
     # 1. what is on disk now (cheap; fails before the model is loaded)
-    files = find_files(args.paths, exclude=[folder])
-    if not files:
-        raise CLIError(f"no {', '.join(SUPPORTED_EXTENSIONS)} files found in {', '.join(map(repr, args.paths))}")
-    hashes = {path: file_sha256(path) for path in files}
+    scan = scan_paths(args.paths, exclude=[folder])
+    for line in scan.skipped_lines():
+        _note(args, f"bgem3: {line}")
     manifest = Manifest.load(folder) if existing else Manifest()
+    model = _resolve_model_for_index(args, folder, manifest, existing)
+    bad: dict[str, str] = {}
+    hashes: dict[str, str] = {}
+    for path in scan.files:
+        try:
+            hashes[path] = file_sha256(path)
+        except IngestError as exc:
+            bad[path] = str(exc)
+    if not scan.files and not scan.unreadable_dirs:
+        raise CLIError(f"no {', '.join(SUPPORTED_EXTENSIONS)} files found in {', '.join(map(repr, args.paths))}")
 
     defaults = {"chunk_size": DEFAULT_CHUNK_SIZE, "chunk_overlap": DEFAULT_CHUNK_OVERLAP, "chunk_unit": "tokens"}
     settings = {key: (getattr(args, key) if getattr(args, key) is not None else manifest.settings.get(key, default))
@@ -265,22 +292,39 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise CLIError(f"--chunk-overlap ({settings['chunk_overlap']}) must be smaller than --chunk-size "
                        f"({settings['chunk_size']})")
     resplit = bool(manifest.files) and bool(manifest.settings) and manifest.settings != settings
-    plan = manifest.plan(args.paths, hashes, force=resplit)
+    keep = [d for d, _ in scan.unreadable_dirs] + list(bad)
+    plan = manifest.plan(args.paths, hashes, force=resplit, keep=keep)
+    # every file that must be (re-)read is read through once now: all bad files are reported together
+    for path in plan.to_read:
+        reason = check_source(path)
+        if reason:
+            bad[path] = reason
+    if bad or scan.unreadable_dirs:
+        if not args.skip_bad:
+            raise _bad_inputs_error(bad, scan.unreadable_dirs)
+        plan = manifest.plan(args.paths, {p: h for p, h in hashes.items() if p not in bad}, force=resplit,
+                             keep=[d for d, _ in scan.unreadable_dirs] + list(bad))
+        for path, msg in bad.items():
+            kept = " (its indexed passages are kept)" if path in manifest.files else ""
+            _note(args, f"bgem3: skipped {_display_path(path)}{kept}: {msg.split(': ', 1)[-1]}")
+        for d, why in scan.unreadable_dirs:
+            _note(args, f"bgem3: skipped the folder {_display_path(d)} ({why}); passages indexed from it are kept")
     if existing and plan.is_noop:
-        print(f"{_display_path(folder)} is up to date ({len(plan.unchanged)} files unchanged)")
+        if not args.quiet:
+            print(f"{_display_path(folder)} is up to date ({len(plan.unchanged)} files unchanged)")
         return EXIT_OK
+    if not plan.to_read and not existing and not plan.removed:
+        raise CLIError("nothing to index: every file was skipped")
 
     # 2. the model and the index
     if existing:
-        index = _load_index(args, folder)
+        index = _load_index(args, folder, manifest)
         encoder = index.encoder
     else:
-        from .index import HybridIndex
+        encoder = _load_encoder(args, model)
+        index = _new_index(encoder, args)
 
-        encoder = _load_encoder(args)
-        index = HybridIndex(encoder)
-
-    # 3. read and split everything that changed before touching the index
+    # 3. apply: drop old passages, then stream the new ones in batches (the folder is swapped in at the end)
     length = None
     if settings["chunk_unit"] == "tokens":
         tok = encoder.tokenizer
@@ -288,40 +332,57 @@ def cmd_index(args: argparse.Namespace) -> int:
         def length(text: str) -> int:
             return len(tok(text, add_special_tokens=False, truncation=False)["input_ids"])
 
-    new_passages: dict[str, list] = {}
-    for path in plan.to_read:
-        new_passages[path] = read_source(path, settings["chunk_size"], settings["chunk_overlap"], length)
     replaced = set(plan.changed) | set(plan.removed)
     owners = {pid: path for pid, path in manifest.owner_of_ids().items() if path not in replaced}
-    for path, passages in new_passages.items():
-        for p in passages:
-            if p.id in owners:
-                raise CLIError(f"id {p.id!r} from {_display_path(path)} is already used by "
-                               f"{_display_path(owners[p.id])}; ids must be unique across the indexed files")
-            owners[p.id] = path
-
-    # 4. apply: drop old passages, encode and add the new ones, swap the folder in
     stale = [pid for path in replaced for pid in manifest.ids_of(path) if pid in index]
     if stale:
         index.delete(stale)
     for path in replaced:
         manifest.remove(path)
-    todo = [p for path in plan.to_read for p in new_passages[path]]
-    if todo:
-        index.add([p.text for p in todo], [p.id for p in todo], [p.metadata for p in todo],
-                  show_progress=False if args.quiet else None)
-    for path in plan.to_read:
-        manifest.set(path, plan.hashes[path], [p.id for p in new_passages[path]])
+    total = _passage_total = 0
+    batch: list = []
+
+    def flush() -> None:
+        if batch:
+            index.add([p.text for p in batch], [p.id for p in batch], [p.metadata for p in batch],
+                      show_progress=False)
+            batch.clear()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(os.path.getsize(p) for p in plan.to_read), unit="B", unit_scale=True, desc="indexing",
+               disable=args.quiet or None, leave=False)
+    try:
+        for path in plan.to_read:
+            ids = []
+            for p in iter_passages(path, settings["chunk_size"], settings["chunk_overlap"], length):
+                if p.id in owners:
+                    raise CLIError(f"id {p.id!r} from {_display_path(path)} is already used by "
+                                   f"{_display_path(owners[p.id])}; ids must be unique across the indexed files")
+                owners[p.id] = path
+                ids.append(p.id)
+                batch.append(p)
+                if len(batch) >= INDEX_BATCH:
+                    flush()
+            total += len(ids)
+            manifest.set(path, plan.hashes[path], ids)
+            bar.update(os.path.getsize(path))
+        flush()
+    finally:
+        bar.close()
     if len(index) == 0:
         raise CLIError("nothing to index: the files hold no text")
     manifest.settings = settings
+    manifest.model = {"name": index.model_name, "fingerprint": _fingerprint_of(encoder)}
     _save_atomically(index, manifest, folder)
 
-    summary = (f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
-               f"{len(plan.unchanged)} unchanged")
-    note = " (chunk settings changed: files re-split)" if resplit else ""
-    print(f"indexed {len(todo)} passages from {len(plan.to_read)} files ({summary}){note}; "
-          f"{_display_path(folder)} holds {len(index)} passages from {len(manifest.files)} files")
+    if not args.quiet:
+        summary = (f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
+                   f"{len(plan.unchanged)} unchanged")
+        note = " (chunk settings changed: files re-split)" if resplit else ""
+        print(f"indexed {total} passages from {len(plan.to_read)} files ({summary}){note}; "
+              f"{_display_path(folder)} holds {len(index)} passages from {len(manifest.files)} files "
+              f"[model {_display_path(index.model_name)}; channels {', '.join(_channels_of(index))}]")
     return EXIT_OK
 
 
