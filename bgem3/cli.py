@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import signal
 import shutil
 import sys
 import uuid
@@ -92,15 +94,104 @@ def _load_encoder(args: argparse.Namespace, model: Optional[str] = None):
         kwargs["max_length"] = args.max_length
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
-    return Encoder(_model_arg(model or args.model or DEFAULT_MODEL), device=args.device, dtype=args.dtype, **kwargs)
+    enc = Encoder(_model_arg(model or args.model or DEFAULT_MODEL), device=args.device, dtype=args.dtype, **kwargs)
+    _cap_max_length(args, enc)
+    return enc
+
+
+def _cap_max_length(args: argparse.Namespace, enc: Any) -> None:
+    """``--max-length`` below what a model needs (its special tokens + one text token) cannot truncate:
+    the tokenizer would keep the whole text. Use that minimum and say so."""
+    if args.max_length is None or enc is None:
+        return
+    try:
+        minimum = int(enc.tokenizer.num_special_tokens_to_add(pair=False)) + 1
+    except Exception:  # pragma: no cover - every HF tokenizer has it
+        return
+    if args.max_length < minimum and getattr(enc, "max_length", None) is not None:
+        enc.max_length = minimum
+        _note(args, f"bgem3: --max-length {args.max_length} leaves no room for text after the model's "
+                    f"{minimum - 1} special tokens; truncating at {minimum} tokens instead")
 
 
 def _is_hybrid_index(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, "manifest.json"))
 
 
-def _load_index(args: argparse.Namespace, folder: str):
-    """Load the index at ``folder`` with ``--model`` if given, else with the model it was built with."""
+def _index_model_name(folder: str) -> Optional[str]:
+    try:
+        with open(os.path.join(folder, "manifest.json"), "r", encoding="utf-8") as fh:
+            return json.load(fh).get("model_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _fingerprint_of(encoder: Any) -> Optional[str]:
+    path = getattr(encoder, "path", None)
+    if not isinstance(path, str) or not os.path.isdir(path):
+        return None
+    from .fingerprint import model_fingerprint
+
+    return model_fingerprint(path)
+
+
+def _fingerprint_of_name(name: str) -> Optional[str]:
+    """Fingerprint of a model named on the command line or in an index, without loading it
+    (``None`` if it cannot be found here: loading it then fails with the encoder's message)."""
+    from .encoder import ModelLoadError, resolve_model_path
+    from .fingerprint import model_fingerprint
+
+    try:
+        return model_fingerprint(resolve_model_path(_model_arg(name), local_files_only=True))
+    except (ModelLoadError, OSError, ValueError):
+        return None
+
+
+def _same_name(a: str, b: str) -> bool:
+    norm = lambda x: os.path.normpath(os.path.abspath(x)) if os.path.isdir(x) else x  # noqa: E731
+    return a == b or norm(a) == norm(b)
+
+
+def _check_model(args: argparse.Namespace, folder: str, manifest: Manifest, action: str) -> bool:
+    """Refuse a ``--model`` other than the one the index at ``folder`` was built with, or a model
+    folder whose files changed since. Returns True when ``--model`` is that same model (under
+    its recorded name or another). Runs before any model is loaded."""
+    recorded = manifest.model.get("name") or _index_model_name(folder) or "?"
+    recorded_fp = manifest.model.get("fingerprint")
+    shown = _display_path(folder)
+    if args.model:
+        given = _model_arg(args.model)
+        fp = _fingerprint_of_name(given) if recorded_fp else None
+        same = (fp == recorded_fp) if (recorded_fp and fp) else _same_name(recorded, given)
+        if not same:
+            if action == "index":
+                fix = (f"re-encode every file with it: `bgem3 index PATH... --index {shown} --model {args.model} "
+                       f"--rebuild`; or use another --index folder; or leave out --model to keep {recorded!r}")
+            else:
+                fix = (f"leave out --model to search with {recorded!r}, or re-encode the index with the new model "
+                       f"(`bgem3 index PATH... --index {shown} --model {args.model} --rebuild`)")
+            raise CLIError(f"the index {shown} was built with model {recorded!r}, but --model {args.model!r} is "
+                           f"a different model (queries and passages must be encoded by the same one): {fix}")
+        return True
+    if recorded_fp:
+        fp = _fingerprint_of_name(recorded)
+        if fp is not None and fp != recorded_fp:
+            raise CLIError(f"the model {recorded!r} that built the index {shown} has changed on disk since (its "
+                           f"files differ), so new queries would not match the stored passages; rebuild with "
+                           f"`bgem3 index PATH... --index {shown} --model {recorded} --rebuild`")
+    return False
+
+
+def _resolve_model_for_index(args: argparse.Namespace, folder: str, manifest: Manifest, existing: bool) -> str:
+    if existing:
+        _check_model(args, folder, manifest, "index")
+        return manifest.model.get("name") or _index_model_name(folder) or DEFAULT_MODEL
+    return args.model or DEFAULT_MODEL
+
+
+def _load_index(args: argparse.Namespace, folder: str, manifest: Optional[Manifest] = None):
+    """Load the index at ``folder`` with ``--model`` if given (checked to be the model it was built
+    with), else with the model it was built with."""
     from .index import HybridIndex
 
     if not os.path.exists(folder):
@@ -110,14 +201,32 @@ def _load_index(args: argparse.Namespace, folder: str):
     if not _is_hybrid_index(folder):
         raise CLIError(f"{folder!r} is not a bgem3 index (no manifest.json); build one with "
                        f"`bgem3 index PATH... --index {folder}`")
+    manifest = manifest if manifest is not None else Manifest.load(folder)
+    _check_model(args, folder, manifest, "search" if getattr(args, "command", "") == "search" else "index")
     if args.model:
-        return HybridIndex.load(folder, encoder=_load_encoder(args))
+        return HybridIndex.load(folder, encoder=_load_encoder(args), allow_model_mismatch=True)
     kwargs: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
     if args.max_length is not None:
         kwargs["max_length"] = args.max_length
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
-    return HybridIndex.load(folder, **kwargs)
+    index = HybridIndex.load(folder, **kwargs)
+    _cap_max_length(args, index.encoder)
+    return index
+
+
+def _new_index(encoder: Any, args: argparse.Namespace):
+    """An empty store for ``encoder``: its own lexical channel (BGE-M3) or BM25, plus dense (+ ColBERT)."""
+    from .index import HybridIndex
+
+    return HybridIndex(encoder)
+
+
+def _channels_of(index: Any) -> list[str]:
+    chans = getattr(index, "channels", None)
+    if chans:
+        return list(chans)
+    return ["dense", "lexical", "colbert"]
 
 
 def _save_atomically(index, manifest: Manifest, folder: str) -> None:
@@ -193,7 +302,7 @@ def _parse_weights(value: str) -> tuple[float, float, float]:
         parts = tuple(float(x) for x in value.replace(" ", "").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not three numbers; write e.g. 0.4,0.2,0.4") from None
-    if len(parts) != 3 or min(parts) < 0 or sum(parts) == 0:
+    if len(parts) != 3 or not all(math.isfinite(x) for x in parts) or min(parts) < 0 or sum(parts) == 0:
         raise argparse.ArgumentTypeError(f"{value!r}: give three non-negative numbers (dense,lexical,colbert), not all zero")
     return parts  # type: ignore[return-value]
 
@@ -271,8 +380,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     # 1. what is on disk now (cheap; fails before the model is loaded)
     scan = scan_paths(args.paths, exclude=[folder])
-    for line in scan.skipped_lines():
-        _note(args, f"bgem3: {line}")
+    notes = [f"bgem3: {line}" for line in scan.skipped_lines()]  # printed once the run succeeded
     manifest = Manifest.load(folder) if existing else Manifest()
     model = _resolve_model_for_index(args, folder, manifest, existing)
     bad: dict[str, str] = {}
@@ -306,10 +414,12 @@ def cmd_index(args: argparse.Namespace) -> int:
                              keep=[d for d, _ in scan.unreadable_dirs] + list(bad))
         for path, msg in bad.items():
             kept = " (its indexed passages are kept)" if path in manifest.files else ""
-            _note(args, f"bgem3: skipped {_display_path(path)}{kept}: {msg.split(': ', 1)[-1]}")
+            notes.append(f"bgem3: skipped {_display_path(path)}{kept}: {msg.split(': ', 1)[-1]}")
         for d, why in scan.unreadable_dirs:
-            _note(args, f"bgem3: skipped the folder {_display_path(d)} ({why}); passages indexed from it are kept")
+            notes.append(f"bgem3: skipped the folder {_display_path(d)} ({why}); passages indexed from it are kept")
     if existing and plan.is_noop:
+        for line in notes:
+            _note(args, line)
         if not args.quiet:
             print(f"{_display_path(folder)} is up to date ({len(plan.unchanged)} files unchanged)")
         return EXIT_OK
@@ -339,7 +449,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         index.delete(stale)
     for path in replaced:
         manifest.remove(path)
-    total = _passage_total = 0
+    total = 0
     batch: list = []
 
     def flush() -> None:
@@ -376,6 +486,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     manifest.model = {"name": index.model_name, "fingerprint": _fingerprint_of(encoder)}
     _save_atomically(index, manifest, folder)
 
+    for line in notes:
+        _note(args, line)
     if not args.quiet:
         summary = (f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
                    f"{len(plan.unchanged)} unchanged")
@@ -642,7 +754,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"overlap between neighbouring passages (default {DEFAULT_CHUNK_OVERLAP})")
     p.add_argument("--chunk-unit", choices=["tokens", "chars"], default=None,
                    help="measure passages in model tokens (default) or characters")
-    p.add_argument("--rebuild", action="store_true", help="start from an empty index instead of updating")
+    p.add_argument("--rebuild", action="store_true",
+                   help="start from an empty index instead of updating (needed to switch --model)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="index the readable files and skip the bad ones (not UTF-8, binary, broken JSONL, "
+                        "unreadable folders), listing each; passages already indexed from them are kept. "
+                        "Without it, every bad input is listed and nothing is changed")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", parents=[common], help="search an index",
@@ -686,6 +803,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ignore_sigint() -> None:
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread / no signals here
+        pass
+
+
 def _one_line(exc: BaseException) -> str:
     msg = str(exc)
     if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
@@ -703,11 +827,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         with (contextlib.nullcontext() if debug else _quiet_libraries()):
-            return int(args.func(args) or EXIT_OK)
+            code = int(args.func(args) or EXIT_OK)
+        if argv is None:  # the `bgem3` process: the work is done, a late Ctrl-C must not turn it into a failure
+            _ignore_sigint()
+        return code
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
-        _err("bgem3: interrupted (an index or output file is only written when complete)")
+        if argv is None:
+            _ignore_sigint()  # a second Ctrl-C during shutdown does not print a traceback
+        _err("bgem3: interrupted: nothing was changed (an index or output file is only written when complete)")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `bgem3 search ... | head`
         try:

@@ -346,7 +346,7 @@ def split_text(text: str, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: i
 # --------------------------------------------------------------------------- reading
 
 def _text_stream(path: str):
-    """A text stream over a regular file: UTF-8 (BOM optional) or UTF-16 with a BOM."""
+    """A text stream over a regular file: UTF-8 (BOM optional). UTF-16 is refused with the fix."""
     import io
 
     fh = _open_regular(path)
@@ -358,7 +358,9 @@ def _text_stream(path: str):
     if head.startswith(codecs.BOM_UTF8):
         enc = "utf-8-sig"
     elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        enc = "utf-16"
+        fh.close()
+        raise IngestError(f"cannot read {path!r}: it is not UTF-8 text (it starts with a UTF-16 byte-order mark); "
+                          f"convert it to UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`) or leave it out")
     else:
         enc = "utf-8"
     return io.TextIOWrapper(fh, encoding=enc, errors="strict")
@@ -367,13 +369,13 @@ def _text_stream(path: str):
 def _decode_error(path: str, exc: Exception) -> IngestError:
     if isinstance(exc, UnicodeDecodeError):
         return IngestError(f"cannot read {path!r}: it is not UTF-8 text ({exc.reason}); convert it to UTF-8 "
-                           "(UTF-16 needs a byte-order mark) or leave it out")
+                           "or leave it out")
     return IngestError(f"cannot read {path!r} ({getattr(exc, 'strerror', None) or exc}); check that the file is readable")
 
 
 def _binary_error(path: str) -> IngestError:
-    return IngestError(f"cannot read {path!r}: it looks binary (NUL bytes), not text; leave it out "
-                       "(UTF-16 text needs a byte-order mark)")
+    return IngestError(f"cannot read {path!r}: it is not UTF-8 text (it holds NUL bytes: binary, or UTF-16); "
+                       "leave it out or convert it to UTF-8")
 
 
 def _segment_cut(buf: str, limit: int) -> int:
@@ -518,7 +520,7 @@ def read_source(path: str, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: 
         source: the name recorded in each passage's ``metadata["source"]`` and used in text
             passages' ids (default: ``path``).
 
-    Text is UTF-8 (a BOM is allowed) or UTF-16 with a byte-order mark.
+    Text must be UTF-8 (a BOM is allowed); UTF-16 and binary files are refused with the fix.
 
     Raises:
         IngestError: unreadable file, not UTF-8, binary (NUL bytes), a JSONL line that is not a
