@@ -222,6 +222,13 @@ def _new_index(encoder: Any, args: argparse.Namespace):
     return HybridIndex(encoder)
 
 
+def _channels_in_manifest(meta: dict) -> list[str]:
+    chans = meta.get("channels")
+    if isinstance(chans, (list, dict)) and chans:
+        return list(chans)
+    return ["dense", "lexical", "colbert"]
+
+
 def _channels_of(index: Any) -> list[str]:
     chans = getattr(index, "channels", None)
     if chans:
@@ -708,7 +715,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     with open(os.path.join(folder, "manifest.json"), "r", encoding="utf-8") as fh:
         meta = json.load(fh)
     sources = Manifest.load(folder)
-    info = {"index": folder, "model": meta.get("model_name"), "passages": meta.get("count"),
+    info = {"index": folder, "model": meta.get("model_name"),
+            "model_fingerprint": sources.model.get("fingerprint"), "channels": _channels_in_manifest(meta),
+            "passages": meta.get("count"),
             "dim": meta.get("dim"), "colbert_dtype": meta.get("colbert_dtype"),
             "files": len(sources.files), "chunking": sources.settings,
             "bytes_on_disk": sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))}
@@ -818,7 +827,19 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``bgem3`` command; returns the exit status (0 ok, 1 error, 2 usage error, 130 interrupted)."""
+    """Run the ``bgem3`` command; returns the exit status (0 ok, 1 error, 2 usage error, 130 interrupted).
+
+    As the ``bgem3`` process (``argv=None``), once the command has finished a Ctrl-C during the
+    interpreter's shutdown no longer changes the exit status or prints a traceback.
+    """
+    try:
+        return _run(argv)
+    finally:
+        if argv is None:
+            _ignore_sigint()
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     debug = os.environ.get("BGEM3_DEBUG", "").lower() in ("1", "true", "yes")
     try:
         parser = build_parser()
@@ -827,15 +848,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         with (contextlib.nullcontext() if debug else _quiet_libraries()):
-            code = int(args.func(args) or EXIT_OK)
-        if argv is None:  # the `bgem3` process: the work is done, a late Ctrl-C must not turn it into a failure
-            _ignore_sigint()
-        return code
+            return int(args.func(args) or EXIT_OK)
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
-        if argv is None:
-            _ignore_sigint()  # a second Ctrl-C during shutdown does not print a traceback
         _err("bgem3: interrupted: nothing was changed (an index or output file is only written when complete)")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `bgem3 search ... | head`
