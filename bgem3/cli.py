@@ -39,6 +39,12 @@ from .ingest import (DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUPPORTED_EXTENS
                      check_source, file_sha256, iter_passages, read_source, scan_paths)
 
 DEFAULT_MODEL = "BAAI/bge-m3"
+#: Environment variable naming the model used when ``--model`` is not given (new index, embed).
+MODEL_ENV = "BGEM3_MODEL"
+
+
+def _default_model() -> str:
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
 #: Exit statuses.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -94,7 +100,7 @@ def _load_encoder(args: argparse.Namespace, model: Optional[str] = None):
         kwargs["max_length"] = args.max_length
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
-    enc = Encoder(_model_arg(model or args.model or DEFAULT_MODEL), device=args.device, dtype=args.dtype, **kwargs)
+    enc = Encoder(_model_arg(model or args.model or _default_model()), device=args.device, dtype=args.dtype, **kwargs)
     _cap_max_length(args, enc)
     return enc
 
@@ -185,8 +191,8 @@ def _check_model(args: argparse.Namespace, folder: str, manifest: Manifest, acti
 def _resolve_model_for_index(args: argparse.Namespace, folder: str, manifest: Manifest, existing: bool) -> str:
     if existing:
         _check_model(args, folder, manifest, "index")
-        return manifest.model.get("name") or _index_model_name(folder) or DEFAULT_MODEL
-    return args.model or DEFAULT_MODEL
+        return manifest.model.get("name") or _index_model_name(folder) or _default_model()
+    return args.model or _default_model()
 
 
 def _load_index(args: argparse.Namespace, folder: str, manifest: Optional[Manifest] = None):
@@ -737,7 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("model")
     g.add_argument("--model", default=None, metavar="NAME_OR_DIR",
-                   help=f"hub id or local model folder (default: {DEFAULT_MODEL}; for an existing index, the model "
+                   help=f"hub id or local model folder (default: ${MODEL_ENV} if set, else {DEFAULT_MODEL}; for an existing "
+                        "index, the model "
                         "it was built with)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda > mps > cpu)")
     g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
