@@ -48,6 +48,15 @@ def check_str_list(values: Any, name: str) -> list[str]:
     return values
 
 
+def _utf8_or_error(value: str, what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} holds a lone surrogate ({exc.object[exc.start:exc.end]!r} at position {exc.start}) "
+                         "that cannot be stored as UTF-8; fix the string (e.g. decode its source with "
+                         "errors='replace')") from None
+
+
 def check_documents(
     texts: Any,
     ids: Optional[Sequence[str]],
@@ -65,10 +74,14 @@ def check_documents(
     """
     texts = check_str_list(texts, "texts")
     n = len(texts)
+    for i, t in enumerate(texts):
+        _utf8_or_error(t, f"texts[{i}]")
     if ids is None:
         ids = [uuid.uuid4().hex for _ in range(n)]
     else:
         ids = check_str_list(ids, "ids")
+        for i, x in enumerate(ids):
+            _utf8_or_error(x, f"ids[{i}]")
         if len(ids) != n:
             raise ValueError(f"got {n} texts but {len(ids)} ids; pass one id per text (or ids=None)")
         if nonempty_ids:
@@ -96,7 +109,13 @@ def check_documents(
             if not isinstance(m, Mapping):
                 raise TypeError(f"metadatas[{i}] must be a dict or None; got {type(m).__name__}")
             try:
-                metas.append(json.loads(json.dumps(dict(m), allow_nan=False)))
+                encoded = json.dumps(dict(m), allow_nan=False, ensure_ascii=False)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise ValueError(f"metadatas[{i}] (id {ids[i]!r}) is not JSON-serialisable ({exc}); {store} stores "
+                                 "metadata as JSON: use str/int/float/bool/None, lists and dicts") from None
+            _utf8_or_error(encoded, f"metadatas[{i}] (id {ids[i]!r})")
+            try:
+                metas.append(json.loads(encoded))
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"metadatas[{i}] (id {ids[i]!r}) is not JSON-serialisable ({exc}); {store} stores "
                                  "metadata as JSON: use str/int/float/bool/None, lists and dicts") from None
@@ -110,8 +129,11 @@ def check_search_args(k: Any, weights: Sequence[float], candidates: Any, mode: A
     check_positive_int(candidates, "candidates")
     if mode not in ("weighted", "rrf"):
         raise ValueError(f"mode must be 'weighted' or 'rrf'; got {mode!r}")
-    if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float, np.integer)) or not rrf_k > 0:
-        raise ValueError(f"rrf_k must be positive; got {rrf_k!r}")
+    if (isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float, np.integer, np.floating)) or not rrf_k > 0
+            or not np.isfinite(rrf_k)):
+        raise ValueError(f"rrf_k must be a positive finite number; got {rrf_k!r}")
+    if isinstance(weights, (str, bytes)) or isinstance(weights, Mapping):
+        raise ValueError(f"weights must be three numbers (dense, lexical, colbert), e.g. (0.4, 0.2, 0.4); got {weights!r}")
     return check_weights(weights)
 
 
@@ -153,17 +175,21 @@ def encoder_shape(encoder: Any, owner: str) -> tuple[str, int, int]:
     return str(encoder.model_name), dim, int(lin.out_features) if lin is not None else dim
 
 
-def scored_hit(id: str, text: str, metadata: dict, score: float = 0.0, d: float = 0.0, s: float = 0.0,
-               c: float = 0.0) -> Hit:
-    """A :class:`~bgem3.types.Hit` with its scores as Python floats."""
-    return Hit(id=id, text=text, metadata=metadata, score=float(score), dense_score=float(d),
-               sparse_score=float(s), colbert_score=float(c))
+def scored_hit(id: str, text: str, metadata: dict, score: float = 0.0, d: Optional[float] = 0.0,
+               s: Optional[float] = 0.0, c: Optional[float] = 0.0) -> Hit:
+    """A :class:`~bgem3.types.Hit` with its scores as Python floats (``None``: the store has no such channel)."""
+    return Hit(id=id, text=text, metadata=metadata, score=float(score),
+               dense_score=None if d is None else float(d), sparse_score=None if s is None else float(s),
+               colbert_score=None if c is None else float(c))
 
 
 def rank(d: np.ndarray, s: np.ndarray, c: np.ndarray, w: Sequence[float], k: int, mode: str,
          rrf_k: float) -> tuple[np.ndarray, np.ndarray]:
     """Fuse the candidates' channel scores (:func:`bgem3.scoring.fuse_channels`); returns
     ``(fused, top)`` where ``top`` are the positions of the ``k`` best, ties in input order."""
+    if mode == "weighted" and max(w) > 1.0:  # (1e308,)*3 would overflow; the weighted mean is scale-free
+        top = max(w)
+        w = tuple(x / top for x in w)
     fused = fuse_channels(d, s, c, w, mode=mode, rrf_k=rrf_k)
     return fused, np.argsort(-fused, kind="stable")[:k]
 

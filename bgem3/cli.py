@@ -121,7 +121,11 @@ def _cap_max_length(args: argparse.Namespace, enc: Any) -> None:
 
 
 def _is_hybrid_index(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, "manifest.json"))
+    """Verifiably a saved index (a HybridIndex manifest whose files are all there), not merely a
+    folder holding some ``manifest.json``."""
+    from .index.storage import is_saved_index
+
+    return is_saved_index(folder)
 
 
 def _index_model_name(folder: str) -> Optional[str]:
@@ -228,13 +232,6 @@ def _new_index(encoder: Any, args: argparse.Namespace):
     return HybridIndex(encoder)
 
 
-def _channels_in_manifest(meta: dict) -> list[str]:
-    chans = meta.get("channels")
-    if isinstance(chans, (list, dict)) and chans:
-        return list(chans)
-    return ["dense", "lexical", "colbert"]
-
-
 def _channels_of(index: Any) -> list[str]:
     chans = getattr(index, "channels", None)
     if chans:
@@ -243,31 +240,22 @@ def _channels_of(index: Any) -> list[str]:
 
 
 def _save_atomically(index, manifest: Manifest, folder: str) -> None:
-    """Write index + source manifest to a staging folder, then swap it in with renames.
-
-    Either the old index (with its old manifest) or the new one is at ``folder``; a crash
-    between the two renames leaves the old one as ``.<name>.old-*`` beside it, which
-    :meth:`bgem3.HybridIndex.load` points to.
-    """
+    """Commit the index into ``folder`` (one atomic manifest rename, incremental; it never
+    replaces a folder that is not verifiably a saved index), then the source list (temp file +
+    rename). A crash between the two leaves the new index with the old source list: the next
+    ``bgem3 index`` re-reads the files it does not list and upserts their passages (same ids).
+    The source list is written first to a staging folder, so a failure there changes nothing."""
     folder = os.path.abspath(folder)
     parent, name = os.path.dirname(folder), os.path.basename(folder)
     os.makedirs(parent, exist_ok=True)
-    stage = os.path.join(parent, f".{name}.new-{uuid.uuid4().hex[:8]}")
-    old = None
+    stage = os.path.join(parent, f".{name}.sources-{uuid.uuid4().hex[:8]}")
+    os.mkdir(stage)
     try:
-        index.save(stage)
-        manifest.save(stage)
-        if os.path.exists(folder):
-            old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(folder, old)
-        os.rename(stage, folder)
-    except BaseException:
+        staged = manifest.save(stage)
+        index.save(folder)  # the commit of the index (it refuses a folder that is not an index)
+        os.replace(staged, os.path.join(folder, os.path.basename(staged)))
+    finally:
         shutil.rmtree(stage, ignore_errors=True)
-        if old is not None and not os.path.exists(folder):
-            os.rename(old, folder)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _display_path(path: str) -> str:
@@ -718,15 +706,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
     if not os.path.isdir(folder) or not _is_hybrid_index(folder):
         raise CLIError(f"{args.index!r} is not a bgem3 index folder; build one with `bgem3 index PATH... --index {args.index}`")
-    with open(os.path.join(folder, "manifest.json"), "r", encoding="utf-8") as fh:
-        meta = json.load(fh)
+    from .index.persistence import describe
+
+    meta = describe(folder)
     sources = Manifest.load(folder)
-    info = {"index": folder, "model": meta.get("model_name"),
-            "model_fingerprint": sources.model.get("fingerprint"), "channels": _channels_in_manifest(meta),
-            "passages": meta.get("count"),
-            "dim": meta.get("dim"), "colbert_dtype": meta.get("colbert_dtype"),
+    info = {"index": folder, "model": meta["model"], "model_fingerprint": sources.model.get("fingerprint"),
+            "passages": meta["passages"],
+            "dim": meta["dim"], "channels": meta["channels"], "lexical": meta.get("lexical"),
+            "colbert_codec": meta["colbert_codec"],
+            "colbert_dtype": meta["colbert_codec"], "segments": meta["segments"],
+            "format_version": meta["format_version"],
             "files": len(sources.files), "chunking": sources.settings,
-            "bytes_on_disk": sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))}
+            "bytes_on_disk": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)}
+    if getattr(args, "verify", False):
+        from .index import HybridIndex
+
+        HybridIndex.load(folder, load_encoder=False, verify=True)  # raises IndexFormatError naming the file
+        info["verified"] = "every checksum and value checked"
     if args.json:
         info["sources"] = {p: len(e["ids"]) for p, e in sources.files.items()}
         print(json.dumps(info, indent=2, ensure_ascii=False))
@@ -815,6 +811,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe an index", description="Model, size and sources of an index.")
     p.add_argument("--index", "-i", required=True, metavar="DIR", help="index folder")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--verify", action="store_true",
+                   help="also check every file's SHA-256 and every stored value (reads the whole index)")
     p.set_defaults(func=cmd_info)
     return parser
 

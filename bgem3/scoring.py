@@ -195,6 +195,8 @@ def fuse_channels(
 
 def check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
     """Validate ``(dense, lexical, colbert)`` weights: three finite, non-negative numbers, not all zero."""
+    if isinstance(weights, (str, bytes)):
+        raise ValueError(f"weights must be three numbers (dense, lexical, colbert), not a string; got {weights!r}")
     try:
         w = tuple(float(x) for x in weights)
     except (TypeError, ValueError):

@@ -18,17 +18,30 @@ class Hit:
         metadata: the document's metadata dict.
         score: the fused score (weighted sum of the channel scores, or the RRF score).
         dense_score: dot product of the normalised dense vectors.
-        sparse_score: lexical matching score (sum of shared-token weight products).
+        sparse_score: lexical matching score (sum of shared-token weight products, or the
+            store's lexical channel, e.g. BM25).
         colbert_score: ColBERT MaxSim score (mean over query tokens).
+
+    A channel the store does not hold has score ``None`` (not 0): ``hit.channels`` lists the
+    channels that scored this hit.
+
+    >>> Hit("a", "A", dense_score=0.5, sparse_score=None, colbert_score=None).channels
+    ('dense',)
     """
 
     id: str
     text: str
     metadata: dict = field(default_factory=dict)
     score: float = 0.0
-    dense_score: float = 0.0
-    sparse_score: float = 0.0
-    colbert_score: float = 0.0
+    dense_score: Optional[float] = 0.0
+    sparse_score: Optional[float] = 0.0
+    colbert_score: Optional[float] = 0.0
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels with a score: a subset of ``("dense", "lexical", "colbert")``."""
+        return tuple(name for name, v in (("dense", self.dense_score), ("lexical", self.sparse_score),
+                                          ("colbert", self.colbert_score)) if v is not None)
 
 
 @runtime_checkable

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgem3.bm25 import BM25, BM25FormatError, BM25Tokenizer
+from bgem3 import HybridIndex
+from bgem3.bm25 import BM25, BM25Tokenizer, term_id
+from bgem3.index.lexical import MAX_TOKEN_ID
 
 CORPUS = [
     "Paris is the capital and most populous city of France.",
@@ -23,78 +25,74 @@ CORPUS = [
 ]
 
 
+def _index(texts, bm=None, ids=None):
+    bm = bm or BM25()
+    index = HybridIndex(None, dim=2, channels=["lexical"], lexical=bm)
+    ids = ids or [str(i) for i in range(len(texts))]
+    index.add_encoded(ids, list(texts), None, sparse=bm.document_rows(list(texts)))
+    return index, bm
+
+
+def _scores(index, bm, query, ids):
+    """BM25 score of each id (0 for a passage the query does not touch)."""
+    hits = index.search_encoded(None, bm.query_row(query), None, k=max(len(ids), 1), exhaustive=True)
+    got = {h.id: h.sparse_score for h in hits}
+    return np.array([got.get(i, 0.0) for i in ids], dtype=np.float64)
+
+
 def test_scores_match_bm25s_lucene():
     bm25s = pytest.importorskip("bm25s")
     tok = BM25Tokenizer()
     docs = [tok(t) for t in CORPUS]
+    ids = [str(i) for i in range(len(CORPUS))]
     for k1, b in ((1.2, 0.75), (1.5, 0.3), (0.9, 1.0)):
-        ours = BM25(k1=k1, b=b)
-        ours.add(CORPUS)
+        index, bm = _index(CORPUS, BM25(k1=k1, b=b))
         ref = bm25s.BM25(method="lucene", k1=k1, b=b)
         ref.index(docs, show_progress=False)
         for q in ("capital of France", "document frequency", "서울 수도", "首都", "ベクトル 変換", "runner"):
             qt = [t for t in dict.fromkeys(tok(q)) if t in ref.vocab_dict]
-            expected = ref.get_scores(qt) if qt else np.zeros(len(CORPUS))
-            np.testing.assert_allclose(ours.scores(q), expected[: len(CORPUS)], rtol=1e-5, atol=1e-6)
-
-
-def _fresh(texts, **kw):
-    bm = BM25(**kw)
-    bm.add(texts)
-    return bm
+            expected = ref.get_scores(qt)[: len(CORPUS)] if qt else np.zeros(len(CORPUS))
+            np.testing.assert_allclose(_scores(index, bm, q, ids), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_idf_kept_current_on_add_and_delete():
+    ids = [str(i) for i in range(len(CORPUS))]
     bm = BM25()
-    bm.add(CORPUS[:6])
-    bm.add(CORPUS[6:])
+    index = HybridIndex(None, dim=2, channels=["lexical"], lexical=bm)
+    index.add_encoded(ids[:6], CORPUS[:6], None, sparse=bm.document_rows(CORPUS[:6]))
+    index.add_encoded(ids[6:], CORPUS[6:], None, sparse=bm.document_rows(CORPUS[6:]))
     q = "capital Berlin Germany"
-    np.testing.assert_allclose(bm.scores(q), _fresh(CORPUS).scores(q), rtol=1e-6)
-    bm.delete([0, 2, 2, 5])
-    alive = [i for i in range(len(CORPUS)) if i not in (0, 2, 5)]
-    fresh = _fresh([CORPUS[i] for i in alive])
-    assert len(bm) == len(alive)
-    got = bm.scores(q)
-    np.testing.assert_allclose(got[alive], fresh.scores(q), rtol=1e-6)
-    assert np.all(got[[0, 2, 5]] == 0)
-    # the idf of "capital" changed (one of its two documents is gone): scores really moved
-    assert not np.allclose(got[1], _fresh(CORPUS).scores(q)[1])
-    old = bm.compact()
-    assert list(old) == alive
-    np.testing.assert_allclose(bm.scores(q), fresh.scores(q), rtol=1e-6)
+    full = _scores(*_index(CORPUS), q, ids)
+    np.testing.assert_allclose(_scores(index, bm, q, ids), full, rtol=1e-6)
+    index.delete(["0", "2", "5"])
+    alive = [i for i in ids if i not in ("0", "2", "5")]
+    fresh = _index([CORPUS[int(i)] for i in alive], ids=alive)
+    got = _scores(index, bm, q, alive)
+    np.testing.assert_allclose(got, _scores(*fresh, q, alive), rtol=1e-6)
+    assert not np.allclose(got[0], full[1])  # "capital" lost one of its two passages: its idf moved
+    # an upsert replaces the passage's terms and statistics
+    index.add_encoded(["1"], ["nothing about that city"], None, sparse=bm.document_rows(["nothing about that city"]))
+    assert _scores(index, bm, "Berlin", ["1"])[0] == 0
 
 
-def test_deleting_every_document_and_unknown_terms():
-    bm = _fresh(CORPUS[:2])
-    assert bm.delete([0, 1]) == 2 and bm.delete([1]) == 0
-    assert len(bm) == 0 and not bm.scores("capital").any()
-    assert bm.top_k("capital", 3)[0].size == 0
-    with pytest.raises(IndexError):
-        bm.delete([7])
-    assert not _fresh(CORPUS).scores("zebra xylophone").any()
-
-
-def test_top_k_and_mask():
-    bm = _fresh(CORPUS)
-    rows, scores = bm.top_k("capital city", 5)
-    assert list(rows[:2]) == [0, 1] and np.all(np.diff(scores) <= 0)
-    mask = np.zeros(len(CORPUS), dtype=bool)
-    mask[1] = True
-    assert list(bm.top_k("capital city", 5, mask=mask)[0]) == [1]
+def test_deleting_everything_and_unknown_terms():
+    index, bm = _index(CORPUS[:2])
+    index.delete(["0", "1"])
+    assert index.search_encoded(None, bm.query_row("capital"), None, k=3) == []
+    index, bm = _index(CORPUS)
+    hits = index.search_encoded(None, bm.query_row("zebra xylophone"), None, k=3)
+    assert all(h.sparse_score == 0 for h in hits)  # no term matches: no passage scores
 
 
 def test_explain_terms_sum_to_score():
-    bm = _fresh(CORPUS)
-    terms = bm.explain("capital of France", 0)
-    assert [t.term for t in terms][:1] == ["franc"]
-    assert {t.term for t in terms} == {"capit", "franc"}  # "of" is a stop word
-    assert sum(t.contribution for t in terms) == pytest.approx(float(bm.scores("capital of France")[0]), rel=1e-5)
-
-
-def test_normalized_scores_in_unit_range():
-    bm = _fresh(CORPUS)
-    s = bm.normalized_scores("capital France Berlin")
-    assert s.max() < 1 and s.min() >= 0 and s[0] > 0
+    index, bm = _index(CORPUS)
+    hit = index.search_encoded(None, bm.query_row("capital of France"), None, k=1)[0]
+    assert hit.id == "0"
+    terms = bm.explain_text("capital of France", hit.text)
+    assert [t.term for t in terms] == ["franc", "capit"]  # "of" is a stop word; France is rarer
+    assert sum(t.contribution for t in terms) == pytest.approx(hit.sparse_score, rel=1e-5)
+    with pytest.raises(ValueError, match="search"):
+        bm.explain_text("another query", hit.text)
 
 
 @pytest.mark.parametrize("query, expected", [
@@ -109,8 +107,8 @@ def test_normalized_scores_in_unit_range():
     ("ＦＲＡＮＣＥ", 0),     # full-width Latin, NFKC-normalised and case-folded
 ])
 def test_multilingual_queries_find_their_document(query, expected):
-    rows, _ = _fresh(CORPUS).top_k(query, 1)
-    assert list(rows) == [expected], query
+    index, bm = _index(CORPUS)
+    assert index.search_encoded(None, bm.query_row(query), None, k=1)[0].id == str(expected), query
 
 
 def test_tokenizer():
@@ -138,42 +136,67 @@ def test_bad_parameters_rejected(k1, b):
 
 def test_text_list_not_split_into_characters():
     with pytest.raises(TypeError, match="single string"):
-        BM25().add("one document")  # type: ignore[arg-type]
+        BM25().document_rows("one document")  # type: ignore[arg-type]
 
 
-def test_save_load_round_trip(tmp_path):
+def test_saved_with_the_index(tmp_path):
     bm = BM25(k1=1.6, b=0.4, tokenizer=BM25Tokenizer(stopwords=None))
-    bm.add(CORPUS)
-    bm.delete([3])
-    bm.save(str(tmp_path))
-    back = BM25.load(str(tmp_path))
-    assert (back.k1, back.b, back.tokenizer) == (1.6, 0.4, bm.tokenizer)
+    index, _ = _index(CORPUS, bm)
+    index.delete(["3"])
+    index.save(str(tmp_path / "idx"))
+    back = HybridIndex.load(str(tmp_path / "idx"), load_encoder=False)
+    assert isinstance(back.lexical, BM25) and back.lexical == bm and back.lexical.k1 == 1.6
+    ids = [str(i) for i in range(len(CORPUS))]
     for q in ("the capital", "首都", "mitochondria"):
-        np.testing.assert_array_equal(back.scores(q), bm.scores(q))
-    back.add(["one more capital"])  # the loaded state is writable
-    assert len(back) == len(CORPUS)
+        np.testing.assert_array_equal(_scores(back, back.lexical, q, ids), _scores(index, bm, q, ids))
+    with pytest.raises(ValueError, match="unknown BM25 settings"):
+        BM25.from_config({"k1": 1.2, "k3": 7})
 
 
-def test_corrupted_state_rejected():
-    bm = _fresh(CORPUS)
-    config, arrays = bm.state()
-    bad = dict(arrays, bm25_terms=arrays["bm25_terms"] + 10_000)
-    with pytest.raises(BM25FormatError, match="vocabulary"):
-        BM25.from_state(config, bad)
-    with pytest.raises(BM25FormatError, match="fit"):
-        BM25.from_state(config, dict(arrays, bm25_alive=arrays["bm25_alive"][:-1]))
-    with pytest.raises(BM25FormatError, match="version"):
-        BM25.from_state(dict(config, version=99), arrays)
-    with pytest.raises(BM25FormatError, match="int32"):
-        BM25.from_state(config, dict(arrays, bm25_tf=arrays["bm25_tf"].astype(np.float64)))
+def test_term_ids_are_stable_and_in_range():
+    assert term_id("capit") == term_id("capit") != term_id("franc")
+    assert all(0 <= term_id(t) <= MAX_TOKEN_ID for t in ("", "a", "서울", "x" * 64))
 
 
 def test_scoring_many_documents_is_vectorised():
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(2000)]
-    docs = [[words[j] for j in rng.integers(0, 2000, size=30)] for _ in range(20_000)]
-    bm = BM25()
-    bm.add_tokens(docs)
-    s = bm.scores("w1 w2 w3")
-    assert s.shape == (20_000,) and (s > 0).sum() > 100
-    assert np.count_nonzero(s) == sum(1 for d in docs if {"w1", "w2", "w3"} & set(d))
+    texts = [" ".join(words[j] for j in rng.integers(0, 2000, size=30)) for _ in range(20_000)]
+    bm = BM25(tokenizer=BM25Tokenizer(stemmer=None, stopwords=None))
+    index, _ = _index(texts, bm)
+    hits = index.search_encoded(None, bm.query_row("w1 w2 w3"), None, k=20_000, candidates=5_000)
+    assert len(hits) == sum(1 for t in texts if {"w1", "w2", "w3"} & set(t.split())) > 100
+    assert all(h.sparse_score > 0 for h in hits)
+
+
+# --------------------------------------------------------------------------- with real models
+
+def test_dense_only_model_gets_dense_plus_bm25(minilm, tmp_path):
+    """all-MiniLM-L6-v2 (real weights) has no BGE-M3 heads: the index is dense + BM25."""
+    from bgem3 import Encoder
+
+    enc = Encoder(minilm, device="cpu")
+    index = HybridIndex(enc)
+    assert index.channels == ("dense", "lexical") and isinstance(index.lexical, BM25)
+    texts = ["The Eiffel tower is a wrought-iron lattice tower in Paris.",
+             "Photosynthesis converts light energy into chemical energy in plants.",
+             "BM25 is a ranking function used by search engines to rank documents.",
+             "The mitochondrion is the powerhouse of the cell."]
+    index.add(texts, ids=["eiffel", "photo", "bm25", "mito"])
+    hits = index.search("which function do search engines use to rank documents?", k=2, weights=(0.5, 0.5, 0))
+    assert hits[0].id == "bm25" and hits[0].channels == ("dense", "lexical")
+    assert hits[0].colbert_score is None and hits[0].sparse_score > 0 and hits[0].dense_score > 0.3
+    # a paraphrase with no shared word: dense finds it, BM25 has nothing (no score, not a fake one)
+    hit = index.search("organelle producing energy for cells", k=1, weights=(1, 0, 0))[0]
+    assert hit.id == "mito"
+    index.save(str(tmp_path / "idx"))
+    back = HybridIndex.load(str(tmp_path / "idx"), device="cpu")
+    assert [h.id for h in back.search("rank documents", k=1)] == ["bm25"]
+
+
+def test_bm25_replaces_the_learned_lexical_channel_of_bge_m3(m3_encoder):
+    index = HybridIndex(m3_encoder, lexical=BM25())
+    assert index.channels == ("dense", "lexical", "colbert") and index.vocab_size is None
+    index.add(["Paris is the capital of France.", "BM25 ranks documents."], ids=["p", "b"])
+    hit = index.search("ranks documents", k=1, weights=(0, 1, 0))[0]
+    assert hit.id == "b" and hit.sparse_score > 0

@@ -96,7 +96,8 @@ def assert_one_error_line(err: str, *fragments: str) -> None:
 
 
 def snapshot(folder) -> dict:
-    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+    """Every file under ``folder`` (the index keeps its segments in sub-folders)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # --------------------------------------------------------------------------- index / search / update

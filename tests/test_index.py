@@ -105,7 +105,7 @@ def test_candidate_mode_equals_exhaustive_when_candidates_cover_corpus(index, co
 
 def test_fp16_colbert_storage_is_close_to_fp32(encoder, corpus):
     ids, texts, metas = corpus
-    a = HybridIndex(encoder)  # float16 default
+    a = HybridIndex(encoder, colbert_codec="float16")
     b = HybridIndex(encoder, colbert_dtype="float32")
     a.add(texts, ids=ids)
     b.add(texts, ids=ids)
@@ -258,7 +258,7 @@ def same_hits(a: list[Hit], b: list[Hit], tol: float = 1e-6) -> None:
 
 
 def test_compaction_preserves_results():
-    idx, ids, dense, sparse, colbert = make_synthetic_index(n=40)
+    idx, ids, dense, sparse, colbert = make_synthetic_index(n=40, colbert_codec="float16")
     idx.delete(ids[:5])                      # 5/40 dead: below the compaction threshold -> tombstones
     assert idx._n_dead == 5
     q, qs, qc = dense[7], sparse[7], colbert[7]
@@ -383,7 +383,7 @@ def test_add_encoded_validates_shapes_and_token_ids():
 
 def test_memory_usage_follows_the_documented_formula():
     n, dim = 30, 8
-    idx, ids, dense, sparse, colbert = make_synthetic_index(n=n, dim=dim)
+    idx, ids, dense, sparse, colbert = make_synthetic_index(n=n, dim=dim, colbert_codec="float16")
     nnz = sum(len(s) for s in sparse)
     tokens = sum(len(c) for c in colbert)
     mem = idx.memory_usage()

@@ -35,14 +35,51 @@ def encoder(ckpt) -> Encoder:
     return Encoder(ckpt, device="cpu")
 
 
-@pytest.fixture
-def index(encoder) -> HybridIndex:
-    idx = HybridIndex(encoder)
+def make_index(encoder, **kw) -> HybridIndex:
+    idx = HybridIndex(encoder, **kw)
     metas = [{"lang": l, "i": i, "tags": ["a", "b"] if i % 2 else None}
              for i, l in enumerate(["en", "en", "ko", "zh", "ru", "fr", "en", "en"])]
     idx.add(TEXTS, ids=[f"t{i}" for i in range(len(TEXTS))], metadatas=metas)
     idx.delete(["t6"])  # saved indexes hold only live documents
     return idx
+
+
+@pytest.fixture
+def index(encoder) -> HybridIndex:
+    return make_index(encoder)
+
+
+def write_v1(index: HybridIndex, folder) -> None:
+    """Write ``index`` in bgem3 0.1's format (format_version 1), as that version did."""
+    import hashlib
+
+    folder.mkdir(parents=True)
+    ids = index.ids
+    vecs = [index.vectors(i) for i in ids]
+    arrays = {
+        "dense.npy": np.stack([v[0] for v in vecs]).astype(np.float32),
+        "sparse_indptr.npy": np.concatenate([[0], np.cumsum([len(v[1]) for v in vecs])]).astype(np.int64),
+        "sparse_indices.npy": np.array([t for v in vecs for t in v[1]], dtype=np.int32),
+        "sparse_data.npy": np.array([w for v in vecs for w in v[1].values()], dtype=np.float32),
+        "colbert.npy": np.concatenate([v[2] for v in vecs]).astype(np.float32),
+        "colbert_offsets.npy": np.concatenate([[0], np.cumsum([len(v[2]) for v in vecs])]).astype(np.int64),
+    }
+    files = {}
+    for name, arr in arrays.items():
+        np.save(folder / name, arr, allow_pickle=False)
+        data = (folder / name).read_bytes()
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "shape": list(arr.shape),
+                       "dtype": str(arr.dtype)}
+    hits = index.get(ids)
+    docs = json.dumps({"ids": ids, "texts": [h.text for h in hits], "metadatas": [h.metadata for h in hits]}).encode()
+    (folder / "documents.json").write_bytes(docs)
+    files["documents.json"] = {"sha256": hashlib.sha256(docs).hexdigest(), "bytes": len(docs)}
+    manifest = {"format": "bgem3.HybridIndex", "format_version": 1, "bgem3_version": "0.1.0",
+                "model_name": index.model_name, "dim": index.dim, "colbert_dim": index.colbert_dim,
+                "vocab_size": index.vocab_size, "colbert_dtype": "float32", "count": len(ids),
+                "colbert_tokens": int(len(arrays["colbert.npy"])), "sparse_nnz": int(len(arrays["sparse_data.npy"])),
+                "files": files}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def results(idx: HybridIndex, encoder: Encoder = None) -> list:
@@ -57,34 +94,46 @@ def results(idx: HybridIndex, encoder: Encoder = None) -> list:
     return out
 
 
+def seg_files(root, suffix: str) -> list:
+    """Paths of ``<suffix>`` files in the saved segments of ``root``."""
+    return sorted((root / "segments").glob(f"seg-*/{suffix}"))
+
+
 def test_round_trip_gives_identical_results(index, encoder, tmp_path):
     pre = results(index)
-    index.save(tmp_path / "idx")  # compacts the tombstoned row away first
+    index.save(tmp_path / "idx")  # tombstoned rows are not written
     before = results(index)
+    # dropping the dead row changes only float32 rounding (the matrix products have another row count)
+    for a, b in zip(pre, before):
+        assert [h[:3] for h in a] == [h[:3] for h in b]
+        np.testing.assert_allclose([h[3:] for h in a], [h[3:] for h in b], atol=1e-6, rtol=0)
     loaded = HybridIndex.load(tmp_path / "idx", encoder)
     assert len(loaded) == len(index) == 7 and loaded.ids == index.ids and "t6" not in loaded
     assert results(loaded) == before  # bit for bit
     assert loaded.search(QUERIES[1], k=5, mode="rrf") == index.search(QUERIES[1], k=5, mode="rrf")
-    # compaction changes only float32 rounding (the matrix products have another row count)
-    for a, b in zip(pre, before):
-        assert [h[:3] for h in a] == [h[:3] for h in b]
-        np.testing.assert_allclose([h[3:] for h in a], [h[3:] for h in b], atol=1e-6, rtol=0)
     assert [h.metadata for h in loaded.get(["t1", "t2"])] == [{"lang": "en", "i": 1, "tags": ["a", "b"]},
                                                              {"lang": "ko", "i": 2, "tags": None}]
-    for f in ("dense.npy", "colbert.npy", "sparse_data.npy"):  # plain .npy, no pickle needed
-        np.load(tmp_path / "idx" / f, allow_pickle=False)
+    for f in ("dense.npy", "col_codes.npy", "lex_values.npy"):  # plain .npy, no pickle needed
+        [path] = seg_files(tmp_path / "idx", f)
+        np.load(path, allow_pickle=False)
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["format_version"] == FORMAT_VERSION and manifest["model_name"] == encoder.model_name
     assert manifest["dim"] == encoder.hidden_size and manifest["count"] == 7
-    assert manifest["vocab_size"] == encoder.vocab_size and manifest["colbert_dtype"] == "float16"
-    # the loaded index keeps working: add, upsert, delete, save again
+    assert manifest["vocab_size"] == encoder.vocab_size and manifest["colbert_codec"] == index.colbert_codec
+    # the loaded index keeps working: add, upsert, delete, save again (incrementally)
     loaded.add(["Tokyo is the capital of Japan."], ids=["t9"])
     loaded.add(["replaced"], ids=["t0"])
     loaded.delete(["t1"])
     loaded.save(tmp_path / "idx")
+    assert len(seg_files(tmp_path / "idx", "dense.npy")) == 2  # the old segment + one new one
     again = HybridIndex.load(tmp_path / "idx", encoder)
     assert again.ids == loaded.ids and results(again) == results(loaded)
     assert again.get(["t0"])[0].text == "replaced"
+    # compaction + save: one segment again, the old ones removed after the commit
+    again.compact()
+    again.save(tmp_path / "idx")
+    assert len(seg_files(tmp_path / "idx", "dense.npy")) == 1
+    assert HybridIndex.load(tmp_path / "idx", encoder).ids == again.ids
 
 
 def test_load_builds_the_encoder_from_the_manifest(index, tmp_path):
@@ -103,75 +152,101 @@ def test_synthetic_index_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     dense = rng.normal(size=(5, 6)).astype(np.float32)
     colbert = [rng.normal(size=(int(t), 3)).astype(np.float32) for t in (1, 0, 4, 2, 3)]
-    idx = HybridIndex(None, model_name="my-vectors", dim=6, colbert_dim=3, colbert_dtype="float32")
+    idx = HybridIndex(None, model_name="my-vectors", dim=6, colbert_dim=3, colbert_codec="float32")
     idx.add_encoded(list("abcde"), list("ABCDE"), None, dense, [{3: 1.0}, {}, {7: 0.5, 1: 0.1}, {}, {9: 2.0}], colbert)
     idx.save(tmp_path / "s")
     loaded = HybridIndex.load(tmp_path / "s", load_encoder=False)
-    assert (loaded.model_name, loaded.dim, loaded.colbert_dim, loaded.colbert_dtype) == ("my-vectors", 6, 3, "float32")
+    assert (loaded.model_name, loaded.dim, loaded.colbert_dim, loaded.colbert_codec) == ("my-vectors", 6, 3, "float32")
     q = (dense[2], {7: 1.0}, colbert[2])
     assert loaded.search_encoded(*q, k=5) == idx.search_encoded(*q, k=5)
     np.testing.assert_array_equal(loaded.vectors("c")[2], colbert[2])
 
 
 def test_crash_mid_save_leaves_previous_index_intact(index, encoder, tmp_path, monkeypatch):
+    import bgem3.index.segment as segment_mod
+
     target = tmp_path / "idx"
     index.save(target)
     before = results(index)
     index.add(["a new document that must not appear"], ids=["new"])
     index.delete(["t0"])
-    real_save = np.save
+    real = segment_mod.write_npy
     calls = {"n": 0}
 
-    def failing_save(*args, **kwargs):
+    def failing(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("disk full (simulated)")
-        return real_save(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(np, "save", failing_save)
+    monkeypatch.setattr(segment_mod, "write_npy", failing)
     with pytest.raises(OSError, match="disk full"):
         index.save(target)
-    monkeypatch.setattr(np, "save", real_save)
+    monkeypatch.setattr(segment_mod, "write_npy", real)
     assert calls["n"] == 2
     old = HybridIndex.load(target, encoder)
     assert "new" not in old and "t0" in old and results(old) == before
-    assert sorted(os.listdir(tmp_path)) == ["idx"]  # the temporary folder was cleaned up
+    # the interrupted save left a partial segment folder; the next save removes it
+    assert len(list((target / "segments").iterdir())) == 2
+    index.save(target)
+    assert len(list((target / "segments").iterdir())) == 2  # the first segment + the new one
+    assert sorted(os.listdir(tmp_path)) == ["idx"]
+    new = HybridIndex.load(target, encoder)
+    assert "new" in new and "t0" not in new
 
 
-def test_interrupted_swap_is_reported_with_the_backup_path(index, tmp_path):
-    index.save(tmp_path / "idx")
-    os.rename(tmp_path / "idx", tmp_path / ".idx.old-1234abcd")  # a crash between the two renames
-    with pytest.raises(FileNotFoundError, match=r"\.idx\.old-1234abcd"):
-        HybridIndex.load(tmp_path / "idx", load_encoder=False)
+def test_format1_backup_left_by_an_old_interrupted_swap_is_recovered(encoder, tmp_path):
+    index = make_index(encoder, colbert_codec="float32")
+    write_v1(index, tmp_path / ".idx.old-1234abcd")  # a crash between the two renames of bgem3 0.1
+    loaded = HybridIndex.load(tmp_path / "idx", load_encoder=False)
+    assert loaded.ids == index.ids and (tmp_path / "idx").is_dir()
+
+
+def test_format1_loads_and_converts_in_place(encoder, tmp_path):
+    index = make_index(encoder, colbert_codec="float32")
+    target = tmp_path / "old"
+    write_v1(index, target)
+    (target / "sources.json").write_text("{}")  # the CLI's file beside the index stays
+    old = HybridIndex.load(target, encoder)
+    assert old.ids == index.ids
+    np.testing.assert_allclose([h.score for h in old.search(QUERIES[0], k=5)],
+                               [h.score for h in index.search(QUERIES[0], k=5)], atol=1e-6)
+    old.save(target)
+    assert not (target / "dense.npy").exists() and not (target / "documents.json").exists()
+    assert (target / "sources.json").read_text() == "{}"
+    assert json.loads((target / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
+    assert HybridIndex.load(target, encoder).ids == index.ids
 
 
 def test_truncated_file_is_named(index, tmp_path):
     index.save(tmp_path / "idx")
-    path = tmp_path / "idx" / "colbert.npy"
+    [path] = seg_files(tmp_path / "idx", "col_codes.npy")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(IndexFormatError, match=r"colbert\.npy.*truncated"):
+    with pytest.raises(IndexFormatError, match=r"col_codes\.npy.*truncated"):
         HybridIndex.load(tmp_path / "idx", load_encoder=False)
 
 
 def test_corrupted_file_is_named(index, tmp_path):
     index.save(tmp_path / "idx")
-    path = tmp_path / "idx" / "dense.npy"
+    [path] = seg_files(tmp_path / "idx", "dense.npy")
     data = bytearray(path.read_bytes())
-    data[-5] ^= 0xFF  # same size, one byte flipped
+    data[-5] ^= 0x01  # same size, one bit flipped (still a finite float)
     path.write_bytes(bytes(data))
     with pytest.raises(IndexFormatError, match=r"dense\.npy.*checksum"):
         HybridIndex.load(tmp_path / "idx", load_encoder=False)
     # verify=False skips checksums; the shape checks still guard the structure
     loaded = HybridIndex.load(tmp_path / "idx", load_encoder=False, verify=False)
     assert len(loaded) == len(index)
+    with pytest.raises(IndexFormatError, match=r"dense\.npy.*checksum"):
+        loaded.verify()
 
 
 def test_corrupted_documents_and_manifest(index, tmp_path):
     index.save(tmp_path / "idx")
-    docs = tmp_path / "idx" / "documents.json"
-    docs.write_bytes(docs.read_bytes().replace(b'"t1"', b'"tX"'))
-    with pytest.raises(IndexFormatError, match=r"documents\.json.*checksum"):
+    [docs] = seg_files(tmp_path / "idx", "doc_ids.npy")
+    docs.write_bytes(docs.read_bytes().replace(b"t1", b"tX"))
+    with pytest.raises(IndexFormatError, match=r"doc_ids\.npy.*checksum"):
         HybridIndex.load(tmp_path / "idx", load_encoder=False)
     (tmp_path / "idx" / "manifest.json").write_text("{not json")
     with pytest.raises(IndexFormatError, match=r"manifest\.json.*not valid JSON"):
@@ -187,7 +262,7 @@ def test_shape_mismatch_is_caught_even_without_checksums(index, tmp_path):
     index.save(tmp_path / "idx")
     mpath = tmp_path / "idx" / "manifest.json"
     m = json.loads(mpath.read_text())
-    m["count"] = m["count"] + 1
+    m["segments"][0]["rows"] += 1
     mpath.write_text(json.dumps(m))
     with pytest.raises(IndexFormatError, match="inconsistent"):
         HybridIndex.load(tmp_path / "idx", load_encoder=False, verify=False)

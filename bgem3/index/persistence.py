@@ -1,0 +1,343 @@
+"""Saving and opening a :class:`~bgem3.index.HybridIndex` (format 2), and reading format 1.
+
+``save_index`` writes new segments and changed tombstones, then commits the manifest by one
+atomic rename (:func:`bgem3.index.storage.commit_manifest`) and removes what no manifest names.
+``load_index`` validates the manifest field by field (types, ranges, names) and maps the
+segments. A format-1 folder (one set of ``.npy`` files + ``documents.json``) is read whole, as
+before, and converted by the next ``save`` to the same folder::
+
+    HybridIndex.load("old_index", load_encoder=False).save("old_index")   # or: bgem3 info --index old_index --upgrade
+
+Example::
+
+    >>> import tempfile, numpy as np
+    >>> from bgem3 import HybridIndex
+    >>> idx = HybridIndex(None, dim=2, channels=["dense"])
+    >>> _ = idx.add_encoded(["a"], ["A"], None, np.ones((1, 2), "float32"))
+    >>> d = tempfile.mkdtemp(); idx.save(d); idx.save(d)   # the second save writes only the manifest
+    >>> HybridIndex.load(d, load_encoder=False).ids
+    ['a']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .. import __version__
+from .codecs import COLBERT_CODECS, DENSE_CODECS, ColbertCodec
+from .errors import IndexFormatError
+from .lexical import LexicalChannel, lexical_channel_from_config
+from .search import CHANNELS
+from .segment import DiskSegment, MemSegment, gather_rows, open_segment, write_segment, write_tombstones
+from .storage import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SEGMENT_DIR, _NAME_RE, _check_record, bad,
+                      commit_manifest, fsync_dir, is_saved_index, new_name, open_npy, our_leftovers, read_manifest,
+                      remove_ours, write_npy)
+
+__all__ = ["save_index", "load_index", "describe"]
+
+
+def _target(directory: Any) -> Path:
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a path; got {type(directory).__name__}")
+    # resolve symlinks: a symlinked path is saved INTO its target, the link stays a link
+    return Path(directory).expanduser().resolve()
+
+
+def _copy_segment(root: Path, seg: DiskSegment) -> dict:
+    """Write a segment that lives in another folder into ``root`` (same arrays, new name)."""
+    name = new_name("seg")
+    folder = root / SEGMENT_DIR / name
+    folder.mkdir(parents=True)
+    files = {f"{k}.npy": write_npy(folder / f"{k}.npy", a) for k, a in seg.arrays.items()}
+    rec: dict[str, Any] = {"name": name, "rows": seg.n, "files": files, "deleted": None}
+    dead = np.flatnonzero(seg.dead)
+    if len(dead):
+        rec["deleted"] = write_tombstones(folder, dead)
+    fsync_dir(folder)
+    return rec
+
+
+def save_index(index: Any, directory: Any) -> None:
+    target = _target(directory)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"cannot save the index to {str(target)!r}: it is a file; pass a folder path")
+    old_manifest: Optional[dict] = None
+    if target.is_dir() and any(target.iterdir()):
+        if not is_saved_index(target):
+            raise ValueError(f"refusing to save over {str(target)!r}: it is a non-empty folder that is not a saved "
+                             "HybridIndex (its manifest.json is missing, is not a HybridIndex manifest, or lists "
+                             "files that are not there); pass a new or empty folder")
+        old_manifest = read_manifest(target)
+    target.mkdir(parents=True, exist_ok=True)
+    with index._lock:
+        same_home = (old_manifest is not None and old_manifest.get("format_version") == FORMAT_VERSION
+                     and old_manifest.get("index_uuid") == index._uuid and index._home == target)
+        old_records = {}
+        if same_home:
+            for rec in old_manifest.get("segments", []):
+                if isinstance(rec, dict) and isinstance(rec.get("name"), str):
+                    old_records[rec["name"]] = rec
+        # the tail: drop its dead rows first (they never need to reach the disk)
+        tail = index._tail
+        if tail.n and tail.n_dead:
+            live = np.flatnonzero(tail.alive)
+            fresh = index._new_tail()
+            if len(live):
+                fresh.append(gather_rows(tail, live, codec=index.codec, lexical_extras=index._lexical_extras))
+            tail = fresh
+        records: list[dict] = []
+        kept: list[DiskSegment] = []
+        for seg in index._segments:
+            rec = old_records.get(seg.name) if seg.root == target else None
+            if rec is not None and rec.get("files") == seg.record.get("files"):
+                rec = dict(rec)
+                if seg.n_dead != seg.committed_dead:
+                    rec["deleted"] = write_tombstones(seg.folder, np.flatnonzero(seg.dead))
+                    fsync_dir(seg.folder)
+            else:
+                rec = _copy_segment(target, seg)
+            records.append(rec)
+            kept.append(seg)
+        new_rec = write_segment(target, tail) if tail.n else None
+        if new_rec is not None:
+            records.append(new_rec)
+        fsync_dir(target / SEGMENT_DIR) if (target / SEGMENT_DIR).is_dir() else None
+        codec_rec = None
+        if index.codec is not None and index.codec.quantized and index.codec.fitted:
+            cdir = index._codec_dir if same_home and index._codec_dir and (target / index._codec_dir).is_dir() else None
+            if cdir is None:
+                cdir = new_name("codec")
+                (target / cdir).mkdir()
+                files = {f"{k}.npy": write_npy(target / cdir / f"{k}.npy", v) for k, v in index.codec.params().items()}
+                fsync_dir(target / cdir)
+            else:
+                files = old_manifest["codec"]["files"]
+            codec_rec = {"dir": cdir, "files": files}
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "bgem3_version": __version__,
+            "index_uuid": index._uuid,
+            "generation": int(old_manifest.get("generation", 0)) + 1 if same_home else 1,
+            "model_name": index.model_name,
+            "dim": index.dim,
+            "colbert_dim": index.colbert_dim,
+            "vocab_size": index.vocab_size,
+            "channels": list(index.channels),
+            "dense_codec": index.dense_codec,
+            "colbert_codec": index.colbert_codec,
+            "lexical": ({"kind": index.lexical.kind, "config": index.lexical.config(),
+                         "extras": list(index._lexical_extras)} if index.lexical is not None else None),
+            "codec": codec_rec,
+            "count": len(index),
+            "colbert_dtype": index.colbert_codec,
+            "segments": records,
+        }
+        fsync_dir(target)
+        commit_manifest(target, manifest)  # <- the commit
+        # after the commit: point the in-memory index at what is on disk now
+        new_segments: list[DiskSegment] = []
+        for seg, rec in zip(kept, records):
+            if seg.root == target and rec["name"] == seg.name:
+                seg.record = rec
+                seg.committed_dead = seg.n_dead
+                new_segments.append(seg)
+            else:
+                new_segments.append(_reopen(index, target, rec))
+        if new_rec is not None:
+            new_segments.append(_reopen(index, target, new_rec))
+        index._segments = new_segments
+        index._tail = index._new_tail()
+        index._idmap = None
+        index._home = target
+        index._codec_dir = codec_rec["dir"] if codec_rec else None
+        remove_ours(our_leftovers(target, manifest))
+
+
+def _reopen(index: Any, root: Path, rec: dict) -> DiskSegment:
+    return open_segment(root, rec, dense=(index.dim, index.dense_codec) if "dense" in index.channels else None,
+                        lexical_extras=index._lexical_extras if "lexical" in index.channels else None,
+                        codec=index.codec, vocab_size=index.vocab_size, verify=False)
+
+
+def _int_field(root: Path, m: dict, key: str, *, allow_none: bool = False, lo: int = 1, hi: int = 2**31 - 1) -> Any:
+    v = m.get(key)
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise bad(root, f"manifest field {key!r} is {str(v)[:40]!r}, expected an integer in [{lo}, {hi}]")
+    return v
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    norm = lambda x: os.path.basename(os.path.normpath(x)).lower()  # noqa: E731
+    return norm(a) == norm(b) and norm(a) not in ("", ".")
+
+
+def _resolve_load_encoder(root: Path, name: str, dim: int, encoder: Any, load_encoder: bool,
+                          allow_model_mismatch: bool, encoder_kwargs: dict) -> Any:
+    if isinstance(encoder, (str, os.PathLike)):
+        from ..encoder import Encoder
+
+        encoder = Encoder(encoder, **encoder_kwargs)
+    elif encoder is None and load_encoder:
+        from ..encoder import Encoder
+
+        try:
+            encoder = Encoder(name, **encoder_kwargs)
+        except OSError as exc:
+            raise type(exc)(f"{exc}\n(while loading the encoder {name!r} recorded in {str(root / MANIFEST)!r}: "
+                            "pass encoder=... to use another copy of the model, or load_encoder=False to "
+                            "search with precomputed vectors only)") from exc
+    elif encoder_kwargs:
+        raise TypeError(f"unexpected keyword arguments {sorted(encoder_kwargs)}: encoder options only apply "
+                        "when the encoder is loaded by name")
+    if encoder is not None:
+        enc_dim = int(encoder.hidden_size)
+        if enc_dim != dim:
+            raise IndexFormatError(
+                f"the index at {str(root)!r} was built with {name!r} (dense dim {dim}), but the encoder "
+                f"{encoder.model_name!r} has dim {enc_dim}; load it with the model it was built with")
+        if not allow_model_mismatch and not _same_model(name, str(encoder.model_name)):
+            raise IndexFormatError(
+                f"the index at {str(root)!r} was built with model {name!r}, but the encoder is {encoder.model_name!r}; "
+                "queries must be encoded by the model that encoded the documents. Load with that model, or pass "
+                "allow_model_mismatch=True if it is the same model under another name/path")
+    return encoder
+
+
+def _recover_v1_backup(root: Path) -> None:
+    """A format-1 save killed between its two renames left ``.<name>.old-*`` and no folder:
+    put the backup back (only when it verifiably is a saved index)."""
+    if root.exists() or not root.parent.is_dir():
+        return
+    backups = sorted(p for p in root.parent.glob(f".{root.name}.old-*") if is_saved_index(p))
+    if backups:
+        os.rename(backups[-1], root)
+
+
+def load_index(cls: Any, directory: Any, encoder: Any = None, *, load_encoder: bool = True,
+               allow_model_mismatch: bool = False, verify: Optional[bool] = None, **encoder_kwargs: Any) -> Any:
+    if verify is not None and not isinstance(verify, bool):
+        raise TypeError(f"verify must be True, False or None; got {verify!r}")
+    root = _target(directory)
+    _recover_v1_backup(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no saved HybridIndex at {str(root)!r}")
+    m = read_manifest(root)
+    name = m.get("model_name")
+    if not isinstance(name, str):
+        raise bad(root, "manifest field 'model_name' is not a string")
+    dim = _int_field(root, m, "dim", hi=1 << 20)
+    if m.get("format_version") == 1:
+        from .legacy import load_v1
+
+        enc = _resolve_load_encoder(root, name, dim, encoder, load_encoder, allow_model_mismatch, encoder_kwargs)
+        return load_v1(cls, root, m, enc, verify=verify is not False)
+    colbert_dim = _int_field(root, m, "colbert_dim", hi=1 << 20)
+    vocab_size = _int_field(root, m, "vocab_size", allow_none=True)
+    channels = m.get("channels")
+    if (not isinstance(channels, list) or not channels or any(c not in CHANNELS for c in channels)
+            or len(set(channels)) != len(channels)):
+        raise bad(root, f"manifest field 'channels' is {str(channels)[:80]!r}")
+    dense_codec, colbert_codec = m.get("dense_codec"), m.get("colbert_codec")
+    if dense_codec not in DENSE_CODECS or colbert_codec not in COLBERT_CODECS:
+        raise bad(root, f"unknown codecs dense={str(dense_codec)[:20]!r} colbert={str(colbert_codec)[:20]!r}")
+    lexical: Optional[LexicalChannel] = None
+    extras: tuple[str, ...] = ()
+    if "lexical" in channels:
+        lex = m.get("lexical")
+        if not isinstance(lex, dict):
+            raise bad(root, "manifest field 'lexical' is not an object")
+        try:
+            lexical = lexical_channel_from_config(lex.get("kind"), lex.get("config"))
+        except (ValueError, TypeError) as exc:
+            raise IndexFormatError(f"the index at {str(root)!r}: {exc}") from None
+        ex = lex.get("extras", [])
+        if not isinstance(ex, list) or not all(isinstance(x, str) and x.isidentifier() for x in ex):
+            raise bad(root, "manifest field 'lexical.extras'")
+        extras = tuple(ex)
+    uid = m.get("index_uuid")
+    if not isinstance(uid, str) or not uid.isalnum() or len(uid) > 64:
+        raise bad(root, "manifest field 'index_uuid'")
+    _int_field(root, m, "generation", lo=0, hi=2**62)
+    segments = m.get("segments")
+    if not isinstance(segments, list):
+        raise bad(root, "manifest field 'segments' is not a list")
+    enc = _resolve_load_encoder(root, name, dim, encoder, load_encoder, allow_model_mismatch, encoder_kwargs)
+
+    index = cls.__new__(cls)
+    index.encoder = enc
+    index.model_name, index.dim, index.colbert_dim, index.vocab_size = name, dim, colbert_dim, vocab_size
+    index.channels = tuple(c for c in CHANNELS if c in channels)
+    index.lexical = lexical
+    index.colbert_codec, index.dense_codec = colbert_codec, dense_codec
+    from .hybrid import DEFAULT_EXACT_DENSE_ROWS
+
+    index.exact_dense_rows = DEFAULT_EXACT_DENSE_ROWS
+    index.codec = None
+    index._codec_dir = None
+    if "colbert" in index.channels:
+        codec = ColbertCodec(colbert_codec, colbert_dim)
+        crec = m.get("codec")
+        if codec.quantized and crec is not None:
+            if (not isinstance(crec, dict) or not isinstance(crec.get("dir"), str) or not _NAME_RE.match(crec["dir"])
+                    or not isinstance(crec.get("files"), dict) or set(crec["files"]) != {"rotation.npy", "center.npy"}):
+                raise bad(root, "manifest field 'codec'")
+            shapes = {"rotation": (colbert_dim, colbert_dim), "center": (colbert_dim,)}
+            params = {}
+            for key, shape in shapes.items():
+                rec = _check_record(root, f"{key}.npy", crec["files"][f"{key}.npy"])
+                params[key] = open_npy(root / crec["dir"] / f"{key}.npy", rec, root=root, shape=shape,
+                                       dtype="float32", load=True)
+            try:
+                codec = ColbertCodec.from_params(colbert_codec, colbert_dim, params)
+            except ValueError as exc:
+                raise bad(root, f"codec: {exc}") from None
+            index._codec_dir = crec["dir"]
+        elif codec.quantized and any(isinstance(s, dict) and s.get("rows") for s in segments):
+            raise bad(root, "a quantised ColBERT codec without its rotation and centre")
+        index.codec = codec
+    import threading
+
+    index._lock = threading.RLock()
+    index._tail = index._new_tail()
+    names = set()
+    opened = []
+    for rec in segments:
+        seg = open_segment(root, rec, dense=(dim, dense_codec) if "dense" in index.channels else None,
+                           lexical_extras=extras if "lexical" in index.channels else None, codec=index.codec,
+                           vocab_size=vocab_size, verify=verify)
+        if seg.name in names:
+            raise bad(root, f"segment {seg.name} is listed twice")
+        names.add(seg.name)
+        opened.append(seg)
+    index._segments = opened
+    index._idmap = None
+    index._home = root
+    index._uuid = uid
+    count = _int_field(root, m, "count", lo=0, hi=2**40)
+    live = sum(s.n - s.n_dead for s in opened)
+    if count != live:
+        raise bad(root, f"the manifest says {count} documents but the segments hold {live}")
+    return index
+
+
+def describe(directory: Any) -> dict:
+    """What ``bgem3 info`` prints about a saved index, from its manifest alone (no arrays read)."""
+    root = _target(directory)
+    m = read_manifest(root)
+    segs = m.get("segments") if m.get("format_version") == FORMAT_VERSION else None
+    return {"model": m.get("model_name"), "passages": m.get("count"), "dim": m.get("dim"),
+            "format_version": m.get("format_version"),
+            "channels": m.get("channels", ["dense", "lexical", "colbert"]),
+            "colbert_codec": m.get("colbert_codec", m.get("colbert_dtype")),
+            "segments": len(segs) if isinstance(segs, list) else 1}
