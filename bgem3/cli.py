@@ -120,6 +120,14 @@ def _cap_max_length(args: argparse.Namespace, enc: Any) -> None:
                     f"{minimum - 1} special tokens; truncating at {minimum} tokens instead")
 
 
+def _model_token_budget(encoder: Any) -> Optional[int]:
+    """Text tokens the model reads per passage: its max length minus its special tokens."""
+    try:
+        return int(encoder.max_length) - int(encoder.tokenizer.num_special_tokens_to_add(pair=False))
+    except Exception:
+        return None
+
+
 def _is_hybrid_index(folder: str) -> bool:
     """Verifiably a saved index (a HybridIndex manifest whose files are all there), not merely a
     folder holding some ``manifest.json``."""
@@ -225,18 +233,55 @@ def _load_index(args: argparse.Namespace, folder: str, manifest: Optional[Manife
     return index
 
 
+def _wanted_lexical(args: argparse.Namespace, encoder: Any):
+    """The lexical channel ``--lexical`` / ``--bm25-k1`` / ``--bm25-b`` ask for (None: the model's own head)."""
+    choice = getattr(args, "lexical", None) or "auto"
+    tuned = getattr(args, "bm25_k1", None) is not None or getattr(args, "bm25_b", None) is not None
+    has_heads = bool(getattr(encoder, "has_heads", False)) if encoder is not None else None
+    if choice == "learned":
+        if tuned:
+            raise CLIError("--bm25-k1 / --bm25-b set BM25's parameters; they do not apply with --lexical learned")
+        if has_heads is False:
+            raise CLIError(f"--lexical learned needs BGE-M3's lexical head, which the model "
+                           f"{getattr(encoder, 'model_name', '?')!r} does not have; use --lexical bm25 (the default "
+                           "for such models)")
+        return None
+    if choice == "bm25" or tuned or has_heads is False:
+        from .bm25 import DEFAULT_B, DEFAULT_K1, BM25
+
+        k1 = args.bm25_k1 if getattr(args, "bm25_k1", None) is not None else DEFAULT_K1
+        b = args.bm25_b if getattr(args, "bm25_b", None) is not None else DEFAULT_B
+        try:
+            return BM25(k1=k1, b=b)
+        except ValueError as exc:
+            raise CLIError(f"{exc} (--bm25-k1 / --bm25-b)") from None
+    return None
+
+
 def _new_index(encoder: Any, args: argparse.Namespace):
-    """An empty store for ``encoder``: its own lexical channel (BGE-M3) or BM25, plus dense (+ ColBERT)."""
+    """An empty store for ``encoder``: dense (+ ColBERT for BGE-M3) and a lexical channel: the
+    model's learned head, or BM25 for a model without one (or with ``--lexical bm25``)."""
     from .index import HybridIndex
 
-    return HybridIndex(encoder)
+    lexical = _wanted_lexical(args, encoder)
+    return HybridIndex(encoder) if lexical is None else HybridIndex(encoder, lexical=lexical)
 
 
-def _channels_of(index: Any) -> list[str]:
-    chans = getattr(index, "channels", None)
-    if chans:
-        return list(chans)
-    return ["dense", "lexical", "colbert"]
+def _check_lexical_unchanged(args: argparse.Namespace, index: Any, folder: str) -> None:
+    """``--lexical`` / ``--bm25-*`` on an existing index must match what it holds (else --rebuild)."""
+    choice = getattr(args, "lexical", None) or "auto"
+    tuned = getattr(args, "bm25_k1", None) is not None or getattr(args, "bm25_b", None) is not None
+    if choice == "auto" and not tuned:
+        return
+    want = _wanted_lexical(args, index.encoder)
+    have = getattr(index, "lexical", None)
+    same = (want is None and _lexical_kind(index) == "learned_sparse") or (
+        want is not None and have is not None and getattr(have, "kind", None) == want.kind
+        and have.config() == want.config())
+    if not same:
+        raise CLIError(f"the index {_display_path(folder)} holds the lexical channel {_channels_label(index)} "
+                       f"{getattr(have, 'config', dict)() if have is not None else ''}, not the one asked for; pass "
+                       "--rebuild to re-index with it, or leave out --lexical / --bm25-k1 / --bm25-b")
 
 
 def _save_atomically(index, manifest: Manifest, folder: str) -> None:
@@ -336,6 +381,16 @@ def _positive(value: str) -> int:
     return n
 
 
+def _finite_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a finite number")
+    return x
+
+
 def _non_negative(value: str) -> int:
     try:
         n = int(value)
@@ -431,6 +486,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if existing:
         index = _load_index(args, folder, manifest)
         encoder = index.encoder
+        _check_lexical_unchanged(args, index, folder)
     else:
         encoder = _load_encoder(args, model)
         index = _new_index(encoder, args)
@@ -439,6 +495,14 @@ def cmd_index(args: argparse.Namespace) -> int:
     length = None
     if settings["chunk_unit"] == "tokens":
         tok = encoder.tokenizer
+        if not manifest.settings and args.chunk_size is None:  # a new index: passages the model reads whole
+            fit = _model_token_budget(encoder)
+            if fit is not None and fit < settings["chunk_size"]:
+                settings["chunk_size"] = fit
+                if args.chunk_overlap is None:
+                    settings["chunk_overlap"] = min(settings["chunk_overlap"], fit // 4)
+                notes.append(f"bgem3: passages of at most {fit} tokens, what {_display_path(encoder.model_name)} "
+                             "reads (--chunk-size sets another size)")
 
         def length(text: str) -> int:
             return len(tok(text, add_special_tokens=False, truncation=False)["input_ids"])
@@ -495,7 +559,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         note = " (chunk settings changed: files re-split)" if resplit else ""
         print(f"indexed {total} passages from {len(plan.to_read)} files ({summary}){note}; "
               f"{_display_path(folder)} holds {len(index)} passages from {len(manifest.files)} files "
-              f"[model {_display_path(index.model_name)}; channels {', '.join(_channels_of(index))}]")
+              f"[model {_display_path(index.model_name)}; channels {_channels_label(index)}]")
     return EXIT_OK
 
 
@@ -507,23 +571,26 @@ def cmd_search(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
     filt = _parse_filter(args.filter)
     index = _load_index(args, folder)
+    mode = _fusion_mode(args, index)
     hits = index.search(args.query, k=args.k, weights=args.weights, filter=filt, candidates=args.candidates,
-                        mode=args.mode, exhaustive=args.exhaustive)
-    explanations = None
+                        mode=mode, exhaustive=args.exhaustive)
+    explanations = bm25_terms = None
     if args.explain and hits:
-        from .explain import explain_many
-
-        explanations = explain_many(index.encoder, args.query, [h.text for h in hits])
+        explanations, bm25_terms = _explain_hits(index, args.query, hits)
 
     if args.json:
-        out = {"query": args.query, "index": folder, "model": index.model_name, "mode": args.mode,
-               "weights": list(args.weights), "hits": []}
+        out = {"query": args.query, "index": folder, "model": index.model_name, "channels": list(index.channels),
+               "lexical": _lexical_kind(index), "mode": mode, "weights": list(args.weights), "hits": []}
         for rank, h in enumerate(hits, start=1):
             row = {"rank": rank, "id": h.id, "score": h.score, "dense_score": h.dense_score,
                    "sparse_score": h.sparse_score, "colbert_score": h.colbert_score,
                    "source": h.metadata.get("source"), "text": h.text, "metadata": h.metadata}
-            if explanations is not None:
-                row["explain"] = explanations[rank - 1].to_dict(top=args.explain_top)
+            if explanations is not None or bm25_terms is not None:
+                ex = explanations[rank - 1].to_dict(top=args.explain_top) if explanations is not None else {}
+                if bm25_terms is not None:
+                    ex["lexical"] = [t.to_dict() for t in bm25_terms[rank - 1][: args.explain_top]]
+                    ex["lexical_kind"] = "bm25"
+                row["explain"] = ex
             out["hits"].append(row)
         json.dump(out, sys.stdout, ensure_ascii=False, indent=2)
         sys.stdout.write("\n")
@@ -532,11 +599,49 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not hits:
         print("no results" + (" (the index is empty)" if len(index) == 0 else " (nothing matches the filter)" if filt else ""))
         return EXIT_OK
-    _print_table(hits, args.query, explanations, args.explain_top, sys.stdout)
+    _print_table(hits, args.query, explanations, bm25_terms, args.explain_top, sys.stdout)
+    if not args.quiet:
+        print(f"model {_display_path(index.model_name)} · channels {_channels_label(index)} · {mode} fusion")
     return EXIT_OK
 
 
-def _print_table(hits, query: str, explanations, top: int, out: TextIO) -> None:
+def _lexical_kind(index: Any) -> Optional[str]:
+    lex = getattr(index, "lexical", None)
+    return None if lex is None else getattr(lex, "kind", type(lex).__name__)
+
+
+def _channels_label(index: Any) -> str:
+    kind = _lexical_kind(index)
+    names = {"lexical": f"lexical ({'BM25' if kind == 'bm25' else 'learned' if kind == 'learned_sparse' else kind})"}
+    return " + ".join(names.get(c, c) for c in index.channels)
+
+
+def _fusion_mode(args: argparse.Namespace, index: Any) -> str:
+    """``--mode auto``: reciprocal-rank fusion when the lexical channel is BM25 (its raw scores are not on
+    a cosine's scale), the BGE-M3 weighted mean otherwise."""
+    if args.mode != "auto":
+        return args.mode
+    return "rrf" if _lexical_kind(index) == "bm25" and len(index.channels) > 1 else "weighted"
+
+
+def _explain_hits(index: Any, query: str, hits: list):
+    """(token-level explanations from the encoder's heads or None, BM25 terms per hit or None)."""
+    explanations = bm25_terms = None
+    enc = index.encoder
+    if getattr(enc, "has_heads", False) and ("colbert" in index.channels or _lexical_kind(index) == "learned_sparse"):
+        from .explain import explain_many
+
+        explanations = explain_many(enc, query, [h.text for h in hits])
+    if _lexical_kind(index) == "bm25":
+        bm25_terms = [index.lexical.explain_text(query, h.text) for h in hits]
+    return explanations, bm25_terms
+
+
+def _fmt(value: Optional[float], width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"
+
+
+def _print_table(hits, query: str, explanations, bm25_terms, top: int, out: TextIO) -> None:
     from .explain import display_token
 
     width = shutil.get_terminal_size((120, 24)).columns
@@ -544,19 +649,25 @@ def _print_table(hits, query: str, explanations, top: int, out: TextIO) -> None:
     src_w = min(max(len("source"), *(len(s) for s in sources)), 40)
     head = f"{'#':>3}  {'score':>6}  {'dense':>6}  {'lexical':>7}  {'colbert':>7}  {'source':<{src_w}}  "
     snip_w = max(20, width - len(head))
+    digits = 4 if max(abs(h.score) for h in hits) < 0.1 else 3  # RRF scores are small: keep them apart
     print(head + "snippet", file=out)
     for rank, (h, src) in enumerate(zip(hits, sources), start=1):
         if len(src) > src_w:
             src = "…" + src[-(src_w - 1):]
-        print(f"{rank:>3}  {h.score:6.3f}  {h.dense_score:6.3f}  {h.sparse_score:7.3f}  {h.colbert_score:7.3f}  "
-              f"{src:<{src_w}}  {_snippet(h.text, query, snip_w)}", file=out)
+        print(f"{rank:>3}  {h.score:6.{digits}f}  {_fmt(h.dense_score, 6)}  {_fmt(h.sparse_score, 7)}  "
+              f"{_fmt(h.colbert_score, 7)}  {src:<{src_w}}  {_snippet(h.text, query, snip_w)}", file=out)
+        if bm25_terms is not None:
+            terms = bm25_terms[rank - 1][:top]
+            parts = [f"{t.term} {t.contribution:.3f} (tf {t.tf}, df {t.df}, idf {t.idf:.2f})" for t in terms]
+            _print_parts("bm25:", parts or ["no query term in this passage"], width, out)
         if explanations is None:
             continue
         ex = explanations[rank - 1]
-        lex = ex.top_lexical(top)
-        parts = [f"{display_token(m.token)} {m.contribution:.3f} (q {m.query_weight:.2f} × d {m.doc_weight:.2f})"
-                 for m in lex]
-        _print_parts("lexical:", parts or ["no shared tokens"], width, out)
+        if bm25_terms is None:
+            lex = ex.top_lexical(top)
+            parts = [f"{display_token(m.token)} {m.contribution:.3f} (q {m.query_weight:.2f} × d {m.doc_weight:.2f})"
+                     for m in lex]
+            _print_parts("lexical:", parts or ["no shared tokens"], width, out)
         shown = ex.colbert[: max(top * 2, 8)]
         parts = [f"{display_token(m.query_token)}→{display_token(m.doc_token)} {m.similarity:.2f}" for m in shown]
         if len(ex.colbert) > len(shown):
@@ -766,6 +877,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"overlap between neighbouring passages (default {DEFAULT_CHUNK_OVERLAP})")
     p.add_argument("--chunk-unit", choices=["tokens", "chars"], default=None,
                    help="measure passages in model tokens (default) or characters")
+    p.add_argument("--lexical", choices=["auto", "learned", "bm25"], default=None,
+                   help="lexical channel: the model's learned weights (BGE-M3) or BM25 computed from the corpus; "
+                        "auto (default): learned when the model has BGE-M3's head, else BM25. Saved with the index")
+    p.add_argument("--bm25-k1", type=_finite_float, default=None, metavar="K1",
+                   help="BM25 term-frequency saturation (default 1.2; implies --lexical bm25)")
+    p.add_argument("--bm25-b", type=_finite_float, default=None, metavar="B",
+                   help="BM25 length normalisation, 0..1 (default 0.75; implies --lexical bm25)")
     p.add_argument("--rebuild", action="store_true",
                    help="start from an empty index instead of updating (needed to switch --model)")
     p.add_argument("--skip-bad", action="store_true",
@@ -781,8 +899,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", "-i", required=True, metavar="DIR", help="index folder")
     p.add_argument("-k", type=_positive, default=5, help="number of hits (default 5)")
     p.add_argument("--weights", type=_parse_weights, default=(0.4, 0.2, 0.4), metavar="D,L,C",
-                   help="dense,lexical,colbert weights (default 0.4,0.2,0.4, the BGE-M3 paper's)")
-    p.add_argument("--mode", choices=["weighted", "rrf"], default="weighted", help="score fusion (default weighted)")
+                   help="dense,lexical,colbert weights (default 0.4,0.2,0.4, the BGE-M3 paper's); the weights of "
+                        "channels the index does not hold are dropped")
+    p.add_argument("--mode", choices=["auto", "weighted", "rrf"], default="auto",
+                   help="score fusion: weighted mean of the channel scores, or reciprocal-rank fusion; auto "
+                        "(default): rrf when the lexical channel is BM25, weighted otherwise")
     p.add_argument("--candidates", type=_positive, default=100, metavar="N",
                    help="dense top-N and lexical top-N candidates (default 100)")
     p.add_argument("--exhaustive", action="store_true", help="score every passage (slow, exact)")
