@@ -200,3 +200,24 @@ def test_bm25_replaces_the_learned_lexical_channel_of_bge_m3(m3_encoder):
     index.add(["Paris is the capital of France.", "BM25 ranks documents."], ids=["p", "b"])
     hit = index.search("ranks documents", k=1, weights=(0, 1, 0))[0]
     assert hit.id == "b" and hit.sparse_score > 0
+
+
+def test_both_retrievers_take_a_dense_only_model(minilm):
+    """The LangChain and LlamaIndex hybrid retrievers over an E5/BGE/sentence-transformers model: dense + BM25."""
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from llama_index.core import Document
+
+    from bgem3 import Encoder
+    from langchain_bgem3 import BGEM3HybridRetriever as LangChainRetriever
+    from llama_index_bgem3 import BGEM3HybridRetriever as LlamaIndexRetriever
+
+    enc = Encoder(minilm, device="cpu")
+    texts = ["BM25 ranks documents by term frequency.", "Paris is the capital of France.",
+             "The mitochondrion is the powerhouse of the cell."]
+    docs = LangChainRetriever.from_texts(texts, enc, k=2).invoke("how are documents ranked?")
+    assert docs[0].page_content == texts[0] and docs[0].metadata["sparse_score"] > 0
+    assert "colbert_score" not in docs[0].metadata or docs[0].metadata["colbert_score"] is None
+    nodes = LlamaIndexRetriever.from_documents([Document(text=t) for t in texts], enc,
+                                               similarity_top_k=2).retrieve("how are documents ranked?")
+    assert nodes[0].node.text == texts[0] and nodes[0].node.metadata["sparse_score"] > 0
