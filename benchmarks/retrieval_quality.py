@@ -53,6 +53,9 @@ MODULES = ["numpy", "numpy.linalg", "numpy.fft", "numpy.random", "numpy.ma", "sc
            "sqlite3", "uuid", "decimal", "fractions", "operator", "copy", "pprint", "io", "sys", "time"]
 
 
+regex_signature = __import__("re").compile(r"^[\w.]+\(")
+
+
 def collect(max_chars: int) -> list[tuple[str, str, str]]:
     """``(name, summary, body)`` for every documented public callable of :data:`MODULES`."""
     seen_obj: set[int] = set()
@@ -80,7 +83,7 @@ def collect(max_chars: int) -> list[tuple[str, str, str]]:
             body = paras[1].strip()
             if not (25 <= len(summary) <= 250) or len(body) < 200 or summary.endswith(":"):
                 continue
-            if "(" in summary and summary.startswith(attr):  # a signature line, not a summary
+            if regex_signature.match(summary):  # a signature line ("arccos(x, /, out=None, ...)"), not a summary
                 continue
             out.append((f"{modname}.{attr}", summary, body[:max_chars]))
     # unambiguous labels: drop every summary or body that occurs more than once
