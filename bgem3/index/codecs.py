@@ -233,7 +233,11 @@ class ColbertCodec:
                      aux: Optional[np.ndarray]) -> np.ndarray:
         """Estimated ``[Tq, T]`` inner products of the prepared query tokens with the coded tokens."""
         qr, qmu = prepared
-        sims = qr @ self.levels(codes).T
+        if self.name == "1bit":  # <q, 2b - 1> = 2 <q, b> - sum(q), with b in {0, 1} unpacked
+            b = np.unpackbits(np.asarray(codes), axis=1, count=self.dim, bitorder="little")
+            sims = 2.0 * (qr @ b.T.astype(np.float32)) - qr.sum(axis=1, keepdims=True)
+        else:
+            sims = qr @ self.levels(codes).T
         if self.quantized:
             sims *= np.asarray(aux, dtype=np.float32)[None, :]
             sims += qmu[:, None]

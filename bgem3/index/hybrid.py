@@ -373,11 +373,11 @@ class HybridIndex(StoreBase):
         self._commit_batch(batch)
         return list(ids)
 
-    def _prepare(self, n: int, dense: Any, sparse: Any, colbert: Any) -> dict:
+    def _prepare(self, n: int, dense: Any, sparse: Any, colbert: Any, *, coded_colbert: bool = False) -> dict:
         """Validate and encode one batch's vectors; nothing is stored."""
         for name, value, present in (("dense", dense, "dense" in self.channels),
                                      ("sparse", sparse, "lexical" in self.channels),
-                                     ("colbert", colbert, "colbert" in self.channels)):
+                                     ("colbert", colbert, "colbert" in self.channels and not coded_colbert)):
             if present and value is None:
                 raise ValueError(f"this index stores the {name} channel: pass {name}=... for every document")
             if not present and value is not None:
@@ -395,7 +395,7 @@ class HybridIndex(StoreBase):
             if self.dense_codec == "float16" and n and float(np.abs(d).max()) > FLOAT16_MAX:
                 raise ValueError(f"a dense value exceeds float16's range ({FLOAT16_MAX:g}); use dense_codec='float32'")
             batch["dense"] = d.astype(self.dense_codec, copy=False)
-            batch["dense_bits"] = dense_bits(d)
+            batch["dense_bits"] = dense_bits(batch["dense"])  # of the stored values (float16 may round to 0)
         if sparse is not None:
             import scipy.sparse as sp
 
@@ -436,6 +436,41 @@ class HybridIndex(StoreBase):
             if aux is not None:
                 batch["col_aux"] = aux
         return batch
+
+    def _add_coded(self, ids: list[str], texts: list[str], metas: list[dict], dense: Optional[np.ndarray],
+                   lexical: Optional[LexicalBlock], col_codes: Optional[np.ndarray], col_aux: Optional[np.ndarray],
+                   col_offsets: Optional[np.ndarray]) -> list[str]:
+        """Store rows whose ColBERT vectors are ALREADY in this index's codec (codes from
+        ``index.codec.encode``): for benchmarks and converters that encode token vectors once and
+        reuse the codes. Shapes and dtypes are checked; the codec must be fitted."""
+        texts, ids, metas = check_documents(texts, ids, metas, store="the index")
+        n = len(ids)
+        batch = self._prepare(n, dense, [{}] * n if lexical is not None else None, None, coded_colbert=True)
+        if lexical is not None:
+            if lexical.n_rows != n:
+                raise ValueError(f"the lexical block has {lexical.n_rows} rows for {n} documents")
+            batch["lexical"] = LexicalBlock.from_csr(lexical.indptr, lexical.indices, lexical.values,
+                                                     vocab_size=self.vocab_size)
+            batch["lexical_extras"] = {k: np.asarray(v, np.float32) for k, v in
+                                       (self.lexical.row_extras(batch["lexical"]) if self.lexical else {}).items()}
+        if "colbert" in self.channels:
+            codec = self.codec
+            if not codec.fitted:
+                raise ValueError("fit the codec first (index.codec.fit(sample_vectors))")
+            col_offsets = np.asarray(col_offsets, dtype=np.int64)
+            if (col_codes is None or col_codes.dtype != codec.code_dtype or col_codes.ndim != 2
+                    or col_codes.shape[1] != codec.code_width or len(col_offsets) != n + 1 or col_offsets[0] != 0
+                    or col_offsets[-1] != len(col_codes) or np.any(np.diff(col_offsets) < 0)):
+                raise ValueError("col_codes/col_offsets do not match the codec and the documents")
+            if codec.quantized:
+                col_aux = np.asarray(col_aux, dtype=np.float32)
+                if col_aux.shape != (len(col_codes),) or not np.isfinite(col_aux).all():
+                    raise ValueError("col_aux must hold one finite float per token")
+                batch["col_aux"] = col_aux
+            batch["col_codes"], batch["col_offsets"] = col_codes, col_offsets
+        batch.update(ids=ids, texts=texts, metas=metas)
+        self._commit_batch(batch)
+        return list(ids)
 
     def _pack_colbert(self, n: int, colbert: Any) -> tuple[np.ndarray, np.ndarray]:
         cd = self.colbert_dim
@@ -649,7 +684,7 @@ class HybridIndex(StoreBase):
     ) -> list[Hit]:
         """:meth:`search` with a precomputed query: ``dense_q [dim]``, ``sparse_q {token: weight}``,
         ``colbert_q [Tq, colbert_dim]`` (``None`` for channels the index lacks). No encoder needed.
-        ``shortlist``: rows per segment rescored exactly after the Hamming prefilter (default
+        ``shortlist``: rows (over all segments) rescored exactly after the Hamming prefilter (default
         ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows)."""
         w = effective_weights(check_search_args(k, weights, candidates, mode, rrf_k), self.channels)
         if filter is not None and not isinstance(filter, Mapping):

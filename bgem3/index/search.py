@@ -68,52 +68,59 @@ def dense_exact(seg: Segment, q: np.ndarray, rows: Optional[np.ndarray] = None) 
     return out
 
 
-def _hamming_shortlist(bits: np.ndarray, qbits: np.ndarray, eligible: np.ndarray, k: int) -> np.ndarray:
-    """Rows of ``bits`` (among ``eligible``) with the ``k`` smallest Hamming distances to ``qbits``."""
+def _hamming_shortlist(bits: np.ndarray, qbits: np.ndarray, eligible: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, distances)``: the (at most) ``k`` eligible rows of ``bits`` nearest to ``qbits`` in Hamming distance."""
     n = len(bits)
     n_bad = n - int(eligible.sum())
     if _knn_hamming is not None and n_bad <= k and bits.flags.c_contiguous:
         kk = min(n, k + n_bad)
-        _, idx = _knn_hamming(np.ascontiguousarray(qbits[None, :]), bits, kk)
-        idx = idx[0]
-        idx = idx[(idx >= 0) & (idx < n)]
-        idx = idx[eligible[idx]]
-        return idx[:k].astype(np.int64)
-    words = bits.shape[1]
+        dist, idx = _knn_hamming(np.ascontiguousarray(qbits[None, :]), bits, kk)
+        idx, dist = idx[0], dist[0]
+        ok = (idx >= 0) & (idx < n)
+        idx, dist = idx[ok], dist[ok]
+        ok = eligible[idx]
+        return idx[ok][:k].astype(np.int64), dist[ok][:k].astype(np.int64)
     dist = np.empty(n, dtype=np.uint16)
     step = 1 << 15
-    if words % 8 == 0:
-        b64, q64 = bits.view(np.uint64) if bits.flags.c_contiguous else np.ascontiguousarray(bits).view(np.uint64), \
-            np.ascontiguousarray(qbits).view(np.uint64)
+    if bits.shape[1] % 8 == 0:
+        b64 = np.ascontiguousarray(bits).view(np.uint64)
+        q64 = np.ascontiguousarray(qbits).view(np.uint64)
         for a in range(0, n, step):
             dist[a:a + step] = np.bitwise_count(b64[a:a + step] ^ q64).sum(axis=1, dtype=np.uint16)
     else:
         for a in range(0, n, step):
             dist[a:a + step] = np.bitwise_count(bits[a:a + step] ^ qbits).sum(axis=1, dtype=np.uint16)
-    dist[~eligible] = np.iinfo(np.uint16).max
     cand = np.flatnonzero(eligible)
-    if len(cand) <= k:
-        return cand
-    part = np.argpartition(dist, k - 1)[:k]
-    return part[eligible[part]]
+    if len(cand) > k:
+        cand = cand[np.argpartition(dist[cand], k - 1)[:k]]
+    return cand.astype(np.int64), dist[cand].astype(np.int64)
 
 
 def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarray, eligible: Sequence[np.ndarray],
                      n: int, shortlist: int) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate dense top-``n`` (global rows, exact scores) via the Hamming shortlist."""
+    """Approximate dense top-``n`` (global rows, exact scores): the ``shortlist`` rows with the
+    smallest Hamming distance over ALL segments are rescored exactly from the stored vectors."""
     qbits = np.packbits(q > 0)
-    rows_all, scores_all = [], []
-    for seg, base, el in zip(segments, bases, eligible):
+    rows_all, dist_all, seg_all = [], [], []
+    for si, (seg, el) in enumerate(zip(segments, eligible)):
         if not el.any():
             continue
-        short = _hamming_shortlist(np.asarray(seg.array("dense_bits")), qbits, el, shortlist)
-        short = np.sort(short)
-        rows_all.append(short + base)
-        scores_all.append(dense_exact(seg, q, short))
+        r, dist = _hamming_shortlist(np.asarray(seg.array("dense_bits")), qbits, el, shortlist)
+        rows_all.append(r)
+        dist_all.append(dist)
+        seg_all.append(np.full(len(r), si, dtype=np.int64))
     if not rows_all:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    rows = np.concatenate(rows_all)
-    scores = np.concatenate(scores_all)
+    rows, dist, segi = np.concatenate(rows_all), np.concatenate(dist_all), np.concatenate(seg_all)
+    if len(rows) > shortlist:
+        keep = np.argsort(dist, kind="stable")[:shortlist]
+        rows, segi = rows[keep], segi[keep]
+    out_rows, out_scores = [], []
+    for si in np.unique(segi):
+        r = np.sort(rows[segi == si])
+        out_rows.append(r + bases[si])
+        out_scores.append(dense_exact(segments[si], q, r))
+    rows, scores = np.concatenate(out_rows), np.concatenate(out_scores)
     if len(rows) > n:
         top = np.argpartition(-scores, n - 1)[:n]
         rows, scores = rows[top], scores[top]
