@@ -136,6 +136,15 @@ def _is_hybrid_index(folder: str) -> bool:
     return is_saved_index(folder)
 
 
+def _recover(folder: str) -> None:
+    """Put back an index that an interrupted bgem3 0.1 save left as ``.<name>.old-*`` (see
+    :func:`bgem3.index.persistence.recover_interrupted_save`)."""
+    from .index.persistence import recover_interrupted_save
+
+    if recover_interrupted_save(folder):
+        _err(f"bgem3: recovered the index at {folder} from the backup an interrupted save left beside it")
+
+
 def _index_model_name(folder: str) -> Optional[str]:
     try:
         with open(os.path.join(folder, "manifest.json"), "r", encoding="utf-8") as fh:
@@ -212,6 +221,7 @@ def _load_index(args: argparse.Namespace, folder: str, manifest: Optional[Manife
     with), else with the model it was built with."""
     from .index import HybridIndex
 
+    _recover(folder)
     if not os.path.exists(folder):
         raise CLIError(f"index folder {folder!r} does not exist; build it with `bgem3 index PATH... --index {folder}`")
     if not os.path.isdir(folder):
@@ -427,6 +437,7 @@ def _bad_inputs_error(bad: dict[str, str], unreadable_dirs: list[tuple[str, str]
 
 def cmd_index(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
+    _recover(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise CLIError(f"--index {args.index!r} is a file; pass a folder for the index")
     existing = os.path.isdir(folder) and _is_hybrid_index(folder) and not args.rebuild
@@ -815,6 +826,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
+    _recover(folder)
     if not os.path.isdir(folder) or not _is_hybrid_index(folder):
         raise CLIError(f"{args.index!r} is not a bgem3 index folder; build one with `bgem3 index PATH... --index {args.index}`")
     from .index.persistence import describe

@@ -371,3 +371,33 @@ def test_lone_surrogates_are_refused_at_add(tmp_path, where):
         idx.add_encoded(ids, texts, metas, np.ones((1, 8), np.float32) / np.sqrt(8), [{}], [np.ones((1, 8), np.float32)])
     assert len(idx) == 12
     idx.save(tmp_path / "idx")  # and later saves still work
+
+
+def test_cli_info_reads_the_manifest_and_verify_checks_everything(tmp_path, capsys):
+    from bgem3.cli import main
+
+    root = tmp_path / "idx"
+    make().save(root)
+    assert main(["info", "--index", str(root), "--json", "--verify"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["passages"] == 12 and info["format_version"] == 2 and info["channels"] == ["dense", "lexical", "colbert"]
+    assert info["verified"] and info["bytes_on_disk"] > 0
+    path = seg_file(root, "dense.npy")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert main(["info", "--index", str(root), "--verify"]) != 0
+    assert "checksum" in capsys.readouterr().err
+
+
+def test_cli_recovers_an_index_left_by_an_old_interrupted_swap(tmp_path, capsys):
+    from test_index_persistence import write_v1
+
+    from bgem3.cli import main
+
+    idx = make()
+    write_v1(idx, tmp_path / ".idx.old-1234abcd")  # bgem3 0.1 killed between its two renames
+    assert main(["info", "--index", str(tmp_path / "idx"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["passages"] == 12 and "recovered" in err
+    assert (tmp_path / "idx").is_dir() and not (tmp_path / ".idx.old-1234abcd").exists()

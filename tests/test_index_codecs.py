@@ -260,3 +260,20 @@ def test_open_maps_large_segments_without_reading_or_hashing_them(tmp_path, monk
     assert len(loaded.search_encoded(*idx.vectors(idx.ids[0]), k=3)) == 3
     with pytest.raises(AssertionError, match="must not hash"):
         loaded.verify()  # the explicit check does read and hash everything
+
+
+def test_many_small_saves_do_not_pile_up_segments(tmp_path):
+    rng = np.random.default_rng(4)
+    idx = HybridIndex(None, dim=8)
+    idx.add_encoded([f"big{i}" for i in range(2000)], ["x"] * 2000, None, unit(rng, 2000, 8), [{1: 1.0}] * 2000,
+                    [unit(rng, 2, 8) for _ in range(2000)])
+    root = tmp_path / "i"
+    idx.save(root)
+    for step in range(20):
+        idx.add_encoded([f"s{step}"], ["y"], None, unit(rng, 1, 8), [{2: 1.0}], [unit(rng, 2, 8)])
+        idx.delete([f"big{step}"])
+        idx.save(root)
+        assert len(idx._segments) <= 9
+    loaded = HybridIndex.load(root, load_encoder=False)
+    assert len(loaded) == 2000 and "s19" in loaded and "big3" not in loaded
+    assert sorted(loaded.ids) == sorted(idx.ids)

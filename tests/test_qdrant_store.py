@@ -69,7 +69,7 @@ def encoded_queries(qd_encoder):
 @pytest.fixture(scope="module")
 def index(qd_encoder, corpus, encoded_docs) -> HybridIndex:
     texts, ids, metas = corpus
-    idx = HybridIndex(qd_encoder)
+    idx = HybridIndex(qd_encoder, colbert_codec="float16")  # the store's own default precision
     idx.add_encoded(ids, texts, metas, encoded_docs.dense, encoded_docs.sparse, encoded_docs.colbert)
     return idx
 
@@ -156,7 +156,7 @@ def test_synthetic_vectors_match_hybrid_index_weighted_and_rrf(rescore):
     texts = [f"text {i}" for i in range(n)]
     metas = [{"shard": i % 5} for i in range(n)]
     assert any(len(c) == 0 for c in colbert) and any(len(s) == 0 for s in sparse)
-    idx = HybridIndex(None, model_name="synthetic", dim=dim, colbert_dim=8)
+    idx = HybridIndex(None, model_name="synthetic", dim=dim, colbert_dim=8, colbert_codec="float16")
     idx.add_encoded(ids, texts, metas, dense, sparse, colbert)
     st = QdrantHybridStore(None, model_name="synthetic", dim=dim, colbert_dim=8, client=QdrantClient(":memory:"),
                            rescore=rescore, batch_size=50)

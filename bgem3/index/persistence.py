@@ -39,7 +39,10 @@ from .storage import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SEGMENT_DIR, _NAME_
                       commit_manifest, fsync_dir, is_saved_index, new_name, open_npy, our_leftovers, read_manifest,
                       remove_ours, write_npy)
 
-__all__ = ["save_index", "load_index", "describe"]
+__all__ = ["save_index", "load_index", "describe", "recover_interrupted_save", "MERGE_MIN_TINY"]
+
+#: a save merges the segments smaller than 1/64 of the index once there are this many of them
+MERGE_MIN_TINY = 8
 
 
 def _target(directory: Any) -> Path:
@@ -83,6 +86,19 @@ def save_index(index: Any, directory: Any) -> None:
             for rec in old_manifest.get("segments", []):
                 if isinstance(rec, dict) and isinstance(rec.get("name"), str):
                     old_records[rec["name"]] = rec
+        # small-segment merge: many tiny segments (one per small save) slow every search down; once
+        # there are MERGE_MIN_TINY segments under 1/64 of the rows, their live rows join the tail
+        total = sum(sg.n for sg in index._segments) + index._tail.n
+        tiny = [sg for sg in index._segments if sg.n * 64 < total]
+        if len(tiny) >= MERGE_MIN_TINY:
+            tail = index._tail
+            for sg in tiny:
+                live = np.flatnonzero(sg.alive)
+                if len(live):
+                    tail.append(gather_rows(sg, live, codec=index.codec, lexical_extras=index._lexical_extras))
+            keep = {id(sg) for sg in tiny}
+            index._segments = [sg for sg in index._segments if id(sg) not in keep]
+            index._idmap = None  # rows moved: rebuilt on next use (also if this save fails below)
         # the tail: drop its dead rows first (they never need to reach the disk)
         tail = index._tail
         if tail.n and tail.n_dead:
@@ -214,14 +230,23 @@ def _resolve_load_encoder(root: Path, name: str, dim: int, encoder: Any, load_en
     return encoder
 
 
-def _recover_v1_backup(root: Path) -> None:
-    """A format-1 save killed between its two renames left ``.<name>.old-*`` and no folder:
-    put the backup back (only when it verifiably is a saved index)."""
+def recover_interrupted_save(directory: Any) -> bool:
+    """A format-1 save (bgem3 0.1, or its CLI) killed between its two folder renames left
+    ``.<name>.old-*`` (or ``.<name>.new-*``) beside a missing folder: put the newest backup
+    that verifiably is a saved index back in place. Returns True if it did. (Format 2 has no
+    such window: its commit is one file rename inside the folder.)"""
+    root = _target(directory)
     if root.exists() or not root.parent.is_dir():
-        return
-    backups = sorted(p for p in root.parent.glob(f".{root.name}.old-*") if is_saved_index(p))
-    if backups:
-        os.rename(backups[-1], root)
+        return False
+    backups = sorted((p for pat in (f".{root.name}.old-*", f".{root.name}.new-*") for p in root.parent.glob(pat)
+                      if is_saved_index(p)), key=lambda p: p.stat().st_mtime)
+    if not backups:
+        return False
+    os.rename(backups[-1] if backups[-1].name.startswith(f".{root.name}.old-") else backups[0], root)
+    return True
+
+
+_recover_v1_backup = recover_interrupted_save
 
 
 def load_index(cls: Any, directory: Any, encoder: Any = None, *, load_encoder: bool = True,
