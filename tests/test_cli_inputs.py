@@ -58,7 +58,8 @@ def indexed_sources(folder) -> list[str]:
 
 
 def snapshot(folder) -> dict:
-    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+    """Every file under ``folder`` (the index keeps segments in sub-folders)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # --------------------------------------------------------------------------- bad files
