@@ -736,8 +736,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if fmt not in ("jsonl", "npy", "npz"):
         raise CLIError(f"--output {out_path!r}: unknown format; use a .jsonl, .npy or .npz file name (or - for stdout)")
     asked = [name for name in ("dense", "sparse", "colbert") if getattr(args, name)]
-    if fmt == "npy" and set(asked) - {"dense"}:
-        raise CLIError("a .npy file holds one array (the dense vectors); use .npz or .jsonl for --sparse / --colbert")
+    if fmt == "npy" and (set(asked) - {"dense"} or args.bm25):
+        raise CLIError("a .npy file holds one array (the dense vectors); use .npz or .jsonl for --sparse / --colbert "
+                       "/ --bm25")
     if out_path not in (None, "-"):
         parent = os.path.dirname(os.path.abspath(out_path))
         if not os.path.isdir(parent):
@@ -748,7 +749,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         want = set(asked)
         if want - {"dense"} and not encoder.has_heads:
             raise CLIError(f"the model {encoder.model_name!r} has no BGE-M3 heads, so it gives dense vectors only; "
-                           "drop --sparse/--colbert")
+                           "drop --sparse/--colbert (--bm25 writes BM25 term frequencies for any model)")
     elif fmt == "npy":
         want = {"dense"}
     else:
@@ -756,6 +757,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
     fn = {"query": encoder.encode_queries, "passage": encoder.encode_documents, "raw": encoder.encode}[args.as_]
     res = fn(texts, dense="dense" in want, sparse="sparse" in want, colbert="colbert" in want,
              show_progress=False if args.quiet else None)
+    bm25 = None
+    if args.bm25:  # what a BM25 index stores per passage: term -> frequency (IDF needs a corpus)
+        from .bm25 import BM25, term_id
+
+        tok = BM25().tokenizer
+        bm25 = []
+        for text in texts:
+            counts: dict[str, int] = {}
+            for t in tok(text):
+                counts[t] = counts.get(t, 0) + 1
+            bm25.append(counts)
+        want = want | {"bm25"}
 
     def write(path: str, writer) -> None:  # temp file + rename: never a half-written output
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -786,6 +799,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if res.colbert is not None:
             flat, offsets = pack_multivectors(res.colbert)
             arrays.update(colbert_vectors=flat.astype(np.float32), colbert_offsets=offsets)
+        if bm25 is not None:  # CSR over the hashed term ids bgem3.bm25 stores (bgem3.bm25.term_id)
+            lengths = np.array([len(c) for c in bm25], dtype=np.int64)
+            arrays.update(bm25_indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                          bm25_indices=np.array([term_id(t) for c in bm25 for t in c], dtype=np.int64),
+                          bm25_data=np.array([v for c in bm25 for v in c.values()], dtype=np.float32))
 
         def w_npz(tmp: str) -> None:
             with open(tmp, "wb") as fh:
@@ -799,6 +817,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
                 rec: dict[str, Any] = {"index": i, "text": text, "tokens": int(res.token_counts[i])}
                 if res.dense is not None:
                     rec["dense"] = [round(float(x), 7) for x in res.dense[i]]
+                if bm25 is not None:
+                    rec["bm25"] = bm25[i]
                 if res.sparse is not None:
                     sp_ = res.sparse[i]
                     keys = tokens(list(sp_)) if tokens else [str(t) for t in sp_]
@@ -939,6 +959,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as", dest="as_", choices=["passage", "query", "raw"], default="passage",
                    help="apply the model's passage or query template, or none (default passage)")
     p.add_argument("--sparse-tokens", action="store_true", help="JSONL: key lexical weights by token string, not id")
+    p.add_argument("--bm25", action="store_true",
+                   help="also write BM25 term frequencies ({term: count}, the terms bgem3's BM25 channel stores), "
+                        "for any model; .npz: CSR over hashed term ids (bgem3.bm25.term_id)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("info", help="describe an index", description="Model, size and sources of an index.")

@@ -117,7 +117,10 @@ def test_embed_with_a_dense_only_model(capsys, minilm):
     rec = json.loads(out)
     assert len(rec["dense"]) == 384 and "sparse" not in rec
     code, _, err = run(capsys, "embed", "hello world", "--model", minilm, "--sparse")
-    assert code == 1 and "drop --sparse" in err
+    assert code == 1 and "drop --sparse" in err and "--bm25" in err
+    code, out, err = run(capsys, "embed", "Running runners in 서울은", "--model", minilm, "--bm25")
+    assert code == 0, err
+    assert json.loads(out)["bm25"] == {"run": 1, "runner": 1, "서울": 1, "울은": 1}
 
 
 @pytest.mark.skipif(not any(os.path.exists(p) for p in ("/usr/bin/make", "/bin/make")), reason="needs make")
