@@ -49,7 +49,7 @@ DEFAULT_CHUNK_SIZE = 512
 DEFAULT_CHUNK_OVERLAP = 64
 
 #: A text file is cut into segments of at most this many characters before splitting (streaming).
-SEGMENT_CHARS = 1 << 20
+SEGMENT_CHARS = 1 << 18
 _READ_BLOCK = 1 << 20
 
 MANIFEST_NAME = "sources.json"
