@@ -302,34 +302,46 @@ def main() -> None:
     result: dict = {"n": args.n, "codec": args.codec, "dense_codec": args.dense_codec, "segment": args.segment,
                     "candidates": args.candidates, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def dump() -> None:
+        with open(out_path, "w") as f:
+            json.dump(result, f, indent=1)
+
     result["build"] = build(args)
     result["disk_bytes"] = du(Path(args.dir))
     result["disk_bytes_per_passage"] = result["disk_bytes"] / args.n
     print(f"built in {result['build']['build_s']:.0f}s; {result['disk_bytes'] / 1e9:.2f} GB on disk", flush=True)
-    env = dict(os.environ)
+    dump()
     cmd = [sys.executable, __file__, "--phase", "serve", "--n", str(args.n), "--segment", str(args.segment),
            "--dir", args.dir, "--candidates", str(args.candidates)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    served = json.loads(out.stdout.strip().splitlines()[-1])
-    hits = served.pop("hits")
-    result["serve"] = served
-    result["serve"]["load_average_after"] = os.getloadavg()
-    print(json.dumps(served, indent=1), flush=True)
-    # the same in a second cold process with one BLAS thread (shared, oversubscribed cores)
-    env1 = dict(env, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    out = subprocess.run(cmd, env=env1, capture_output=True, text=True, check=True)
-    served1 = json.loads(out.stdout.strip().splitlines()[-1])
-    served1.pop("hits")
-    served1["load_average_after"] = os.getloadavg()
-    result["serve_one_blas_thread"] = served1
-    print(json.dumps(served1, indent=1), flush=True)
-    result["recall"] = reference(args, hits)
-    print(json.dumps(result["recall"]), flush=True)
-    result["incremental"] = incremental(args)
-    print(json.dumps(result["incremental"]), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    hits = None
+    for key, extra in (("serve", {}), ("serve_one_blas_thread",
+                                       {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})):
+        try:
+            out = subprocess.run(cmd, env=dict(os.environ, **extra), capture_output=True, text=True, check=True)
+            served = json.loads(out.stdout.strip().splitlines()[-1])
+            h = served.pop("hits")
+            hits = hits or h
+            served["load_average_after"] = os.getloadavg()
+            result[key] = served
+        except Exception as exc:  # keep what was measured
+            result[key] = {"error": f"{type(exc).__name__}: {exc}"[:2000],
+                           "stderr": getattr(exc, "stderr", "")[-2000:] if getattr(exc, "stderr", None) else ""}
+        print(key, json.dumps(result[key], indent=1), flush=True)
+        dump()
+    for key, fn in (("recall", lambda: reference(args, hits)), ("incremental", lambda: incremental(args))):
+        try:
+            result[key] = fn()
+        except Exception as exc:
+            import traceback
+
+            result[key] = {"error": traceback.format_exc()[-2000:]}
+        print(key, json.dumps(result[key]), flush=True)
+        dump()
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    dump()
     print(f"wrote {args.out}")
     if not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
