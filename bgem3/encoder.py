@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .profiles import M3_HEAD_FILES, Profile, detect_profile, get_profile
+from .families import check_runnable, family_for_name
+from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
+from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +50,16 @@ _DTYPES = {
 #: Files a hub download needs (weights, configs, tokenizer, M3 heads, ST configs).
 _HUB_PATTERNS = [
     "*.json", "*.safetensors", "*.txt", "*.model", "sentencepiece.bpe.model",
-    "colbert_linear.pt", "sparse_linear.pt", "1_Pooling/*", "2_Normalize/*",
+    "colbert_linear.pt", "sparse_linear.pt", "1_Pooling/*", "2_Normalize/*", "*_Dense/*", "README.md",
 ]
+
+#: Files one of which a folder needs for its tokenizer (else it is refused: no silent <unk> tokenizer).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+                   "sentencepiece.model", "vocab.txt", "vocab.json", "qwen.tiktoken", "tokenizer.tiktoken")
+
+#: Default truncation length of the decoder-only families (FlagLLMModel's / FlagICLModel's
+#: query_max_length and passage_max_length), unless ``max_length`` says otherwise.
+DECODER_DEFAULT_MAX_LENGTH = 512
 
 
 class ModelLoadError(OSError):
@@ -191,17 +201,23 @@ class Encoder:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default cuda > mps > cpu.
         dtype: ``"fp32"``, ``"fp16"``, ``"bf16"``; default fp16 on CUDA/MPS, fp32 on CPU.
             fp16 on CPU is refused.
-        profile: ``"m3"``, ``"e5"``, ``"e5-instruct"``, ``"bge"``, ``"bge-zh"`` or a
-            :class:`~bgem3.profiles.Profile`; default detected from the folder / hub id.
+        profile: a profile name (``"m3"``, ``"e5"``, ``"e5-instruct"``, ``"bge"``, ``"bge-zh"``,
+            ``"llm-embedder"``, ``"llm-instruct"``, ``"qwen3-embedding"``, ``"bge-llm"``,
+            ``"bge-en-icl"``), a pooling (``"cls"``, ``"mean"``, ``"lasttoken"``), a known model name,
+            or a :class:`~bgem3.profiles.Profile`; default detected from the folder (its
+            sentence-transformers pipeline wins) and its name (docs/encoder.md has the table).
         query_template / passage_template: override the profile's templates (they must
             contain ``{text}``); ``None`` or ``""`` turns a template off.
         task: the instruction for e5-instruct query templates.
         max_length: default truncation length; default the model's own limit (8192 for
-            BGE-M3). Longer inputs are truncated.
+            BGE-M3), a sentence-transformers folder's ``max_seq_length``, or 512 for decoder-only
+            models (FlagEmbedding's default). Longer inputs are truncated.
         batch_size: most texts in one forward pass.
         max_tokens_per_batch: most padded tokens in one forward pass (length x count); keeps
             memory flat when long and short texts are mixed.
         local_files_only / cache_dir / revision: hub loading options.
+        examples: bge-en-icl few-shot examples, dicts with ``query``, ``response`` (and
+            optionally ``instruct``); also per call in :meth:`encode_queries`.
 
     Example::
 
@@ -228,6 +244,7 @@ class Encoder:
         cache_dir: Optional[str] = None,
         revision: Optional[str] = None,
         trust_remote_code: bool = False,
+        examples: Optional[Sequence[dict]] = None,
     ) -> None:
         _check_positive_int(batch_size, "batch_size")
         _check_positive_int(max_tokens_per_batch, "max_tokens_per_batch")
@@ -236,11 +253,27 @@ class Encoder:
                                        local_files_only=local_files_only)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        try:
+            check_runnable(self.path, self.model_name if isinstance(self.model_name, str) else None)
+            #: the sentence-transformers pipeline the folder declares (None: not an ST folder)
+            self.st_pipeline: Optional[STPipeline] = read_st_pipeline(self.path)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        #: the folder holding the transformer (a sentence-transformers Transformer module may sit in a subfolder)
+        self.model_dir = os.path.join(self.path, self.st_pipeline.transformer_path) \
+            if self.st_pipeline is not None and self.st_pipeline.transformer_path else self.path
         if profile is None:
             self.profile = detect_profile(self.path, name_hint=self.model_name)
         else:
             self.profile = get_profile(profile)
         self.profile = self.profile.with_templates(query_template, passage_template, task)
+        if examples is not None:
+            if not self.profile.icl:
+                raise ValueError(f"examples= is for in-context-learning profiles (bge-en-icl); the {self.profile.name!r} "
+                                 "profile takes none. Pass profile='bge-en-icl' for a bge-en-icl model.")
+            from dataclasses import replace
+
+            self.profile = replace(self.profile, examples=_check_examples(examples))
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch
 
@@ -250,7 +283,23 @@ class Encoder:
             logger.warning("dtype='bf16' on a CPU without avx512_bf16/AMX runs emulated and is usually slower "
                            "than fp32; use dtype='fp32' (the exact default) on this machine")
         self.model = self._load_model(trust_remote_code)
-        self.hidden_size = int(self.model.config.hidden_size)
+        #: the transformer's hidden size (what the M3 heads and the first Dense module take)
+        self.model_hidden_size = int(self.model.config.hidden_size)
+        #: decoder-only architecture (Mistral, Qwen2/3, Gemma2, ...): last-token families, 512 default length
+        self.is_decoder = _is_decoder_only(self.model.config)
+        self._dense_layers = []
+        if self.st_pipeline is not None and self.st_pipeline.dense:
+            try:
+                self._dense_layers = [layer.to(self.device) for layer in load_dense_layers(self.path, self.st_pipeline)]
+            except ValueError as exc:
+                raise ModelLoadError(str(exc)) from None
+            if self._dense_layers[0].spec.in_features != self.model_hidden_size:
+                raise ModelLoadError(f"the first Dense module of {self.path!r} takes {self._dense_layers[0].spec.in_features} "
+                                     f"features but the model's hidden size is {self.model_hidden_size}")
+        #: dense output dimension (the last Dense module's out_features, else the hidden size)
+        self.dimension = self._dense_layers[-1].spec.out_features if self._dense_layers else self.model_hidden_size
+        #: the dense vectors' size, as the stores read it (== ``dimension``; ``model_hidden_size`` is the transformer's)
+        self.hidden_size = self.dimension
         self.colbert_linear: Optional[torch.nn.Linear] = None
         self.sparse_linear: Optional[torch.nn.Linear] = None
         self._missing_heads = [f for f in M3_HEAD_FILES if not os.path.isfile(os.path.join(self.path, f))]
@@ -258,13 +307,27 @@ class Encoder:
             self.colbert_linear, self.sparse_linear = self._load_heads()
 
         self.model_max_length = self._model_max_length()
+        try:
+            self._n_special = int(self.tokenizer.num_special_tokens_to_add(pair=False))
+        except Exception:  # pragma: no cover - every HF tokenizer has it
+            self._n_special = 0
+        default = self.model_max_length
+        if self.profile.default_max_length or self.is_decoder:
+            default = min(default, self.profile.default_max_length or DECODER_DEFAULT_MAX_LENGTH)
+        elif self.st_pipeline is not None and self.st_pipeline.max_seq_length:
+            default = min(default, self.st_pipeline.max_seq_length)
         if max_length is not None:
-            _check_positive_int(max_length, "max_length")
-        self.max_length = min(max_length, self.model_max_length) if max_length else self.model_max_length
+            self._check_max_length(max_length)
+        self.max_length = min(max_length, self.model_max_length) if max_length else default
         self._special_ids = torch.tensor(sorted(self._unused_token_ids()), dtype=torch.long)
         #: "roberta" / "bert" when the unpadded path applies to this architecture, else None.
         self._packed: Optional[str] = _packed_kind(self.model)
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        #: pad on the tokenizer's side, as the reference's tokenizer.pad does (left for most decoders)
+        self._pad_left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        pad = self.tokenizer.pad_token_id
+        if pad is None:  # no pad token (many decoders): any id works, padded positions are masked out
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        self.pad_token_id = int(pad)
         self.vocab_size = max(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0))
 
     # ------------------------------------------------------------------ loading
@@ -272,7 +335,17 @@ class Encoder:
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+            present = set(os.listdir(self.model_dir))
+        except OSError:
+            present = set()
+        if not (present & set(TOKENIZER_FILES)) and not any(n.endswith(".tiktoken") for n in present):
+            raise ModelLoadError(
+                f"{self.model_dir!r} has no tokenizer file (one of {', '.join(TOKENIZER_FILES)}); loading it would "
+                "fall back to a tokenizer that maps every word to <unk>. Copy the model's tokenizer files "
+                "(tokenizer.json, or its vocabulary files) into the folder."
+            )
+        try:
+            return AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=trust_remote_code)
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot load a tokenizer from {self.path!r} ({type(exc).__name__}: {exc}). "
@@ -282,20 +355,29 @@ class Encoder:
     def _load_model(self, trust_remote_code: bool) -> torch.nn.Module:
         from transformers import AutoModel
 
-        if not os.path.isfile(os.path.join(self.path, "config.json")):
+        if not os.path.isfile(os.path.join(self.model_dir, "config.json")):
             raise ModelLoadError(
-                f"{self.path!r} is not a model folder: config.json is missing. Pass the folder that "
+                f"{self.model_dir!r} is not a model folder: config.json is missing. Pass the folder that "
                 "holds config.json and the weights (model.safetensors or pytorch_model.bin)."
             )
         try:
-            model = AutoModel.from_pretrained(self.path, dtype=self.dtype, trust_remote_code=trust_remote_code,
+            model = AutoModel.from_pretrained(self.model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code,
                                               add_pooling_layer=False)
         except TypeError:
-            model = AutoModel.from_pretrained(self.path, dtype=self.dtype, trust_remote_code=trust_remote_code)
+            try:
+                model = AutoModel.from_pretrained(self.model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"cannot load model weights from {self.model_dir!r} ({type(exc).__name__}: {exc}). "
+                    "Check that the folder holds a complete checkpoint (config.json + model.safetensors)."
+                ) from None
         except Exception as exc:
+            fam = family_for_name(self.model_name if isinstance(self.model_name, str) else None) or family_for_name(self.path)
+            hint = (f" {fam.hub_id} ships its own modelling code: pass trust_remote_code=True if you trust it."
+                    if fam is not None and fam.trust_remote_code and not trust_remote_code else "")
             raise ModelLoadError(
                 f"cannot load model weights from {self.path!r} ({type(exc).__name__}: {exc}). "
-                "Check that the folder holds a complete checkpoint (config.json + model.safetensors)."
+                "Check that the folder holds a complete checkpoint (config.json + model.safetensors)." + hint
             ) from None
         model.to(self.device)
         model.eval()
@@ -379,7 +461,20 @@ class Encoder:
             max_length: truncation length (default: the encoder's, the model limit).
             show_progress: a tqdm bar over batches; ``None`` shows it for multi-batch work on a TTY.
         """
-        texts = _check_texts(texts)
+        return self._run(_check_texts(texts), dense, sparse, colbert, batch_size, max_length, show_progress)
+
+    def _check_max_length(self, max_length: Any, name: str = "max_length") -> int:
+        ml = _check_positive_int(max_length, name)
+        if ml <= self._n_special:
+            raise ValueError(
+                f"{name}={ml} leaves no room for text: this tokenizer adds {self._n_special} special token(s) "
+                f"to every input; use {name} >= {self._n_special + 1}"
+            )
+        return ml
+
+    def _run(self, texts: list[str], dense: bool, sparse: bool, colbert: bool, batch_size: Optional[int],
+             max_length: Optional[int], show_progress: Optional[bool], *, ids: Optional[list] = None,
+             prompt_len: int = 0) -> EncodeOutput:
         if (sparse or colbert) and not self.has_heads:
             wanted = [n for n, on in (("sparse", sparse), ("colbert", colbert)) if on]
             raise ValueError(
@@ -393,18 +488,95 @@ class Encoder:
         if max_length is None:
             ml = self.max_length
         else:
-            ml = min(_check_positive_int(max_length, "max_length"), self.model_max_length)
-        return self._encode(texts, dense, sparse, colbert, bs, ml, show_progress)
+            ml = min(self._check_max_length(max_length), self.model_max_length)
+        return self._encode(texts, dense, sparse, colbert, bs, ml, show_progress, ids=ids, prompt_len=prompt_len)
 
-    def encode_queries(self, texts: Union[str, Sequence[str]], *, task: Optional[str] = None, **kwargs: Any) -> EncodeOutput:
-        """Encode queries with the profile's query template (``query: `` for E5, instruction for e5-instruct)."""
-        texts = _check_texts(texts)
-        return self.encode([self.profile.format_query(t, task) for t in texts], **kwargs)
+    def encode_queries(self, texts: Union[str, Sequence[str]], *, task: Optional[str] = None,
+                       examples: Optional[Sequence[dict]] = None, **kwargs: Any) -> EncodeOutput:
+        """Encode queries with the profile's query template (``query: `` for E5, the instruction for
+        the instruct families, LLM-Embedder's instruction for ``task``, few-shot ``examples`` for bge-en-icl).
 
-    def encode_documents(self, texts: Union[str, Sequence[str]], **kwargs: Any) -> EncodeOutput:
-        """Encode documents with the profile's passage template (``passage: `` for E5)."""
+        A query that already starts with the template's prefix is not prefixed again.
+        """
         texts = _check_texts(texts)
-        return self.encode([self.profile.format_passage(t) for t in texts], **kwargs)
+        if self.profile.icl:
+            return self._encode_icl_queries(texts, task, examples, **kwargs)
+        if examples is not None:
+            raise ValueError(f"examples= is for in-context-learning profiles (bge-en-icl); the {self.profile.name!r} "
+                             "profile takes none")
+        tmpl = self.profile.query_template
+        if task is not None and self.profile.task_instructions is None and not (tmpl and "{task}" in tmpl):
+            raise ValueError(
+                f"task={task!r} was given but the {self.profile.name!r} profile's query template "
+                f"({tmpl!r}) has no {{task}}; use an instruct profile (e.g. profile='e5-instruct') or put "
+                "the instruction in query_template=..."
+            )
+        formatted = [self.profile.format_query(t, task) for t in texts]
+        prompt_len = 0 if self.profile.include_prompt else self._prompt_length(self.profile.query_prefix(task))
+        return self._run_kwargs(formatted, kwargs, prompt_len)
+
+    def encode_documents(self, texts: Union[str, Sequence[str]], *, task: Optional[str] = None,
+                         **kwargs: Any) -> EncodeOutput:
+        """Encode documents with the profile's passage template (``passage: `` for E5; LLM-Embedder's
+        key instruction for ``task``)."""
+        texts = _check_texts(texts)
+        formatted = [self.profile.format_passage(t, task) for t in texts]
+        prompt_len = 0 if self.profile.include_prompt else self._prompt_length(self.profile.passage_prefix(task))
+        return self._run_kwargs(formatted, kwargs, prompt_len)
+
+    def _run_kwargs(self, texts: list[str], kwargs: dict, prompt_len: int = 0, ids: Optional[list] = None) -> EncodeOutput:
+        if ids is None and not prompt_len:
+            return self.encode(texts, **kwargs)
+        allowed = ("dense", "sparse", "colbert", "batch_size", "max_length", "show_progress")
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {unknown}; encode takes {', '.join(allowed)}")
+        return self._run(texts, kwargs.get("dense", True), kwargs.get("sparse", False), kwargs.get("colbert", False),
+                         kwargs.get("batch_size"), kwargs.get("max_length"), kwargs.get("show_progress"),
+                         ids=ids, prompt_len=prompt_len)
+
+    def _prompt_length(self, prompt: str) -> int:
+        """Tokens of ``prompt`` alone, less a trailing special token (sentence-transformers' rule for
+        ``include_prompt=False``): that many leading positions are left out of pooling."""
+        if not prompt:
+            return 0
+        with self._tokenizer_lock:
+            ids = self.tokenizer(prompt)["input_ids"]
+        n = len(ids)
+        if n and ids[-1] in set(self.tokenizer.all_special_ids):
+            n -= 1
+        return n
+
+    def _encode_icl_queries(self, texts: list[str], task: Optional[str], examples, **kwargs: Any) -> EncodeOutput:
+        """bge-en-icl queries as FlagICLModel builds them: the instructed query is truncated first
+        (to ``max_length`` less the specials and the suffix), then the few-shot examples are put
+        in front and ``\\n<response>`` after it, so long queries never push the examples out."""
+        prof = self.profile
+        exs = _check_examples(examples) if examples is not None else prof.examples
+        t = task or prof.task
+        ml = kwargs.get("max_length")
+        ml = self.max_length if ml is None else self._check_max_length(ml)
+        instructed = [prof.format_query(x, t) for x in texts]
+        prefix = icl_prefix(exs, t)
+        suffix = ICL_SUFFIX
+        tok = self.tokenizer
+        with self._tokenizer_lock:
+            len1 = len(tok("<s>", add_special_tokens=False)["input_ids"])
+            len2 = len(tok(f"{suffix}</s>", add_special_tokens=False)["input_ids"])
+            n_prefix = len(tok(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
+            n_suffix = len(tok(suffix, add_special_tokens=False)["input_ids"])
+            room = ml - len1 - len2
+            if room <= 0:
+                raise ValueError(f"max_length={ml} leaves no room for the query next to the ICL suffix; "
+                                 f"use max_length >= {len1 + len2 + 1}")
+            new_max = (n_prefix + n_suffix + ml + 8) // 8 * 8 + 8
+            first = tok(instructed, truncation=True, max_length=room, add_special_tokens=False)["input_ids"] \
+                if instructed else []
+            decoded = tok.batch_decode(first) if first else []
+            ids = tok([prefix + d + suffix for d in decoded], truncation=True, max_length=new_max)["input_ids"] \
+                if decoded else []
+        rest = {k: v for k, v in kwargs.items() if k != "max_length"}
+        return self._run_kwargs(instructed, rest, 0, ids=[list(x) for x in ids])
 
     # ------------------------------------------------------------------ internals
     def tokenize(self, texts: Sequence[str], max_length: Optional[int] = None) -> list[list[int]]:
@@ -413,7 +585,9 @@ class Encoder:
         with self._tokenizer_lock:
             enc = self.tokenizer(list(texts), truncation=True, max_length=ml, padding=False,
                                  return_attention_mask=False, return_token_type_ids=False)
-        return enc["input_ids"]
+        ids = enc["input_ids"]
+        # a tokenizer cannot truncate below its special tokens and then returns the whole text: cap anyway
+        return [row if len(row) <= ml else list(row[: ml - 1]) + [row[-1]] for row in ids]
 
     def plan_batches(self, lengths: np.ndarray, batch_size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Sort by length (longest first) and cut batches capped by count and padded-token budget.
@@ -430,21 +604,23 @@ class Encoder:
             i += cap
         return order, batches
 
-    def _encode(self, texts, want_dense, want_sparse, want_colbert, batch_size, max_length, show_progress) -> EncodeOutput:
+    def _encode(self, texts, want_dense, want_sparse, want_colbert, batch_size, max_length, show_progress,
+                ids=None, prompt_len: int = 0) -> EncodeOutput:
         n = len(texts)
         out = EncodeOutput(token_counts=np.zeros(n, dtype=np.int64))
         if n == 0:
             if want_dense:
-                out.dense = np.zeros((0, self.hidden_size), dtype=np.float32)
+                out.dense = np.zeros((0, self.dimension), dtype=np.float32)
             out.sparse = [] if want_sparse else None
             out.colbert = [] if want_colbert else None
             return out
-        ids = self.tokenize(texts, max_length)
+        if ids is None:
+            ids = self.tokenize(texts, max_length)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         out.token_counts = lengths
         order, batches = self.plan_batches(lengths, batch_size)
 
-        dense_out = np.empty((n, self.hidden_size), dtype=np.float32) if want_dense else None
+        dense_out = np.empty((n, self.dimension), dtype=np.float32) if want_dense else None
         sparse_out: list = [None] * n if want_sparse else None  # type: ignore[assignment]
         colbert_out: list = [None] * n if want_colbert else None  # type: ignore[assignment]
 
@@ -457,7 +633,7 @@ class Encoder:
                 start, end = queue.pop(0)
                 idx = order[start:end]
                 try:
-                    res = self._forward([ids[i] for i in idx], want_dense, want_sparse, want_colbert)
+                    res = self._forward([ids[i] for i in idx], want_dense, want_sparse, want_colbert, prompt_len)
                 except Exception as exc:  # only CUDA OOM is retried, with half the batch
                     if not _is_oom(exc) or end - start == 1:
                         raise
@@ -487,42 +663,63 @@ class Encoder:
         arr = np.full((len(batch_ids), width), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(batch_ids), width), dtype=np.int64)
         for r, row in enumerate(batch_ids):
-            arr[r, : len(row)] = row
-            mask[r, : len(row)] = 1
+            if self._pad_left:
+                arr[r, width - len(row):] = row
+                mask[r, width - len(row):] = 1
+            else:
+                arr[r, : len(row)] = row
+                mask[r, : len(row)] = 1
         return torch.from_numpy(arr).to(self.device), torch.from_numpy(mask).to(self.device)
 
-    def _forward(self, batch_ids, want_dense, want_sparse, want_colbert):
-        if self._packed:
+    def _forward(self, batch_ids, want_dense, want_sparse, want_colbert, prompt_len: int = 0):
+        if self._packed and not prompt_len and self.profile.pooling in ("cls", "mean", "lasttoken"):
             return self._forward_packed(batch_ids, want_dense, want_sparse, want_colbert)
-        return self._forward_padded(batch_ids, want_dense, want_sparse, want_colbert)
+        return self._forward_padded(batch_ids, want_dense, want_sparse, want_colbert, prompt_len)
 
-    def _forward_padded(self, batch_ids, want_dense, want_sparse, want_colbert):
+    def _forward_padded(self, batch_ids, want_dense, want_sparse, want_colbert, prompt_len: int = 0):
         """Reference path: a padded ``[B, T]`` batch through the Hugging Face model."""
         input_ids, attention_mask = self._pad(batch_ids)
         with torch.inference_mode():
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             dense_np = sparse_list = colbert_list = None
             if want_dense:
-                dense_np = self._pool(hidden, attention_mask).float().cpu().numpy()
+                dense_np = self._pool(hidden, attention_mask, prompt_len).float().cpu().numpy()
             if want_sparse:
                 sparse_list = self._sparse(hidden, input_ids, attention_mask)
             if want_colbert:
                 colbert_list = self._colbert(hidden, attention_mask)
         return dense_np, sparse_list, colbert_list
 
-    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor, prompt_len: int = 0) -> torch.Tensor:
+        """Pool a padded batch as the profile says (padding on either side), then :meth:`_finish`.
+
+        ``prompt_len``: leading real tokens left out of pooling (sentence-transformers' ``include_prompt=False``).
+        """
         pooling = self.profile.pooling
+        pm = _exclude_prompt(mask, prompt_len) if prompt_len else mask
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
         if pooling == "cls":
-            vec = hidden[:, 0]
-        elif pooling == "mean":
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            vec = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+            first = pm.to(torch.int32).argmax(dim=1) if (self._pad_left or prompt_len) else torch.zeros_like(rows)
+            vec = hidden[rows, first]
+        elif pooling in ("mean", "mean_sqrt_len_tokens"):
+            m = pm.unsqueeze(-1).to(hidden.dtype)
+            count = m.sum(dim=1).clamp(min=1e-9)
+            vec = (hidden * m).sum(dim=1) / (count if pooling == "mean" else count.sqrt())
         elif pooling == "lasttoken":
-            last = mask.sum(dim=1) - 1
-            vec = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            width = pm.shape[1]
+            last = width - 1 - pm.flip(1).to(torch.int32).argmax(dim=1)
+            vec = hidden[rows, last]
+        elif pooling == "max":
+            vec = hidden.masked_fill(pm.unsqueeze(-1) == 0, float("-inf")).max(dim=1).values
         else:  # pragma: no cover - profiles are validated
             raise ValueError(f"unknown pooling {pooling!r}")
+        return self._finish(vec)
+
+    def _finish(self, vec: torch.Tensor) -> torch.Tensor:
+        """Pooled vectors -> fp32 -> the folder's Dense modules -> L2 normalisation (if the profile says so)."""
         vec = vec.float()  # normalise in fp32 so bf16/fp16 vectors have unit norm too
+        for layer in self._dense_layers:
+            vec = layer(vec)
         if self.profile.normalize:
             vec = torch.nn.functional.normalize(vec, dim=-1)
         return vec
@@ -612,10 +809,7 @@ class Encoder:
                     vec = hidden[starts + lens - 1]
                 else:  # pragma: no cover - profiles are validated
                     raise ValueError(f"unknown pooling {pooling!r}")
-                vec = vec.float()
-                if self.profile.normalize:
-                    vec = torch.nn.functional.normalize(vec, dim=-1)
-                dense_np = vec.float().cpu().numpy()
+                dense_np = self._finish(vec).cpu().numpy()
             if want_sparse:
                 weights = torch.relu(self.sparse_linear(hidden.float())).squeeze(-1)  # [total]
                 keep = weights > 0
@@ -692,6 +886,55 @@ def _check_texts(texts: Union[str, Iterable[str]]) -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, not str; every item must be a string")
     return texts
+
+
+def _exclude_prompt(mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """The attention mask with the first ``prompt_len`` real tokens of each row zeroed (either padding side)."""
+    mask = mask.clone()
+    pad = mask.to(torch.int32).argmax(dim=1)  # leading pads per row (0 with right padding)
+    pos = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    mask[pos < (pad + prompt_len).unsqueeze(1)] = 0
+    return mask
+
+
+def _check_examples(examples: Any) -> tuple:
+    """Validate bge-en-icl few-shot examples: dicts with ``query``/``response`` (and optional ``instruct``)."""
+    if isinstance(examples, (str, dict)) or not hasattr(examples, "__iter__"):
+        raise TypeError("examples must be a list of dicts like {'instruct': ..., 'query': ..., 'response': ...}; "
+                        f"got {type(examples).__name__}")
+    out = []
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, dict):
+            raise TypeError(f"examples[{i}] is {type(ex).__name__}, not a dict with 'query' and 'response'")
+        unknown = sorted(set(ex) - {"instruct", "query", "response"})
+        if unknown:
+            raise ValueError(f"examples[{i}] has unknown key(s) {unknown}; allowed: 'instruct', 'query', 'response'")
+        for k, v in ex.items():
+            if v is not None and not isinstance(v, str):
+                raise TypeError(f"examples[{i}][{k!r}] must be a string, got {type(v).__name__}")
+        out.append(dict(ex))
+    return tuple(out)
+
+
+def icl_prefix(examples: Optional[Sequence[dict]], task: Optional[str]) -> str:
+    """FlagICLModel's few-shot prefix: each example as ``<instruct>{task}\\n<query>{q}\\n<response>{r}``,
+    joined and followed by a blank line; ``""`` without examples."""
+    if not examples:
+        return ""
+    parts = [ICL_EXAMPLE_TEMPLATE.format(task=ex.get("instruct", task), query=ex.get("query", ""),
+                                         response=ex.get("response", "")) for ex in examples]
+    return "\n\n".join(parts) + "\n\n"
+
+
+def _is_decoder_only(config: Any) -> bool:
+    """A causal-LM architecture that is not also a masked-LM encoder (Mistral, Qwen2/3, Gemma2, Llama...)."""
+    try:
+        from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                            MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    except ImportError:  # pragma: no cover
+        return False
+    mtype = getattr(config, "model_type", "")
+    return mtype in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mtype not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 _ROBERTA_TYPES = ("xlm-roberta", "roberta", "camembert")

@@ -225,3 +225,119 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence], k: int = 60, weights: O
         for rank, item in enumerate(ranking, start=1):
             scores[item] = scores.get(item, 0.0) + w / (k + rank)
     return scores
+
+
+# --------------------------------------------------------------------------- pairwise scoring
+
+#: FlagEmbedding's ``BGEM3FlagModel.compute_score`` weights when none are given (dense, sparse, ColBERT).
+COMPUTE_SCORE_WEIGHTS = (1.0, 1.0, 1.0)
+
+#: The keys :func:`compute_score` returns, as FlagEmbedding names them.
+SCORE_MODES = ("colbert", "sparse", "dense", "sparse+dense", "colbert+sparse+dense")
+
+
+def _check_pairs(sentence_pairs) -> tuple[list[tuple[str, str]], bool]:
+    if isinstance(sentence_pairs, tuple) and len(sentence_pairs) == 2 and all(isinstance(x, str) for x in sentence_pairs):
+        return [sentence_pairs], True
+    if isinstance(sentence_pairs, (str, bytes, dict)) or not hasattr(sentence_pairs, "__iter__"):
+        raise TypeError("sentence_pairs must be a list of (query, passage) pairs of strings, or one such pair; "
+                        f"got {type(sentence_pairs).__name__}")
+    pairs = []
+    for i, pair in enumerate(sentence_pairs):
+        if isinstance(pair, str) or not hasattr(pair, "__len__") or len(pair) != 2 \
+                or not all(isinstance(x, str) for x in pair):
+            raise TypeError(f"sentence_pairs[{i}] must be a (query, passage) pair of strings; got {pair!r:.80}")
+        pairs.append((pair[0], pair[1]))
+    return pairs, False
+
+
+def compute_score(
+    encoder,
+    sentence_pairs,
+    *,
+    weights: Optional[Sequence[float]] = None,
+    batch_size: int = 256,
+    max_query_length: int = 512,
+    max_passage_length: int = 8192,
+    show_progress: Optional[bool] = None,
+) -> dict:
+    """Scores of many ``(query, passage)`` pairs at once, as ``BGEM3FlagModel.compute_score`` computes them.
+
+    Every distinct query and passage is encoded once (texts as given, no templates, like the
+    reference); the scores of each pair are then ``dense`` (dot product), ``sparse`` (lexical
+    match), ``colbert`` (MaxSim), ``sparse+dense`` = ``(w_s*sparse + w_d*dense) / (w_s + w_d)``
+    and ``colbert+sparse+dense`` = ``(w_c*colbert + w_s*sparse + w_d*dense) / (w_d + w_s + w_c)``.
+
+    Args:
+        encoder: a :class:`bgem3.Encoder` (BGE-M3 with its heads; an encoder without heads gets
+            the ``dense`` key only).
+        sentence_pairs: a list of ``(query, passage)`` string pairs, or one pair (then every value
+            is a float instead of a list).
+        weights: ``(dense, sparse, colbert)``; default FlagEmbedding's ``(1, 1, 1)``
+            (:data:`COMPUTE_SCORE_WEIGHTS`); the model card's are ``(0.4, 0.2, 0.4)``.
+        batch_size: pairs per reference batch. FlagEmbedding pads the passages of a batch with
+            zero ColBERT vectors, so a query token whose best real match is negative scores 0
+            against a passage shorter than the longest of its batch; we reproduce that exactly.
+            ``batch_size=1`` gives plain MaxSim (:func:`colbert_score`).
+        max_query_length / max_passage_length: truncation (capped at the model's limit).
+        show_progress: the encoder's progress bar.
+
+    Returns:
+        ``{"colbert": [...], "sparse": [...], "dense": [...], "sparse+dense": [...],
+        "colbert+sparse+dense": [...]}``.
+
+    Example::
+
+        >>> import tempfile
+        >>> from bgem3 import Encoder
+        >>> from bgem3.testing import make_m3_checkpoint
+        >>> from bgem3.scoring import compute_score
+        >>> enc = Encoder(make_m3_checkpoint(tempfile.mkdtemp()), device="cpu")
+        >>> s = compute_score(enc, [("what is BGE M3?", "BGE M3 is an embedding model."),
+        ...                         ("what is BM25?", "BM25 is a bag-of-words model.")])
+        >>> sorted(s), len(s["dense"])
+        (['colbert', 'colbert+sparse+dense', 'dense', 'sparse', 'sparse+dense'], 2)
+    """
+    pairs, single = _check_pairs(sentence_pairs)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    w = check_weights(COMPUTE_SCORE_WEIGHTS if weights is None else weights)
+    heads = bool(getattr(encoder, "has_heads", False))
+    if heads and w[0] + w[1] == 0:
+        raise ValueError(f"weights {w}: 'sparse+dense' divides by the dense + sparse weight, which is 0; "
+                         "give the dense or the sparse channel a positive weight")
+    modes = SCORE_MODES if heads else ("dense",)
+    if not pairs:
+        return {k: [] for k in modes}
+    cap = int(getattr(encoder, "model_max_length", max_passage_length))
+    queries = list(dict.fromkeys(q for q, _ in pairs))
+    passages = list(dict.fromkeys(p for _, p in pairs))
+    qi = {t: i for i, t in enumerate(queries)}
+    pi = {t: i for i, t in enumerate(passages)}
+    q = encoder.encode(queries, sparse=heads, colbert=heads, max_length=min(max_query_length, cap),
+                       show_progress=show_progress)
+    d = encoder.encode(passages, sparse=heads, colbert=heads, max_length=min(max_passage_length, cap),
+                       show_progress=show_progress)
+    qidx = np.fromiter((qi[a] for a, _ in pairs), dtype=np.int64, count=len(pairs))
+    pidx = np.fromiter((pi[b] for _, b in pairs), dtype=np.int64, count=len(pairs))
+    dense = np.einsum("ij,ij->i", q.dense[qidx].astype(np.float64), d.dense[pidx].astype(np.float64))
+    out: dict = {"dense": dense}
+    if heads:
+        sparse = np.array([lexical_score(q.sparse[a], d.sparse[b]) for a, b in zip(qidx, pidx)], dtype=np.float64)
+        plen = d.token_counts[pidx]
+        colbert = np.empty(len(pairs), dtype=np.float64)
+        for start in range(0, len(pairs), batch_size):
+            widest = plen[start:start + batch_size].max()
+            for n in range(start, min(start + batch_size, len(pairs))):
+                sims = q.colbert[qidx[n]] @ d.colbert[pidx[n]].T  # [Tq-1, Tp-1]
+                best = sims.max(axis=1) if sims.shape[1] else np.zeros(sims.shape[0], dtype=sims.dtype)
+                if plen[n] < widest:  # the reference's zero padding vectors
+                    best = np.maximum(best, 0.0)
+                colbert[n] = float(best.sum()) / max(len(best), 1)
+        out.update(sparse=sparse, colbert=colbert,
+                   **{"sparse+dense": (w[1] * sparse + w[0] * dense) / (w[1] + w[0]),
+                      "colbert+sparse+dense": (w[2] * colbert + w[1] * sparse + w[0] * dense) / sum(w)})
+    result = {k: [float(x) for x in out[k]] for k in modes}
+    if single:
+        return {k: v[0] for k, v in result.items()}
+    return result

