@@ -100,24 +100,7 @@ def _load_encoder(args: argparse.Namespace, model: Optional[str] = None):
         kwargs["max_length"] = args.max_length
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
-    enc = Encoder(_model_arg(model or args.model or _default_model()), device=args.device, dtype=args.dtype, **kwargs)
-    _cap_max_length(args, enc)
-    return enc
-
-
-def _cap_max_length(args: argparse.Namespace, enc: Any) -> None:
-    """``--max-length`` below what a model needs (its special tokens + one text token) cannot truncate:
-    the tokenizer would keep the whole text. Use that minimum and say so."""
-    if args.max_length is None or enc is None:
-        return
-    try:
-        minimum = int(enc.tokenizer.num_special_tokens_to_add(pair=False)) + 1
-    except Exception:  # pragma: no cover - every HF tokenizer has it
-        return
-    if args.max_length < minimum and getattr(enc, "max_length", None) is not None:
-        enc.max_length = minimum
-        _note(args, f"bgem3: --max-length {args.max_length} leaves no room for text after the model's "
-                    f"{minimum - 1} special tokens; truncating at {minimum} tokens instead")
+    return Encoder(_model_arg(model or args.model or _default_model()), device=args.device, dtype=args.dtype, **kwargs)
 
 
 def _model_token_budget(encoder: Any) -> Optional[int]:
@@ -238,9 +221,7 @@ def _load_index(args: argparse.Namespace, folder: str, manifest: Optional[Manife
         kwargs["max_length"] = args.max_length
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
-    index = HybridIndex.load(folder, **kwargs)
-    _cap_max_length(args, index.encoder)
-    return index
+    return HybridIndex.load(folder, **kwargs)
 
 
 def _wanted_lexical(args: argparse.Namespace, encoder: Any):

@@ -158,13 +158,17 @@ def test_non_finite_weights_fail_before_the_model_loads(capsys, tmp_path, weight
     assert "--weights" in error_line(err) or "weights" in err
 
 
-def test_max_length_1_caps_instead_of_disabling_truncation(capsys, model_a):
+def test_max_length_1_never_disables_truncation(capsys, model_a):
+    """Too small a --max-length is refused up front with the minimum (the encoder's check), not ignored."""
     code, out, err = run(capsys, "embed", "a rather long sentence with many words in it", "--model", model_a,
                          "--max-length", "1")
+    assert code == 1 and out == ""
+    line = error_line(err)
+    assert "max_length=1" in line and ">= 3" in line
+    code, out, err = run(capsys, "embed", "a rather long sentence with many words in it", "--model", model_a,
+                         "--max-length", "4")
     assert code == 0, err
-    rec = json.loads(out.splitlines()[0])
-    assert rec["tokens"] <= 3  # the special tokens + one text token, not the whole text
-    assert "--max-length 1" in err
+    assert json.loads(out.splitlines()[0])["tokens"] == 4  # capped: 2 special tokens + 2 text tokens
 
 
 def test_interrupt_during_run_is_130_with_message(capsys, tmp_path, docs, monkeypatch):
