@@ -5,8 +5,9 @@ different checkpoints can live in folders of the same name. ``bgem3 index`` reco
 :func:`model_fingerprint` of the model folder next to the passages and compares it on every
 update and search.
 
-The fingerprint hashes, for every file of the folder (two levels deep, hidden files and
-``README*`` left out): its relative name, its size and the SHA-256 of its first and last MiB.
+The fingerprint hashes, for every file of the folder (two levels deep, hidden files left out;
+the model card counts, since it can name the model family): its relative name, its size and the
+SHA-256 of its first and last MiB.
 That tells any two real checkpoints apart while reading at most 2 MiB per file (a 2 GB weights
 file is not hashed in full on every search).
 
@@ -38,7 +39,7 @@ def _files(folder: str) -> list[str]:
         depth = 0 if rel_root == "." else rel_root.count(os.sep) + 1
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < 2 else []
         for name in sorted(files):
-            if name.startswith(".") or name.upper().startswith("README"):
+            if name.startswith("."):
                 continue
             out.append(os.path.normpath(os.path.join(rel_root, name)))
     return out
