@@ -7,8 +7,9 @@ Usage::
     bgem3 embed "first text" "second text" -o vectors.npz  # dense + lexical + ColBERT
     bgem3 info --index ./my-index
 
-Every command takes ``--model`` (default ``BAAI/bge-m3``, or any local folder), ``--device``
-and ``--dtype``. A failure you can cause (a missing file or folder, no network for a hub id,
+Every command takes ``--model`` (default ``$BGEM3_MODEL`` or ``BAAI/bge-m3``; any hub id or local
+folder), ``--device`` and ``--dtype``. BGE-M3 gives dense + learned lexical + ColBERT; a model without
+its heads (E5, BGE v1.5, sentence-transformers) gives dense + BM25 (``bgem3.bm25``). A failure you can cause (a missing file or folder, no network for a hub id,
 an index built with another model, an unreadable file, empty input) ends with one line
 ``bgem3: error: ...`` on stderr and a non-zero exit status; the index on disk is only ever
 replaced as a whole, so it is never left half-written.
