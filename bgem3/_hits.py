@@ -11,7 +11,11 @@ Example::
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable, Mapping, Optional
+import inspect
+import os
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
 
 from .encoder import Encoder
 from .rerank import resolve_encoder
@@ -77,6 +81,40 @@ def reranker_encoder(encoder: Any, model_name: str, model_kwargs: Optional[Mappi
     return encoder
 
 
+def reranker_aliases(data: Any, owner: str, fields: Any, *, type_error: type[Exception] = TypeError) -> Any:
+    """Map the keywords a user of another framework reranker writes onto ours, or refuse them.
+
+    ``model=`` (``CrossEncoderReranker`` / ``SentenceTransformerRerank``): a model name becomes
+    ``model_name``, a :class:`bgem3.Encoder` becomes ``encoder``; ``top_k=`` is refused naming
+    ``top_n=``; any other unknown keyword raises naming it (with the closest valid name).
+    """
+    from ._shared import unknown_options_error
+
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if "model" in data:
+        model = data.pop("model")
+        if isinstance(model, Encoder):
+            if data.get("encoder") is not None and data["encoder"] is not model:
+                raise ValueError("model= and encoder= are two different encoders; pass one")
+            data["encoder"] = model
+        elif isinstance(model, str):
+            if data.get("model_name") not in (None, model):
+                raise ValueError(f"model={model!r} and model_name={data['model_name']!r} disagree; set one")
+            data["model_name"] = model
+        else:
+            raise type_error(f"{owner}: model= must be a model name or a bgem3.Encoder; got {type(model).__name__} "
+                             "(bgem3 scores with BGE-M3's own three channels, not a cross-encoder)")
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        hints = {"top_k": "use top_n= for how many to keep", "k": "use top_n= for how many to keep",
+                 "device": "use model_kwargs={'device': ...}", "use_fp16": "use model_kwargs={'dtype': 'fp16'}",
+                 "normalize": "bgem3 reranker scores are raw fused scores; sort order is what top_n uses"}
+        raise unknown_options_error(owner, unknown, fields, hints, exc=type_error)
+    return data
+
+
 #: the methods of :class:`bgem3.types.HybridStore` an adapter's retriever calls.
 STORE_METHODS = ("add", "delete", "search", "__len__")
 
@@ -97,3 +135,83 @@ def check_hybrid_store(store: Any, *, builder: str, error: type[Exception] = Typ
             f"bgem3.stores.qdrant.QdrantHybridStore, or BGEM3HybridRetriever.{builder}(...)"
         )
     return store
+
+
+# ------------------------------------------------------------------------------ queries
+
+def encode_query_group(encoder: Any, texts: Sequence[str], **encode_kwargs: Any) -> tuple[np.ndarray, dict, np.ndarray]:
+    """One hybrid query from several query strings (LlamaIndex's ``custom_embedding_strs``, HyDE).
+
+    Each string is encoded as a query; the dense query is the mean of their vectors (as
+    LlamaIndex's ``mean_agg``, so the dense score is the mean of the per-string dense scores), the
+    lexical query the mean of their weights (likewise for lexical scores), and the ColBERT query
+    all their token vectors (MaxSim averages over every token of every string).
+    Returns ``(dense [H], sparse {token: weight}, colbert [T, H])`` for ``store.search_encoded``.
+    """
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError(f"custom_embedding_strs must be non-empty strings; got {texts!r}")
+    out = encoder.encode_queries(texts, dense=True, sparse=True, colbert=True, **encode_kwargs)
+    n = len(texts)
+    dense = out.dense.astype(np.float32).mean(axis=0)
+    sparse: dict = {}
+    for weights in out.sparse:
+        for tok, w in weights.items():
+            sparse[tok] = sparse.get(tok, 0.0) + float(w) / n
+    colbert = np.concatenate([np.asarray(c, dtype=np.float32) for c in out.colbert], axis=0)
+    return dense, sparse, colbert
+
+
+def search_many(store: Any, queries: Sequence[str], **search_kwargs: Any) -> list:
+    """``store.search`` for one query string, or :func:`encode_query_group` + ``search_encoded``
+    for several (needs a store with an encoder)."""
+    queries = list(queries)
+    if len(queries) == 1:
+        return store.search(queries[0], **search_kwargs)
+    encoder = getattr(store, "encoder", None)
+    if encoder is None or not callable(getattr(store, "search_encoded", None)):
+        raise TypeError(f"several query strings (custom_embedding_strs) need a store with an encoder and "
+                        f"search_encoded; {type(store).__name__} has none. Pass one query string")
+    dense, sparse, colbert = encode_query_group(encoder, queries, **getattr(store, "_query_encode_kwargs", {}))
+    k = search_kwargs.pop("k")
+    weights = search_kwargs.pop("weights")
+    return store.search_encoded(dense, sparse, colbert, k, weights, **search_kwargs)
+
+
+# ------------------------------------------------------------------------------ builders
+
+def store_builder_args(owner: str, positional: Any, kwargs: dict, retriever_fields: Iterable[str],
+                       hints: Optional[Mapping[str, str]] = None) -> tuple[Any, dict]:
+    """Sort a retriever's ``from_texts`` / ``from_documents`` keywords: returns ``(model, store kwargs)``.
+
+    ``model_name=`` / ``model=`` name the model to load (as on the embedding classes; the index
+    records that name), ``encoder=`` passes a loaded :class:`bgem3.Encoder`; either may replace
+    the positional ``model_name_or_encoder`` (given twice with different values: ``ValueError``).
+    The rest must be :class:`bgem3.HybridIndex` / :class:`bgem3.Encoder` options; anything else
+    raises ``TypeError`` naming it (``top_k`` -> ``k`` / ``similarity_top_k``).
+    """
+    from ._shared import ENCODER_OPTIONS, unknown_options_error
+    from .index import HybridIndex
+
+    kwargs = dict(kwargs)
+    given = {name: kwargs.pop(name) for name in ("model_name", "model", "encoder") if name in kwargs}
+    model = positional
+    for name, value in given.items():
+        if name == "encoder" and not isinstance(value, Encoder):
+            raise TypeError(f"encoder= must be a bgem3.Encoder; got {type(value).__name__} (pass a name as model_name=)")
+        if model is None or model is value or (isinstance(model, (str, os.PathLike)) and isinstance(value, (str, os.PathLike))
+                                               and os.fspath(model) == os.fspath(value)):
+            model = value
+            continue
+        raise ValueError(f"{owner}: the model is given twice ({model!r} and {name}={value!r}); pass it once "
+                         "(positionally, or as model_name= / encoder=)")
+    if model is None:
+        model = "BAAI/bge-m3"
+    store_params = set(inspect.signature(HybridIndex.__init__).parameters) - {"self", "encoder", "encoder_kwargs",
+                                                                                "model_name"}
+    valid = store_params | (set(ENCODER_OPTIONS) if isinstance(model, (str, os.PathLike)) else set())
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise unknown_options_error(owner, unknown, valid | set(retriever_fields) | {"model_name", "encoder"},
+                                    hints)
+    return model, kwargs

@@ -32,23 +32,32 @@ Example::
 
 from __future__ import annotations
 
+import copyreg
+import difflib
 import inspect
+import itertools
 import os
 import threading
 import weakref
 from dataclasses import replace
-from typing import Any, Hashable, Optional, Sequence, Union
+from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from .encoder import Encoder, resolve_device, resolve_dtype, resolve_model_path
-from .encoder import _check_texts as _texts
+from ._store import check_str_list
 from .profiles import Profile, _escape, detect_profile, get_profile
 
 __all__ = [
     "ENCODER_OPTIONS",
+    "FRAMEWORK_BGE_QUERY_INSTRUCTION",
     "TextEncoder",
     "check_encoder_options",
+    "check_list_arg",
+    "encoder_view",
+    "framework_query_instruction",
+    "prefetch_with_token",
+    "unknown_options_error",
     "clear_encoder_cache",
     "dtype_name",
     "e5_encoder_profile",
@@ -151,6 +160,7 @@ def shared_encoder(model_name_or_path: Union[str, os.PathLike], **options: Any) 
             if hit is not None:
                 return hit
         enc = Encoder(model_name_or_path, **options)
+        enc._bgem3_load_options = dict(options)  # how to load it again (pickle, see _reduce_encoder)
         _LOADS += 1
         if key is not None:
             _CACHE[key] = enc
@@ -166,6 +176,364 @@ def clear_encoder_cache() -> None:
     """Forget cached encoders (those still held by a facade stay alive with it)."""
     with _LOCK:
         _CACHE.clear()
+
+
+# --------------------------------------------------------------------------- argument checks
+
+def check_list_arg(values: Any, name: str) -> list[str]:
+    """The package-wide policy for a lone string where a list belongs: a ``TypeError`` naming the
+    argument and the fix (never split into characters, never silently wrapped).
+
+    >>> check_list_arg(["a", "b"], "ids")
+    ['a', 'b']
+    >>> check_list_arg("ab", "ids")
+    Traceback (most recent call last):
+    TypeError: ids must be a list of strings, not a single string; wrap it: ['ab']
+    """
+    return check_str_list(values, name)
+
+
+def unknown_options_error(owner: str, unknown: Iterable[str], valid: Iterable[str],
+                          hints: Optional[Mapping[str, str]] = None, exc: type = TypeError) -> Exception:
+    """An error naming each unknown keyword, with the alternative: a hint from ``hints`` (an
+    option of the class being replaced) or the closest valid name (a typo).
+
+    >>> str(unknown_options_error("BGEM3Embedding", ["model_nme"], ["model_name", "device"]))
+    "BGEM3Embedding got unknown keyword argument 'model_nme' (did you mean 'model_name'?). Valid options: ['device', 'model_name']"
+    """
+    valid = sorted(set(valid))
+    hints = dict(hints or {})
+    parts = []
+    for name in sorted(unknown):
+        if name in hints:
+            parts.append(f"{name!r} ({hints[name]})")
+            continue
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.75)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    noun = "argument" if len(parts) == 1 else "arguments"
+    return exc(f"{owner} got unknown keyword {noun} {', '.join(parts)}. Valid options: {valid}")
+
+
+#: The BGE (English, v1.5 and older) query instruction both frameworks' own classes use
+#: (``langchain_community``'s ``HuggingFaceBgeEmbeddings`` and LlamaIndex's
+#: ``HuggingFaceEmbedding`` for ``BAAI/bge-*-en*``). BGE's model card and bgem3's ``"bge"``
+#: profile say "this sentence"; the adapters use the frameworks' wording by default so that
+#: switching classes keeps the same query vectors.
+FRAMEWORK_BGE_QUERY_INSTRUCTION = "Represent this question for searching relevant passages: "
+
+
+def framework_query_instruction(profile: Profile, query_instruction: Optional[str]) -> Optional[str]:
+    """``query_instruction`` if set, else the frameworks' BGE instruction for an English BGE
+    profile, else ``None`` (keep the profile's template)."""
+    if query_instruction is not None:
+        return query_instruction
+    if profile.name == "bge":
+        return FRAMEWORK_BGE_QUERY_INSTRUCTION
+    return None
+
+
+def prefetch_with_token(model_name: str, token: Optional[Union[str, bool]], options: dict) -> dict:
+    """Download a hub model with a Hugging Face ``token`` (gated / private repos), then return
+    the loading ``options`` with ``local_files_only=True`` so the encoder loads that copy.
+
+    A local folder, or ``token=None``, needs nothing: ``options`` come back unchanged.
+    """
+    if token is None or os.path.isdir(os.path.expanduser(os.fspath(model_name))):
+        return options
+    from huggingface_hub import snapshot_download
+
+    from .encoder import _HUB_PATTERNS
+
+    snapshot_download(repo_id=os.fspath(model_name), token=token, cache_dir=options.get("cache_dir"),
+                      revision=options.get("revision"), allow_patterns=_HUB_PATTERNS)
+    out = dict(options)
+    out.setdefault("local_files_only", True)
+    return out
+
+
+# --------------------------------------------------------------------------- sentence-transformers options
+#
+# What a user of langchain-huggingface / llama-index-embeddings-huggingface passes goes to
+# sentence-transformers' SentenceTransformer(...) and .encode(...). These two functions map every
+# such option onto bgem3 (honoured) or refuse it with the alternative: nothing is dropped.
+
+#: ``SentenceTransformer(...)`` options bgem3 honours besides :data:`ENCODER_OPTIONS`.
+ST_MODEL_OPTIONS = ("prompts", "default_prompt_name", "token", "use_auth_token", "truncate_dim", "torch_dtype",
+                    "model_kwargs", "backend")
+
+#: ``SentenceTransformer(...)`` options refused, with the alternative.
+ST_MODEL_REFUSED = {
+    "tokenizer_kwargs": "bgem3 loads the model's own tokenizer; set max_length= for truncation",
+    "config_kwargs": "bgem3 loads the model's own config",
+    "model_card_data": "not used by bgem3",
+    "similarity_fn_name": "bgem3 vectors are compared by dot product (cosine when normalised)",
+    "cache_folder": "pass cache_folder= as its own argument",
+    "local_files": "use local_files_only=True",
+}
+
+#: ``.encode(...)`` options bgem3 honours (``encode_kwargs`` / ``query_encode_kwargs``).
+ENCODE_OPTIONS = ("batch_size", "max_length", "normalize_embeddings", "show_progress_bar", "convert_to_numpy",
+                  "convert_to_tensor", "precision", "prompt", "prompt_name", "truncate_dim")
+
+#: ``.encode(...)`` options refused, with the alternative.
+ENCODE_REFUSED = {
+    "device": "put device in model_kwargs (the model is loaded on one device)",
+    "output_value": "bgem3 returns sentence embeddings; use bgem3.Encoder(...).encode(colbert=True) for token vectors",
+    "pool": "bgem3 runs in one process; see multi_process",
+    "chunk_size": "bgem3 runs in one process; see multi_process",
+    "task": "use task= on E5Embeddings / E5Embedding (e5-instruct models)",
+}
+
+_TORCH_DTYPE_NAMES = {"auto": None, "float32": "fp32", "float": "fp32", "fp32": "fp32", "float16": "fp16",
+                      "half": "fp16", "fp16": "fp16", "bfloat16": "bf16", "bf16": "bf16"}
+
+
+def _dtype_option(value: Any, where: str) -> Optional[str]:
+    text = str(value).replace("torch.", "").lower() if value is not None else None
+    if text is not None and text not in _TORCH_DTYPE_NAMES:
+        raise ValueError(f"{where}={value!r} is not a dtype bgem3 runs; use 'float32', 'float16', 'bfloat16' "
+                         "(or torch.float16 ...), or 'auto' / None for the default")
+    return None if text is None else _TORCH_DTYPE_NAMES[text]
+
+
+def split_model_kwargs(model_kwargs: Mapping[str, Any], where: str = "model_kwargs") -> tuple[dict, dict]:
+    """Split sentence-transformers-style ``model_kwargs`` into ``(Encoder options, extras)``.
+
+    ``extras`` holds ``prompts``, ``default_prompt_name``, ``token``, ``truncate_dim`` (applied by
+    the facade). ``torch_dtype`` (also inside a nested ``model_kwargs``) becomes ``dtype``;
+    ``backend`` must be ``"torch"``. Anything else unknown raises naming it.
+
+    >>> split_model_kwargs({"device": "cpu", "torch_dtype": "float16", "truncate_dim": 8})
+    ({'device': 'cpu', 'dtype': 'fp16'}, {'truncate_dim': 8})
+    """
+    if not isinstance(model_kwargs, Mapping):
+        raise TypeError(f"{where} must be a dict; got {type(model_kwargs).__name__}")
+    enc: dict = {}
+    extras: dict = {}
+    unknown = []
+    dtypes: dict = {}
+    for key, value in model_kwargs.items():
+        if key in ENCODER_OPTIONS:
+            if key == "dtype":
+                dtypes[f"{where}['dtype']"] = value
+            else:
+                enc[key] = value
+        elif key == "torch_dtype":
+            dtypes[f"{where}['torch_dtype']"] = value
+        elif key == "model_kwargs":  # sentence-transformers passes these to transformers' from_pretrained
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{where}['model_kwargs'] must be a dict; got {type(value).__name__}")
+            for k2, v2 in value.items():
+                if k2 in ("torch_dtype", "dtype"):
+                    dtypes[f"{where}['model_kwargs'][{k2!r}]"] = v2
+                else:
+                    raise ValueError(
+                        f"{where}['model_kwargs'] has {k2!r}, which bgem3 does not take; only torch_dtype / dtype "
+                        "is honoured there (bgem3 loads the weights itself)")
+        elif key == "backend":
+            if value != "torch":
+                raise ValueError(f"{where}['backend']={value!r} is not supported: bgem3 runs PyTorch "
+                                 "(backend='torch'); for a faster CPU path see bgem3's dtype='bf16' / int8 options")
+        elif key == "use_auth_token":
+            extras["token"] = value
+        elif key in ("prompts", "default_prompt_name", "token", "truncate_dim"):
+            extras[key] = value
+        elif key in ST_MODEL_REFUSED:
+            raise ValueError(f"{where}[{key!r}] is not supported: {ST_MODEL_REFUSED[key]}")
+        else:
+            unknown.append(key)
+    if unknown:
+        raise unknown_options_error(where, unknown, [*ENCODER_OPTIONS, *ST_MODEL_OPTIONS], exc=ValueError)
+    resolved = {k: _dtype_option(v, k) for k, v in dtypes.items()}
+    if len(set(resolved.values())) > 1:
+        raise ValueError(f"conflicting dtypes {dtypes}; set one")
+    if resolved:
+        dt = next(iter(resolved.values()))
+        if dt is not None:
+            enc["dtype"] = dt
+    prompts = extras.get("prompts")
+    if prompts is not None and (not isinstance(prompts, Mapping)
+                                or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items())):
+        raise TypeError(f"{where}['prompts'] must be a dict of prompt name -> prefix text; got {prompts!r}")
+    name = extras.get("default_prompt_name")
+    if name is not None and name not in (prompts or {}):
+        raise ValueError(f"{where}['default_prompt_name']={name!r} is not in {where}['prompts'] "
+                         f"({sorted(prompts or {})}); add it there")
+    return enc, extras
+
+
+def check_encode_kwargs(options: Mapping[str, Any], where: str = "encode_kwargs") -> dict:
+    """Check a sentence-transformers-style ``encode_kwargs`` dict: known keys only, values bgem3
+    can honour (``precision`` must be ``"float32"``); returns a copy."""
+    if not isinstance(options, Mapping):
+        raise TypeError(f"{where} must be a dict; got {type(options).__name__}")
+    out = dict(options)
+    for key, value in out.items():
+        if key in ENCODE_REFUSED:
+            raise ValueError(f"{where}[{key!r}] is not supported: {ENCODE_REFUSED[key]}")
+        if key not in ENCODE_OPTIONS:
+            raise unknown_options_error(where, [key], ENCODE_OPTIONS, exc=ValueError)
+    if out.get("precision", "float32") != "float32":
+        raise ValueError(f"{where}['precision']={out['precision']!r} is not supported: bgem3 returns float32 "
+                         "vectors; quantise them in your vector store (e.g. Qdrant scalar quantization)")
+    for key in ("normalize_embeddings", "show_progress_bar", "convert_to_numpy", "convert_to_tensor"):
+        if key in out and not isinstance(out[key], bool):
+            raise TypeError(f"{where}[{key!r}] must be True or False; got {out[key]!r}")
+    if "prompt" in out and "prompt_name" in out:
+        raise ValueError(f"{where} has both 'prompt' and 'prompt_name'; set one")
+    return out
+
+
+def encode_call_options(encode_kwargs: Mapping[str, Any], extras: Mapping[str, Any], *, where: str,
+                        instruction: Optional[str]) -> dict:
+    """What one kind of call (documents or queries) does, from its encode kwargs and the model extras.
+
+    Returns ``{"batch_size", "max_length", "normalize", "truncate_dim", "show_progress", "instruction"}``
+    (``None`` = the default). The prefix is ``prompt`` / ``prompts[prompt_name]`` from
+    ``encode_kwargs``, else ``instruction`` (the facade's own field), else
+    ``prompts[default_prompt_name]``, else ``None`` (the model profile's template).
+    """
+    prompts = dict(extras.get("prompts") or {})
+    prefix: Optional[str] = None
+    if "prompt" in encode_kwargs:
+        prefix = encode_kwargs["prompt"]
+        if not isinstance(prefix, str):
+            raise TypeError(f"{where}['prompt'] must be a string; got {type(prefix).__name__}")
+    elif "prompt_name" in encode_kwargs:
+        name = encode_kwargs["prompt_name"]
+        if name not in prompts:
+            raise ValueError(f"{where}['prompt_name']={name!r} is not a prompt of this model; define it in "
+                             f"model_kwargs['prompts'] (now {sorted(prompts)})")
+        prefix = prompts[name]
+    if prefix is not None and instruction is not None:
+        raise ValueError(f"{where} sets a prompt and the instruction field is set too; keep one")
+    if prefix is None:
+        prefix = instruction
+    if prefix is None and extras.get("default_prompt_name") is not None:
+        prefix = prompts[extras["default_prompt_name"]]
+    return {
+        "batch_size": encode_kwargs.get("batch_size"),
+        "max_length": encode_kwargs.get("max_length"),
+        "normalize": encode_kwargs.get("normalize_embeddings"),
+        "truncate_dim": encode_kwargs.get("truncate_dim", extras.get("truncate_dim")),
+        "show_progress": encode_kwargs.get("show_progress_bar"),
+        "instruction": prefix,
+    }
+
+
+# --------------------------------------------------------------------------- output views
+
+def encoder_view(encoder: Encoder, normalize: Optional[bool] = None, profile: Optional[Profile] = None) -> Encoder:
+    """``encoder`` itself, or a view of it (same weights, tokenizer and locks; no reload) with
+    ``profile`` (a facade's own templates) and/or dense vectors that are (``True``) or are not
+    (``False``) L2-normalised. ``None`` keeps the encoder's own."""
+    new = encoder.profile if profile is None else profile
+    if normalize is not None and bool(normalize) != new.normalize:
+        new = replace(new, normalize=bool(normalize))
+    if new == encoder.profile:
+        return encoder
+    view = object.__new__(type(encoder))
+    view.__dict__.update(encoder.__dict__)
+    view.__dict__.pop("_bgem3_token", None)
+    view.profile = new
+    return view
+
+
+def truncate_dense(vectors: np.ndarray, truncate_dim: Optional[int], normalize: bool) -> np.ndarray:
+    """Matryoshka truncation: the first ``truncate_dim`` numbers of each row, L2-normalised again
+    when ``normalize`` (so cosine = dot product still holds)."""
+    if truncate_dim is None or truncate_dim >= vectors.shape[1]:
+        return vectors
+    out = np.ascontiguousarray(vectors[:, :truncate_dim])
+    if normalize:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out = out / np.maximum(norms, 1e-12)
+    return out.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- pickling
+#
+# An Encoder holds torch modules and locks. Objects that hold one (every adapter class, the
+# embedded index) pickle it as "how to load it again" plus a process-local token: unpickling in
+# the same process while the encoder is alive gives back the same object (copy.deepcopy shares
+# the model), elsewhere the model is loaded again from its folder / hub id.
+
+_LIVE: "weakref.WeakValueDictionary[str, Encoder]" = weakref.WeakValueDictionary()
+_TOKENS = itertools.count()
+_PROCESS = f"{os.getpid()}-{id(_LIVE)}"
+
+
+def _encoder_load_spec(enc: Encoder) -> tuple[str, dict]:
+    opts = getattr(enc, "_bgem3_load_options", None)
+    if opts is None:
+        opts = {"device": str(enc.device), "dtype": dtype_name(enc.dtype), "profile": enc.profile,
+                "batch_size": enc.batch_size, "max_tokens_per_batch": enc.max_tokens_per_batch}
+        if enc.max_length != enc.model_max_length:
+            opts["max_length"] = enc.max_length
+    path = enc.path if os.path.isdir(enc.path) else os.fspath(enc.model_name)
+    return path, dict(opts)
+
+
+def _restore_encoder(token: str, path: str, options: dict) -> Encoder:
+    live = _LIVE.get(token)
+    if live is not None:
+        return live
+    return shared_encoder(path, **options)
+
+
+def _reduce_encoder(enc: Encoder) -> tuple:
+    token = getattr(enc, "_bgem3_token", None)
+    if token is None:
+        token = f"{_PROCESS}-{next(_TOKENS)}"
+        enc._bgem3_token = token
+    _LIVE[token] = enc
+    path, options = _encoder_load_spec(enc)
+    return _restore_encoder, (token, path, options)
+
+
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+def _restore_without_locks(cls: type, state: dict, locks: dict) -> Any:
+    obj = object.__new__(cls)
+    obj.__dict__.update(state)
+    for name, reentrant in locks.items():
+        setattr(obj, name, threading.RLock() if reentrant else threading.Lock())
+    return obj
+
+
+def _reduce_without_locks(obj: Any) -> tuple:
+    state, locks = {}, {}
+    for name, value in obj.__dict__.items():
+        if isinstance(value, _LOCK_TYPES):
+            locks[name] = isinstance(value, type(threading.RLock()))
+        else:
+            state[name] = value
+    return _restore_without_locks, (type(obj), state, locks)
+
+
+def _refuse_qdrant_store(store: Any) -> tuple:
+    raise TypeError(
+        "QdrantHybridStore holds a live Qdrant client and cannot be pickled or deep-copied (nor can a retriever "
+        "over it); build a new QdrantHybridStore(url=..., collection_name=...) where you need it, or use "
+        "bgem3.HybridIndex, which pickles"
+    )
+
+
+def register_pickling() -> None:
+    """Teach ``pickle`` / ``copy.deepcopy`` about :class:`~bgem3.Encoder` and the stores (called on import)."""
+    copyreg.pickle(Encoder, _reduce_encoder)
+    from .index import HybridIndex
+
+    copyreg.pickle(HybridIndex, _reduce_without_locks)
+    try:
+        from .stores.qdrant import QdrantHybridStore
+    except ImportError:  # pragma: no cover - qdrant extra not installed
+        return
+    copyreg.pickle(QdrantHybridStore, _refuse_qdrant_store)
+
+
+register_pickling()
 
 
 # --------------------------------------------------------------------------- E5 family
@@ -255,6 +623,9 @@ class TextEncoder:
         batch_size: Optional[int] = None,
         max_length: Optional[int] = None,
         show_progress: Optional[bool] = None,
+        normalize: Optional[bool] = None,
+        truncate_dim: Optional[int] = None,
+        query_batch_size: Optional[int] = None,
     ) -> None:
         if not isinstance(encoder, Encoder):
             raise TypeError(f"encoder must be a bgem3.Encoder; got {type(encoder).__name__}")
@@ -270,53 +641,77 @@ class TextEncoder:
         self.profile = prof
         self.task = task
         self.batch_size = batch_size
+        self.query_batch_size = query_batch_size
         self.max_length = max_length
         self.show_progress = show_progress
+        if normalize is not None and not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True, False or None (the model's own); got {normalize!r}")
+        self.normalize = normalize
+        if truncate_dim is not None:
+            if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)) or truncate_dim <= 0:
+                raise ValueError(f"truncate_dim must be a positive integer (or None); got {truncate_dim!r}")
+            if truncate_dim > encoder.hidden_size:
+                raise ValueError(f"truncate_dim={truncate_dim} is larger than the model's {encoder.hidden_size} "
+                                 "dimensions; use a value <= that, or None for full vectors")
+        self.truncate_dim = None if truncate_dim is None else int(truncate_dim)
 
     # ---------------------------------------------------------------- formatting
     def format_queries(self, texts: Sequence[str]) -> list[str]:
-        """The queries as the model sees them (with the query template)."""
-        return [self.profile.format_query(t, self.task) for t in _texts(texts)]
+        """The queries as the model sees them (with the query template). A lone string is refused."""
+        return [self.profile.format_query(t, self.task) for t in check_list_arg(texts, "texts")]
 
     def format_documents(self, texts: Sequence[str]) -> list[str]:
-        """The documents as the model sees them (with the passage template)."""
-        return [self.profile.format_passage(t) for t in _texts(texts)]
+        """The documents as the model sees them (with the passage template). A lone string is refused."""
+        return [self.profile.format_passage(t) for t in check_list_arg(texts, "texts")]
 
-    def _encode(self, texts: list[str], *, dense: bool, sparse: bool, batch_size: Optional[int],
+    def _encode(self, texts: Sequence[str], *, query: bool, dense: bool, sparse: bool, batch_size: Optional[int],
                 show_progress: Optional[bool]):
-        return self.encoder.encode(
-            texts, dense=dense, sparse=sparse,
-            batch_size=batch_size if batch_size is not None else self.batch_size,
-            max_length=self.max_length,
-            show_progress=show_progress if show_progress is not None else self.show_progress,
-        )
+        # the encoder's own encode_queries / encode_documents on a view with this facade's templates:
+        # whatever the encoder does with its profile (prompt handling, no double prefix) applies as is
+        texts = check_list_arg(texts, "texts")
+        view = encoder_view(self.encoder, self.normalize if dense else None, self.profile)
+        kwargs = dict(dense=dense, sparse=sparse,
+                      batch_size=batch_size if batch_size is not None else self.batch_size,
+                      max_length=self.max_length,
+                      show_progress=show_progress if show_progress is not None else self.show_progress)
+        if query:
+            return view.encode_queries(texts, task=self.task, **kwargs)
+        return view.encode_documents(texts, **kwargs)
+
+    def _dense(self, texts: Sequence[str], query: bool, batch_size: Optional[int],
+               show_progress: Optional[bool]) -> np.ndarray:
+        vecs = self._encode(texts, query=query, dense=True, sparse=False, batch_size=batch_size,
+                            show_progress=show_progress).dense
+        normalized = self.profile.normalize if self.normalize is None else self.normalize
+        return truncate_dense(vecs, self.truncate_dim, normalized)
 
     # ---------------------------------------------------------------- dense
     def dense_queries(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
                       show_progress: Optional[bool] = None) -> np.ndarray:
-        """``float32 [N, H]`` L2-normalised query vectors."""
-        return self._encode(self.format_queries(texts), dense=True, sparse=False, batch_size=batch_size,
-                            show_progress=show_progress).dense
+        """``float32 [N, H]`` query vectors (L2-normalised unless ``normalize=False``; first
+        ``truncate_dim`` numbers when set)."""
+        if batch_size is None:
+            batch_size = self.query_batch_size
+        return self._dense(texts, True, batch_size, show_progress)
 
     def dense_documents(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
                         show_progress: Optional[bool] = None) -> np.ndarray:
-        """``float32 [N, H]`` L2-normalised document vectors."""
-        return self._encode(self.format_documents(texts), dense=True, sparse=False, batch_size=batch_size,
-                            show_progress=show_progress).dense
+        """``float32 [N, H]`` document vectors (see :meth:`dense_queries`)."""
+        return self._dense(texts, False, batch_size, show_progress)
 
     # ---------------------------------------------------------------- sparse
     def sparse_queries(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
                        show_progress: Optional[bool] = None) -> list[dict[int, float]]:
         """``{token_id: weight}`` per query (BGE-M3's lexical weights)."""
         self.check_sparse()
-        return self._encode(self.format_queries(texts), dense=False, sparse=True, batch_size=batch_size,
+        return self._encode(texts, query=True, dense=False, sparse=True, batch_size=batch_size,
                             show_progress=show_progress).sparse
 
     def sparse_documents(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
                          show_progress: Optional[bool] = None) -> list[dict[int, float]]:
         """``{token_id: weight}`` per document."""
         self.check_sparse()
-        return self._encode(self.format_documents(texts), dense=False, sparse=True, batch_size=batch_size,
+        return self._encode(texts, query=False, dense=False, sparse=True, batch_size=batch_size,
                             show_progress=show_progress).sparse
 
     def sparse_lists_queries(self, texts: Sequence[str], **kwargs: Any) -> tuple[list[list[int]], list[list[float]]]:

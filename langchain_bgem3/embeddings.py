@@ -29,15 +29,21 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from bgem3 import Encoder
 from bgem3._shared import (
+    ENCODE_OPTIONS,
     TextEncoder,
-    check_encoder_options,
+    check_encode_kwargs,
+    check_list_arg,
     e5_encoder_profile,
     e5_templates,
+    encode_call_options,
+    framework_query_instruction,
+    prefetch_with_token,
     shared_encoder,
+    split_model_kwargs,
 )
 
 __all__ = ["BGEM3Embeddings", "E5Embeddings"]
@@ -45,27 +51,41 @@ __all__ = ["BGEM3Embeddings", "E5Embeddings"]
 DEFAULT_BGEM3_MODEL = "BAAI/bge-m3"
 DEFAULT_E5_MODEL = "intfloat/multilingual-e5-large"
 
-#: Keys ``encode_kwargs`` may hold.
-ENCODE_KWARGS = ("batch_size", "max_length", "normalize_embeddings")
+#: Keys ``encode_kwargs`` / ``query_encode_kwargs`` may hold (sentence-transformers' ``encode`` names).
+ENCODE_KWARGS = ENCODE_OPTIONS
 
 
 class EncoderBacked(BaseModel):
-    """Fields and loading shared by the LangChain facades (dense and sparse). Not used directly."""
+    """Fields and loading shared by the LangChain facades (dense and sparse). Not used directly.
+
+    Every option of ``langchain_huggingface.HuggingFaceEmbeddings`` is honoured or refused with
+    the alternative (see docs/langchain.md, "Migrating from HuggingFaceEmbeddings").
+    """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
 
     model_name: str = DEFAULT_BGEM3_MODEL
-    """Hub id (``"BAAI/bge-m3"``) or local folder of the model."""
+    """Hub id (``"BAAI/bge-m3"``) or local folder of the model (``model=`` is an alias)."""
     cache_folder: Optional[str] = None
     """Hugging Face cache folder for hub downloads."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Options for :class:`bgem3.Encoder`: ``device`` (``"cpu"``, ``"cuda"``, ``"mps"``), ``dtype``
-    (``"fp32"``, ``"fp16"``, ``"bf16"``), ``max_length``, ``local_files_only``, ``revision``, ..."""
+    """Loading options: those of :class:`bgem3.Encoder` (``device``, ``dtype``, ``max_length``,
+    ``local_files_only``, ``revision``, ``trust_remote_code``...) and the sentence-transformers ones
+    that make sense here: ``torch_dtype`` (or ``{"model_kwargs": {"torch_dtype": ...}}``),
+    ``prompts`` + ``default_prompt_name``, ``token``, ``truncate_dim``, ``backend="torch"``."""
     encode_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Options for each encode call: ``batch_size``, ``max_length``. Vectors are always
-    L2-normalised (``normalize_embeddings=False`` is refused)."""
+    """Per-call options for documents (and for queries when ``query_encode_kwargs`` is empty):
+    ``batch_size``, ``max_length``, ``normalize_embeddings``, ``truncate_dim``, ``prompt``,
+    ``prompt_name``, ``show_progress_bar``, ``precision="float32"``, ``convert_to_numpy`` /
+    ``convert_to_tensor`` (accepted; LangChain gets ``list[float]`` either way)."""
+    query_encode_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Like ``encode_kwargs``, for :meth:`embed_query`; when non-empty it replaces
+    ``encode_kwargs`` for queries (as in ``HuggingFaceEmbeddings``)."""
+    multi_process: bool = False
+    """``True`` is refused: bgem3 encodes in one process (length-sorted token-budget batching)."""
     batch_size: Optional[int] = Field(default=None, gt=0)
-    """Most texts per forward pass (default: the encoder's, 32). Same as ``encode_kwargs["batch_size"]``."""
+    """Texts per forward pass. Reads the value in use after construction (default 32, the encoder's);
+    ``encode_kwargs["batch_size"]`` wins over this field when both are set (as in the anchor)."""
     show_progress: bool = False
     """Show a tqdm progress bar while encoding."""
     query_instruction: Optional[str] = None
@@ -76,25 +96,39 @@ class EncoderBacked(BaseModel):
     """An already loaded :class:`bgem3.Encoder` to use (shares its weights); loaded from
     ``model_name`` + ``model_kwargs`` when not given."""
 
+    _doc_call: dict = PrivateAttr(default_factory=dict)
+    _query_call: dict = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" in data:
+            data = dict(data)
+            model = data.pop("model")
+            if "model_name" in data and data["model_name"] != model:
+                raise ValueError(f"model={model!r} and model_name={data['model_name']!r} disagree; "
+                                 "model is an alias of model_name: set one")
+            if isinstance(model, Encoder):
+                data.setdefault("encoder", model)
+            else:
+                data["model_name"] = model
+        return data
+
     @model_validator(mode="after")
     def _load(self) -> "EncoderBacked":
-        for key in self.encode_kwargs:
-            if key not in ENCODE_KWARGS:
-                raise ValueError(
-                    f"encode_kwargs has {key!r}, which bgem3 does not take; valid keys are {list(ENCODE_KWARGS)} "
-                    "(device and dtype go in model_kwargs)"
-                )
-        if self.encode_kwargs.get("normalize_embeddings", True) is not True:
-            raise ValueError("encode_kwargs normalize_embeddings=False is not supported: bgem3 always returns "
-                             "L2-normalised vectors (cosine = dot product). Drop the key.")
-        ek_bs = self.encode_kwargs.get("batch_size")
-        if ek_bs is not None and self.batch_size is not None and ek_bs != self.batch_size:
-            raise ValueError(f"batch_size={self.batch_size} and encode_kwargs['batch_size']={ek_bs} disagree; set one")
-        check_encoder_options(self.model_kwargs, "model_kwargs")
+        if self.multi_process:
+            raise ValueError("multi_process=True is not supported: bgem3 encodes in one process. For several "
+                             "GPUs build one BGEM3Embeddings per device (model_kwargs={'device': 'cuda:1'}) or run "
+                             "`bgem3 serve`; leave multi_process=False")
+        enc_opts, extras = split_model_kwargs(self.model_kwargs, "model_kwargs")
+        if extras.get("token") is not None:  # used to download, never kept in the config (repr, dumps, pickles)
+            self.model_kwargs = {k: v for k, v in self.model_kwargs.items() if k not in ("token", "use_auth_token")}
+        doc_kw = check_encode_kwargs(self.encode_kwargs, "encode_kwargs")
+        query_kw = check_encode_kwargs(self.query_encode_kwargs, "query_encode_kwargs") or doc_kw
         if self.encoder is not None:
             if not isinstance(self.encoder, Encoder):
                 raise TypeError(f"encoder must be a bgem3.Encoder; got {type(self.encoder).__name__}")
-            if self.model_kwargs:
+            if enc_opts or extras.get("token") is not None:
                 raise ValueError(
                     "model_kwargs configure loading a model, but encoder= is an already loaded one; "
                     "pass one or the other"
@@ -107,40 +141,70 @@ class EncoderBacked(BaseModel):
                     f"{self.encoder.model_name!r}; drop model_name when passing encoder="
                 )
         else:
-            self.encoder = self._load_encoder()
+            if self.cache_folder is not None:
+                enc_opts.setdefault("cache_dir", self.cache_folder)
+            enc_opts = prefetch_with_token(self.model_name, extras.get("token"), enc_opts)
+            self.encoder = self._load_encoder(enc_opts)
+        self._doc_call = encode_call_options(doc_kw, extras, where="encode_kwargs",
+                                             instruction=self.document_instruction)
+        self._query_call = encode_call_options(
+            query_kw, extras, where="query_encode_kwargs" if self.query_encode_kwargs else "encode_kwargs",
+            instruction=self.query_instruction)
+        # encode_kwargs["batch_size"] wins over the field (as in HuggingFaceEmbeddings); .batch_size reads the value used
+        self.batch_size = self._doc_call["batch_size"] or self.batch_size or self.encoder.batch_size
         self._check_encoder()
         return self
 
-    def _load_encoder(self) -> Encoder:
-        opts = dict(self.model_kwargs)
-        if self.cache_folder is not None:
-            opts.setdefault("cache_dir", self.cache_folder)
-        return shared_encoder(self.model_name, **opts)
+    def _load_encoder(self, options: dict) -> Encoder:
+        return shared_encoder(self.model_name, **options)
 
     def _check_encoder(self) -> None:
         self._text_encoder()  # validates templates / task now, not at the first call
+        self._text_encoder(query=True)
 
-    def _text_encoder(self) -> TextEncoder:
+    def _profile(self) -> Any:
+        return None  # the encoder's
+
+    def _text_encoder(self, query: bool = False) -> TextEncoder:
+        call = self._query_call if query else self._doc_call
+        profile = self._profile() or self.encoder.profile
+        instruction = call["instruction"]
+        if query:
+            instruction = framework_query_instruction(profile, instruction)
         return TextEncoder(
             self.encoder,
-            query_instruction=self.query_instruction,
-            document_instruction=self.document_instruction,
-            batch_size=self.batch_size if self.batch_size is not None else self.encode_kwargs.get("batch_size"),
-            max_length=self.encode_kwargs.get("max_length"),
-            show_progress=self.show_progress,
+            profile=profile,
+            query_instruction=instruction if query else None,
+            document_instruction=None if query else instruction,
+            batch_size=call["batch_size"] or self.batch_size,
+            max_length=call["max_length"],
+            show_progress=self.show_progress if call["show_progress"] is None else call["show_progress"],
+            normalize=call["normalize"],
+            truncate_dim=call["truncate_dim"],
         )
+
+
+def _one_line(texts: list[str]) -> list[str]:
+    # HuggingFaceEmbeddings replaces newlines by spaces before encoding; so do we (templates keep theirs)
+    return [t.replace("\n", " ") if isinstance(t, str) else t for t in check_list_arg(texts, "texts")]
 
 
 class _DenseEmbeddings(EncoderBacked, Embeddings):
     """The LangChain ``Embeddings`` methods over a :class:`~bgem3._shared.TextEncoder`."""
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Embed documents (with the model's passage template: none for BGE-M3, ``passage: `` for E5)."""
-        return self._text_encoder().dense_documents(texts).tolist()
+        """Embed documents (with the model's passage template: none for BGE-M3, ``passage: `` for E5).
+
+        A lone string is refused (``TypeError``): pass a list. Newlines become spaces first, as in
+        ``HuggingFaceEmbeddings``.
+        """
+        return self._text_encoder().dense_documents(_one_line(texts)).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one query (with the model's query template: none for BGE-M3, ``query: `` for E5)."""
-        return self._text_encoder().dense_queries([text])[0].tolist()
+        if not isinstance(text, str):
+            raise TypeError(f"embed_query takes one string; got {type(text).__name__} (use embed_documents for a list)")
+        return self._text_encoder(query=True).dense_queries(_one_line([text]))[0].tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Like :meth:`embed_documents`, in a worker thread (the event loop keeps running)."""
@@ -201,10 +265,8 @@ class E5Embeddings(_DenseEmbeddings):
     task: Optional[str] = None
     """The instruction for e5-instruct models (``Instruct: {task}\\nQuery: {query}``)."""
 
-    def _load_encoder(self) -> Encoder:
-        opts = dict(self.model_kwargs)
-        if self.cache_folder is not None:
-            opts.setdefault("cache_dir", self.cache_folder)
+    def _load_encoder(self, options: dict) -> Encoder:
+        opts = dict(options)
         if "profile" not in opts:
             profile = e5_encoder_profile(self.model_name, task=self.task, cache_dir=opts.get("cache_dir"),
                                          revision=opts.get("revision"), local_files_only=opts.get("local_files_only"))
@@ -212,13 +274,5 @@ class E5Embeddings(_DenseEmbeddings):
                 opts["profile"] = profile
         return shared_encoder(self.model_name, **opts)
 
-    def _text_encoder(self) -> TextEncoder:
-        return TextEncoder(
-            self.encoder,
-            profile=e5_templates(self.encoder.profile, self.task),
-            query_instruction=self.query_instruction,
-            document_instruction=self.document_instruction,
-            batch_size=self.batch_size if self.batch_size is not None else self.encode_kwargs.get("batch_size"),
-            max_length=self.encode_kwargs.get("max_length"),
-            show_progress=self.show_progress,
-        )
+    def _profile(self) -> Any:
+        return e5_templates(self.encoder.profile, self.task)

@@ -10,7 +10,7 @@ from langchain_core.documents.compressor import BaseDocumentCompressor
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from bgem3 import Encoder
-from bgem3._hits import reranker_encoder
+from bgem3._hits import reranker_aliases, reranker_encoder
 from bgem3.rerank import check_top_n, rerank
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
@@ -56,7 +56,7 @@ class BGEM3Reranker(BaseDocumentCompressor):
         docs = reranker.compress_documents(candidates, "what is BGE M3?")
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     model_name: str = "BAAI/bge-m3"
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -72,6 +72,7 @@ class BGEM3Reranker(BaseDocumentCompressor):
     @model_validator(mode="before")
     @classmethod
     def _load_encoder(cls, data: Any) -> Any:
+        data = reranker_aliases(data, "BGEM3Reranker", set(cls.model_fields), type_error=ValueError)
         if isinstance(data, dict):
             data = dict(data)
             data["encoder"] = reranker_encoder(data.get("encoder"), data.get("model_name", "BAAI/bge-m3"),

@@ -83,6 +83,12 @@ class BGEM3SparseEmbeddings(EncoderBacked, SparseEmbeddings):
 
     def _check_encoder(self) -> None:
         self._text_encoder().check_sparse()
+        for call, where in ((self._doc_call, "encode_kwargs"), (self._query_call, "query_encode_kwargs")):
+            for key, name in (("truncate_dim", "truncate_dim"), ("normalize", "normalize_embeddings")):
+                if call[key] is not None and not (key == "normalize" and call[key] is True):
+                    raise ValueError(f"{name}={call[key]!r} applies to dense vectors; BGEM3SparseEmbeddings returns "
+                                     f"lexical weights, which are not normalised or truncated. Drop it from "
+                                     f"{where} / model_kwargs")
 
     def embed_documents(self, texts: list[str]) -> list["SparseVector"]:
         """One ``SparseVector`` (token ids, lexical weights) per document."""
@@ -91,7 +97,9 @@ class BGEM3SparseEmbeddings(EncoderBacked, SparseEmbeddings):
 
     def embed_query(self, text: str) -> "SparseVector":
         """The query's ``SparseVector``."""
-        ids, vals = self._text_encoder().sparse_lists_queries([text])
+        if not isinstance(text, str):
+            raise TypeError(f"embed_query takes one string; got {type(text).__name__} (use embed_documents for a list)")
+        ids, vals = self._text_encoder(query=True).sparse_lists_queries([text])
         return SparseVector(indices=ids[0], values=vals[0])
 
     async def aembed_documents(self, texts: list[str]) -> list["SparseVector"]:

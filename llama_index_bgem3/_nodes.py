@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, TextNode
 from llama_index.core.vector_stores.types import (
     FilterCondition,
@@ -13,6 +14,7 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
+from bgem3._filters import Cond, Where
 from bgem3._hits import merge_scores
 from bgem3.types import Hit
 
@@ -49,6 +51,61 @@ def hit_to_node(hit: Hit) -> BaseNode:
     return TextNode(id_=hit.id, text=hit.text, metadata=meta)
 
 
+# ------------------------------------------------------------------------------ hash-stable copies
+#
+# LlamaIndex identifies a node by ``node.hash`` (text + metadata) when QueryFusionRetriever merges
+# the results of several retrievers. The score keys we add to the returned copy must not change it,
+# or fusion returns the same node twice. The copy is an instance of a subclass (same class_name(),
+# same fields) whose ``hash`` leaves the score keys out.
+
+_SCORED: dict = {}
+
+
+def _hash_without_scores(self: BaseNode) -> str:
+    base = type(self).__mro__[1]
+    keys = set(self._bgem3_score_keys)
+    fields = {name: getattr(self, name) for name in base.model_fields}
+    fields["metadata"] = {k: v for k, v in self.metadata.items() if k not in keys}
+    return base.model_construct(**fields).hash
+
+
+def _rebuild_scored(base: type, state: dict, keys: tuple) -> BaseNode:
+    cls = scored_class(base)
+    obj = cls.__new__(cls)
+    obj.__setstate__(state)
+    obj._bgem3_score_keys = tuple(keys)
+    return obj
+
+
+def scored_class(base: type) -> type:
+    """The subclass of ``base`` whose ``hash`` ignores bgem3's score keys (built once per class)."""
+    cls = _SCORED.get(base)
+    if cls is None:
+        cls = type(base.__name__, (base,), {
+            "__module__": __name__,
+            "__qualname__": f"_Scored{base.__name__}",
+            "__annotations__": {"_bgem3_score_keys": tuple},
+            "_bgem3_score_keys": PrivateAttr(default=()),
+            "hash": property(_hash_without_scores),
+            "__reduce__": lambda self: (_rebuild_scored, (base, self.__getstate__(), self._bgem3_score_keys)),
+            "__doc__": base.__doc__,
+        })
+        _SCORED[base] = cls
+    return cls
+
+
+def scored_copy(node: BaseNode, metadata: dict, score_keys: list) -> BaseNode:
+    """A copy of ``node`` with ``metadata`` whose ``node.hash`` is the original node's."""
+    base = type(node).__mro__[1] if type(node) in _SCORED.values() else type(node)
+    keys = tuple(dict.fromkeys([*getattr(node, "_bgem3_score_keys", ()), *score_keys]))
+    cls = scored_class(base)
+    fields = {name: getattr(node, name) for name in base.model_fields}
+    fields["metadata"] = metadata
+    copy = cls.model_construct(**fields)
+    copy._bgem3_score_keys = keys
+    return copy
+
+
 def with_channel_scores(
     node: BaseNode,
     dense: Optional[float],
@@ -65,11 +122,10 @@ def with_channel_scores(
     The score keys are added to the node's ``excluded_llm_metadata_keys`` and
     ``excluded_embed_metadata_keys`` so they never reach a prompt or an embedding.
     """
-    node = node.model_copy()
     meta, keys = merge_scores(node.metadata, zip(CHANNEL_KEYS, (dense, sparse, colbert)), prefix,
                               warn_on_collision=warn_on_collision, owner=owner, noun="node", returned="node",
                               verb="Pass")
-    node.metadata = meta
+    node = scored_copy(node, meta, keys)
     node.excluded_llm_metadata_keys = list(dict.fromkeys([*node.excluded_llm_metadata_keys, *keys]))
     node.excluded_embed_metadata_keys = list(dict.fromkeys([*node.excluded_embed_metadata_keys, *keys]))
     return NodeWithScore(node=node, score=float(fused))
@@ -77,78 +133,46 @@ def with_channel_scores(
 
 # ------------------------------------------------------------------------------ filters
 
-_Allowed = dict  # key -> {value: None} (an insertion-ordered set of allowed values)
+_CONDITIONS = {FilterCondition.AND: "and", FilterCondition.OR: "or", FilterCondition.NOT: "not"}
 
 
-def _leaf(f: MetadataFilter) -> _Allowed:
+def _leaf(f: MetadataFilter) -> Cond:
     op = FilterOperator(f.operator)
-    if op == FilterOperator.EQ:
-        if isinstance(f.value, list):
-            raise ValueError(
-                f"MetadataFilter(key={f.key!r}, operator='==') got a list value {f.value!r}; "
-                "use operator=FilterOperator.IN to match any of several values"
-            )
-        return {f.key: {f.value: None}}
-    if op == FilterOperator.IN:
-        values = f.value if isinstance(f.value, list) else [f.value]
-        return {f.key: dict.fromkeys(values)}
-    raise NotImplementedError(
-        f"metadata filter operator {op.name} ({op.value!r}) on key {f.key!r} is not supported by bgem3 hybrid "
-        "stores; supported: EQ ('==', ExactMatchFilter) and IN ('in'), combined with AND (or OR on one key)"
-    )
+    if op == FilterOperator.EQ and isinstance(f.value, list):
+        raise ValueError(
+            f"MetadataFilter(key={f.key!r}, operator='==') got a list value {f.value!r}; "
+            "use operator=FilterOperator.IN to match any of several values"
+        )
+    value = f.value
+    if op in (FilterOperator.IN, FilterOperator.NIN, FilterOperator.ANY, FilterOperator.ALL) \
+            and not isinstance(value, list):
+        value = [value]
+    return Cond(f.key, op.value, value)
 
 
-def _merge_and(parts: list) -> Any:
-    out: _Allowed = {}
-    for part in parts:
-        if part is NO_MATCH:
-            return NO_MATCH
-        for key, values in part.items():
-            if key in out:
-                values = {v: None for v in out[key] if v in values}
-                if not values:
-                    return NO_MATCH
-            out[key] = values
-    return out
-
-
-def _translate(filters: MetadataFilters) -> Any:
+def filters_to_where(filters: Optional[MetadataFilters]) -> Optional[Where]:
+    """LlamaIndex ``MetadataFilters`` (every ``FilterOperator``, ``FilterCondition`` AND / OR / NOT,
+    nested) as a :class:`bgem3._filters.Where` tree; ``None`` for no filter."""
+    if filters is None or not filters.filters:
+        return None
     cond = FilterCondition(filters.condition or FilterCondition.AND)
-    parts = [_translate(f) if isinstance(f, MetadataFilters) else _leaf(f) for f in filters.filters]
-    if cond == FilterCondition.AND:
-        return _merge_and(parts)
-    if cond == FilterCondition.OR:
-        parts = [p for p in parts if p is not NO_MATCH]
-        if not parts:
-            return NO_MATCH
-        keys = {k for p in parts for k in p}
-        if len(keys) != 1 or any(len(p) != 1 for p in parts):
-            raise NotImplementedError(
-                f"FilterCondition.OR across different keys ({sorted(keys)}) is not supported by bgem3 hybrid "
-                "stores; OR works on one key (it becomes 'any of'), or use AND"
-            )
-        key = keys.pop()
-        values: dict = {}
-        for p in parts:
-            values.update(p[key])
-        return {key: values}
-    raise NotImplementedError(
-        f"FilterCondition.{cond.name} is not supported by bgem3 hybrid stores; use AND (or OR on one key)"
-    )
+    items = []
+    for f in filters.filters:
+        if isinstance(f, MetadataFilters):
+            sub = filters_to_where(f)
+            if sub is not None:
+                items.append(sub)
+        else:
+            items.append(_leaf(f))
+    return Where(_CONDITIONS[cond], items)
 
 
 def filters_to_store(filters: Optional[MetadataFilters]) -> Any:
-    """Translate LlamaIndex ``MetadataFilters`` to a store filter dict.
-
-    ``ExactMatchFilter`` / ``MetadataFilter(operator=EQ)`` -> ``{key: value}``; ``IN`` ->
-    ``{key: [values]}`` (any of). Filters are ANDed; ``OR`` is allowed between filters on one
-    key. Returns ``None`` (no filter), a dict, or :data:`NO_MATCH` when the filters contradict
-    each other. Other operators / conditions raise ``NotImplementedError`` naming them.
-    """
-    if filters is None or not filters.filters:
+    """Translate LlamaIndex ``MetadataFilters`` for a store that takes plain dicts: ``None``, a
+    dict (``EQ`` -> ``{key: value}``, ``IN`` -> ``{key: [values]}``, ANDed) or the
+    :class:`~bgem3._filters.Where` tree for anything richer (see :func:`bgem3._filters.store_filter`)."""
+    where = filters_to_where(filters)
+    if where is None:
         return None
-    out = _translate(filters)
-    if out is NO_MATCH:
-        return NO_MATCH
-    return {k: (next(iter(v)) if len(v) == 1 else list(v)) for k, v in out.items()}
-
+    plain = where.as_dict()
+    return plain if plain is not None else where

@@ -9,7 +9,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from bgem3 import Encoder
-from bgem3._hits import reranker_encoder
+from bgem3._hits import reranker_aliases, reranker_encoder
 from bgem3.rerank import check_top_n, rerank
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
@@ -66,6 +66,7 @@ class BGEM3Reranker(BaseNodePostprocessor):
     _encoder: Encoder = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
+        data = reranker_aliases(data, "BGEM3Reranker", set(type(self).model_fields))
         super().__init__(**data)
         self._encoder = reranker_encoder(self.encoder, self.model_name, self.model_kwargs)
         self.encoder = self._encoder

@@ -12,15 +12,27 @@ from llama_index.core.schema import BaseNode, Document, NodeWithScore, QueryBund
 from llama_index.core.settings import Settings
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from bgem3._hits import check_hybrid_store
+from bgem3._filters import store_filter
+from bgem3._hits import check_hybrid_store, search_many, store_builder_args
+from bgem3._shared import check_list_arg, unknown_options_error
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
-from ._nodes import NO_MATCH, filters_to_store, hit_to_node, node_to_store, with_channel_scores
+from ._nodes import filters_to_where, hit_to_node, node_to_store, with_channel_scores
 
 __all__ = ["BGEM3HybridRetriever"]
 
 _RETRIEVER_KWARGS = ("similarity_top_k", "weights", "candidates", "mode", "filters", "metadata_key_prefix",
                      "callback_manager", "verbose")
+
+
+_HINTS = {
+    "top_k": "use similarity_top_k= (how many nodes to return)",
+    "k": "use similarity_top_k= (how many nodes to return)",
+    "filter": "use filters=MetadataFilters(...)",
+    "alpha": "use weights=(dense, lexical, colbert)",
+    "vector_store_query_mode": "bgem3 always fuses dense, lexical and ColBERT; set weights= / mode=",
+    "sparse_top_k": "use candidates= (the candidate pool of each channel)",
+}
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -52,10 +64,18 @@ class BGEM3HybridRetriever(BaseRetriever):
         weights: ``(dense, lexical, colbert)``; default ``(0.4, 0.2, 0.4)`` (BGE-M3 paper).
         candidates: the store's candidate pool (dense top-N united with lexical top-N).
         mode: ``"weighted"`` or ``"rrf"``.
-        filters: ``MetadataFilters`` of ``ExactMatchFilter`` / ``MetadataFilter`` with operator
-            ``EQ`` or ``IN``, combined with AND (OR only between filters on one key). Other
-            operators raise ``NotImplementedError`` naming the operator.
+        filters: ``MetadataFilters`` with any ``FilterOperator`` (EQ, NE, GT, GTE, LT, LTE, IN, NIN,
+            ANY, ALL, CONTAINS, TEXT_MATCH, TEXT_MATCH_INSENSITIVE, IS_EMPTY) and condition (AND, OR,
+            NOT, nested), with the semantics of LlamaIndex's ``SimpleVectorStore``. On
+            :class:`bgem3.HybridIndex` they are evaluated before candidate selection; on
+            :class:`bgem3.stores.qdrant.QdrantHybridStore` they become a Qdrant filter (number
+            ranges only; TEXT_MATCH_INSENSITIVE is refused there).
         metadata_key_prefix: prefix for the channel-score metadata keys.
+
+    ``QueryBundle.custom_embedding_strs`` (HyDE, ``HyDEQueryTransform``) are honoured: each string
+    is encoded as a query and the channels are averaged (see :func:`bgem3._hits.encode_query_group`).
+    Returned nodes keep the original ``node.hash`` although their metadata has the score keys, so
+    ``QueryFusionRetriever`` deduplicates them against other retrievers' results.
 
     Example::
 
@@ -80,7 +100,10 @@ class BGEM3HybridRetriever(BaseRetriever):
         metadata_key_prefix: str = "",
         callback_manager: Optional[CallbackManager] = None,
         verbose: bool = False,
+        **kwargs: Any,
     ) -> None:
+        if kwargs:
+            raise unknown_options_error("BGEM3HybridRetriever", kwargs, ["store", *_RETRIEVER_KWARGS], _HINTS)
         check_hybrid_store(store, builder="from_documents")
         if mode not in ("weighted", "rrf"):
             raise ValueError(f"mode must be 'weighted' or 'rrf'; got {mode!r}")
@@ -95,7 +118,8 @@ class BGEM3HybridRetriever(BaseRetriever):
         self.candidates = _positive_int(candidates, "candidates")
         self.mode = mode
         self.filters = filters
-        filters_to_store(filters)  # unsupported operators fail here, not at the first query
+        self._where = filters_to_where(filters)
+        store_filter(store, self._where)  # bad filters fail here, not at the first query
         self.metadata_key_prefix = metadata_key_prefix
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
@@ -104,7 +128,7 @@ class BGEM3HybridRetriever(BaseRetriever):
     def from_nodes(
         cls,
         nodes: Sequence[BaseNode],
-        model_name_or_encoder: Any = "BAAI/bge-m3",
+        model_name_or_encoder: Any = None,
         *,
         show_progress: Optional[bool] = None,
         **kwargs: Any,
@@ -113,12 +137,18 @@ class BGEM3HybridRetriever(BaseRetriever):
 
         Retriever options (``similarity_top_k``, ``weights``, ``candidates``, ``mode``, ``filters``,
         ``metadata_key_prefix``, ``callback_manager``, ``verbose``) configure the retriever; other
-        ``kwargs`` go to ``HybridIndex(model_name_or_encoder, **kwargs)`` (``device``, ``max_length``...).
+        ``kwargs`` go to ``HybridIndex(model, **kwargs)`` (``device``, ``max_length``...); unknown ones
+        raise ``TypeError`` naming them. The model (default ``"BAAI/bge-m3"``) is
+        ``model_name_or_encoder``, or ``model_name=`` / ``encoder=``: it encodes nodes and queries.
         """
         from bgem3.index import HybridIndex
 
         mine = {k: kwargs.pop(k) for k in _RETRIEVER_KWARGS if k in kwargs}
-        retriever = cls(HybridIndex(model_name_or_encoder, **kwargs), **mine)
+        model, kwargs = store_builder_args("BGEM3HybridRetriever.from_nodes", model_name_or_encoder, kwargs,
+                                           _RETRIEVER_KWARGS, _HINTS)
+        if isinstance(nodes, (str, BaseNode)):
+            raise TypeError(f"nodes must be a list of nodes; got one {type(nodes).__name__}: wrap it in a list")
+        retriever = cls(HybridIndex(model, **kwargs), **mine)
         retriever.add_nodes(nodes, show_progress=show_progress)
         return retriever
 
@@ -126,7 +156,7 @@ class BGEM3HybridRetriever(BaseRetriever):
     def from_documents(
         cls,
         documents: Sequence[Document],
-        model_name_or_encoder: Any = "BAAI/bge-m3",
+        model_name_or_encoder: Any = None,
         *,
         transformations: Optional[List[TransformComponent]] = None,
         show_progress: Optional[bool] = None,
@@ -145,6 +175,8 @@ class BGEM3HybridRetriever(BaseRetriever):
                   show_progress: Optional[bool]) -> List[BaseNode]:
         if transformations is None:
             transformations = Settings.transformations
+        if isinstance(documents, (str, BaseNode)):
+            raise TypeError(f"documents must be a list; got one {type(documents).__name__}: wrap it in a list")
         documents = list(documents)
         if not transformations:
             return documents
@@ -153,6 +185,8 @@ class BGEM3HybridRetriever(BaseRetriever):
     # ------------------------------------------------------------------ writing
     def add_nodes(self, nodes: Sequence[BaseNode], *, show_progress: Optional[bool] = None) -> List[str]:
         """Add (or, for an existing node id, replace) nodes in the store; returns their ids."""
+        if isinstance(nodes, (str, BaseNode)):
+            raise TypeError(f"nodes must be a list of nodes; got one {type(nodes).__name__}: wrap it in a list")
         records = [node_to_store(n) for n in nodes]
         if not records:
             return []
@@ -168,8 +202,8 @@ class BGEM3HybridRetriever(BaseRetriever):
         return self.add_nodes(self._to_nodes(documents, transformations, show_progress), show_progress=show_progress)
 
     def delete(self, node_ids: Sequence[str]) -> None:
-        """Delete nodes by id from the store."""
-        self.store.delete(list(node_ids))
+        """Delete nodes by id from the store (a lone string raises ``TypeError``: pass a list)."""
+        self.store.delete(check_list_arg(node_ids, "node_ids"))
 
     def _store_takes(self, name: str) -> bool:
         import inspect
@@ -181,14 +215,12 @@ class BGEM3HybridRetriever(BaseRetriever):
 
     # ------------------------------------------------------------------ reading
     def _retrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
-        store_filter = filters_to_store(self.filters)
-        if store_filter is NO_MATCH:
-            return []
-        hits = self.store.search(
-            query_bundle.query_str,
+        queries = list(query_bundle.custom_embedding_strs or []) or [query_bundle.query_str]
+        hits = search_many(
+            self.store, queries,
             k=self.similarity_top_k,
             weights=self.weights,
-            filter=store_filter,
+            filter=store_filter(self.store, self._where),  # per query: a Qdrant scan sees the current data
             candidates=self.candidates,
             mode=self.mode,
         )

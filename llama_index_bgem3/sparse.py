@@ -54,10 +54,14 @@ class BGEM3SparseEmbedding(EncoderFields, BaseSparseEmbedding):
     """
 
     def __init__(self, model_name: Optional[str] = None, *, encoder: Optional[Encoder] = None, **kwargs: Any) -> None:
-        model_name, encoder, kwargs = self._prepare(DEFAULT_BGEM3_MODEL, model_name, encoder, kwargs)
+        model_name, encoder, kwargs, token = self._prepare(DEFAULT_BGEM3_MODEL, model_name, encoder, kwargs)
+        for key, ok in (("truncate_dim", None), ("normalize", True)):
+            if kwargs.get(key, ok) != ok:
+                raise ValueError(f"{key}={kwargs[key]!r} applies to dense vectors; BGEM3SparseEmbedding returns lexical "
+                                 "weights, which are not normalised or truncated. Drop it")
         kwargs.setdefault("embed_batch_size", DEFAULT_BATCH_SIZE)
         super().__init__(model_name=model_name, **kwargs)
-        self._encoder = encoder if encoder is not None else self._load_encoder()
+        self._finish_init(encoder, token)
         self._text_encoder().check_sparse()
 
     @classmethod
@@ -65,7 +69,7 @@ class BGEM3SparseEmbedding(EncoderFields, BaseSparseEmbedding):
         return "BGEM3SparseEmbedding"
 
     def _get_query_embedding(self, query: str) -> SparseEmbedding:
-        return self._text_encoder().sparse_queries([query])[0]
+        return self._text_encoder(query=True).sparse_queries([query])[0]
 
     def _get_text_embedding(self, text: str) -> SparseEmbedding:
         return self._text_encoder().sparse_documents([text])[0]
@@ -90,7 +94,7 @@ class BGEM3SparseEmbedding(EncoderFields, BaseSparseEmbedding):
             return te().sparse_lists_documents(texts)
 
         def sparse_query_fn(texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
-            return te().sparse_lists_queries(texts)
+            return te(query=True).sparse_lists_queries(texts)
 
         return {"sparse_doc_fn": sparse_doc_fn, "sparse_query_fn": sparse_query_fn}
 

@@ -244,12 +244,10 @@ async def test_async_does_not_block_the_event_loop(m3, monkeypatch, method, arg)
 def test_bad_options_are_named(m3):
     with pytest.raises(ValueError, match="devices"):
         BGEM3Embeddings(model_name=tiny_m3_path(), model_kwargs={"devices": "cpu"})
-    with pytest.raises(ValueError, match="show_progress_bar"):
-        BGEM3Embeddings(encoder=m3.encoder, encode_kwargs={"show_progress_bar": True})
-    with pytest.raises(ValueError, match="normalize_embeddings"):
-        BGEM3Embeddings(encoder=m3.encoder, encode_kwargs={"normalize_embeddings": False})
-    with pytest.raises(ValueError, match="disagree"):
-        BGEM3Embeddings(encoder=m3.encoder, batch_size=4, encode_kwargs={"batch_size": 8})
+    with pytest.raises(ValueError, match="output_value"):
+        BGEM3Embeddings(encoder=m3.encoder, encode_kwargs={"output_value": "token_embeddings"})
+    with pytest.raises(ValueError, match="precision"):
+        BGEM3Embeddings(encoder=m3.encoder, encode_kwargs={"precision": "int8"})
     with pytest.raises(ValueError, match="encoder="):
         BGEM3Embeddings(encoder=m3.encoder, model_kwargs={"device": "cpu"})
     with pytest.raises(ValueError, match="does not match"):

@@ -687,8 +687,9 @@ class HybridIndex(StoreBase):
         ``shortlist``: rows (over all segments) rescored exactly after the Hamming prefilter (default
         ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows)."""
         w = effective_weights(check_search_args(k, weights, candidates, mode, rrf_k), self.channels)
-        if filter is not None and not isinstance(filter, Mapping):
-            raise TypeError(f"filter must be a dict {{key: value}}; got {type(filter).__name__}")
+        if filter is not None and not isinstance(filter, Mapping) and not callable(filter):
+            raise TypeError(f"filter must be a dict {{key: value}} or a callable metadata -> bool; "
+                            f"got {type(filter).__name__}")
         dq, qt, cq = self._check_queries(dense_q, sparse_q, colbert_q)
         short = _positive_int(shortlist, "shortlist") if shortlist is not None else max(1000, 10 * candidates)
         with self._lock:
@@ -758,6 +759,10 @@ class HybridIndex(StoreBase):
 
     def _filter_mask(self, seg: Segment, filter: Mapping[str, Any]) -> np.ndarray:
         n = seg.n
+        if callable(filter) and not isinstance(filter, Mapping):  # a predicate metadata -> bool (from main's index.py)
+            from types import MappingProxyType
+
+            return np.fromiter((bool(filter(MappingProxyType(m))) for m in seg.metas_list()), dtype=np.bool_, count=n)
         mask = np.ones(n, dtype=np.bool_)
         cache = seg.__dict__.setdefault("_meta_index", {})
         for key, wanted in filter.items():

@@ -165,6 +165,11 @@ def to_qdrant_filter(filter: Optional[Mapping[str, Any]]):
 
     if filter is None:
         return None
+    if isinstance(filter, models.Filter):  # already Qdrant's form (bgem3._filters.to_qdrant)
+        return filter
+    if callable(filter) and not isinstance(filter, Mapping):
+        raise TypeError("a callable filter cannot run inside Qdrant; pass a dict {key: value}, a "
+                        "qdrant_client.models.Filter, or use the embedded bgem3.HybridIndex for predicate filters")
     if not isinstance(filter, Mapping):
         raise ValueError(f"filter must be a dict of metadata field -> value (or list of values); got {type(filter).__name__}")
     must: list = []
