@@ -19,6 +19,8 @@ Examples::
     python benchmarks/encode.py --model full --n 48 --reps 3        # BGE-M3 sizes (builds 2.3 GB once)
     python benchmarks/encode.py --model small --fast int8           # + the opt-in fast mode and its accuracy
     python benchmarks/encode.py --model full --device cuda          # fp16 on a GPU (peers in fp16 too)
+    python benchmarks/encode.py --model small --workloads bulk,chunks,query --minilm   # bulk / 32-text / query,
+        # bgem3 fp32/bf16/int8 vs FlagEmbedding, sentence-transformers, ONNX Runtime fp32/int8 (_workloads.py)
 """
 
 from __future__ import annotations
@@ -84,9 +86,16 @@ def st_tool(model, name: str, batch: int) -> Tool:
 
 
 def int8_encoder(path: str, device: str, max_length: int):
-    """An fp32 Encoder whose transformer + ColBERT ``nn.Linear`` layers are dynamically quantised
-    to int8 (``torch.ao.quantization.quantize_dynamic``). Measured, not shipped: on the real
-    MiniLM weights its dense cosine to fp32 drops to ~0.80-0.90 (see docs/benchmarks_encode.md)."""
+    """``Encoder(..., dtype="int8")`` (bgem3.quant: smoothing, per-token activations, sensitive layers fp32)."""
+    from bgem3 import Encoder
+
+    return Encoder(path, device=device, dtype="int8", max_length=max_length)
+
+
+def int8_dynamic_encoder(path: str, device: str, max_length: int):
+    """The rejected approach, for the record: an fp32 Encoder whose transformer + ColBERT
+    ``nn.Linear`` layers are dynamically quantised to int8 (``torch.ao.quantization.quantize_dynamic``);
+    on the real MiniLM weights its dense cosine to fp32 drops to ~0.80-0.90 (docs/benchmarks_encode.md)."""
     from torch.ao.quantization import quantize_dynamic
 
     from bgem3 import Encoder
@@ -287,11 +296,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--settings", default="default,matched", help="comma list of: default, matched")
     ap.add_argument("--batch", type=int, default=32, help="texts per forward pass in the matched setting (default 32)")
     ap.add_argument("--peers", default="flag,st", help="comma list of: flag, st")
-    ap.add_argument("--fast", default=None, choices=["int8", "bf16"], help="also time + score the opt-in fast mode")
+    ap.add_argument("--fast", default=None, choices=["int8", "int8-dynamic", "bf16"], help="also time + score the opt-in fast mode")
     ap.add_argument("--fast-scenarios", default=None, help="scenarios timed for the fast mode (default: --scenarios)")
     ap.add_argument("--ablation", action="store_true", help="also time ours with the unpadded path off")
     ap.add_argument("--tol", type=float, default=None, help="agreement tolerance (default 1e-5 fp32, 2e-2 fp16)")
     ap.add_argument("--json", default=None, help="write all figures and conditions to this JSON file")
+    ap.add_argument("--workloads", default=None,
+                    help="comma list of bulk,chunks,query: the workload-labelled run (benchmarks/_workloads.py) "
+                         "instead of the scenario run")
+    ap.add_argument("--systems", default="bgem3-fp32,bgem3-bf16,bgem3-int8,flag,st,ort-fp32,ort-int8",
+                    help="systems of the workload run")
+    ap.add_argument("--bulk-n", type=int, default=600, help="passages in the bulk call (default 600)")
+    ap.add_argument("--bulk-reps", type=int, default=1, help="timed bulk calls per system (default 1; the best is reported)")
+    ap.add_argument("--chunk-calls", type=int, default=8, help="32-text calls in the chunks workload (default 8)")
+    ap.add_argument("--query-n", type=int, default=30, help="single-query calls timed (default 30)")
+    ap.add_argument("--force-bf16", action="store_true", help="time bf16 even where the CPU emulates it")
+    ap.add_argument("--minilm", action="store_true", help="also report int8 fidelity on the real MiniLM weights")
     args = ap.parse_args(argv)
 
     def log(msg=""):
@@ -311,6 +331,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     from bgem3 import Encoder
 
     path = model_path(args.model, args.models_dir)
+    if args.workloads:
+        from benchmarks._workloads import minilm_fidelity, run_workloads
+
+        import transformers
+        cond = {"cpu": conditions(args, device, dtype, 0, np.array([1]))["cpu"], "threads": torch.get_num_threads(),
+                "torch": torch.__version__, "transformers": transformers.__version__, "model": args.model,
+                "model_desc": MODELS[args.model][1], "max_length": args.max_length}
+        log("conditions: " + json.dumps(cond))
+        report = {"conditions": cond}
+        if args.minilm:
+            report["minilm_int8_fidelity"] = minilm_fidelity(log)
+        report.update(run_workloads(args, path, log, model_flops, matmul_peak(device, torch.float32)))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(report, fh, indent=2)
+            log(f"wrote {args.json}")
+        return 0
     ours = Encoder(path, device=device, dtype=dtype, max_length=args.max_length)
     texts = make_corpus(n, seed=0, tokenizer=ours.tokenizer)
     lengths = np.array([len(x) for x in ours.tokenize(texts, args.max_length)])
@@ -407,8 +444,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         log(f"\nfast mode: {args.fast}")
         if args.fast == "bf16":
             fast = Encoder(path, device=device, dtype="bf16", max_length=args.max_length)
-        else:  # int8 is measured for the record only; the Encoder does not offer it (accuracy, see docs)
+        elif args.fast == "int8":
             fast = int8_encoder(path, device, args.max_length)
+        else:  # the rejected quantize_dynamic approach, measured for the record only
+            fast = int8_dynamic_encoder(path, device, args.max_length)
         queries = make_corpus(32, seed=1, min_tokens=6, max_tokens=40, tokenizer=ours.tokenizer)
         fast_all = ours_tool(fast, "fast", outputs["all"]).fn(texts)
         q_ref = ours_tool(ours, "q", outputs["all"]).fn(queries)

@@ -30,6 +30,7 @@ _LAZY = {
     "HybridReranker": "rerank",
     "Hit": "types",
     "BM25": "bm25",
+    "RemoteEncoder": "remote",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .index import HybridIndex, IndexFormatError
     from .profiles import Profile, detect_profile, get_profile
     from .bm25 import BM25
+    from .remote import RemoteEncoder
     from .rerank import HybridReranker
     from .types import Hit
 
@@ -67,6 +69,7 @@ __all__ = [
     "IndexFormatError",
     "EncodeOutput",
     "ModelLoadError",
+    "RemoteEncoder",
     "Profile",
     "detect_profile",
     "get_profile",

@@ -47,6 +47,7 @@ import numpy as np
 from .encoder import Encoder, resolve_device, resolve_dtype, resolve_model_path
 from ._store import check_str_list
 from .profiles import Profile, _escape, detect_profile, get_profile
+from .remote import is_url, remote_encoder_for
 
 __all__ = [
     "ENCODER_OPTIONS",
@@ -108,7 +109,8 @@ def dtype_name(dtype: Any) -> Optional[str]:
     if dtype is None:
         return None
     text = str(dtype).replace("torch.", "").lower()
-    return {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(text, text)
+    return {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
+            "qint8": "int8"}.get(text, text)
 
 
 def _freeze(value: Any) -> Hashable:
@@ -149,6 +151,8 @@ def shared_encoder(model_name_or_path: Union[str, os.PathLike], **options: Any) 
     """
     global _LOADS
     check_encoder_options(options, "encoder options")
+    if is_url(model_name_or_path):  # a `bgem3 serve` server: the model is there, not here
+        return remote_encoder_for(model_name_or_path, **options)
     if not isinstance(model_name_or_path, (str, os.PathLike)):
         raise TypeError(
             f"model_name must be a hub id like 'BAAI/bge-m3' or a local folder path; got {type(model_name_or_path).__name__}"
@@ -285,14 +289,15 @@ ENCODE_REFUSED = {
 }
 
 _TORCH_DTYPE_NAMES = {"auto": None, "float32": "fp32", "float": "fp32", "fp32": "fp32", "float16": "fp16",
-                      "half": "fp16", "fp16": "fp16", "bfloat16": "bf16", "bf16": "bf16"}
+                      "half": "fp16", "fp16": "fp16", "bfloat16": "bf16", "bf16": "bf16",
+                      "int8": "int8", "qint8": "int8"}  # int8: CPU, bgem3.quant
 
 
 def _dtype_option(value: Any, where: str) -> Optional[str]:
     text = str(value).replace("torch.", "").lower() if value is not None else None
     if text is not None and text not in _TORCH_DTYPE_NAMES:
         raise ValueError(f"{where}={value!r} is not a dtype bgem3 runs; use 'float32', 'float16', 'bfloat16' "
-                         "(or torch.float16 ...), or 'auto' / None for the default")
+                         "(or torch.float16 ...), 'int8' (CPU), or 'auto' / None for the default")
     return None if text is None else _TORCH_DTYPE_NAMES[text]
 
 

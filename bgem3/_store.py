@@ -151,6 +151,10 @@ def resolve_encoder(encoder: Any, encoder_kwargs: Mapping[str, Any], owner: str)
     ``encoder`` as given and refuse stray encoder options."""
     if isinstance(encoder, (str, os.PathLike)):
         from .encoder import Encoder
+        from .remote import is_url, remote_encoder_for
+
+        if is_url(encoder):  # a `bgem3 serve` server
+            return remote_encoder_for(encoder, **encoder_kwargs)
 
         return Encoder(encoder, **encoder_kwargs)
     if encoder_kwargs:

@@ -952,6 +952,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="also check every file's SHA-256 and every stored value (reads the whole index)")
     p.set_defaults(func=cmd_info)
+
+    from .serve.cli import add_parser as _add_serve_parser  # `bgem3 serve` lives in bgem3/serve/cli.py
+    _add_serve_parser(sub, common)
     return parser
 
 

@@ -45,6 +45,7 @@ _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "int8": torch.qint8, "qint8": torch.qint8,  # CPU: int8 linear layers, the rest fp32 (bgem3.quant)
 }
 
 #: Files a hub download needs (weights, configs, tokenizer, M3 heads, ST configs).
@@ -116,14 +117,16 @@ def resolve_dtype(dtype: DTypeLike, device: torch.device) -> torch.dtype:
     if isinstance(dtype, str):
         key = dtype.lower().replace("torch.", "")
         if key not in _DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported; use 'fp32', 'fp16' or 'bf16' (or None for auto)")
+            raise ValueError(f"dtype {dtype!r} is not supported; use 'fp32', 'fp16', 'bf16' or 'int8' (CPU) (or None for auto)")
         dt = _DTYPES[key]
     elif isinstance(dtype, torch.dtype):
         dt = dtype
     else:
         raise TypeError(f"dtype must be a string, a torch.dtype or None; got {type(dtype).__name__}")
-    if dt not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype {dtype!r} is not supported; use fp32, fp16 or bf16")
+    if dt == torch.qint8 and device.type != "cpu":
+        raise ValueError(f"dtype 'int8' runs on CPU only (device is {device}); use dtype='fp16' on GPUs")
+    if dt not in (torch.float32, torch.float16, torch.bfloat16, torch.qint8):
+        raise ValueError(f"dtype {dtype!r} is not supported; use fp32, fp16, bf16 or int8 (CPU)")
     if dt == torch.float16 and device.type == "cpu":
         raise ValueError(
             "dtype fp16 on CPU is not supported (it rounds the weights and is slow there); "
@@ -283,6 +286,7 @@ class Encoder:
             logger.warning("dtype='bf16' on a CPU without avx512_bf16/AMX runs emulated and is usually slower "
                            "than fp32; use dtype='fp32' (the exact default) on this machine")
         self.model = self._load_model(trust_remote_code)
+        self.quantization: Optional[dict] = None  # the int8 report (bgem3.quant) when dtype='int8'
         #: the transformer's hidden size (what the M3 heads and the first Dense module take)
         self.model_hidden_size = int(self.model.config.hidden_size)
         #: decoder-only architecture (Mistral, Qwen2/3, Gemma2, ...): last-token families, 512 default length
@@ -329,6 +333,10 @@ class Encoder:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         self.pad_token_id = int(pad)
         self.vocab_size = max(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0))
+        if self.dtype == torch.qint8:  # int8: loaded in fp32 above, now calibrated + quantised
+            from .quant import quantize_encoder
+
+            quantize_encoder(self)
 
     # ------------------------------------------------------------------ loading
     def _load_tokenizer(self, trust_remote_code: bool):
@@ -360,12 +368,13 @@ class Encoder:
                 f"{self.model_dir!r} is not a model folder: config.json is missing. Pass the folder that "
                 "holds config.json and the weights (model.safetensors or pytorch_model.bin)."
             )
+        load_dtype = torch.float32 if self.dtype == torch.qint8 else self.dtype
         try:
-            model = AutoModel.from_pretrained(self.model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code,
+            model = AutoModel.from_pretrained(self.model_dir, dtype=load_dtype, trust_remote_code=trust_remote_code,
                                               add_pooling_layer=False)
         except TypeError:
             try:
-                model = AutoModel.from_pretrained(self.model_dir, dtype=self.dtype, trust_remote_code=trust_remote_code)
+                model = AutoModel.from_pretrained(self.model_dir, dtype=load_dtype, trust_remote_code=trust_remote_code)
             except Exception as exc:
                 raise ModelLoadError(
                     f"cannot load model weights from {self.model_dir!r} ({type(exc).__name__}: {exc}). "

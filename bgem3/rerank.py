@@ -109,6 +109,10 @@ def resolve_encoder(encoder: Union[Encoder, str, os.PathLike], **encoder_kwargs:
             )
         return encoder
     if isinstance(encoder, (str, os.PathLike)):
+        from .remote import is_url, remote_encoder_for
+
+        if is_url(encoder):  # a `bgem3 serve` server
+            return remote_encoder_for(encoder, **encoder_kwargs)
         return Encoder(encoder, **encoder_kwargs)
     raise TypeError(
         f"expected a bgem3.Encoder or a model name / local folder (str); got {type(encoder).__name__}"

@@ -1,8 +1,12 @@
-"""QdrantHybridStore on qdrant-client's local mode: parity with HybridIndex, upserts, deletes,
-filters, persistence, mismatch errors, bounded upsert retries, and the retrievers over it."""
+"""QdrantHybridStore on two backends -- qdrant-client's local mode (a Python stand-in) and Qdrant
+Edge (Qdrant's own engine, in-process: the server's query plans run by the server's code): parity
+with HybridIndex, upserts, deletes, filters, persistence, mismatch errors, bounded upsert retries,
+a half-written add, and the retrievers over it. Every test that builds a store runs on both."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import uuid
 
 import numpy as np
@@ -23,6 +27,45 @@ from bgem3.stores.qdrant import (  # noqa: E402
 )
 from bgem3.testing import make_m3_checkpoint  # noqa: E402
 from bgem3.types import Hit, HybridStore  # noqa: E402
+
+try:
+    import qdrant_edge  # noqa: F401
+
+    HAVE_EDGE = True
+except ImportError:  # pragma: no cover
+    HAVE_EDGE = False
+
+#: "local": qdrant-client's in-process Python stand-in; "edge": Qdrant Edge, Qdrant's own engine
+BACKENDS = ["local", pytest.param("edge", marks=pytest.mark.skipif(not HAVE_EDGE, reason="qdrant-edge-py missing"))]
+_SHARDS = itertools.count()
+
+
+def new_store(backend: str, encoder=None, root: str = "", **kw) -> QdrantHybridStore:
+    """A fresh store on ``backend`` (an Edge shard gets its own new folder under ``root``)."""
+    if backend == "edge":
+        return QdrantHybridStore(encoder, edge_path=os.path.join(root, f"shard-{next(_SHARDS)}"), **kw)
+    return QdrantHybridStore(encoder, client=QdrantClient(":memory:"), **kw)
+
+
+@pytest.fixture(scope="module")
+def edge_root(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("edge-shards"))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def fresh(backend, edge_root):
+    """``fresh(encoder, **kw)``: a new empty store (collection "t") on the test's backend."""
+
+    def make(encoder, **kw) -> QdrantHybridStore:
+        kw.setdefault("collection_name", "t")
+        return new_store(backend, encoder, edge_root, **kw)
+
+    return make
 
 WORDS = ("alpha beta gamma delta river mountain city data model search index query vector sparse "
          "dense token cat dog bird fish bread oven night train market").split()
@@ -74,17 +117,23 @@ def index(qd_encoder, corpus, encoded_docs) -> HybridIndex:
     return idx
 
 
-@pytest.fixture(scope="module", params=["qdrant", "client"])
-def store(request, qd_encoder, corpus, encoded_docs) -> QdrantHybridStore:
+STORE_KINDS = [pytest.param(("local", "qdrant"), id="local-qdrant"), pytest.param(("local", "client"), id="local-client"),
+               pytest.param(("edge", "qdrant"), id="edge-qdrant",
+                            marks=pytest.mark.skipif(not HAVE_EDGE, reason="qdrant-edge-py missing")),
+               pytest.param(("edge", "client"), id="edge-client",
+                            marks=pytest.mark.skipif(not HAVE_EDGE, reason="qdrant-edge-py missing"))]
+
+
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def store(request, qd_encoder, corpus, encoded_docs, edge_root) -> QdrantHybridStore:
+    """The corpus in a store: (backend, rescore) = local or Edge x Qdrant-side or client-side re-scoring."""
+    backend, rescore = request.param
     texts, ids, metas = corpus
-    st = QdrantHybridStore(qd_encoder, client=QdrantClient(":memory:"), collection_name="parity",
-                           rescore=request.param, batch_size=16)
+    st = new_store(backend, qd_encoder, edge_root, collection_name="parity", rescore=rescore, batch_size=16)
     st.add_encoded(ids, texts, metas, encoded_docs.dense, encoded_docs.sparse, encoded_docs.colbert)
-    return st
-
-
-def _fresh(encoder, **kw) -> QdrantHybridStore:
-    return QdrantHybridStore(encoder, client=QdrantClient(":memory:"), collection_name="t", **kw)
+    st.backend = backend
+    yield st
+    st.close()
 
 
 def assert_same_hits(a: list[Hit], b: list[Hit], tol: float = 1e-4) -> None:
@@ -121,11 +170,11 @@ def test_weighted_search_matches_hybrid_index(store, index, encoded_queries, opt
         assert_same_hits(got, expected)
 
 
-def test_rrf_matches_hybrid_index_client_rescoring(qd_encoder, corpus, encoded_docs, encoded_queries, index):
+def test_rrf_matches_hybrid_index_client_rescoring(qd_encoder, corpus, encoded_docs, encoded_queries, index, fresh):
     # client-side rescoring does the index's own arithmetic, so even RRF's rank-based scores
     # (sensitive to 1e-8 differences between near-tied dense scores of the tiny model) agree
     texts, ids, metas = corpus
-    st = _fresh(qd_encoder, rescore="client")
+    st = fresh(qd_encoder, rescore="client")
     st.add_encoded(ids, texts, metas, encoded_docs.dense, encoded_docs.sparse, encoded_docs.colbert)
     for q in encoded_queries:
         for opts in (dict(), dict(weights=(1, 1, 1), exhaustive=True), dict(filter={"group": 1})):
@@ -149,7 +198,7 @@ def _synthetic(n: int, dim: int, seed: int, colbert_dim: int = 8):
 
 
 @pytest.mark.parametrize("rescore", ["qdrant", "client"])
-def test_synthetic_vectors_match_hybrid_index_weighted_and_rrf(rescore):
+def test_synthetic_vectors_match_hybrid_index_weighted_and_rrf(rescore, fresh):
     n, dim = 300, 16
     dense, sparse, colbert = _synthetic(n, dim, seed=1)
     ids = [f"v{i}" for i in range(n)]
@@ -158,8 +207,7 @@ def test_synthetic_vectors_match_hybrid_index_weighted_and_rrf(rescore):
     assert any(len(c) == 0 for c in colbert) and any(len(s) == 0 for s in sparse)
     idx = HybridIndex(None, model_name="synthetic", dim=dim, colbert_dim=8, colbert_codec="float16")
     idx.add_encoded(ids, texts, metas, dense, sparse, colbert)
-    st = QdrantHybridStore(None, model_name="synthetic", dim=dim, colbert_dim=8, client=QdrantClient(":memory:"),
-                           rescore=rescore, batch_size=50)
+    st = fresh(None, model_name="synthetic", dim=dim, colbert_dim=8, rescore=rescore, batch_size=50)
     st.add_encoded(ids, texts, metas, dense, sparse, colbert)
     qd, qs, qc = _synthetic(5, dim, seed=2)
     for i in range(5):
@@ -200,13 +248,14 @@ def test_exhaustive_equals_brute_force_reference(store, qd_encoder, corpus, docs
 
 def test_candidates_cover_corpus_equals_exhaustive(store, encoded_queries):
     for q in encoded_queries:
+        # the same scores up to float rounding: an exhaustive query and a prefetch may sum in another order
         assert_same_hits(store.search_encoded(*q, k=10, candidates=N_DOCS),
-                         store.search_encoded(*q, k=10, exhaustive=True), tol=1e-9)
+                         store.search_encoded(*q, k=10, exhaustive=True), tol=1e-6)
 
 
-def test_add_with_encoder_equals_add_encoded(qd_encoder, corpus, store):
+def test_add_with_encoder_equals_add_encoded(qd_encoder, corpus, store, edge_root):
     texts, ids, metas = corpus
-    st = _fresh(qd_encoder, rescore=store.rescore, batch_size=7)
+    st = new_store(store.backend, qd_encoder, edge_root, collection_name="t", rescore=store.rescore, batch_size=7)
     assert st.add(texts, ids=ids, metadatas=metas) == ids
     assert len(st) == N_DOCS
     for q in QUERIES[:2]:
@@ -218,8 +267,8 @@ def test_store_satisfies_protocol(store):
 
 
 # ------------------------------------------------------------------ upsert / delete / get
-def test_readding_an_id_updates_in_place(qd_encoder):
-    st = _fresh(qd_encoder)
+def test_readding_an_id_updates_in_place(qd_encoder, fresh):
+    st = fresh(qd_encoder)
     st.add(["cat dog bird", "river mountain city", "bread oven"], ids=["a", "b", "c"],
            metadatas=[{"v": 1}, {"v": 1}, {"v": 1}])
     st.add(["market train night data"], ids=["b"], metadatas=[{"v": 2}])
@@ -232,8 +281,8 @@ def test_readding_an_id_updates_in_place(qd_encoder):
     assert all(h.text != "river mountain city" for h in st.search("river mountain city", k=3, exhaustive=True))
 
 
-def test_point_ids_are_uuid5_of_the_user_id(qd_encoder):
-    st = _fresh(qd_encoder)
+def test_point_ids_are_uuid5_of_the_user_id(qd_encoder, fresh):
+    st = fresh(qd_encoder)
     st.add(["cat dog"], ids=["doc/1"])
     expected = str(uuid.uuid5(BGEM3_NAMESPACE, "doc/1"))
     assert point_id("doc/1") == expected
@@ -241,9 +290,9 @@ def test_point_ids_are_uuid5_of_the_user_id(qd_encoder):
     assert rec.payload["id"] == "doc/1" and rec.payload["text"] == "cat dog"
 
 
-def test_delete(qd_encoder, corpus):
+def test_delete(qd_encoder, corpus, fresh):
     texts, ids, metas = corpus
-    st = _fresh(qd_encoder)
+    st = fresh(qd_encoder)
     st.add(texts[:10], ids=ids[:10], metadatas=metas[:10])
     best = st.search(texts[3], k=1, exhaustive=True)[0].id
     st.delete([best, ids[7]])
@@ -264,8 +313,8 @@ def test_get_returns_documents_in_order(store, corpus):
     assert [(h.id, h.text, h.metadata) for h in hits] == [(ids[5], texts[5], metas[5]), (ids[2], texts[2], metas[2])]
 
 
-def test_empty_store_and_bad_input(qd_encoder):
-    st = _fresh(qd_encoder)
+def test_empty_store_and_bad_input(qd_encoder, fresh):
+    st = fresh(qd_encoder)
     assert len(st) == 0 and st.search("anything") == [] and st.search("x", exhaustive=True) == []
     st.add(["cat dog"], ids=["a"])
     with pytest.raises(ValueError, match="k must be"):
@@ -324,8 +373,8 @@ def test_filters_select_same_documents_as_hybrid_index(store, index, encoded_que
                 assert h.metadata.get(key) in allowed
 
 
-def test_filter_key_with_dot_and_payload_index(qd_encoder):
-    st = _fresh(qd_encoder)
+def test_filter_key_with_dot_and_payload_index(qd_encoder, fresh):
+    st = fresh(qd_encoder)
     st.add(["cat dog", "cat bird", "dog fish"], ids=["1", "2", "3"],
            metadatas=[{"a.b": "x"}, {"a.b": "y"}, {"a": {"b": "x"}}])
     st.create_metadata_index("a.b")
@@ -333,9 +382,9 @@ def test_filter_key_with_dot_and_payload_index(qd_encoder):
 
 
 # ------------------------------------------------------------------ collections: idempotence, persistence, mismatch
-def test_collection_creation_is_idempotent(qd_encoder):
-    client = QdrantClient(":memory:")
-    a = QdrantHybridStore(qd_encoder, client=client, collection_name="c")
+def test_collection_creation_is_idempotent(qd_encoder, fresh):
+    a = fresh(qd_encoder, collection_name="c")
+    client = a.client
     a.add(["cat dog", "bread oven"], ids=["1", "2"])
     b = QdrantHybridStore(qd_encoder, client=client, collection_name="c")
     assert len(b) == 2 and b.get(["1"])[0].text == "cat dog"
@@ -348,44 +397,56 @@ def test_collection_creation_is_idempotent(qd_encoder):
     assert "sparse" in params.sparse_vectors
 
 
-def test_path_store_persists_across_reopen(qd_encoder, corpus, tmp_path):
+@pytest.mark.parametrize("where", ["path", pytest.param("edge_path", marks=pytest.mark.skipif(not HAVE_EDGE, reason="no Edge"))])
+def test_path_store_persists_across_reopen(qd_encoder, corpus, tmp_path, where):
     texts, ids, metas = corpus
-    st = QdrantHybridStore(qd_encoder, path=tmp_path / "qdrant", collection_name="docs")
+    loc = {where: tmp_path / "qdrant"}
+    st = QdrantHybridStore(qd_encoder, **loc, collection_name="docs")
     st.add(texts[:20], ids=ids[:20], metadatas=metas[:20])
     before = st.search(QUERIES[0], k=5)
     st.close()
-    again = QdrantHybridStore(qd_encoder, path=tmp_path / "qdrant", collection_name="docs")
+    again = QdrantHybridStore(qd_encoder, **loc, collection_name="docs")
     assert len(again) == 20
     assert_same_hits(again.search(QUERIES[0], k=5), before, tol=1e-9)
     again.add(["new text"], ids=["new"])
     again.close()
-    third = QdrantHybridStore(None, path=tmp_path / "qdrant", collection_name="docs")
+    third = QdrantHybridStore(None, **loc, collection_name="docs")
     assert len(third) == 21 and third.model_name == qd_encoder.model_name and third.dim == qd_encoder.hidden_size
     third.close()
 
 
-def test_dimension_mismatch_is_a_clear_error(qd_encoder, tmp_path):
-    client = QdrantClient(":memory:")
-    QdrantHybridStore(None, model_name="other-model", dim=8, colbert_dim=8, client=client, collection_name="c")
+def test_dimension_mismatch_is_a_clear_error(qd_encoder, fresh):
+    client = fresh(None, model_name="other-model", dim=8, colbert_dim=8, collection_name="c").client
     with pytest.raises(CollectionMismatchError, match=r"8-dimensional.*32-dimensional"):
         QdrantHybridStore(qd_encoder, client=client, collection_name="c")
 
 
-def test_model_mismatch_is_a_clear_error(qd_encoder, tmp_path):
+def test_model_mismatch_is_a_clear_error(qd_encoder, tmp_path, fresh):
     other = Encoder(make_m3_checkpoint(str(tmp_path / "other-model"), seed=9), device="cpu", max_length=MAX_LENGTH)
-    client = QdrantClient(":memory:")
-    QdrantHybridStore(other, client=client, collection_name="c").add(["cat"], ids=["1"])
+    first = fresh(other, collection_name="c")
+    first.add(["cat"], ids=["1"])
+    client = first.client
     with pytest.raises(CollectionMismatchError, match="was built with model .*other-model"):
         QdrantHybridStore(qd_encoder, client=client, collection_name="c")
     # the same model under another folder (same last path component) is accepted
     QdrantHybridStore(None, model_name="/elsewhere/other-model", client=client, collection_name="c")
 
 
-def test_foreign_collection_is_refused(qd_encoder):
-    client = QdrantClient(":memory:")
-    client.create_collection("plain", vectors_config=models.VectorParams(size=32, distance=models.Distance.COSINE))
+def test_foreign_collection_is_refused(qd_encoder, backend, tmp_path):
+    if backend == "local":
+        client = QdrantClient(":memory:")
+        client.create_collection("plain", vectors_config=models.VectorParams(size=32, distance=models.Distance.COSINE))
+        with pytest.raises(CollectionMismatchError, match="not made by QdrantHybridStore"):
+            QdrantHybridStore(qd_encoder, client=client, collection_name="plain")
+        return
+    import qdrant_edge as qe
+
+    shard = qe.EdgeShard.create(str(tmp_path / "plain"), qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=32, distance=qe.Distance.Cosine)))
+    shard.close()
     with pytest.raises(CollectionMismatchError, match="not made by QdrantHybridStore"):
-        QdrantHybridStore(qd_encoder, client=client, collection_name="plain")
+        QdrantHybridStore(qd_encoder, edge_path=tmp_path / "plain", collection_name="plain")
+    assert sorted(os.listdir(tmp_path / "plain")) == ["edge_config.json", "segments", "wal"]  # left as it was
 
 
 def test_constructor_arguments_are_checked(qd_encoder):
@@ -419,27 +480,33 @@ class FlakyClient:
         return getattr(self._inner, name)
 
 
-def _flaky_store(encoder, errors, **kw):
-    client = FlakyClient(QdrantClient(":memory:"), errors)
+def _flaky_store(encoder, errors, backend="local", root="", **kw):
+    if backend == "edge":
+        from bgem3.stores.qdrant_edge import EdgeClient
+
+        inner = EdgeClient(os.path.join(root, f"flaky-{next(_SHARDS)}"))
+    else:
+        inner = QdrantClient(":memory:")
+    client = FlakyClient(inner, errors)
     st = QdrantHybridStore(encoder, client=client, collection_name="f", batch_size=2, retry_backoff=0.25, **kw)
     sleeps: list[float] = []
     st._sleep = sleeps.append
     return st, client, sleeps
 
 
-def test_upsert_retries_transient_errors(qd_encoder):
+def test_upsert_retries_transient_errors(qd_encoder, backend, edge_root):
     errors = [ResponseHandlingException(ConnectionError("reset")), ConnectionError("refused")]
-    st, client, sleeps = _flaky_store(qd_encoder, errors, max_retries=3)
+    st, client, sleeps = _flaky_store(qd_encoder, errors, backend, edge_root, max_retries=3)
     st.add(["a b", "c d", "e f"], ids=["1", "2", "3"])
     assert len(st) == 3
     assert client.upsert_calls == 4  # batch 1: two failures + success; batch 2: success
     assert sleeps == [0.25, 0.5]  # exponential backoff
 
 
-def test_upsert_gives_up_after_max_retries_and_reports_progress(qd_encoder):
+def test_upsert_gives_up_after_max_retries_and_reports_progress(qd_encoder, backend, edge_root):
     # batch 1 succeeds; batch 2 fails 3 times (> max_retries=2)
     errors = [ResponseHandlingException(TimeoutError("t"))] * 3
-    st, client, sleeps = _flaky_store(qd_encoder, [], max_retries=2)
+    st, client, sleeps = _flaky_store(qd_encoder, [], backend, edge_root, max_retries=2)
     st.add(["a b", "c d"], ids=["1", "2"])
     client.errors = errors
     with pytest.raises(QdrantUpsertError, match="after 3 tries") as info:
@@ -450,8 +517,8 @@ def test_upsert_gives_up_after_max_retries_and_reports_progress(qd_encoder):
     assert len(st) == 2
 
 
-def test_upsert_failure_mid_add_names_written_and_failed_ids(qd_encoder):
-    st, client, sleeps = _flaky_store(qd_encoder, [], max_retries=0)
+def test_upsert_failure_mid_add_names_written_and_failed_ids(qd_encoder, backend, edge_root):
+    st, client, sleeps = _flaky_store(qd_encoder, [], backend, edge_root, max_retries=0)
     real_upsert = client.upsert
 
     def fail_second(*args, **kwargs):
@@ -467,26 +534,66 @@ def test_upsert_failure_mid_add_names_written_and_failed_ids(qd_encoder):
     assert len(st) == 2 and sleeps == []
 
 
-def test_non_transient_errors_are_not_retried(qd_encoder):
-    st, client, sleeps = _flaky_store(qd_encoder, [ValueError("bad request")], max_retries=5)
+def test_non_transient_errors_are_not_retried(qd_encoder, backend, edge_root):
+    st, client, sleeps = _flaky_store(qd_encoder, [ValueError("bad request")], backend, edge_root, max_retries=5)
     with pytest.raises(QdrantUpsertError, match="bad request"):
         st.add(["a"], ids=["1"])
     assert client.upsert_calls == 1 and sleeps == []
+
+
+class FailingEncoder:
+    """The real encoder, except that encoding documents fails on call number ``fail_on``."""
+
+    def __init__(self, inner, fail_on: int) -> None:
+        self._inner, self.fail_on, self.calls = inner, fail_on, 0
+
+    def encode_documents(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return self._inner.encode_documents(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_encoding_failure_mid_add_reports_what_was_written(qd_encoder, fresh):
+    """add() encodes 256 texts at a time: if the second chunk fails, the first is already in the
+    store. The error says so and carries the ids (it used to be the raw exception, 256 written)."""
+    texts = [f"cat dog {i} river" for i in range(300)]
+    ids = [f"h{i}" for i in range(300)]
+    st = fresh(FailingEncoder(qd_encoder, fail_on=2))
+    with pytest.raises(QdrantUpsertError, match=r"encoding documents 'h256'..'h299' failed \(RuntimeError: CUDA out "
+                                                r"of memory \(simulated\)\) after 256 documents were written") as info:
+        st.add(texts, ids=ids)
+    assert info.value.written_ids == ids[:256] and info.value.failed_ids == ids[256:]
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert len(st) == 256 and all(x in st for x in ids[:256]) and ids[256] not in st
+    # re-adding the failed ids completes the call
+    st.encoder = qd_encoder
+    st.add(texts[256:], ids=info.value.failed_ids)
+    assert len(st) == 300
+    # a failure in the first chunk writes nothing and is the encoder's own error
+    st2 = fresh(FailingEncoder(qd_encoder, fail_on=1), collection_name="t2")
+    with pytest.raises(RuntimeError, match="simulated"):
+        st2.add(texts[:10], ids=ids[:10])
+    assert len(st2) == 0
 
 
 # ------------------------------------------------------------------ the retrievers over this store
 RETRIEVER_QUERY = "cat dog river"
 
 
-@pytest.fixture(scope="module")
-def qdrant_for_retrievers(qd_encoder, corpus, encoded_docs) -> QdrantHybridStore:
+@pytest.fixture(scope="module", params=BACKENDS)
+def qdrant_for_retrievers(request, qd_encoder, corpus, encoded_docs, edge_root) -> QdrantHybridStore:
     texts, ids, metas = corpus
-    st = QdrantHybridStore(qd_encoder, client=QdrantClient(":memory:"), collection_name="retrievers")
+    st = new_store(request.param, qd_encoder, edge_root, collection_name="retrievers")
     st.add_encoded(ids, texts, metas, encoded_docs.dense, encoded_docs.sparse, encoded_docs.colbert)
-    return st
+    yield st
+    st.close()
 
 
-def test_langchain_retriever_over_qdrant_store(qdrant_for_retrievers, index, qd_encoder):
+def test_langchain_retriever_over_qdrant_store(qdrant_for_retrievers, index, qd_encoder, edge_root):
     pytest.importorskip("langchain_core")
     from langchain_core.documents import Document
 
@@ -506,7 +613,8 @@ def test_langchain_retriever_over_qdrant_store(qdrant_for_retrievers, index, qd_
     assert [d.id for d in docs] == [h.id for h in qdrant_for_retrievers.search(RETRIEVER_QUERY, k=3, filter={"lang": "de"})]
 
     # add_documents / delete go through the store (on a fresh collection)
-    fresh = BGEM3HybridRetriever(store=_fresh(qd_encoder), k=2)
+    backend = "edge" if qdrant_for_retrievers._is_edge() else "local"
+    fresh = BGEM3HybridRetriever(store=new_store(backend, qd_encoder, edge_root, collection_name="t"), k=2)
     ids = fresh.add_documents([Document(page_content="bread oven night", metadata={"t": 1}, id="x"),
                                Document(page_content="cat dog bird", metadata={"t": 2}, id="y")])
     assert ids == ["x", "y"] and len(fresh.store) == 2
@@ -523,7 +631,7 @@ async def test_langchain_retriever_over_qdrant_store_async(qdrant_for_retrievers
     assert [d.id for d in await r.ainvoke(RETRIEVER_QUERY)] == [d.id for d in r.invoke(RETRIEVER_QUERY)]
 
 
-def test_llama_index_retriever_over_qdrant_store(qdrant_for_retrievers, index, qd_encoder):
+def test_llama_index_retriever_over_qdrant_store(qdrant_for_retrievers, index, qd_encoder, edge_root):
     pytest.importorskip("llama_index.core")
     from llama_index.core.schema import TextNode
     from llama_index.core.vector_stores.types import ExactMatchFilter, MetadataFilters
@@ -544,7 +652,8 @@ def test_llama_index_retriever_over_qdrant_store(qdrant_for_retrievers, index, q
     assert len(filtered) == 4 and all(n.node.metadata["group"] == 2 for n in filtered)
 
     # nodes round-trip through the Qdrant payload (LlamaIndex's _node_content record included)
-    fresh = BGEM3HybridRetriever(_fresh(qd_encoder), similarity_top_k=1)
+    backend = "edge" if qdrant_for_retrievers._is_edge() else "local"
+    fresh = BGEM3HybridRetriever(new_store(backend, qd_encoder, edge_root, collection_name="t"), similarity_top_k=1)
     fresh.add_nodes([TextNode(text="bread oven night", id_="n1", metadata={"src": "a"}),
                      TextNode(text="cat dog bird", id_="n2", metadata={"src": "b"})])
     (hit,) = fresh.retrieve("bread oven")
@@ -553,10 +662,9 @@ def test_llama_index_retriever_over_qdrant_store(qdrant_for_retrievers, index, q
     assert fresh.retrieve("bread oven")[0].node.node_id == "n2"
 
 
-def test_bad_vectors_write_nothing():
+def test_bad_vectors_write_nothing(fresh):
     dense, sparse, colbert = _synthetic(5, 16, seed=3)
-    st = QdrantHybridStore(None, model_name="synthetic", dim=16, colbert_dim=8, client=QdrantClient(":memory:"),
-                           batch_size=2)
+    st = fresh(None, model_name="synthetic", dim=16, colbert_dim=8, batch_size=2)
     bad = list(colbert)
     bad[4] = np.full((2, 8), np.nan, dtype=np.float32)  # the last batch is bad
     with pytest.raises(ValueError, match="NaN"):

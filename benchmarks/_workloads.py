@@ -1,0 +1,317 @@
+"""Workload-labelled encode benchmark (``benchmarks/encode.py --workloads ...``).
+
+Workloads, each run side by side in one process on the same model folder:
+
+* ``bulk``   — the indexing job: ``--bulk-n`` real passages of 80-400 words in ONE call, all three
+  outputs (dense + lexical + ColBERT) and dense-only;
+* ``chunks`` — 32-text calls, as vector stores make them (``--chunk-calls`` calls);
+* ``query``  — one short query per call, p50 / p99 latency.
+
+Systems: bgem3 fp32 / bf16 (only where the CPU has native bf16, else reported as skipped) /
+int8; FlagEmbedding fp32 (BGEM3FlagModel); sentence-transformers fp32 (dense); ONNX Runtime
+fp32 and int8 (``onnxruntime.quantization.quantize_dynamic``, per-channel QInt8) on a
+``torch.onnx`` export of the same checkpoint, with the same heads applied to its hidden states.
+
+Every system's outputs are scored against bgem3 fp32 (dense cosine median/min, top-10 agreement
+on real queries, ColBERT / lexical cosine) before its time is reported. Text: paragraphs of
+Python's reference documentation (``bgem3.quant.fidelity.real_passages``), real prose shipped
+with every Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from bgem3.quant.fidelity import (colbert_fidelity, dense_fidelity, lexical_fidelity, real_passages,
+                                  real_queries, topk_agreement)
+
+
+def bulk_corpus(n: int, seed: int = 0, min_words: int = 80, max_words: int = 400) -> list[str]:
+    """``n`` passages of ``min_words``-``max_words`` words (uniform), built from real paragraphs."""
+    paras = real_passages(10_000, min_words=1)
+    words = " ".join(paras).split()
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        k = int(min_words + (max_words - min_words) * (i + rng.random()) / n)
+        s = rng.randrange(0, len(words) - k)
+        out.append(" ".join(words[s:s + k]))
+    rng.shuffle(out)
+    return out
+
+
+# --------------------------------------------------------------------------- ONNX Runtime peer
+
+def export_onnx(path: str, out_dir: str, log) -> tuple[str, str]:
+    """fp32 and int8 ONNX graphs of the checkpoint's transformer (hidden states out), cached."""
+    fp32 = os.path.join(out_dir, "model.onnx")
+    int8 = os.path.join(out_dir, "model_int8.onnx")
+    if os.path.isfile(fp32) and os.path.isfile(int8):
+        return fp32, int8
+    os.makedirs(out_dir, exist_ok=True)
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(path, add_pooling_layer=False, attn_implementation="eager").eval()
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.randint(5, 100, (2, 16))
+    raw = os.path.join(out_dir, "raw.onnx")
+    log(f"[onnx] exporting {path} -> {raw}")
+    torch.onnx.export(Wrap(model), (ids, torch.ones_like(ids)), raw, input_names=["input_ids", "attention_mask"],
+                      output_names=["hidden"], opset_version=17, dynamo=False,
+                      dynamic_axes={"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"}, "hidden": {0: "b", 1: "t"}})
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    cfg = model.config
+    opt = optimize_model(raw, model_type="bert", num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size)
+    log(f"[onnx] fused operators: {opt.get_fused_operator_statistics()}")
+    opt.save_model_to_file(fp32)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"DefaultTensorType": 1})
+    return fp32, int8
+
+
+def ort_tool(onnx_path: str, enc, threads: int, batch: int = 32):
+    """``fn(texts, dense, sparse, colbert)`` on an ONNX Runtime session; heads = ``enc``'s (fp32)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+
+    def fn(texts, dense=True, sparse=False, colbert=False):
+        ids = enc.tokenize(texts, enc.max_length)
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        d_out = np.zeros((len(texts), enc.hidden_size), dtype=np.float32) if dense else None
+        s_out = [None] * len(texts) if sparse else None
+        c_out = [None] * len(texts) if colbert else None
+        for a in range(0, len(order), batch):
+            idx = order[a:a + batch]
+            input_ids, mask = enc._pad([ids[i] for i in idx])
+            hidden = torch.from_numpy(sess.run(None, {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()})[0])
+            with torch.inference_mode():
+                if dense:
+                    d_out[idx] = enc._pool(hidden, mask).numpy()
+                if sparse:
+                    for j, v in zip(idx, enc._sparse(hidden, input_ids, mask)):
+                        s_out[j] = v
+                if colbert:
+                    for j, v in zip(idx, enc._colbert(hidden, mask)):
+                        c_out[j] = v
+        return {"dense": d_out, "sparse": s_out, "colbert": c_out}
+    return fn
+
+
+# --------------------------------------------------------------------------- the run
+
+def int8_matmul_peak(size: int = 2048, reps: int = 3) -> float:
+    """Best measured FBGEMM int8 (dynamic) matmul OPS/s here (2*M*N*K per call)."""
+    w = torch.randn(size, size)
+    scale = (w.abs().amax(1) / 127).double()
+    qw = torch.quantize_per_channel(w, scale, torch.zeros(size, dtype=torch.long), 0, torch.qint8)
+    packed = torch.ops.quantized.linear_prepack(qw, None)
+    x = torch.rand(size, size)
+    best = float("inf")
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        torch.ops.quantized.linear_dynamic(x, packed, True)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
+
+
+def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float) -> dict:
+    from bgem3 import Encoder
+    from bgem3.encoder import cpu_has_fast_bf16
+    from bgem3.quant.engine import has_vnni, int8_cpu_features
+
+    workloads = [w for w in args.workloads.split(",") if w]
+    systems = [s for s in args.systems.split(",") if s]
+    report: dict = {"workloads": {}, "fidelity": {}, "skipped": {}, "load": {}}
+    report["load"]["loadavg_start"] = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+    report["cpu_int8"] = {"features": sorted(int8_cpu_features()), "vnni": has_vnni(), "fast_bf16": cpu_has_fast_bf16()}
+
+    ref = Encoder(path, device="cpu", max_length=args.max_length)
+    corpus = bulk_corpus(args.bulk_n)
+    queries = real_queries(50)
+    lengths = np.array([len(x) for x in ref.tokenize(corpus, args.max_length)])
+    flops = model_flops(lengths, ref.model.config)
+    i8_peak = int8_matmul_peak()
+    report["corpus"] = {"n": len(corpus), "tokens": int(lengths.sum()), "tokens_min": int(lengths.min()),
+                        "tokens_median": float(np.median(lengths)), "tokens_max": int(lengths.max()),
+                        "words": "80-400", "model_gflop_per_pass": flops / 1e9,
+                        "fp32_matmul_peak_gflops": fp32_peak / 1e9, "int8_matmul_peak_gops": i8_peak / 1e9}
+    log(f"bulk corpus: {len(corpus)} passages, {int(lengths.sum())} tokens (median {np.median(lengths):.0f}); "
+        f"model work {flops / 1e9:.0f} GFLOP/pass; measured peaks: fp32 {fp32_peak / 1e9:.0f} GFLOP/s, "
+        f"int8 (FBGEMM) {i8_peak / 1e9:.0f} GOP/s; CPU int8 features {sorted(int8_cpu_features())}")
+
+    tools: dict[str, Callable] = {}
+    outputs_of: dict[str, tuple] = {}
+
+    def ours(enc):
+        return lambda texts, dense=True, sparse=False, colbert=False: _ours_out(enc.encode(
+            texts, dense=dense, sparse=sparse, colbert=colbert, show_progress=False))
+
+    if "bgem3-fp32" in systems:
+        tools["bgem3 fp32"] = ours(ref)
+    if "bgem3-bf16" in systems:
+        if cpu_has_fast_bf16() or args.force_bf16:
+            tools["bgem3 bf16"] = ours(Encoder(path, device="cpu", dtype="bf16", max_length=args.max_length))
+        else:
+            report["skipped"]["bgem3 bf16"] = "this CPU has no avx512_bf16/AMX: bf16 runs emulated (~5x slower than fp32)"
+    if "bgem3-int8" in systems:
+        t0 = time.perf_counter()
+        q = Encoder(path, device="cpu", dtype="int8", max_length=args.max_length)
+        report["int8_load_s"] = time.perf_counter() - t0
+        report["int8_quantization"] = {k: v for k, v in q.quantization.items() if k != "layer_rel_error"}
+        tools["bgem3 int8"] = ours(q)
+    if "flag" in systems:
+        from FlagEmbedding import BGEM3FlagModel
+
+        flag = BGEM3FlagModel(path, use_fp16=False, devices="cpu", passage_max_length=args.max_length,
+                              query_max_length=args.max_length)
+
+        def flag_fn(texts, dense=True, sparse=False, colbert=False, _bs=256):
+            r = flag.encode(texts, batch_size=_bs, max_length=args.max_length, return_dense=dense,
+                            return_sparse=sparse, return_colbert_vecs=colbert)
+            sp = [{int(k): float(v) for k, v in d.items()} for d in r["lexical_weights"]] if sparse else None
+            return {"dense": r["dense_vecs"] if dense else None, "sparse": sp, "colbert": r["colbert_vecs"] if colbert else None}
+        tools["FlagEmbedding fp32"] = flag_fn
+    if "st" in systems:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(path, device="cpu")
+        st.max_seq_length = args.max_length
+        tools["sentence-transformers fp32"] = lambda texts, dense=True, sparse=False, colbert=False: {
+            "dense": st.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False), "sparse": None, "colbert": None}
+        outputs_of["sentence-transformers fp32"] = ("dense",)
+    if "ort-fp32" in systems or "ort-int8" in systems:
+        try:
+            fp32_onnx, int8_onnx = export_onnx(path, os.path.join(path, "onnx"), log)
+            if "ort-fp32" in systems:
+                tools["ONNX Runtime fp32"] = ort_tool(fp32_onnx, ref, torch.get_num_threads())
+            if "ort-int8" in systems:
+                tools["ONNX Runtime int8"] = ort_tool(int8_onnx, ref, torch.get_num_threads())
+        except Exception as exc:  # report, never hide
+            report["skipped"]["ONNX Runtime"] = f"export failed: {type(exc).__name__}: {exc}"
+    for name, why in report["skipped"].items():
+        log(f"  skipped {name}: {why}")
+
+    # ---- fidelity vs bgem3 fp32 (queries: real, short; corpus: the bulk corpus)
+    ref_fn = tools.get("bgem3 fp32") or ours(ref)
+    q_ref = ref_fn(queries, dense=True)
+    # ---- bulk: one call each, all three then dense-only (the all-three pass also gives fidelity)
+    if "bulk" in workloads:
+        for scen, want in (("all", (True, True, True)), ("dense", (True, False, False))):
+            rows = []
+            ref_out = None
+            names = list(tools)
+            for name in names:
+                if want[1] and outputs_of.get(name) == ("dense",):
+                    continue
+                times = []
+                out = None
+                tools[name](corpus[:8], *want)  # warm (first-call allocations, thread pools)
+                for _r in range(args.bulk_reps):
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    out = tools[name](corpus, *want)
+                    times.append((time.perf_counter() - t0, time.process_time() - c0))
+                wall = min(t for t, _ in times)
+                row = {"system": name, "wall_s": wall, "walls": [t for t, _ in times], "cpu_s": [c for _, c in times],
+                       "tokens_per_s": float(lengths.sum()) / wall, "model_gflops_per_s": flops / wall / 1e9,
+                       "share_of_fp32_peak": flops / wall / fp32_peak, "share_of_int8_peak": flops / wall / i8_peak,
+                       "loadavg": open("/proc/loadavg").read().split()[0]}
+                if name == "bgem3 fp32":
+                    ref_out = out
+                elif ref_out is not None:
+                    fid = {"dense": dense_fidelity(ref_out["dense"], out["dense"])}
+                    qo = tools[name](queries, dense=True)
+                    fid["dense_top10_agreement"] = topk_agreement(q_ref["dense"] @ ref_out["dense"].T, qo["dense"] @ out["dense"].T)
+                    if want[1]:
+                        fid["lexical"] = lexical_fidelity(ref_out["sparse"], out["sparse"])
+                        fid["colbert"] = colbert_fidelity(ref_out["colbert"], out["colbert"])
+                    report["fidelity"].setdefault(name, {})[scen] = fid
+                    row["fidelity"] = fid
+                rows.append(row)
+                log(f"  [bulk {scen}] {name:<28s} {wall:8.1f} s  {row['tokens_per_s']:8.0f} tok/s  "
+                    f"{row['model_gflops_per_s']:6.1f} GFLOP/s ({100 * row['share_of_fp32_peak']:.0f}% of fp32 peak)  "
+                    f"load {row['loadavg']}" + (f"  fidelity {json.dumps(row.get('fidelity'))}" if "fidelity" in row else ""))
+            flag_row = next((r for r in rows if r["system"] == "FlagEmbedding fp32"), None)
+            for r in rows:
+                if flag_row:
+                    r["speedup_vs_flag_fp32"] = flag_row["wall_s"] / r["wall_s"]
+            report["workloads"][f"bulk/{scen}"] = rows
+            if flag_row:
+                log("  speed-up vs FlagEmbedding fp32: " + ", ".join(f"{r['system']}: {r['speedup_vs_flag_fp32']:.2f}x" for r in rows))
+    # ---- framework chunks: 32-text calls, all three outputs (dense-only systems: dense)
+    if "chunks" in workloads:
+        texts = corpus[: 32 * args.chunk_calls]
+        rows = []
+        for name, fn in tools.items():
+            dense_only = outputs_of.get(name) == ("dense",)
+            fn(texts[:32], True, not dense_only, not dense_only)  # warm
+            t0 = time.perf_counter()
+            for a in range(0, len(texts), 32):
+                fn(texts[a:a + 32], True, not dense_only, not dense_only)
+            wall = time.perf_counter() - t0
+            rows.append({"system": name, "outputs": "dense" if dense_only else "all three", "wall_s": wall,
+                         "ms_per_call": 1000 * wall / args.chunk_calls, "loadavg": open("/proc/loadavg").read().split()[0]})
+            log(f"  [chunks 32] {name:<28s} {rows[-1]['ms_per_call']:8.0f} ms/call ({rows[-1]['outputs']})")
+        report["workloads"]["chunks"] = rows
+    # ---- single query latency (dense + lexical + ColBERT where the system has them)
+    if "query" in workloads:
+        rows = []
+        for name, fn in tools.items():
+            dense_only = outputs_of.get(name) == ("dense",)
+            for q in queries[:5]:
+                fn([q], True, not dense_only, not dense_only)
+            lat = []
+            for q in queries[: args.query_n]:
+                t0 = time.perf_counter()
+                fn([q], True, not dense_only, not dense_only)
+                lat.append(1000 * (time.perf_counter() - t0))
+            rows.append({"system": name, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                         "n": len(lat), "loadavg": open("/proc/loadavg").read().split()[0]})
+            log(f"  [query] {name:<28s} p50 {rows[-1]['p50_ms']:6.1f} ms  p99 {rows[-1]['p99_ms']:6.1f} ms")
+        report["workloads"]["query"] = rows
+    report["load"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    return report
+
+
+def _ours_out(out) -> dict:
+    return {"dense": out.dense, "sparse": out.sparse, "colbert": out.colbert}
+
+
+def minilm_fidelity(log, n_docs: int = 300) -> dict:
+    """int8 vs fp32 on the REAL all-MiniLM-L6-v2 weights and real text (the gates)."""
+    from bgem3 import Encoder
+    from bgem3.testing import minilm_path
+
+    docs = real_passages(n_docs)
+    queries = real_queries(50)
+    fp = Encoder(minilm_path(), device="cpu")
+    q8 = Encoder(minilm_path(), device="cpu", dtype="int8")
+    d_ref, d8 = fp.encode(docs, show_progress=False).dense, q8.encode(docs, show_progress=False).dense
+    q_ref, q_8 = fp.encode(queries, show_progress=False).dense, q8.encode(queries, show_progress=False).dense
+    res = {"docs": len(docs), "queries": len(queries), "dense": dense_fidelity(d_ref, d8),
+           "top10_agreement": topk_agreement(q_ref @ d_ref.T, q_8 @ d8.T),
+           "fp32_layers": q8.quantization["fp32_layers"], "alpha": q8.quantization["alpha"],
+           "reduce_range": q8.quantization["reduce_range"]}
+    log(f"real MiniLM int8 vs fp32: {json.dumps(res)}")
+    return res

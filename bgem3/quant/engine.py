@@ -1,0 +1,92 @@
+"""Which int8 engine this CPU gets, and what it is worth here.
+
+The int8 linear layers run on PyTorch's own quantized kernels (FBGEMM, the ``x86`` / ``fbgemm``
+quantized engine): no extra dependency. FBGEMM uses VNNI (``avx512_vnni`` / ``avx_vnni``) or AMX
+(``amx_int8``) when the CPU has them and falls back to AVX2 ``vpmaddubsw`` otherwise, which is
+only about 2x the fp32 matmul rate instead of ~4x, and whose int16 pair sums saturate with
+8-bit activations: there the activations are quantised to 7 bits (``reduce_range``), which keeps
+the arithmetic exact. ONNX Runtime (MLAS) and
+OpenVINO were measured as alternatives (see docs/benchmarks_encode.md).
+
+Example::
+
+    >>> from bgem3.quant.engine import int8_cpu_features
+    >>> from bgem3.quant.engine import select_engine
+    >>> select_engine() in ("fbgemm", "x86")
+    True
+    >>> isinstance(int8_cpu_features(), frozenset)
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: CPU flags that give int8 dot products their full rate.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@functools.lru_cache(maxsize=1)
+def int8_cpu_features() -> frozenset[str]:
+    """The int8-relevant flags of this CPU (``avx2``, ``avx512_vnni``, ``avx_vnni``, ``amx_int8``)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        cap = str(getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()).upper()
+        if "AVX512" in cap:
+            flags |= {"avx2", "avx512f"}
+        elif "AVX2" in cap:
+            flags.add("avx2")
+        if "VNNI" in cap:
+            flags.add("avx512_vnni")
+        if "AMX" in cap:
+            flags.add("amx_int8")
+    return frozenset(flags & {"avx2", "avx512f", *VNNI_FLAGS})
+
+
+def has_vnni() -> bool:
+    """Whether int8 dot products run at full rate here (VNNI or AMX)."""
+    return bool(int8_cpu_features() & set(VNNI_FLAGS))
+
+
+def select_engine(engines: "list[str] | None" = None) -> str:
+    """Pick and activate PyTorch's quantized engine for the int8 layers; the engine's name.
+
+    Raises:
+        RuntimeError: this PyTorch build has no x86 int8 engine (``fbgemm`` / ``x86``), e.g. on
+            ARM; the message says to use ``dtype='fp32'`` or ``'bf16'``.
+    """
+    engines = list(torch.backends.quantized.supported_engines if engines is None else engines)
+    for name in ("fbgemm", "x86"):
+        if name in engines:
+            if torch.backends.quantized.engine != name:
+                torch.backends.quantized.engine = name
+            return name
+    raise RuntimeError(
+        "dtype='int8' needs PyTorch's x86 int8 kernels (FBGEMM), which this build does not have "
+        f"(quantized engines: {engines}); use dtype='fp32' (exact) or dtype='bf16' instead"
+    )
+
+
+def warn_if_slow() -> None:
+    """Log once that int8 runs without VNNI/AMX here (correct, but the gain is ~1.5x, not ~3x)."""
+    if not has_vnni():
+        _warn_once()
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_once() -> None:
+    logger.warning(
+        "dtype='int8' on a CPU without VNNI/AMX (%s): results keep their accuracy (7-bit activations) but the int8 "
+        "matmuls run on AVX2 at only ~2x the fp32 rate and the per-token scaling eats that: measured ~1.1x "
+        "dtype='fp32' here (docs/encoder.md); fp32 stays the exact choice", ", ".join(sorted(int8_cpu_features())) or "no AVX2")

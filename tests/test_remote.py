@@ -1,0 +1,257 @@
+"""RemoteEncoder against a real `bgem3 serve` process: the Encoder contract (float32 <= 1e-6),
+async twins, retries / errors, and every adapter class taking it (or the URL) unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("starlette")
+
+from _serve_process import ServerProcess  # noqa: E402
+from conftest import MIXED_TEXTS  # noqa: E402
+
+from bgem3.remote import RemoteEncoder, RemoteError, RemoteUnavailable, remote_encoder_for  # noqa: E402
+
+DOCS = ["BGE M3 supports dense, lexical and multi-vector retrieval.", "Paris is the capital of France.",
+        "BM25 is a bag-of-words ranking function.", "Qdrant is a vector database.",
+        "The quick brown fox jumps over the lazy dog."]
+
+
+KEY = "remote-key"
+
+
+@pytest.fixture(scope="module")
+def server(m3_path):
+    # small batches: calls are split into several requests; a key, read by RemoteEncoder from the env
+    srv = ServerProcess(m3_path, "--max-client-batch-size", "4", "--api-key", KEY)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BGEM3_API_KEY", KEY)
+        yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def local(m3_path):
+    from bgem3 import Encoder
+
+    return Encoder(m3_path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def remote(server):
+    enc = RemoteEncoder(server.url)
+    yield enc
+    enc.close()
+
+
+def _same(a, b):
+    assert np.abs(a.dense - b.dense).max() <= 1e-6
+    assert a.token_counts.tolist() == b.token_counts.tolist()
+    for x, y in zip(a.sparse, b.sparse):
+        assert set(x) == set(y) and max((abs(x[k] - y[k]) for k in y), default=0.0) <= 1e-6
+    for x, y in zip(a.colbert, b.colbert):
+        assert x.shape == y.shape and np.abs(x - y).max() <= 1e-6
+
+
+def test_attributes_match_the_local_encoder(remote, local):
+    from bgem3 import Encoder
+
+    assert isinstance(remote, Encoder)
+    assert remote.hidden_size == local.hidden_size and remote.has_heads is True
+    assert remote.profile == local.profile and remote.model_max_length == local.model_max_length
+    assert remote.vocab_size == local.vocab_size
+    assert remote.server_batch_size == 4 and remote.batch_size == 4
+    assert "RemoteEncoder(" in repr(remote)
+
+
+def test_encode_queries_documents_equal_local(remote, local):
+    texts = list(MIXED_TEXTS)  # 12 texts -> 3 requests of 4, sent concurrently
+    kw = dict(dense=True, sparse=True, colbert=True)
+    _same(remote.encode(texts, **kw), local.encode(texts, **kw))
+    _same(remote.encode_queries(texts, **kw), local.encode_queries(texts, **kw))
+    _same(remote.encode_documents(texts, **kw), local.encode_documents(texts, **kw))
+    one = remote.encode("a single string")
+    assert one.dense.shape == (1, local.hidden_size)  # never split into characters
+    empty = remote.encode([], sparse=True)
+    assert empty.dense.shape == (0, local.hidden_size) and empty.sparse == []
+
+
+def test_async_twins(remote, local):
+    async def go():
+        return await asyncio.gather(remote.aencode_queries(DOCS, sparse=True), remote.aencode_documents(DOCS),
+                                    remote.aencode(DOCS, colbert=True))
+
+    q, d, c = asyncio.run(go())
+    assert np.abs(q.dense - local.encode_queries(DOCS).dense).max() <= 1e-6
+    assert [set(x) for x in q.sparse] == [set(y) for y in local.encode_queries(DOCS, sparse=True).sparse]
+    assert np.abs(d.dense - local.encode_documents(DOCS).dense).max() <= 1e-6
+    assert all(np.abs(x - y).max() <= 1e-6 for x, y in zip(c.colbert, local.encode(DOCS, colbert=True).colbert))
+
+
+def test_float16_colbert_option(server, local):
+    with RemoteEncoder(server.url, colbert_dtype="float16") as enc:
+        out = enc.encode(DOCS, dense=False, colbert=True)
+    assert all(np.abs(x - y).max() < 2e-3 for x, y in zip(out.colbert, local.encode(DOCS, colbert=True).colbert))
+
+
+def test_bad_arguments_are_refused(server, remote):
+    with pytest.raises(TypeError):
+        remote.encode([1, 2])
+    with pytest.raises(ValueError, match="nothing to compute"):
+        remote.encode(["x"], dense=False)
+    with pytest.raises(ValueError, match="http"):
+        RemoteEncoder("localhost:8080")
+    with pytest.raises(ValueError, match="colbert_dtype"):
+        RemoteEncoder(server.url, colbert_dtype="int8")
+    with pytest.raises(NotImplementedError, match="local bgem3.Encoder"):
+        remote.tokenize(["x"])
+    with pytest.raises(AttributeError, match="runs on the server"):
+        remote.tokenizer  # noqa: B018
+    with pytest.raises(ValueError, match="cache_dir"):
+        remote_encoder_for(server.url, cache_dir="/tmp")
+    with pytest.raises(ValueError, match="device='cuda' does not match"):
+        remote_encoder_for(server.url, device="cuda")
+    assert remote_encoder_for(server.url, device="cpu", dtype="fp32", batch_size=2).batch_size == 2
+
+
+def test_unreachable_server_gives_up_after_bounded_retries():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(RemoteUnavailable, match="after 3 tries"):
+        RemoteEncoder(f"http://127.0.0.1:{port}", max_retries=2, backoff=0.01, timeout=2)
+
+
+def test_auth_errors_and_server_refusals(server, local):
+    with pytest.raises(PermissionError, match="api_key"):
+        RemoteEncoder(server.url, api_key="wrong")
+    assert httpx.post(server.url + "/encode", json={"inputs": ["x"]}).status_code == 401
+    long = "word " * 700
+    r = httpx.post(server.url + "/encode", json={"inputs": [long], "truncate": False},
+                   headers={"authorization": f"Bearer {KEY}"})
+    assert r.status_code == 413
+    with RemoteEncoder(server.url, api_key=KEY) as enc:  # the client truncates, like the local Encoder
+        assert enc.encode([long]).token_counts.tolist() == local.encode([long]).token_counts.tolist()
+        with pytest.raises(RemoteError) as info:
+            enc._request_sync("POST", "/encode", {"inputs": "x", "bogus": 1})
+        assert info.value.status == 422 and "bogus" in str(info.value)
+
+
+def test_retry_on_503_then_success():
+    calls = {"n": 0}
+    info = {"model_id": "m", "max_input_length": 8, "max_client_batch_size": 4, "model_dtype": "float32",
+            "bgem3": {"dim": 2, "has_heads": False, "colbert_dim": None, "vocab_size": 10, "max_request_tokens": 100,
+                      "max_body_bytes": 1000, "device": "cpu",
+                      "profile": {"name": "bge", "pooling": "cls", "normalize": True, "query_template": None,
+                                  "passage_template": None, "task": None, "has_heads": False}}}
+
+    def handler(request):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            return httpx.Response(503, headers={"retry-after": "0"}, json={"error": "draining"})
+        return httpx.Response(200, json=info)
+
+    import bgem3.remote as remote_mod
+
+    real = httpx.Client
+
+    def fake_client(**kw):
+        return real(transport=httpx.MockTransport(handler), **kw)
+
+    remote_mod_httpx = remote_mod._httpx()
+    orig = remote_mod_httpx.Client
+    remote_mod_httpx.Client = fake_client
+    try:
+        enc = RemoteEncoder("http://127.0.0.1:1", backoff=0.0)
+    finally:
+        remote_mod_httpx.Client = orig
+    assert calls["n"] == 3 and enc.hidden_size == 2 and enc.has_heads is False
+    with pytest.raises(ValueError, match="heads"):
+        enc.encode(["x"], sparse=True)
+
+
+# --------------------------------------------------------------------------- stores and adapters
+
+def test_hybrid_index_with_remote_encoder_and_url(server, remote, local):
+    from bgem3 import HybridIndex
+
+    a, b = HybridIndex(remote), HybridIndex(local)
+    for idx in (a, b):
+        idx.add(DOCS, ids=[str(i) for i in range(len(DOCS))])
+    ha, hb = a.search("capital of France", k=3), b.search("capital of France", k=3)
+    assert [h.id for h in ha] == [h.id for h in hb]
+    assert np.allclose([h.score for h in ha], [h.score for h in hb], atol=1e-5)
+    by_url = HybridIndex(server.url)
+    by_url.add(DOCS[:2])
+    assert len(by_url) == 2
+
+
+def test_qdrant_store_with_remote_encoder(remote, local):
+    pytest.importorskip("qdrant_client")
+    from bgem3.stores.qdrant import QdrantHybridStore
+
+    stores = [QdrantHybridStore(enc, location=":memory:", collection_name=f"c{i}") for i, enc in
+              enumerate((remote, local))]
+    for st in stores:
+        st.add(DOCS, ids=[str(i) for i in range(len(DOCS))])
+    ra, rb = (st.search("vector database", k=3) for st in stores)
+    assert [h.id for h in ra] == [h.id for h in rb]
+
+
+def test_langchain_adapters_with_remote_encoder(server, remote, local):
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+
+    from langchain_bgem3 import BGEM3Embeddings, BGEM3HybridRetriever, BGEM3Reranker, BGEM3SparseEmbeddings
+
+    emb = BGEM3Embeddings(encoder=remote)
+    ref = BGEM3Embeddings(encoder=local)
+    assert np.abs(np.asarray(emb.embed_documents(DOCS)) - np.asarray(ref.embed_documents(DOCS))).max() <= 1e-6
+    assert np.abs(np.asarray(emb.embed_query("q")) - np.asarray(ref.embed_query("q"))).max() <= 1e-6
+    assert np.abs(np.asarray(asyncio.run(emb.aembed_query("q"))) - np.asarray(ref.embed_query("q"))).max() <= 1e-6
+    by_url = BGEM3Embeddings(model_name=server.url)
+    assert np.abs(np.asarray(by_url.embed_query("q")) - np.asarray(ref.embed_query("q"))).max() <= 1e-6
+    try:
+        sp = BGEM3SparseEmbeddings(encoder=remote)
+        sr = BGEM3SparseEmbeddings(encoder=local)
+        assert sp.embed_query("capital").indices == sr.embed_query("capital").indices
+    except ImportError:
+        pass  # langchain-qdrant not installed
+    ret = BGEM3HybridRetriever.from_texts(DOCS, remote, k=2)
+    assert ret.invoke("capital of France")[0].page_content == "Paris is the capital of France."
+    rr = BGEM3Reranker(encoder=remote, top_n=2)
+    out = rr.compress_documents([Document(page_content=d) for d in DOCS], "capital of France")
+    ref_out = BGEM3Reranker(encoder=local, top_n=2).compress_documents([Document(page_content=d) for d in DOCS],
+                                                                        "capital of France")
+    assert [d.page_content for d in out] == [d.page_content for d in ref_out]
+
+
+def test_llama_index_adapters_with_remote_encoder(server, remote, local):
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+    from llama_index_bgem3 import BGEM3Embedding, BGEM3HybridRetriever, BGEM3Reranker, BGEM3SparseEmbedding
+
+    emb, ref = BGEM3Embedding(encoder=remote), BGEM3Embedding(encoder=local)
+    a = np.asarray(emb.get_text_embedding_batch(DOCS))
+    assert np.abs(a - np.asarray(ref.get_text_embedding_batch(DOCS))).max() <= 1e-6
+    q = np.asarray(asyncio.run(emb.aget_query_embedding("q")))
+    assert np.abs(q - np.asarray(ref.get_query_embedding("q"))).max() <= 1e-6
+    by_url = BGEM3Embedding(model_name=server.url)
+    assert np.abs(np.asarray(by_url.get_query_embedding("q")) - np.asarray(ref.get_query_embedding("q"))).max() <= 1e-6
+    sp, sr = BGEM3SparseEmbedding(encoder=remote), BGEM3SparseEmbedding(encoder=local)
+    assert set(sp.get_query_embedding("capital")) == set(sr.get_query_embedding("capital"))
+    nodes = [TextNode(text=d, id_=str(i)) for i, d in enumerate(DOCS)]
+    ret = BGEM3HybridRetriever.from_nodes(nodes, remote, similarity_top_k=2)
+    assert ret.retrieve("capital of France")[0].node.get_content() == "Paris is the capital of France."
+    rr = BGEM3Reranker(encoder=remote, top_n=2)
+    out = rr.postprocess_nodes([NodeWithScore(node=n) for n in nodes], QueryBundle("capital of France"))
+    ref_out = BGEM3Reranker(encoder=local, top_n=2).postprocess_nodes([NodeWithScore(node=n) for n in nodes],
+                                                                       QueryBundle("capital of France"))
+    assert [n.node.node_id for n in out] == [n.node.node_id for n in ref_out]
