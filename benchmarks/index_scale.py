@@ -155,9 +155,17 @@ def build(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     n_chunks = (args.n + args.segment - 1) // args.segment
     save_times = []
+    built = 0
+    deadline = _deadline(args.deadline)
     for c in range(n_chunks):
         start = c * args.segment
         n = min(args.segment, args.n - start)
+        if deadline is not None and c > 0:
+            per_chunk = (time.perf_counter() - t0) / c
+            if time.time() + per_chunk + args.reserve_s > deadline:
+                print(f"stopping at {built} passages: the next chunk would not leave {args.reserve_s:.0f}s "
+                      f"before the deadline {args.deadline} UTC", flush=True)
+                break
         ch = world.chunk(c, n, start)
         if c == 0:
             rows = np.random.default_rng(3).choice(n, size=args.queries, replace=False)
@@ -173,9 +181,12 @@ def build(args: argparse.Namespace) -> dict:
         ts = time.perf_counter()
         idx.save(root)
         save_times.append(time.perf_counter() - ts)
+        built = start + n
         print(f"chunk {c + 1}/{n_chunks}: {start + n} passages, {time.perf_counter() - t0:.0f}s, "
               f"save {save_times[-1]:.1f}s, rss {rss_mb()[0]:.0f} MB (peak {rss_mb()[1]:.0f})", flush=True)
     build_s = time.perf_counter() - t0
+    requested, args.n = args.n, built
+    dense_scores = dense_scores[:, :built]
     k = min(1000, args.n)
     top_rows = np.argsort(-dense_scores, axis=1, kind="stable")[:, :k]
     np.save(ref / "dense_scores.npy", dense_scores)
@@ -183,7 +194,19 @@ def build(args: argparse.Namespace) -> dict:
              colbert=np.stack([q["colbert"] for q in queries]), dense_top_rows=top_rows)
     with open(ref / "queries_sparse.json", "w") as f:
         json.dump([{str(k): v for k, v in q["sparse"].items()} for q in queries], f)
-    return {"build_s": build_s, "chunks": n_chunks, "save_s": save_times, "build_peak_rss_mb": rss_mb()[1]}
+    return {"build_s": build_s, "chunks": len(save_times), "requested_n": requested, "built_n": built,
+            "save_s": save_times, "build_peak_rss_mb": rss_mb()[1]}
+
+
+def _deadline(hhmm: str | None) -> float | None:
+    """``"11:10"`` (UTC, today) as a Unix time."""
+    if not hhmm:
+        return None
+    import calendar
+
+    h, m = (int(x) for x in hhmm.split(":"))
+    now = time.gmtime()
+    return calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, 0))
 
 
 def du(path: Path) -> int:
@@ -294,6 +317,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "bench_runs"
                                           / "index_scale.json"))
     ap.add_argument("--phase", default="all", choices=["all", "serve"])
+    ap.add_argument("--deadline", default=None, help="HH:MM UTC: build only as many chunks as leave --reserve-s "
+                    "seconds before it for serving, recall and the incremental save (the run reports the size built)")
+    ap.add_argument("--reserve-s", type=float, default=480.0)
     ap.add_argument("--keep", action="store_true", help="keep the index folder (default: delete it at the end)")
     args = ap.parse_args()
     if args.phase == "serve":
@@ -310,6 +336,7 @@ def main() -> None:
             json.dump(result, f, indent=1)
 
     result["build"] = build(args)
+    result["n"] = args.n
     result["disk_bytes"] = du(Path(args.dir))
     result["disk_bytes_per_passage"] = result["disk_bytes"] / args.n
     print(f"built in {result['build']['build_s']:.0f}s; {result['disk_bytes'] / 1e9:.2f} GB on disk", flush=True)
