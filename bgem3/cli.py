@@ -7,8 +7,9 @@ Usage::
     bgem3 embed "first text" "second text" -o vectors.npz  # dense + lexical + ColBERT
     bgem3 info --index ./my-index
 
-Every command takes ``--model`` (default ``BAAI/bge-m3``, or any local folder), ``--device``
-and ``--dtype``. A failure you can cause (a missing file or folder, no network for a hub id,
+Every command takes ``--model`` (default ``$BGEM3_MODEL`` or ``BAAI/bge-m3``; any hub id or local
+folder), ``--device`` and ``--dtype``. BGE-M3 gives dense + learned lexical + ColBERT; a model without
+its heads (E5, BGE v1.5, sentence-transformers) gives dense + BM25 (``bgem3.bm25``). A failure you can cause (a missing file or folder, no network for a hub id,
 an index built with another model, an unreadable file, empty input) ends with one line
 ``bgem3: error: ...`` on stderr and a non-zero exit status; the index on disk is only ever
 replaced as a whole, so it is never left half-written.
@@ -26,17 +27,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import signal
 import shutil
 import sys
 import uuid
 from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
-from .ingest import (DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, MANIFEST_NAME, SUPPORTED_EXTENSIONS, IngestError,
-                     Manifest, file_sha256, find_files, is_under, read_source)
+from .ingest import (DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUPPORTED_EXTENSIONS, IngestError, Manifest,
+                     check_source, file_sha256, iter_passages, read_source, scan_paths)
 
 DEFAULT_MODEL = "BAAI/bge-m3"
+#: Environment variable naming the model used when ``--model`` is not given (new index, embed).
+MODEL_ENV = "BGEM3_MODEL"
+
+
+def _default_model() -> str:
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
 #: Exit statuses.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -92,7 +101,15 @@ def _load_encoder(args: argparse.Namespace, model: Optional[str] = None):
         kwargs["max_length"] = args.max_length
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
-    return Encoder(_model_arg(model or args.model or DEFAULT_MODEL), device=args.device, dtype=args.dtype, **kwargs)
+    return Encoder(_model_arg(model or args.model or _default_model()), device=args.device, dtype=args.dtype, **kwargs)
+
+
+def _model_token_budget(encoder: Any) -> Optional[int]:
+    """Text tokens the model reads per passage: its max length minus its special tokens."""
+    try:
+        return int(encoder.max_length) - int(encoder.tokenizer.num_special_tokens_to_add(pair=False))
+    except Exception:
+        return None
 
 
 def _is_hybrid_index(folder: str) -> bool:
@@ -112,8 +129,80 @@ def _recover(folder: str) -> None:
         _err(f"bgem3: recovered the index at {folder} from the backup an interrupted save left beside it")
 
 
-def _load_index(args: argparse.Namespace, folder: str):
-    """Load the index at ``folder`` with ``--model`` if given, else with the model it was built with."""
+def _index_model_name(folder: str) -> Optional[str]:
+    try:
+        with open(os.path.join(folder, "manifest.json"), "r", encoding="utf-8") as fh:
+            return json.load(fh).get("model_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _fingerprint_of(encoder: Any) -> Optional[str]:
+    path = getattr(encoder, "path", None)
+    if not isinstance(path, str) or not os.path.isdir(path):
+        return None
+    from .fingerprint import model_fingerprint
+
+    return model_fingerprint(path)
+
+
+def _fingerprint_of_name(name: str) -> Optional[str]:
+    """Fingerprint of a model named on the command line or in an index, without loading it
+    (``None`` if it cannot be found here: loading it then fails with the encoder's message)."""
+    from .encoder import ModelLoadError, resolve_model_path
+    from .fingerprint import model_fingerprint
+
+    try:
+        return model_fingerprint(resolve_model_path(_model_arg(name), local_files_only=True))
+    except (ModelLoadError, OSError, ValueError):
+        return None
+
+
+def _same_name(a: str, b: str) -> bool:
+    norm = lambda x: os.path.normpath(os.path.abspath(x)) if os.path.isdir(x) else x  # noqa: E731
+    return a == b or norm(a) == norm(b)
+
+
+def _check_model(args: argparse.Namespace, folder: str, manifest: Manifest, action: str) -> bool:
+    """Refuse a ``--model`` other than the one the index at ``folder`` was built with, or a model
+    folder whose files changed since. Returns True when ``--model`` is that same model (under
+    its recorded name or another). Runs before any model is loaded."""
+    recorded = manifest.model.get("name") or _index_model_name(folder) or "?"
+    recorded_fp = manifest.model.get("fingerprint")
+    shown = _display_path(folder)
+    if args.model:
+        given = _model_arg(args.model)
+        fp = _fingerprint_of_name(given) if recorded_fp else None
+        same = (fp == recorded_fp) if (recorded_fp and fp) else _same_name(recorded, given)
+        if not same:
+            if action == "index":
+                fix = (f"re-encode every file with it: `bgem3 index PATH... --index {shown} --model {args.model} "
+                       f"--rebuild`; or use another --index folder; or leave out --model to keep {recorded!r}")
+            else:
+                fix = (f"leave out --model to search with {recorded!r}, or re-encode the index with the new model "
+                       f"(`bgem3 index PATH... --index {shown} --model {args.model} --rebuild`)")
+            raise CLIError(f"the index {shown} was built with model {recorded!r}, but --model {args.model!r} is "
+                           f"a different model (queries and passages must be encoded by the same one): {fix}")
+        return True
+    if recorded_fp:
+        fp = _fingerprint_of_name(recorded)
+        if fp is not None and fp != recorded_fp:
+            raise CLIError(f"the model {recorded!r} that built the index {shown} has changed on disk since (its "
+                           f"files differ), so new queries would not match the stored passages; rebuild with "
+                           f"`bgem3 index PATH... --index {shown} --model {recorded} --rebuild`")
+    return False
+
+
+def _resolve_model_for_index(args: argparse.Namespace, folder: str, manifest: Manifest, existing: bool) -> str:
+    if existing:
+        _check_model(args, folder, manifest, "index")
+        return manifest.model.get("name") or _index_model_name(folder) or _default_model()
+    return args.model or _default_model()
+
+
+def _load_index(args: argparse.Namespace, folder: str, manifest: Optional[Manifest] = None):
+    """Load the index at ``folder`` with ``--model`` if given (checked to be the model it was built
+    with), else with the model it was built with."""
     from .index import HybridIndex
 
     _recover(folder)
@@ -124,14 +213,67 @@ def _load_index(args: argparse.Namespace, folder: str):
     if not _is_hybrid_index(folder):
         raise CLIError(f"{folder!r} is not a bgem3 index (no manifest.json); build one with "
                        f"`bgem3 index PATH... --index {folder}`")
+    manifest = manifest if manifest is not None else Manifest.load(folder)
+    _check_model(args, folder, manifest, "search" if getattr(args, "command", "") == "search" else "index")
     if args.model:
-        return HybridIndex.load(folder, encoder=_load_encoder(args))
+        return HybridIndex.load(folder, encoder=_load_encoder(args), allow_model_mismatch=True)
     kwargs: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
     if args.max_length is not None:
         kwargs["max_length"] = args.max_length
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
     return HybridIndex.load(folder, **kwargs)
+
+
+def _wanted_lexical(args: argparse.Namespace, encoder: Any):
+    """The lexical channel ``--lexical`` / ``--bm25-k1`` / ``--bm25-b`` ask for (None: the model's own head)."""
+    choice = getattr(args, "lexical", None) or "auto"
+    tuned = getattr(args, "bm25_k1", None) is not None or getattr(args, "bm25_b", None) is not None
+    has_heads = bool(getattr(encoder, "has_heads", False)) if encoder is not None else None
+    if choice == "learned":
+        if tuned:
+            raise CLIError("--bm25-k1 / --bm25-b set BM25's parameters; they do not apply with --lexical learned")
+        if has_heads is False:
+            raise CLIError(f"--lexical learned needs BGE-M3's lexical head, which the model "
+                           f"{getattr(encoder, 'model_name', '?')!r} does not have; use --lexical bm25 (the default "
+                           "for such models)")
+        return None
+    if choice == "bm25" or tuned or has_heads is False:
+        from .bm25 import DEFAULT_B, DEFAULT_K1, BM25
+
+        k1 = args.bm25_k1 if getattr(args, "bm25_k1", None) is not None else DEFAULT_K1
+        b = args.bm25_b if getattr(args, "bm25_b", None) is not None else DEFAULT_B
+        try:
+            return BM25(k1=k1, b=b)
+        except ValueError as exc:
+            raise CLIError(f"{exc} (--bm25-k1 / --bm25-b)") from None
+    return None
+
+
+def _new_index(encoder: Any, args: argparse.Namespace):
+    """An empty store for ``encoder``: dense (+ ColBERT for BGE-M3) and a lexical channel: the
+    model's learned head, or BM25 for a model without one (or with ``--lexical bm25``)."""
+    from .index import HybridIndex
+
+    lexical = _wanted_lexical(args, encoder)
+    return HybridIndex(encoder) if lexical is None else HybridIndex(encoder, lexical=lexical)
+
+
+def _check_lexical_unchanged(args: argparse.Namespace, index: Any, folder: str) -> None:
+    """``--lexical`` / ``--bm25-*`` on an existing index must match what it holds (else --rebuild)."""
+    choice = getattr(args, "lexical", None) or "auto"
+    tuned = getattr(args, "bm25_k1", None) is not None or getattr(args, "bm25_b", None) is not None
+    if choice == "auto" and not tuned:
+        return
+    want = _wanted_lexical(args, index.encoder)
+    have = getattr(index, "lexical", None)
+    same = (want is None and _lexical_kind(index) == "learned_sparse") or (
+        want is not None and have is not None and getattr(have, "kind", None) == want.kind
+        and have.config() == want.config())
+    if not same:
+        raise CLIError(f"the index {_display_path(folder)} holds the lexical channel {_channels_label(index)} "
+                       f"{getattr(have, 'config', dict)() if have is not None else ''}, not the one asked for; pass "
+                       "--rebuild to re-index with it, or leave out --lexical / --bm25-k1 / --bm25-b")
 
 
 def _save_atomically(index, manifest: Manifest, folder: str) -> None:
@@ -198,7 +340,7 @@ def _parse_weights(value: str) -> tuple[float, float, float]:
         parts = tuple(float(x) for x in value.replace(" ", "").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not three numbers; write e.g. 0.4,0.2,0.4") from None
-    if len(parts) != 3 or min(parts) < 0 or sum(parts) == 0:
+    if len(parts) != 3 or not all(math.isfinite(x) for x in parts) or min(parts) < 0 or sum(parts) == 0:
         raise argparse.ArgumentTypeError(f"{value!r}: give three non-negative numbers (dense,lexical,colbert), not all zero")
     return parts  # type: ignore[return-value]
 
@@ -231,6 +373,16 @@ def _positive(value: str) -> int:
     return n
 
 
+def _finite_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a finite number")
+    return x
+
+
 def _non_negative(value: str) -> int:
     try:
         n = int(value)
@@ -247,6 +399,24 @@ def _err(msg: str) -> None:
 
 # --------------------------------------------------------------------------- bgem3 index
 
+#: Passages encoded and added per step: memory is bounded by this, not by the size of a file.
+INDEX_BATCH = 256
+
+
+def _note(args: argparse.Namespace, msg: str) -> None:
+    """A line on stderr unless ``-q``."""
+    if not args.quiet:
+        _err(msg)
+
+
+def _bad_inputs_error(bad: dict[str, str], unreadable_dirs: list[tuple[str, str]]) -> CLIError:
+    parts = [f"cannot list the folder {_display_path(d)} ({why})" for d, why in unreadable_dirs]
+    parts += [msg.replace(repr(path), _display_path(path)) for path, msg in bad.items()]
+    n = len(bad) + len(unreadable_dirs)
+    return CLIError(f"{n} input{'s' * (n != 1)} cannot be indexed, nothing was changed: " + "; ".join(parts)
+                    + ". Fix them, or pass --skip-bad to index the rest (files already indexed from them are kept)")
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
     _recover(folder)
@@ -258,11 +428,19 @@ def cmd_index(args: argparse.Namespace) -> int:
                        "pass a new or empty folder")
 
     # 1. what is on disk now (cheap; fails before the model is loaded)
-    files = find_files(args.paths, exclude=[folder])
-    if not files:
-        raise CLIError(f"no {', '.join(SUPPORTED_EXTENSIONS)} files found in {', '.join(map(repr, args.paths))}")
-    hashes = {path: file_sha256(path) for path in files}
+    scan = scan_paths(args.paths, exclude=[folder])
+    notes = [f"bgem3: {line}" for line in scan.skipped_lines()]  # printed once the run succeeded
     manifest = Manifest.load(folder) if existing else Manifest()
+    model = _resolve_model_for_index(args, folder, manifest, existing)
+    bad: dict[str, str] = {}
+    hashes: dict[str, str] = {}
+    for path in scan.files:
+        try:
+            hashes[path] = file_sha256(path)
+        except IngestError as exc:
+            bad[path] = str(exc)
+    if not scan.files and not scan.unreadable_dirs:
+        raise CLIError(f"no {', '.join(SUPPORTED_EXTENSIONS)} files found in {', '.join(map(repr, args.paths))}")
 
     defaults = {"chunk_size": DEFAULT_CHUNK_SIZE, "chunk_overlap": DEFAULT_CHUNK_OVERLAP, "chunk_unit": "tokens"}
     settings = {key: (getattr(args, key) if getattr(args, key) is not None else manifest.settings.get(key, default))
@@ -271,63 +449,110 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise CLIError(f"--chunk-overlap ({settings['chunk_overlap']}) must be smaller than --chunk-size "
                        f"({settings['chunk_size']})")
     resplit = bool(manifest.files) and bool(manifest.settings) and manifest.settings != settings
-    plan = manifest.plan(args.paths, hashes, force=resplit)
+    keep = [d for d, _ in scan.unreadable_dirs] + list(bad)
+    plan = manifest.plan(args.paths, hashes, force=resplit, keep=keep)
+    # every file that must be (re-)read is read through once now: all bad files are reported together
+    for path in plan.to_read:
+        reason = check_source(path)
+        if reason:
+            bad[path] = reason
+    if bad or scan.unreadable_dirs:
+        if not args.skip_bad:
+            raise _bad_inputs_error(bad, scan.unreadable_dirs)
+        plan = manifest.plan(args.paths, {p: h for p, h in hashes.items() if p not in bad}, force=resplit,
+                             keep=[d for d, _ in scan.unreadable_dirs] + list(bad))
+        for path, msg in bad.items():
+            kept = " (its indexed passages are kept)" if path in manifest.files else ""
+            notes.append(f"bgem3: skipped {_display_path(path)}{kept}: {msg.split(': ', 1)[-1]}")
+        for d, why in scan.unreadable_dirs:
+            notes.append(f"bgem3: skipped the folder {_display_path(d)} ({why}); passages indexed from it are kept")
     if existing and plan.is_noop:
-        print(f"{_display_path(folder)} is up to date ({len(plan.unchanged)} files unchanged)")
+        for line in notes:
+            _note(args, line)
+        if not args.quiet:
+            print(f"{_display_path(folder)} is up to date ({len(plan.unchanged)} files unchanged)")
         return EXIT_OK
+    if not plan.to_read and not existing and not plan.removed:
+        raise CLIError("nothing to index: every file was skipped")
 
     # 2. the model and the index
     if existing:
-        index = _load_index(args, folder)
+        index = _load_index(args, folder, manifest)
         encoder = index.encoder
+        _check_lexical_unchanged(args, index, folder)
     else:
-        from .index import HybridIndex
+        encoder = _load_encoder(args, model)
+        index = _new_index(encoder, args)
 
-        encoder = _load_encoder(args)
-        index = HybridIndex(encoder)
-
-    # 3. read and split everything that changed before touching the index
+    # 3. apply: drop old passages, then stream the new ones in batches (the folder is swapped in at the end)
     length = None
     if settings["chunk_unit"] == "tokens":
         tok = encoder.tokenizer
+        if not manifest.settings and args.chunk_size is None:  # a new index: passages the model reads whole
+            fit = _model_token_budget(encoder)
+            if fit is not None and fit < settings["chunk_size"]:
+                settings["chunk_size"] = fit
+                if args.chunk_overlap is None:
+                    settings["chunk_overlap"] = min(settings["chunk_overlap"], fit // 4)
+                notes.append(f"bgem3: passages of at most {fit} tokens, what {_display_path(encoder.model_name)} "
+                             "reads (--chunk-size sets another size)")
 
         def length(text: str) -> int:
             return len(tok(text, add_special_tokens=False, truncation=False)["input_ids"])
 
-    new_passages: dict[str, list] = {}
-    for path in plan.to_read:
-        new_passages[path] = read_source(path, settings["chunk_size"], settings["chunk_overlap"], length)
     replaced = set(plan.changed) | set(plan.removed)
     owners = {pid: path for pid, path in manifest.owner_of_ids().items() if path not in replaced}
-    for path, passages in new_passages.items():
-        for p in passages:
-            if p.id in owners:
-                raise CLIError(f"id {p.id!r} from {_display_path(path)} is already used by "
-                               f"{_display_path(owners[p.id])}; ids must be unique across the indexed files")
-            owners[p.id] = path
-
-    # 4. apply: drop old passages, encode and add the new ones, swap the folder in
     stale = [pid for path in replaced for pid in manifest.ids_of(path) if pid in index]
     if stale:
         index.delete(stale)
     for path in replaced:
         manifest.remove(path)
-    todo = [p for path in plan.to_read for p in new_passages[path]]
-    if todo:
-        index.add([p.text for p in todo], [p.id for p in todo], [p.metadata for p in todo],
-                  show_progress=False if args.quiet else None)
-    for path in plan.to_read:
-        manifest.set(path, plan.hashes[path], [p.id for p in new_passages[path]])
+    total = 0
+    batch: list = []
+
+    def flush() -> None:
+        if batch:
+            index.add([p.text for p in batch], [p.id for p in batch], [p.metadata for p in batch],
+                      show_progress=False)
+            batch.clear()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(os.path.getsize(p) for p in plan.to_read), unit="B", unit_scale=True, desc="indexing",
+               disable=args.quiet or None, leave=False)
+    try:
+        for path in plan.to_read:
+            ids = []
+            for p in iter_passages(path, settings["chunk_size"], settings["chunk_overlap"], length):
+                if p.id in owners:
+                    raise CLIError(f"id {p.id!r} from {_display_path(path)} is already used by "
+                                   f"{_display_path(owners[p.id])}; ids must be unique across the indexed files")
+                owners[p.id] = path
+                ids.append(p.id)
+                batch.append(p)
+                if len(batch) >= INDEX_BATCH:
+                    flush()
+            total += len(ids)
+            manifest.set(path, plan.hashes[path], ids)
+            bar.update(os.path.getsize(path))
+        flush()
+    finally:
+        bar.close()
     if len(index) == 0:
         raise CLIError("nothing to index: the files hold no text")
     manifest.settings = settings
+    manifest.model = {"name": index.model_name, "fingerprint": _fingerprint_of(encoder)}
     _save_atomically(index, manifest, folder)
 
-    summary = (f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
-               f"{len(plan.unchanged)} unchanged")
-    note = " (chunk settings changed: files re-split)" if resplit else ""
-    print(f"indexed {len(todo)} passages from {len(plan.to_read)} files ({summary}){note}; "
-          f"{_display_path(folder)} holds {len(index)} passages from {len(manifest.files)} files")
+    for line in notes:
+        _note(args, line)
+    if not args.quiet:
+        summary = (f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
+                   f"{len(plan.unchanged)} unchanged")
+        note = " (chunk settings changed: files re-split)" if resplit else ""
+        print(f"indexed {total} passages from {len(plan.to_read)} files ({summary}){note}; "
+              f"{_display_path(folder)} holds {len(index)} passages from {len(manifest.files)} files "
+              f"[model {_display_path(index.model_name)}; channels {_channels_label(index)}]")
     return EXIT_OK
 
 
@@ -339,23 +564,26 @@ def cmd_search(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
     filt = _parse_filter(args.filter)
     index = _load_index(args, folder)
+    mode = _fusion_mode(args, index)
     hits = index.search(args.query, k=args.k, weights=args.weights, filter=filt, candidates=args.candidates,
-                        mode=args.mode, exhaustive=args.exhaustive)
-    explanations = None
+                        mode=mode, exhaustive=args.exhaustive)
+    explanations = bm25_terms = None
     if args.explain and hits:
-        from .explain import explain_many
-
-        explanations = explain_many(index.encoder, args.query, [h.text for h in hits])
+        explanations, bm25_terms = _explain_hits(index, args.query, hits)
 
     if args.json:
-        out = {"query": args.query, "index": folder, "model": index.model_name, "mode": args.mode,
-               "weights": list(args.weights), "hits": []}
+        out = {"query": args.query, "index": folder, "model": index.model_name, "channels": list(index.channels),
+               "lexical": _lexical_kind(index), "mode": mode, "weights": list(args.weights), "hits": []}
         for rank, h in enumerate(hits, start=1):
             row = {"rank": rank, "id": h.id, "score": h.score, "dense_score": h.dense_score,
                    "sparse_score": h.sparse_score, "colbert_score": h.colbert_score,
                    "source": h.metadata.get("source"), "text": h.text, "metadata": h.metadata}
-            if explanations is not None:
-                row["explain"] = explanations[rank - 1].to_dict(top=args.explain_top)
+            if explanations is not None or bm25_terms is not None:
+                ex = explanations[rank - 1].to_dict(top=args.explain_top) if explanations is not None else {}
+                if bm25_terms is not None:
+                    ex["lexical"] = [t.to_dict() for t in bm25_terms[rank - 1][: args.explain_top]]
+                    ex["lexical_kind"] = "bm25"
+                row["explain"] = ex
             out["hits"].append(row)
         json.dump(out, sys.stdout, ensure_ascii=False, indent=2)
         sys.stdout.write("\n")
@@ -364,11 +592,49 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not hits:
         print("no results" + (" (the index is empty)" if len(index) == 0 else " (nothing matches the filter)" if filt else ""))
         return EXIT_OK
-    _print_table(hits, args.query, explanations, args.explain_top, sys.stdout)
+    _print_table(hits, args.query, explanations, bm25_terms, args.explain_top, sys.stdout)
+    if not args.quiet:
+        print(f"model {_display_path(index.model_name)} · channels {_channels_label(index)} · {mode} fusion")
     return EXIT_OK
 
 
-def _print_table(hits, query: str, explanations, top: int, out: TextIO) -> None:
+def _lexical_kind(index: Any) -> Optional[str]:
+    lex = getattr(index, "lexical", None)
+    return None if lex is None else getattr(lex, "kind", type(lex).__name__)
+
+
+def _channels_label(index: Any) -> str:
+    kind = _lexical_kind(index)
+    names = {"lexical": f"lexical ({'BM25' if kind == 'bm25' else 'learned' if kind == 'learned_sparse' else kind})"}
+    return " + ".join(names.get(c, c) for c in index.channels)
+
+
+def _fusion_mode(args: argparse.Namespace, index: Any) -> str:
+    """``--mode auto``: reciprocal-rank fusion when the lexical channel is BM25 (its raw scores are not on
+    a cosine's scale), the BGE-M3 weighted mean otherwise."""
+    if args.mode != "auto":
+        return args.mode
+    return "rrf" if _lexical_kind(index) == "bm25" and len(index.channels) > 1 else "weighted"
+
+
+def _explain_hits(index: Any, query: str, hits: list):
+    """(token-level explanations from the encoder's heads or None, BM25 terms per hit or None)."""
+    explanations = bm25_terms = None
+    enc = index.encoder
+    if getattr(enc, "has_heads", False) and ("colbert" in index.channels or _lexical_kind(index) == "learned_sparse"):
+        from .explain import explain_many
+
+        explanations = explain_many(enc, query, [h.text for h in hits])
+    if _lexical_kind(index) == "bm25":
+        bm25_terms = [index.lexical.explain_text(query, h.text) for h in hits]
+    return explanations, bm25_terms
+
+
+def _fmt(value: Optional[float], width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"
+
+
+def _print_table(hits, query: str, explanations, bm25_terms, top: int, out: TextIO) -> None:
     from .explain import display_token
 
     width = shutil.get_terminal_size((120, 24)).columns
@@ -376,19 +642,25 @@ def _print_table(hits, query: str, explanations, top: int, out: TextIO) -> None:
     src_w = min(max(len("source"), *(len(s) for s in sources)), 40)
     head = f"{'#':>3}  {'score':>6}  {'dense':>6}  {'lexical':>7}  {'colbert':>7}  {'source':<{src_w}}  "
     snip_w = max(20, width - len(head))
+    digits = 4 if max(abs(h.score) for h in hits) < 0.1 else 3  # RRF scores are small: keep them apart
     print(head + "snippet", file=out)
     for rank, (h, src) in enumerate(zip(hits, sources), start=1):
         if len(src) > src_w:
             src = "…" + src[-(src_w - 1):]
-        print(f"{rank:>3}  {h.score:6.3f}  {h.dense_score:6.3f}  {h.sparse_score:7.3f}  {h.colbert_score:7.3f}  "
-              f"{src:<{src_w}}  {_snippet(h.text, query, snip_w)}", file=out)
+        print(f"{rank:>3}  {h.score:6.{digits}f}  {_fmt(h.dense_score, 6)}  {_fmt(h.sparse_score, 7)}  "
+              f"{_fmt(h.colbert_score, 7)}  {src:<{src_w}}  {_snippet(h.text, query, snip_w)}", file=out)
+        if bm25_terms is not None:
+            terms = bm25_terms[rank - 1][:top]
+            parts = [f"{t.term} {t.contribution:.3f} (tf {t.tf}, df {t.df}, idf {t.idf:.2f})" for t in terms]
+            _print_parts("bm25:", parts or ["no query term in this passage"], width, out)
         if explanations is None:
             continue
         ex = explanations[rank - 1]
-        lex = ex.top_lexical(top)
-        parts = [f"{display_token(m.token)} {m.contribution:.3f} (q {m.query_weight:.2f} × d {m.doc_weight:.2f})"
-                 for m in lex]
-        _print_parts("lexical:", parts or ["no shared tokens"], width, out)
+        if bm25_terms is None:
+            lex = ex.top_lexical(top)
+            parts = [f"{display_token(m.token)} {m.contribution:.3f} (q {m.query_weight:.2f} × d {m.doc_weight:.2f})"
+                     for m in lex]
+            _print_parts("lexical:", parts or ["no shared tokens"], width, out)
         shown = ex.colbert[: max(top * 2, 8)]
         parts = [f"{display_token(m.query_token)}→{display_token(m.doc_token)} {m.similarity:.2f}" for m in shown]
         if len(ex.colbert) > len(shown):
@@ -446,8 +718,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if fmt not in ("jsonl", "npy", "npz"):
         raise CLIError(f"--output {out_path!r}: unknown format; use a .jsonl, .npy or .npz file name (or - for stdout)")
     asked = [name for name in ("dense", "sparse", "colbert") if getattr(args, name)]
-    if fmt == "npy" and set(asked) - {"dense"}:
-        raise CLIError("a .npy file holds one array (the dense vectors); use .npz or .jsonl for --sparse / --colbert")
+    if fmt == "npy" and (set(asked) - {"dense"} or args.bm25):
+        raise CLIError("a .npy file holds one array (the dense vectors); use .npz or .jsonl for --sparse / --colbert "
+                       "/ --bm25")
     if out_path not in (None, "-"):
         parent = os.path.dirname(os.path.abspath(out_path))
         if not os.path.isdir(parent):
@@ -458,7 +731,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         want = set(asked)
         if want - {"dense"} and not encoder.has_heads:
             raise CLIError(f"the model {encoder.model_name!r} has no BGE-M3 heads, so it gives dense vectors only; "
-                           "drop --sparse/--colbert")
+                           "drop --sparse/--colbert (--bm25 writes BM25 term frequencies for any model)")
     elif fmt == "npy":
         want = {"dense"}
     else:
@@ -466,6 +739,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
     fn = {"query": encoder.encode_queries, "passage": encoder.encode_documents, "raw": encoder.encode}[args.as_]
     res = fn(texts, dense="dense" in want, sparse="sparse" in want, colbert="colbert" in want,
              show_progress=False if args.quiet else None)
+    bm25 = None
+    if args.bm25:  # what a BM25 index stores per passage: term -> frequency (IDF needs a corpus)
+        from .bm25 import BM25, term_id
+
+        tok = BM25().tokenizer
+        bm25 = []
+        for text in texts:
+            counts: dict[str, int] = {}
+            for t in tok(text):
+                counts[t] = counts.get(t, 0) + 1
+            bm25.append(counts)
+        want = want | {"bm25"}
 
     def write(path: str, writer) -> None:  # temp file + rename: never a half-written output
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -496,6 +781,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if res.colbert is not None:
             flat, offsets = pack_multivectors(res.colbert)
             arrays.update(colbert_vectors=flat.astype(np.float32), colbert_offsets=offsets)
+        if bm25 is not None:  # CSR over the hashed term ids bgem3.bm25 stores (bgem3.bm25.term_id)
+            lengths = np.array([len(c) for c in bm25], dtype=np.int64)
+            arrays.update(bm25_indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                          bm25_indices=np.array([term_id(t) for c in bm25 for t in c], dtype=np.int64),
+                          bm25_data=np.array([v for c in bm25 for v in c.values()], dtype=np.float32))
 
         def w_npz(tmp: str) -> None:
             with open(tmp, "wb") as fh:
@@ -509,6 +799,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
                 rec: dict[str, Any] = {"index": i, "text": text, "tokens": int(res.token_counts[i])}
                 if res.dense is not None:
                     rec["dense"] = [round(float(x), 7) for x in res.dense[i]]
+                if bm25 is not None:
+                    rec["bm25"] = bm25[i]
                 if res.sparse is not None:
                     sp_ = res.sparse[i]
                     keys = tokens(list(sp_)) if tokens else [str(t) for t in sp_]
@@ -543,8 +835,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     meta = describe(folder)
     sources = Manifest.load(folder)
-    info = {"index": folder, "model": meta["model"], "passages": meta["passages"],
-            "dim": meta["dim"], "channels": meta["channels"], "colbert_codec": meta["colbert_codec"],
+    info = {"index": folder, "model": meta["model"], "model_fingerprint": sources.model.get("fingerprint"),
+            "passages": meta["passages"],
+            "dim": meta["dim"], "channels": meta["channels"], "lexical": meta.get("lexical"),
+            "colbert_codec": meta["colbert_codec"],
             "colbert_dtype": meta["colbert_codec"], "segments": meta["segments"],
             "format_version": meta["format_version"],
             "files": len(sources.files), "chunking": sources.settings,
@@ -570,7 +864,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("model")
     g.add_argument("--model", default=None, metavar="NAME_OR_DIR",
-                   help=f"hub id or local model folder (default: {DEFAULT_MODEL}; for an existing index, the model "
+                   help=f"hub id or local model folder (default: ${MODEL_ENV} if set, else {DEFAULT_MODEL}; for an existing "
+                        "index, the model "
                         "it was built with)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda > mps > cpu)")
     g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
@@ -596,7 +891,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"overlap between neighbouring passages (default {DEFAULT_CHUNK_OVERLAP})")
     p.add_argument("--chunk-unit", choices=["tokens", "chars"], default=None,
                    help="measure passages in model tokens (default) or characters")
-    p.add_argument("--rebuild", action="store_true", help="start from an empty index instead of updating")
+    p.add_argument("--lexical", choices=["auto", "learned", "bm25"], default=None,
+                   help="lexical channel: the model's learned weights (BGE-M3) or BM25 computed from the corpus; "
+                        "auto (default): learned when the model has BGE-M3's head, else BM25. Saved with the index")
+    p.add_argument("--bm25-k1", type=_finite_float, default=None, metavar="K1",
+                   help="BM25 term-frequency saturation (default 1.2; implies --lexical bm25)")
+    p.add_argument("--bm25-b", type=_finite_float, default=None, metavar="B",
+                   help="BM25 length normalisation, 0..1 (default 0.75; implies --lexical bm25)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="start from an empty index instead of updating (needed to switch --model)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="index the readable files and skip the bad ones (not UTF-8, binary, broken JSONL, "
+                        "unreadable folders), listing each; passages already indexed from them are kept. "
+                        "Without it, every bad input is listed and nothing is changed")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", parents=[common], help="search an index",
@@ -606,8 +913,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", "-i", required=True, metavar="DIR", help="index folder")
     p.add_argument("-k", type=_positive, default=5, help="number of hits (default 5)")
     p.add_argument("--weights", type=_parse_weights, default=(0.4, 0.2, 0.4), metavar="D,L,C",
-                   help="dense,lexical,colbert weights (default 0.4,0.2,0.4, the BGE-M3 paper's)")
-    p.add_argument("--mode", choices=["weighted", "rrf"], default="weighted", help="score fusion (default weighted)")
+                   help="dense,lexical,colbert weights (default 0.4,0.2,0.4, the BGE-M3 paper's); the weights of "
+                        "channels the index does not hold are dropped")
+    p.add_argument("--mode", choices=["auto", "weighted", "rrf"], default="auto",
+                   help="score fusion: weighted mean of the channel scores, or reciprocal-rank fusion; auto "
+                        "(default): rrf when the lexical channel is BM25, weighted otherwise")
     p.add_argument("--candidates", type=_positive, default=100, metavar="N",
                    help="dense top-N and lexical top-N candidates (default 100)")
     p.add_argument("--exhaustive", action="store_true", help="score every passage (slow, exact)")
@@ -631,6 +941,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as", dest="as_", choices=["passage", "query", "raw"], default="passage",
                    help="apply the model's passage or query template, or none (default passage)")
     p.add_argument("--sparse-tokens", action="store_true", help="JSONL: key lexical weights by token string, not id")
+    p.add_argument("--bm25", action="store_true",
+                   help="also write BM25 term frequencies ({term: count}, the terms bgem3's BM25 channel stores), "
+                        "for any model; .npz: CSR over hashed term ids (bgem3.bm25.term_id)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("info", help="describe an index", description="Model, size and sources of an index.")
@@ -645,6 +958,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ignore_sigint() -> None:
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread / no signals here
+        pass
+
+
 def _one_line(exc: BaseException) -> str:
     msg = str(exc)
     if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
@@ -653,7 +973,19 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the ``bgem3`` command; returns the exit status (0 ok, 1 error, 2 usage error, 130 interrupted)."""
+    """Run the ``bgem3`` command; returns the exit status (0 ok, 1 error, 2 usage error, 130 interrupted).
+
+    As the ``bgem3`` process (``argv=None``), once the command has finished a Ctrl-C during the
+    interpreter's shutdown no longer changes the exit status or prints a traceback.
+    """
+    try:
+        return _run(argv)
+    finally:
+        if argv is None:
+            _ignore_sigint()
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     debug = os.environ.get("BGEM3_DEBUG", "").lower() in ("1", "true", "yes")
     try:
         parser = build_parser()
@@ -666,7 +998,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     except KeyboardInterrupt:
-        _err("bgem3: interrupted (an index or output file is only written when complete)")
+        _err("bgem3: interrupted: nothing was changed (an index or output file is only written when complete)")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `bgem3 search ... | head`
         try:

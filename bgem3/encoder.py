@@ -179,7 +179,7 @@ def resolve_model_path(model_name_or_path: Union[str, os.PathLike], *, cache_dir
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") \
         or os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in ("1", "true", "yes")
     how = (
-        f"Download it once where there is network (e.g. `huggingface-cli download {name} "
+        f"Download it once where there is network (e.g. `hf download {name} "
         f"--local-dir ./{name.split('/')[-1]}`) and pass that local folder instead."
     )
     if offline:

@@ -2,8 +2,15 @@
 
 This is what ``bgem3 index`` uses, and it works on its own:
 
-* :func:`find_files` walks files and folders (recursively) for ``.txt``, ``.md`` and ``.jsonl``;
-* :func:`read_source` turns one file into :class:`Passage` objects: a text file is split into
+* :func:`scan_paths` walks files and folders (recursively) for ``.txt``, ``.md`` and ``.jsonl``
+  and says what it skipped and why (other extensions, FIFOs and devices, the same file reached
+  twice through a symlink, unreadable folders); :func:`find_files` is its short form;
+* :func:`check_source` reads a file once without splitting it, to report every bad file
+  (not UTF-8, binary, broken JSONL) before anything is indexed;
+* :func:`iter_passages` / :func:`read_source` turn one file into :class:`Passage` objects,
+  streaming: the file is read in blocks and cut into segments of at most
+  :data:`SEGMENT_CHARS` characters at paragraph (else line, sentence, word) boundaries, so
+  memory and time grow with one segment, not with the file. A text file is split into
   passages of at most ``chunk_size`` units (characters or model tokens) with ``chunk_overlap``
   units repeated between neighbours, cut at paragraph, line, sentence and word boundaries
   before cutting inside a word; a ``.jsonl`` file gives one record per line
@@ -23,11 +30,13 @@ Example::
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 #: File types ``bgem3 index`` reads.
 SUPPORTED_EXTENSIONS = (".txt", ".md", ".markdown", ".jsonl")
@@ -38,6 +47,10 @@ SEPARATORS = ("\n\n", "\n", ". ", "! ", "? ", "。", "！", "？", "; ", ", ", "
 #: Defaults of ``bgem3 index`` (tokens of the model's tokenizer).
 DEFAULT_CHUNK_SIZE = 512
 DEFAULT_CHUNK_OVERLAP = 64
+
+#: A text file is cut into segments of at most this many characters before splitting (streaming).
+SEGMENT_CHARS = 1 << 18
+_READ_BLOCK = 1 << 20
 
 MANIFEST_NAME = "sources.json"
 MANIFEST_FORMAT = 1
@@ -67,53 +80,149 @@ class Passage:
 
 # --------------------------------------------------------------------------- finding files
 
-def find_files(paths: Sequence[str], extensions: Sequence[str] = SUPPORTED_EXTENSIONS,
-               exclude: Sequence[str] = ()) -> list[str]:
-    """Absolute paths of the supported files named by ``paths`` (folders are walked recursively).
+@dataclass
+class Scan:
+    """What :func:`scan_paths` found, and everything it left out (absolute paths)."""
+
+    files: list[str] = field(default_factory=list)
+    #: extension (``".rst"``, or ``""``) -> files with it that were not read
+    unsupported: dict[str, list[str]] = field(default_factory=dict)
+    #: FIFOs, sockets, devices (``/dev/zero``) and broken symlinks: never opened
+    not_regular: list[str] = field(default_factory=list)
+    #: ``(path, same_as)``: one file reached twice (a symlinked folder next to its target)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    #: ``(folder, reason)``: folders that could not be listed
+    unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)
+
+    def skipped_lines(self) -> list[str]:
+        """One human line per kind of skipped input (empty when nothing was skipped)."""
+        out = []
+        if self.unsupported:
+            n = sum(len(v) for v in self.unsupported.values())
+            kinds = ", ".join(f"{ext or '(no extension)'} x{len(v)}" for ext, v in sorted(self.unsupported.items()))
+            out.append(f"skipped {n} file{'s' * (n != 1)} with extensions bgem3 does not read ({kinds}); "
+                       f"it reads {', '.join(SUPPORTED_EXTENSIONS)}")
+        if self.not_regular:
+            out.append(f"skipped {len(self.not_regular)} entries that are not regular files (FIFO, device, socket or "
+                       f"broken link): {', '.join(self.not_regular[:5])}{' ...' if len(self.not_regular) > 5 else ''}")
+        if self.duplicates:
+            out.append(f"skipped {len(self.duplicates)} files reached twice through symlinks (e.g. "
+                       f"{self.duplicates[0][0]} = {self.duplicates[0][1]})")
+        return out
+
+
+def scan_paths(paths: Sequence[str], extensions: Sequence[str] = SUPPORTED_EXTENSIONS,
+               exclude: Sequence[str] = ()) -> Scan:
+    """Find the supported files named by ``paths`` (folders are walked recursively).
 
     Hidden files and folders (names starting with ``.``) inside a folder are skipped, and so
-    is anything under ``exclude`` (e.g. the index folder itself). A file named explicitly must
-    have a supported extension. Raises :class:`FileNotFoundError` for a path that does not exist.
+    is anything under ``exclude`` (e.g. the index folder itself). Only regular files are
+    returned: FIFOs, devices and sockets are never opened (reading one would block forever
+    or never end). A file reached twice (through a symlinked folder or file) is kept once.
+    A file named explicitly must be a regular file with a supported extension. Folders that
+    cannot be listed are recorded in :attr:`Scan.unreadable_dirs`, never silently dropped.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        IngestError: a file named explicitly is not a regular file or not a supported type.
     """
+    if isinstance(paths, str):
+        raise TypeError("paths must be a list of paths, not a single string; wrap it: [path]")
     exts = tuple(e.lower() for e in extensions)
     excluded = [os.path.realpath(e) for e in exclude]
+    scan = Scan()
+    real_of: dict[str, str] = {}
 
     def is_excluded(p: str) -> bool:
         rp = os.path.realpath(p)
         return any(rp == e or rp.startswith(e + os.sep) for e in excluded)
 
-    found: list[str] = []
+    def consider(full: str, explicit: bool) -> None:
+        try:
+            st = os.stat(full)  # follows symlinks: a link to /dev/zero is a device
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            if explicit:
+                raise IngestError(f"{full!r} is not a regular file (a FIFO, device, socket or broken link); "
+                                  "pass text files or folders")
+            scan.not_regular.append(full)
+            return
+        if not full.lower().endswith(exts):
+            if explicit:
+                raise IngestError(f"{full!r} is not a supported file; bgem3 reads {', '.join(exts)} files")
+            scan.unsupported.setdefault(os.path.splitext(full)[1].lower(), []).append(full)
+            return
+        if is_excluded(full):
+            return
+        real = os.path.realpath(full)
+        if real in real_of:
+            if real_of[real] != full:
+                scan.duplicates.append((full, real_of[real]))
+            return
+        real_of[real] = full
+        scan.files.append(full)
+
     for raw in paths:
         path = os.path.abspath(os.path.expanduser(raw))
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"{raw!r} does not exist; pass existing files or folders to index")
-        if os.path.isfile(path):
-            if not path.lower().endswith(exts):
-                raise IngestError(f"{raw!r} is not a supported file; bgem3 reads {', '.join(exts)} files")
-            if not is_excluded(path):
-                found.append(path)
+        if not os.path.isdir(path):
+            consider(path, explicit=True)
             continue
-        for root, dirs, files in os.walk(path):
+        if is_excluded(path):
+            continue
+
+        def onerror(exc: OSError) -> None:
+            scan.unreadable_dirs.append((exc.filename or path, exc.strerror or str(exc)))
+
+        for root, dirs, files in os.walk(path, onerror=onerror):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not is_excluded(os.path.join(root, d)))
             for name in sorted(files):
-                if name.startswith(".") or not name.lower().endswith(exts):
-                    continue
-                full = os.path.join(root, name)
-                if not is_excluded(full):
-                    found.append(full)
-    seen: set[str] = set()
-    return [p for p in found if not (p in seen or seen.add(p))]
+                if not name.startswith("."):
+                    consider(os.path.join(root, name), explicit=False)
+    return scan
+
+
+def find_files(paths: Sequence[str], extensions: Sequence[str] = SUPPORTED_EXTENSIONS,
+               exclude: Sequence[str] = ()) -> list[str]:
+    """Absolute paths of the supported files named by ``paths``: :func:`scan_paths`'s files.
+
+    Raises :class:`IngestError` if a folder cannot be listed (so no file is taken for removed).
+    """
+    scan = scan_paths(paths, extensions, exclude)
+    if scan.unreadable_dirs:
+        d, why = scan.unreadable_dirs[0]
+        raise IngestError(f"cannot list the folder {d!r} ({why}); fix its permissions or leave it out")
+    return scan.files
+
+
+def _open_regular(path: str):
+    """A binary file object for ``path``, refusing anything but a regular file (never blocks on a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise IngestError(f"cannot read {path!r} ({exc.strerror or exc}); check that the file is readable") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IngestError(f"{path!r} is not a regular file (a FIFO, device or socket); leave it out")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def file_sha256(path: str) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a regular file's bytes."""
     h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
+    with _open_regular(path) as fh:
+        try:
+            for block in iter(lambda: fh.read(_READ_BLOCK), b""):
                 h.update(block)
-    except OSError as exc:
-        raise IngestError(f"cannot read {path!r} ({exc.strerror or exc}); check that the file is readable") from None
+        except OSError as exc:
+            raise IngestError(f"cannot read {path!r} ({exc.strerror or exc}); check that the file is readable") from None
     return h.hexdigest()
 
 
@@ -148,25 +257,15 @@ def split_text(text: str, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: i
     # 1. atoms: spans no longer than chunk_size, cut at the best separator available
     atoms: list[tuple[int, int, int]] = []  # (start, end, length)
 
-    def cut(start: int, end: int, level: int) -> None:
-        n = length(text[start:end])
+    def cut(start: int, end: int, level: int, n: Optional[int] = None) -> None:
+        if n is None:
+            n = length(text[start:end])
         if n <= chunk_size or level >= len(SEPARATORS):
             atoms.append((start, end, n))
             return
         sep = SEPARATORS[level]
         if sep == "":
-            # hard cut: largest prefixes that fit, measured with the length function
-            pos = start
-            while pos < end:
-                lo, hi = pos + 1, end
-                while lo < hi:  # largest e with length(text[pos:e]) <= chunk_size
-                    mid = (lo + hi + 1) // 2
-                    if length(text[pos:mid]) <= chunk_size:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                atoms.append((pos, lo, length(text[pos:lo])))
-                pos = lo
+            hard_cut(start, end)
             return
         pieces = []
         pos = start
@@ -180,10 +279,36 @@ def split_text(text: str, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: i
             if pos >= end:
                 break
         if len(pieces) == 1:
-            cut(start, end, level + 1)
+            cut(start, end, level + 1, n)  # same span: its length is known, do not measure it again
             return
         for a, b in pieces:
             cut(a, b, level + 1)
+
+    def hard_cut(start: int, end: int) -> None:
+        """Largest prefixes that fit, in time linear in the text: a window that doubles from
+        ``chunk_size`` characters until it no longer fits, then a binary search inside it,
+        so each measurement is about one passage long, never the rest of the text."""
+        pos = start
+        while pos < end:
+            lo, hi = pos + 1, min(end, pos + max(chunk_size, 1))  # lo always fits (one character)
+            if length(text[pos:hi]) <= chunk_size:
+                lo = hi
+                while hi < end:
+                    nxt = min(end, pos + 2 * (hi - pos))
+                    if length(text[pos:nxt]) > chunk_size:
+                        hi = nxt - 1
+                        break
+                    lo = hi = nxt
+            else:
+                hi -= 1
+            while lo < hi:  # largest e in [lo, hi] with length(text[pos:e]) <= chunk_size
+                mid = (lo + hi + 1) // 2
+                if length(text[pos:mid]) <= chunk_size:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            atoms.append((pos, lo, length(text[pos:lo])))
+            pos = lo
 
     cut(0, len(text), 0)
 
@@ -220,49 +345,105 @@ def split_text(text: str, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: i
 
 # --------------------------------------------------------------------------- reading
 
-def _read_text(path: str) -> str:
+def _text_stream(path: str):
+    """A text stream over a regular file: UTF-8 (BOM optional). UTF-16 is refused with the fix."""
+    import io
+
+    fh = _open_regular(path)
     try:
-        with open(path, "r", encoding="utf-8-sig") as fh:
-            return fh.read()
-    except UnicodeDecodeError as exc:
-        raise IngestError(f"cannot read {path!r}: it is not UTF-8 text (byte {exc.start}); convert it to UTF-8 or leave it out") from None
+        head = fh.peek(4)[:4]
     except OSError as exc:
+        fh.close()
         raise IngestError(f"cannot read {path!r} ({exc.strerror or exc}); check that the file is readable") from None
+    if head.startswith(codecs.BOM_UTF8):
+        enc = "utf-8-sig"
+    elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        fh.close()
+        raise IngestError(f"cannot read {path!r}: it is not UTF-8 text (it starts with a UTF-16 byte-order mark); "
+                          f"convert it to UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`) or leave it out")
+    else:
+        enc = "utf-8"
+    return io.TextIOWrapper(fh, encoding=enc, errors="strict")
+
+
+def _decode_error(path: str, exc: Exception) -> IngestError:
+    if isinstance(exc, UnicodeDecodeError):
+        return IngestError(f"cannot read {path!r}: it is not UTF-8 text ({exc.reason}); convert it to UTF-8 "
+                           "or leave it out")
+    return IngestError(f"cannot read {path!r} ({getattr(exc, 'strerror', None) or exc}); check that the file is readable")
+
+
+def _binary_error(path: str) -> IngestError:
+    return IngestError(f"cannot read {path!r}: it is not UTF-8 text (it holds NUL bytes: binary, or UTF-16); "
+                       "leave it out or convert it to UTF-8")
+
+
+def _segment_cut(buf: str, limit: int) -> int:
+    """Where to end a segment of ``buf`` (<= ``limit``): after the last paragraph break in the
+    second half, else line break, sentence end or space, else at ``limit``."""
+    for sep in ("\n\n", "\n", ". ", "。", " "):
+        i = buf.rfind(sep, limit // 2, limit)
+        if i >= 0:
+            return i + len(sep)
+    return limit
+
+
+def iter_segments(path: str, segment_chars: int = SEGMENT_CHARS) -> Iterator[tuple[int, str]]:
+    """``(offset, text)`` segments of a text file, each at most ``segment_chars`` characters,
+    cut at paragraph/line/sentence/word boundaries; the file is read block by block."""
+    with _text_stream(path) as tw:
+        base, buf, eof = 0, "", False
+        while not eof or buf:
+            if not eof and len(buf) < segment_chars:
+                try:
+                    block = tw.read(_READ_BLOCK)
+                except (UnicodeDecodeError, OSError) as exc:
+                    raise _decode_error(path, exc) from None
+                if "\x00" in block:
+                    raise _binary_error(path)
+                if block:
+                    buf += block
+                    continue
+                eof = True
+            cut = len(buf) if eof and len(buf) <= segment_chars else _segment_cut(buf, segment_chars)
+            yield base, buf[:cut]
+            base += cut
+            buf = buf[cut:]
+
+
+def _iter_lines(path: str) -> Iterator[tuple[int, str]]:
+    with _text_stream(path) as tw:
+        lineno = 0
+        while True:
+            try:
+                line = tw.readline()
+            except (UnicodeDecodeError, OSError) as exc:
+                raise _decode_error(path, exc) from None
+            if not line:
+                return
+            lineno += 1
+            if "\x00" in line:
+                raise _binary_error(path)
+            yield lineno, line
 
 
 def _passages_of(text: str, base_id: str, metadata: dict, chunk_size: int, chunk_overlap: int,
-                 length_function: Optional[Callable[[str], int]], keep_id_if_single: bool) -> list[Passage]:
+                 length_function: Optional[Callable[[str], int]], keep_id_if_single: bool,
+                 first: int = 0, offset: int = 0) -> list[Passage]:
     spans = split_text(text, chunk_size, chunk_overlap, length_function)
     out = []
-    for n, (a, b) in enumerate(spans):
+    for n, (a, b) in enumerate(spans, start=first):
         pid = base_id if (keep_id_if_single and len(spans) == 1) else f"{base_id}#{n}"
         md = dict(metadata)
-        md.update(passage=n, start_char=a, end_char=b)
+        md.update(passage=n, start_char=offset + a, end_char=offset + b)
         out.append(Passage(pid, text[a:b], md))
     return out
 
 
-def read_source(path: str, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
-                length_function: Optional[Callable[[str], int]] = None, source: Optional[str] = None) -> list[Passage]:
-    """The passages of one ``.txt`` / ``.md`` / ``.jsonl`` file.
-
-    Args:
-        path: the file.
-        chunk_size / chunk_overlap / length_function: see :func:`split_text`.
-        source: the name recorded in each passage's ``metadata["source"]`` and used in text
-            passages' ids (default: ``path``).
-
-    Raises:
-        IngestError: unreadable file, not UTF-8, a JSONL line that is not a JSON object with a
-            string ``text``, a non-dict ``metadata``, or a duplicate ``id`` within the file.
-    """
-    source = source or path
-    if not path.lower().endswith(".jsonl"):
-        return _passages_of(_read_text(path), source, {"source": source}, chunk_size, chunk_overlap,
-                            length_function, keep_id_if_single=False)
-    out: list[Passage] = []
+def _records(path: str, source: str) -> Iterator[tuple[str, str, dict]]:
+    """``(id, text, metadata)`` of each JSONL record, checked."""
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    for lineno, line in _iter_lines(path):
         if not line.strip():
             continue
         where = f"{path!r} line {lineno}"
@@ -288,8 +469,65 @@ def read_source(path: str, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: 
             raise IngestError(f"{where}: \"metadata\" must be an object; got {type(meta).__name__}")
         md = dict(meta)
         md.update(source=source, line=lineno, record_id=rid)
-        out.extend(_passages_of(text, rid, md, chunk_size, chunk_overlap, length_function, keep_id_if_single=True))
-    return out
+        yield rid, text, md
+
+
+def check_source(path: str) -> Optional[str]:
+    """Read one file through without splitting it; ``None`` if it can be indexed, else why not
+    (the message :func:`iter_passages` would raise). Cheap: no tokenizer, one pass."""
+    try:
+        if path.lower().endswith(".jsonl"):
+            for _ in _records(path, path):
+                pass
+        else:
+            for _ in iter_segments(path):
+                pass
+    except IngestError as exc:
+        return str(exc)
+    return None
+
+
+def iter_passages(path: str, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+                  length_function: Optional[Callable[[str], int]] = None,
+                  source: Optional[str] = None) -> Iterator[Passage]:
+    """The passages of one ``.txt`` / ``.md`` / ``.jsonl`` file, one at a time (streaming).
+
+    A text file is read in segments of at most :data:`SEGMENT_CHARS` characters (cut at a
+    paragraph break where there is one), each split with :func:`split_text`; neighbouring
+    passages overlap within a segment, not across a segment boundary. ``start_char`` /
+    ``end_char`` are offsets into the whole file's text. See :func:`read_source` for the rest.
+    """
+    source = source or path
+    if not path.lower().endswith(".jsonl"):
+        n = 0
+        for offset, segment in iter_segments(path):
+            for p in _passages_of(segment, source, {"source": source}, chunk_size, chunk_overlap, length_function,
+                                  keep_id_if_single=False, first=n, offset=offset):
+                n += 1
+                yield p
+        return
+    for rid, text, md in _records(path, source):
+        yield from _passages_of(text, rid, md, chunk_size, chunk_overlap, length_function, keep_id_if_single=True)
+
+
+def read_source(path: str, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+                length_function: Optional[Callable[[str], int]] = None, source: Optional[str] = None) -> list[Passage]:
+    """The passages of one ``.txt`` / ``.md`` / ``.jsonl`` file (a list; :func:`iter_passages` streams).
+
+    Args:
+        path: the file (a regular file: FIFOs and devices are refused, never read).
+        chunk_size / chunk_overlap / length_function: see :func:`split_text`.
+        source: the name recorded in each passage's ``metadata["source"]`` and used in text
+            passages' ids (default: ``path``).
+
+    Text must be UTF-8 (a BOM is allowed); UTF-16 and binary files are refused with the fix.
+
+    Raises:
+        IngestError: unreadable file, not UTF-8, binary (NUL bytes), a JSONL line that is not a
+            JSON object with a string ``text``, a non-dict ``metadata``, or a duplicate ``id``
+            within the file.
+    """
+    return list(iter_passages(path, chunk_size, chunk_overlap, length_function, source))
 
 
 # --------------------------------------------------------------------------- change detection
@@ -328,9 +566,12 @@ class Manifest:
         (['/docs/b.txt'], ['/docs/a.txt'])
     """
 
-    def __init__(self, files: Optional[dict] = None, settings: Optional[dict] = None) -> None:
+    def __init__(self, files: Optional[dict] = None, settings: Optional[dict] = None,
+                 model: Optional[dict] = None) -> None:
         self.files: dict[str, dict[str, Any]] = dict(files or {})
         self.settings: dict[str, Any] = dict(settings or {})
+        #: ``{"name": ..., "fingerprint": ...}`` of the model the passages were encoded with
+        self.model: dict[str, Any] = dict(model or {})
 
     def set(self, path: str, sha256: str, ids: Sequence[str]) -> None:
         self.files[path] = {"sha256": sha256, "ids": list(ids)}
@@ -348,11 +589,14 @@ class Manifest:
         """Passage id -> source file, for every file."""
         return {pid: path for path, entry in self.files.items() for pid in entry["ids"]}
 
-    def plan(self, roots: Sequence[str], current: dict[str, str], force: bool = False) -> Plan:
+    def plan(self, roots: Sequence[str], current: dict[str, str], force: bool = False,
+             keep: Sequence[str] = ()) -> Plan:
         """Compare the files found now under ``roots`` (``{path: sha256}``) with the manifest.
 
         Files in the manifest that are under one of ``roots`` but were not found are removed;
-        files outside every root are left alone (so several folders can share one index).
+        files outside every root are left alone (so several folders can share one index), and
+        so are files under ``keep`` (folders that could not be listed, files that could not
+        be read: unreadable input never deletes indexed passages).
         ``force=True`` treats every known file as changed (e.g. the chunk settings changed).
         """
         plan = Plan(hashes=dict(current))
@@ -366,13 +610,16 @@ class Manifest:
                 plan.unchanged.append(path)
         roots = [os.path.abspath(r) for r in roots]
         for path in self.files:
-            if path not in current and is_under(path, roots):
+            if path not in current and is_under(path, roots) and not is_under(path, keep):
                 plan.removed.append(path)
         return plan
 
     # ----------------------------------------------------------------- persistence
     def to_json(self) -> dict:
-        return {"format": MANIFEST_FORMAT, "settings": self.settings, "files": self.files}
+        out = {"format": MANIFEST_FORMAT, "settings": self.settings, "files": self.files}
+        if self.model:
+            out["model"] = self.model
+        return out
 
     def save(self, folder: str) -> str:
         """Write ``folder/sources.json`` (temp file, fsync, rename)."""
@@ -398,4 +645,7 @@ class Manifest:
             raise IngestError(f"the source manifest {path!r} is unreadable ({exc}); rebuild the index into a new folder") from None
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("files"), dict):
             raise IngestError(f"the source manifest {path!r} has an unknown format; rebuild the index into a new folder")
-        return cls(data["files"], data.get("settings") or {})
+        model = data.get("model") or {}
+        if not isinstance(model, dict):
+            raise IngestError(f"the source manifest {path!r} has an invalid \"model\" entry; rebuild the index")
+        return cls(data["files"], data.get("settings") or {}, model)

@@ -42,11 +42,9 @@ def fd_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def fd_other_model(fd_model, tmp_path_factory) -> str:
-    """The same weights under another folder name: an index built with one refuses the other."""
-    dst = tmp_path_factory.mktemp("fd_other") / "other-model"
-    shutil.copytree(fd_model, dst)
-    return str(dst)
+def fd_other_model(tmp_path_factory) -> str:
+    """Another model (other random weights): an index built with one refuses the other."""
+    return make_m3_checkpoint(str(tmp_path_factory.mktemp("fd_other") / "other-model"), seed=1)
 
 
 @pytest.fixture(scope="session")
@@ -168,7 +166,8 @@ def test_search_table_and_json_agree(capsys, tmp_path, corpus, fd_model):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["#", "score", "dense", "lexical", "colbert", "source"]
-    assert len(lines) == 4
+    assert len(lines) == 5
+    assert lines[-1].startswith("model ") and "channels dense + lexical (learned) + colbert" in lines[-1]
     for rank, (line, h) in enumerate(zip(lines[1:], hits), start=1):
         cols = line.split()
         assert cols[0] == str(rank)
@@ -371,12 +370,22 @@ def test_fail_index_built_with_other_model(capsys, tmp_path, corpus, fd_model, f
     before = snapshot(idx)
     code, _, err = run(capsys, "search", "q", "--index", idx, "--model", fd_other_model)
     assert code == 1
-    assert_one_error_line(err, "built with model", "tiny-m3")
+    assert_one_error_line(err, "built with model", "tiny-m3", "leave out --model", "--rebuild")
     (corpus / "x.txt").write_text("new", encoding="utf-8")
     code, _, err = run(capsys, "index", corpus, "--index", idx, "--model", fd_other_model)
     assert code == 1
-    assert_one_error_line(err, "built with model")
+    assert_one_error_line(err, "built with model", "--rebuild")
+    assert "allow_model_mismatch" not in err  # the CLI has no such flag
     assert snapshot(idx) == before
+    # the same weights under another folder name are the same model: accepted
+    copy = tmp_path / "copy-of-tiny"
+    shutil.copytree(fd_model, copy)
+    assert run(capsys, "search", "q", "--index", idx, "--model", copy)[0] == 0
+    # --rebuild switches the model; info then names it
+    code, _, err = run(capsys, "index", corpus, "--index", idx, "--model", fd_other_model, "--rebuild")
+    assert code == 0, err
+    code, out, _ = run(capsys, "info", "--index", idx, "--json")
+    assert json.loads(out)["model"] == fd_other_model
 
 
 @pytest.mark.parametrize("name,content,fragment", [

@@ -136,7 +136,9 @@ def test_any_subset_of_channels_and_hits_say_which_channels_scored(tmp_path):
 
 def test_encoder_without_bge_m3_heads_gives_a_dense_index(minilm):
     enc = Encoder(minilm, device="cpu")
-    idx = HybridIndex(enc)
+    assert HybridIndex(enc).channels == ("dense", "lexical")  # default: dense + BM25 (issue #11)
+    assert HybridIndex(enc).lexical.kind == "bm25"
+    idx = HybridIndex(enc, channels=["dense"])
     assert idx.channels == ("dense",)
     idx.add(TEXTS[-6:], ids=[f"t{i}" for i in range(6)])
     hit = idx.search(TEXTS[-2], k=1)[0]

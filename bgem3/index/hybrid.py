@@ -168,6 +168,11 @@ class HybridIndex(StoreBase):
             raise ValueError(f"dense_codec must be one of {list(DENSE_CODECS)}; got {dense_codec!r}")
         if lexical is not None and not isinstance(lexical, LexicalChannel):
             raise TypeError(f"lexical must be a bgem3.index.lexical.LexicalChannel; got {type(lexical).__name__}")
+        if (lexical is None and encoder is not None and not isinstance(encoder, (str, os.PathLike))
+                and getattr(encoder, "has_heads", True) is False and (channels is None or "lexical" in channels)):
+            from ..bm25 import BM25  # a model without BGE-M3's lexical head: BM25 is its lexical channel
+
+            lexical = BM25()
         chans = _resolve_channels(channels, encoder, lexical)
         if lexical is not None and "lexical" not in chans:
             raise ValueError(f"lexical={type(lexical).__name__}(...) was given but channels={list(chans)} has no "
@@ -194,7 +199,7 @@ class HybridIndex(StoreBase):
             dim = enc_dim
             model_name = enc_name if model_name is None else model_name
             colbert_dim = enc_cdim if colbert_dim is None else colbert_dim
-            if vocab_size is None:
+            if vocab_size is None and (lexical is None or lexical.uses_sparse_head):  # BM25 ids are its own
                 vocab_size = int(getattr(encoder, "vocab_size", 0) or 0) or None
         elif dim is None:
             raise ValueError("HybridIndex(None) stores precomputed vectors: pass dim=<dense dimension> "
