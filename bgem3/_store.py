@@ -146,6 +146,39 @@ def check_query(query: Any) -> str:
     return query
 
 
+def encoder_from_model_name(encoder: Any, model_name: Optional[str], dim: Optional[int], owner: str,
+                            load: bool = True) -> Any:
+    """``model_name=`` names the model everywhere in this package: the model to load.
+
+    ``Store(model_name=X)`` with no encoder loads ``X``; ``Store(None, model_name=X, dim=...)`` (precomputed
+    vectors) records that they came from ``X``; an encoder *and* a different ``model_name`` is refused instead
+    of labelling one model's vectors with another model's name. With ``load=False`` (a Qdrant collection,
+    whose dimensions the collection itself records) a lone ``model_name`` is only recorded and checked.
+    """
+    if model_name is None:
+        return encoder
+    if not isinstance(model_name, (str, os.PathLike)):
+        raise TypeError(f"model_name must be a model name or folder; got {type(model_name).__name__}")
+    if encoder is None:
+        return str(model_name) if dim is None and load else None
+    given = encoder if isinstance(encoder, (str, os.PathLike)) else getattr(encoder, "model_name", None)
+    if given is not None and not same_model_name(str(given), str(model_name)):
+        raise ValueError(
+            f"{owner}: model_name={str(model_name)!r} names the model to load, but the encoder given is "
+            f"{str(given)!r}; pass one of them ({owner}(model_name={str(model_name)!r}) or {owner}(encoder)), "
+            "so that documents and queries are encoded by the model the store records")
+    return encoder
+
+
+def same_model_name(a: str, b: str) -> bool:
+    """Two model names are the same model when equal or when their last path components agree
+    (``BAAI/bge-m3`` and ``/models/bge-m3``)."""
+    if a == b:
+        return True
+    norm = lambda x: os.path.basename(os.path.normpath(x)).lower()  # noqa: E731
+    return norm(a) == norm(b) and norm(a) not in ("", ".")
+
+
 def resolve_encoder(encoder: Any, encoder_kwargs: Mapping[str, Any], owner: str) -> Any:
     """Load ``Encoder(encoder, **encoder_kwargs)`` for a model name/folder; otherwise return
     ``encoder`` as given and refuse stray encoder options."""

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .._store import StoreBase, check_documents, check_positive_int as _positive_int, check_query, check_search_args
-from .._store import check_str_list as _check_str_list, encoder_shape, resolve_encoder, scored_hit
+from .._store import check_str_list as _check_str_list, encoder_from_model_name, encoder_shape, resolve_encoder, scored_hit
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
 from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, dense_bits
@@ -101,7 +101,10 @@ class HybridIndex(StoreBase):
         encoder: an :class:`bgem3.Encoder`, a model name / folder (then ``Encoder(encoder,
             **encoder_kwargs)``), or ``None`` for an index fed with precomputed vectors
             (:meth:`add_encoded` / :meth:`search_encoded`); then ``dim`` is required.
-        model_name: the name recorded in saved manifests (default: the encoder's).
+        model_name: the model, as everywhere in this package: with no ``encoder`` and no ``dim``,
+            ``HybridIndex(model_name="BAAI/bge-m3")`` loads it; with precomputed vectors
+            (``encoder=None, dim=...``) it records which model made them (saved in the manifest);
+            beside an ``encoder`` it must name that same model (else ValueError).
         dim: dense dimension (default: the encoder's hidden size).
         colbert_dim: ColBERT vector dimension (default: the encoder's ColBERT head, else ``dim``).
         vocab_size: lexical vocabulary size (default: the encoder's; ``None`` without an encoder:
@@ -162,7 +165,8 @@ class HybridIndex(StoreBase):
         exact_dense_rows: int = DEFAULT_EXACT_DENSE_ROWS,
         **encoder_kwargs: Any,
     ) -> None:
-        encoder = resolve_encoder(encoder, encoder_kwargs, "HybridIndex")
+        encoder = resolve_encoder(encoder_from_model_name(encoder, model_name, dim, "HybridIndex"), encoder_kwargs,
+                                  "HybridIndex")
         codec_name = _resolve_codec(colbert_codec, colbert_dtype)
         if dense_codec not in DENSE_CODECS:
             raise ValueError(f"dense_codec must be one of {list(DENSE_CODECS)}; got {dense_codec!r}")

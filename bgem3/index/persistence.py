@@ -30,6 +30,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import __version__
+from .._store import same_model_name
 from .codecs import COLBERT_CODECS, DENSE_CODECS, ColbertCodec
 from .errors import IndexFormatError
 from .lexical import LexicalChannel, lexical_channel_from_config
@@ -191,11 +192,6 @@ def _int_field(root: Path, m: dict, key: str, *, allow_none: bool = False, lo: i
     return v
 
 
-def _same_model(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    norm = lambda x: os.path.basename(os.path.normpath(x)).lower()  # noqa: E731
-    return norm(a) == norm(b) and norm(a) not in ("", ".")
 
 
 def _resolve_load_encoder(root: Path, name: str, dim: int, encoder: Any, load_encoder: bool,
@@ -222,7 +218,7 @@ def _resolve_load_encoder(root: Path, name: str, dim: int, encoder: Any, load_en
             raise IndexFormatError(
                 f"the index at {str(root)!r} was built with {name!r} (dense dim {dim}), but the encoder "
                 f"{encoder.model_name!r} has dim {enc_dim}; load it with the model it was built with")
-        if not allow_model_mismatch and not _same_model(name, str(encoder.model_name)):
+        if not allow_model_mismatch and not same_model_name(name, str(encoder.model_name)):
             raise IndexFormatError(
                 f"the index at {str(root)!r} was built with model {name!r}, but the encoder is {encoder.model_name!r}; "
                 "queries must be encoded by the model that encoded the documents. Load with that model, or pass "

@@ -51,7 +51,7 @@ import numpy as np
 
 from .. import scoring
 from .._store import StoreBase, check_documents, check_positive_int as _check_pos_int, check_search_args
-from .._store import check_str_list, encoder_shape, rank, resolve_encoder, scored_hit
+from .._store import check_str_list, encoder_from_model_name, encoder_shape, rank, resolve_encoder, scored_hit
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
 from .qdrant_errors import QdrantConnectionError, QdrantServerError, describe, readable_errors, require_qdrant_client, translate
@@ -260,8 +260,11 @@ class QdrantHybridStore(StoreBase):
             (e.g. ``{"indexing_threshold": 1000}``: segments above 1000 KB get an HNSW graph and
             their quantised copies when :meth:`optimize` runs).
         collection_name: the collection; created if missing (idempotent), checked if present.
-        model_name / dim / colbert_dim: what is recorded and checked (default: the encoder's
-            name, hidden size and ColBERT head width).
+        model_name: the model the vectors come from: beside an ``encoder`` it must name that same
+            model (else ValueError); with ``encoder=None`` it is recorded and checked against the
+            collection (pass the model itself as ``encoder`` to load it).
+        dim / colbert_dim: what is recorded and checked (default: the encoder's hidden size and
+            ColBERT head width).
         shard_number / replication_factor / write_consistency_factor: passed to
             ``create_collection`` when the collection is created (cluster set-up; ignored by
             the local modes and for an existing collection).
@@ -405,7 +408,8 @@ class QdrantHybridStore(StoreBase):
         self._sleep: Callable[[float], None] = time.sleep
         self.client = None
 
-        encoder = resolve_encoder(encoder, encoder_kwargs, "QdrantHybridStore")
+        encoder = resolve_encoder(encoder_from_model_name(encoder, model_name, dim, "QdrantHybridStore", load=False),
+                                  encoder_kwargs, "QdrantHybridStore")
         self.encoder = encoder
         self.client = self._make_client(client, location, path, url, api_key, dict(client_kwargs or {}), edge_path,
                                         edge_optimizers)
