@@ -162,6 +162,18 @@ def encode_query_group(encoder: Any, texts: Sequence[str], **encode_kwargs: Any)
     return dense, sparse, colbert
 
 
+def store_fusion_mode(store: Any, mode: Any) -> str:
+    """The fusion a retriever asks ``store`` for: ``mode`` checked (``"auto"``, ``"weighted"`` or
+    ``"rrf"``), ``"auto"`` resolved by the store (``store.fusion_mode``: RRF beside BM25), or
+    ``"weighted"`` for a store that has no such method (a user's own HybridStore)."""
+    if not isinstance(mode, str) or mode not in ("auto", "weighted", "rrf"):
+        raise ValueError(f"mode must be 'auto', 'weighted' or 'rrf'; got {mode!r}")
+    resolve = getattr(store, "fusion_mode", None)
+    if callable(resolve):
+        return str(resolve(mode))
+    return "weighted" if mode == "auto" else mode
+
+
 def search_many(store: Any, queries: Sequence[str], **search_kwargs: Any) -> list:
     """``store.search`` for one query string, or :func:`encode_query_group` + ``search_encoded``
     for several (needs a store with an encoder)."""

@@ -26,6 +26,10 @@ import numpy as np
 from .scoring import DEFAULT_WEIGHTS, check_weights, fuse_channels
 from .types import FusionMode, Hit
 
+#: the accepted ``mode=`` values of every store's ``search``: ``"auto"`` (the store's own choice,
+#: see ``StoreBase.fusion_mode``), ``"weighted"`` (weighted mean) or ``"rrf"`` (reciprocal rank)
+FUSION_MODES = ("auto", "weighted", "rrf")
+
 
 def check_positive_int(value: Any, name: str) -> int:
     """``int(value)`` if it is a positive integer (not a bool), else ``ValueError`` naming ``name``."""
@@ -127,8 +131,8 @@ def check_search_args(k: Any, weights: Sequence[float], candidates: Any, mode: A
     """Validate ``search``'s arguments; returns the checked ``(dense, lexical, colbert)`` weights."""
     check_positive_int(k, "k")
     check_positive_int(candidates, "candidates")
-    if mode not in ("weighted", "rrf"):
-        raise ValueError(f"mode must be 'weighted' or 'rrf'; got {mode!r}")
+    if not isinstance(mode, str) or mode not in FUSION_MODES:
+        raise ValueError(f"mode must be 'auto', 'weighted' or 'rrf'; got {mode!r}")
     if (isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float, np.integer, np.floating)) or not rrf_k > 0
             or not np.isfinite(rrf_k)):
         raise ValueError(f"rrf_k must be a positive finite number; got {rrf_k!r}")
@@ -251,6 +255,23 @@ class StoreBase:
         """True when the store is known to be empty (then :meth:`search` does not encode)."""
         return False
 
+    def _auto_fusion(self) -> str:
+        """What ``mode="auto"`` means for this store (a subclass may say otherwise)."""
+        return "weighted"
+
+    def fusion_mode(self, mode: str = "auto") -> str:
+        """The fusion ``search(..., mode=mode)`` uses: ``mode`` itself, or for ``"auto"`` the
+        store's choice: ``"rrf"`` when the lexical channel's scores are not on the dense cosine's
+        scale (BM25), ``"weighted"`` (BGE-M3's weighted mean) otherwise.
+
+        >>> from bgem3 import HybridIndex
+        >>> HybridIndex(None, dim=4).fusion_mode()
+        'weighted'
+        """
+        if not isinstance(mode, str) or mode not in FUSION_MODES:
+            raise ValueError(f"mode must be 'auto', 'weighted' or 'rrf'; got {mode!r}")
+        return self._auto_fusion() if mode == "auto" else mode
+
     def _require_encoder(self, what: str) -> Any:
         if self.encoder is None:
             raise TypeError(f"{what}() needs an encoder, but this {self._store_noun} has none (built for precomputed "
@@ -265,7 +286,7 @@ class StoreBase:
         *,
         filter: Optional[Mapping[str, Any]] = None,
         candidates: int = 100,
-        mode: FusionMode = "weighted",
+        mode: FusionMode = "auto",
         rrf_k: int = 60,
         exhaustive: bool = False,
     ) -> list[Hit]:
@@ -281,8 +302,10 @@ class StoreBase:
             filter: ``{key: value}``; every key must match exactly, a list/tuple/set value means
                 "any of". Applied before candidate selection.
             candidates: N in "dense top-N united with lexical top-N".
-            mode: ``"weighted"`` (score = weighted mean of the channel scores) or ``"rrf"``
-                (score = ``sum_c w_c / (rrf_k + rank_c)`` over the candidates).
+            mode: ``"auto"`` (default: :meth:`fusion_mode` decides: ``"rrf"`` beside a BM25
+                lexical channel, ``"weighted"`` otherwise), ``"weighted"`` (score = weighted mean
+                of the channel scores) or ``"rrf"`` (score = ``sum_c w_c / (rrf_k + rank_c)`` over
+                the candidates).
             rrf_k: the RRF constant.
             exhaustive: score every (filtered) document instead of the candidates.
         """

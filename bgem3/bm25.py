@@ -235,6 +235,8 @@ class BM25(LexicalChannel):
 
     kind = "bm25"
     uses_sparse_head = False
+    #: raw BM25 scores (0..~20) are not on the dense cosine's scale: ``search(mode="auto")`` fuses by rank
+    fusion = "rrf"
 
     def __init__(self, k1: float = DEFAULT_K1, b: float = DEFAULT_B, tokenizer: Optional[BM25Tokenizer] = None) -> None:
         self.k1, self.b = _check_params(k1, b)

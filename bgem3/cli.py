@@ -612,9 +612,7 @@ def _channels_label(index: Any) -> str:
 def _fusion_mode(args: argparse.Namespace, index: Any) -> str:
     """``--mode auto``: reciprocal-rank fusion when the lexical channel is BM25 (its raw scores are not on
     a cosine's scale), the BGE-M3 weighted mean otherwise."""
-    if args.mode != "auto":
-        return args.mode
-    return "rrf" if _lexical_kind(index) == "bm25" and len(index.channels) > 1 else "weighted"
+    return index.fusion_mode(args.mode)
 
 
 def _explain_hits(index: Any, query: str, hits: list):

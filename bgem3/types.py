@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
-FusionMode = Literal["weighted", "rrf"]
+FusionMode = Literal["auto", "weighted", "rrf"]
 
 
 @dataclass
@@ -59,6 +59,6 @@ class HybridStore(Protocol):
 
     def search(self, query: str, k: int = 4, weights: Sequence[float] = (0.4, 0.2, 0.4), *,
                filter: Optional[Mapping[str, Any]] = None, candidates: int = 100,
-               mode: FusionMode = "weighted") -> list[Hit]: ...
+               mode: FusionMode = "auto") -> list[Hit]: ...
 
     def __len__(self) -> int: ...

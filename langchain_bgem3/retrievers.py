@@ -12,7 +12,7 @@ from langchain_core.indexing.base import DeleteResponse, DocumentIndex, UpsertRe
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from bgem3._hits import check_hybrid_store, store_builder_args
+from bgem3._hits import check_hybrid_store, store_builder_args, store_fusion_mode
 from bgem3._shared import check_list_arg, unknown_options_error
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
@@ -60,7 +60,10 @@ class BGEM3HybridRetriever(DocumentIndex):
         k: how many documents to return (default 4).
         weights: ``(dense, lexical, colbert)`` fusion weights; default ``(0.4, 0.2, 0.4)`` (BGE-M3 paper).
         candidates: the store's candidate pool from dense top-N and lexical top-N (default 100).
-        mode: ``"weighted"`` (weighted sum / weight sum) or ``"rrf"`` (reciprocal-rank fusion).
+        mode: ``"auto"`` (default: the store decides, ``store.fusion_mode()``: reciprocal-rank fusion
+            beside a BM25 lexical channel, whose raw scores would swamp a weighted mean; the weighted
+            mean otherwise), ``"weighted"`` (weighted sum / weight sum) or ``"rrf"`` (reciprocal-rank
+            fusion).
         filter: metadata filter: a dict of exact matches (a list value matches any of its items), or
             a callable ``metadata -> bool`` (embedded :class:`bgem3.HybridIndex`; applied before
             candidate selection).
@@ -89,7 +92,7 @@ class BGEM3HybridRetriever(DocumentIndex):
     k: int = Field(default=4, gt=0)
     weights: tuple[float, float, float] = DEFAULT_WEIGHTS
     candidates: int = Field(default=100, gt=0)
-    mode: Literal["weighted", "rrf"] = "weighted"
+    mode: Literal["auto", "weighted", "rrf"] = "auto"
     filter: Optional[Union[dict[str, Any], Callable[..., bool]]] = None
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
     metadata_key_prefix: str = ""
@@ -284,7 +287,7 @@ class BGEM3HybridRetriever(DocumentIndex):
             weights=tuple(self.weights if weights is None else check_weights(weights)),
             filter=filter,
             candidates=self.candidates if candidates is None else candidates,
-            mode=self.mode if mode is None else mode,
+            mode=store_fusion_mode(self.store, self.mode if mode is None else mode),
         )
         return [
             scored_document(

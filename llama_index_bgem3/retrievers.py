@@ -13,7 +13,7 @@ from llama_index.core.settings import Settings
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from bgem3._filters import store_filter
-from bgem3._hits import check_hybrid_store, search_many, store_builder_args
+from bgem3._hits import check_hybrid_store, search_many, store_builder_args, store_fusion_mode
 from bgem3._shared import check_list_arg, unknown_options_error
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
@@ -63,7 +63,8 @@ class BGEM3HybridRetriever(BaseRetriever):
         similarity_top_k: how many nodes to return (default 4).
         weights: ``(dense, lexical, colbert)``; default ``(0.4, 0.2, 0.4)`` (BGE-M3 paper).
         candidates: the store's candidate pool (dense top-N united with lexical top-N).
-        mode: ``"weighted"`` or ``"rrf"``.
+        mode: ``"auto"`` (default: the store decides, ``store.fusion_mode()``: reciprocal-rank fusion
+            beside a BM25 lexical channel, the weighted mean otherwise), ``"weighted"`` or ``"rrf"``.
         filters: ``MetadataFilters`` with any ``FilterOperator`` (EQ, NE, GT, GTE, LT, LTE, IN, NIN,
             ANY, ALL, CONTAINS, TEXT_MATCH, TEXT_MATCH_INSENSITIVE, IS_EMPTY) and condition (AND, OR,
             NOT, nested), with the semantics of LlamaIndex's ``SimpleVectorStore``. On
@@ -95,7 +96,7 @@ class BGEM3HybridRetriever(BaseRetriever):
         similarity_top_k: int = 4,
         weights: Sequence[float] = DEFAULT_WEIGHTS,
         candidates: int = 100,
-        mode: str = "weighted",
+        mode: str = "auto",
         filters: Optional[MetadataFilters] = None,
         metadata_key_prefix: str = "",
         callback_manager: Optional[CallbackManager] = None,
@@ -105,8 +106,7 @@ class BGEM3HybridRetriever(BaseRetriever):
         if kwargs:
             raise unknown_options_error("BGEM3HybridRetriever", kwargs, ["store", *_RETRIEVER_KWARGS], _HINTS)
         check_hybrid_store(store, builder="from_documents")
-        if mode not in ("weighted", "rrf"):
-            raise ValueError(f"mode must be 'weighted' or 'rrf'; got {mode!r}")
+        store_fusion_mode(store, mode)  # a bad mode fails here, not at the first query
         if filters is not None and not isinstance(filters, MetadataFilters):
             raise TypeError(
                 f"filters must be llama_index MetadataFilters; got {type(filters).__name__} "
@@ -222,7 +222,7 @@ class BGEM3HybridRetriever(BaseRetriever):
             weights=self.weights,
             filter=store_filter(self.store, self._where),  # per query: a Qdrant scan sees the current data
             candidates=self.candidates,
-            mode=self.mode,
+            mode=store_fusion_mode(self.store, self.mode),
         )
         return [
             with_channel_scores(hit_to_node(h), h.dense_score, h.sparse_score, h.colbert_score, h.score,

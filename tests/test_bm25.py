@@ -221,3 +221,68 @@ def test_both_retrievers_take_a_dense_only_model(minilm):
     nodes = LlamaIndexRetriever.from_documents([Document(text=t) for t in texts], enc,
                                                similarity_top_k=2).retrieve("how are documents ranked?")
     assert nodes[0].node.text == texts[0] and nodes[0].node.metadata["sparse_score"] > 0
+
+
+# --------------------------------------------------------------------------- fusion default (mode="auto")
+
+FUSION_TEXTS = ["BM25 ranks documents by term frequency and inverse document frequency.",
+                "Search engines rank web pages for a query.",
+                "Paris is the capital of France.",
+                "The mitochondrion is the powerhouse of the cell.",
+                "Documents about documents: a document store keeps documents."]
+FUSION_QUERY = "how do search engines rank documents?"
+
+
+def _scored(hits):
+    return [(h.id, round(h.score, 6)) for h in hits]
+
+
+def test_search_defaults_to_rrf_beside_bm25_and_weighted_beside_learned_weights(minilm, m3_encoder):
+    """Raw BM25 scores (0..~20) swamp a cosine in a weighted mean, so ``mode="auto"`` (the default of
+    HybridIndex.search, as of the CLI) fuses a BM25 index by rank; BGE-M3's learned weights keep
+    the paper's weighted mean. Explicit modes are kept."""
+    from bgem3 import Encoder
+
+    index = HybridIndex(Encoder(minilm, device="cpu"))
+    index.add(FUSION_TEXTS, ids=[str(i) for i in range(len(FUSION_TEXTS))])
+    assert index.fusion_mode() == "rrf" and index.fusion_mode("weighted") == "weighted"
+    default = index.search(FUSION_QUERY, k=5)
+    rrf = index.search(FUSION_QUERY, k=5, mode="rrf")
+    weighted = index.search(FUSION_QUERY, k=5, mode="weighted")
+    assert _scored(default) == _scored(rrf) == _scored(index.search(FUSION_QUERY, k=5, mode="auto"))
+    assert _scored(weighted) != _scored(rrf)
+    assert all(h.score < 0.05 for h in default)  # RRF scores: sum of w / (60 + rank)
+    with pytest.raises(ValueError, match="'auto', 'weighted' or 'rrf'"):
+        index.search(FUSION_QUERY, mode="fused")
+    dense_only = HybridIndex(Encoder(minilm, device="cpu"), channels=["dense"])
+    assert dense_only.fusion_mode() == "weighted"
+
+    m3 = HybridIndex(m3_encoder)
+    assert m3.fusion_mode() == "weighted"
+    m3.add(FUSION_TEXTS, ids=[str(i) for i in range(len(FUSION_TEXTS))])
+    assert _scored(m3.search(FUSION_QUERY, k=5)) == _scored(m3.search(FUSION_QUERY, k=5, mode="weighted"))
+    assert HybridIndex(m3_encoder, lexical=BM25()).fusion_mode() == "rrf"
+
+
+def test_both_retrievers_default_to_the_stores_fusion(minilm):
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from bgem3 import Encoder
+    from langchain_bgem3 import BGEM3HybridRetriever as LangChainRetriever
+    from llama_index_bgem3 import BGEM3HybridRetriever as LlamaIndexRetriever
+
+    index = HybridIndex(Encoder(minilm, device="cpu"))
+    index.add(FUSION_TEXTS, ids=[str(i) for i in range(len(FUSION_TEXTS))])
+    rrf = _scored(index.search(FUSION_QUERY, k=3, mode="rrf"))
+    weighted = _scored(index.search(FUSION_QUERY, k=3, mode="weighted"))
+    lc = LangChainRetriever(store=index, k=3)
+    assert lc.mode == "auto"
+    assert [(d.id, round(d.metadata["score"], 6)) for d in lc.invoke(FUSION_QUERY)] == rrf
+    assert [(d.id, round(d.metadata["score"], 6)) for d in lc.invoke(FUSION_QUERY, mode="weighted")] == weighted
+    li = LlamaIndexRetriever(index, similarity_top_k=3)
+    assert li.mode == "auto"
+    assert [(n.node.id_, round(n.score, 6)) for n in li.retrieve(FUSION_QUERY)] == rrf
+    li_w = LlamaIndexRetriever(index, similarity_top_k=3, mode="weighted")
+    assert [(n.node.id_, round(n.score, 6)) for n in li_w.retrieve(FUSION_QUERY)] == weighted
+    with pytest.raises(ValueError, match="mode"):
+        LlamaIndexRetriever(index, mode="fused")

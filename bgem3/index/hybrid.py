@@ -5,7 +5,8 @@ Rows live in segments (:mod:`bgem3.index.segment`): the in-memory tail receives 
 memory-maps the saved segments (open time independent of the index size). Deletes are
 tombstones until :meth:`HybridIndex.compact`.
 
-Search (``mode="weighted"``, the default) follows the BGE-M3 paper: candidates are the dense
+Search (``mode="auto"``, the default, is ``"weighted"`` unless the lexical channel is BM25, then
+``"rrf"``; see :meth:`HybridIndex.fusion_mode`). ``mode="weighted"`` follows the BGE-M3 paper: candidates are the dense
 top-``candidates`` united with the lexical top-``candidates``; each candidate gets every channel's
 score and they are ranked by ``sum(w_c * s_c) / sum(w_c)`` over the channels the index holds --
 with all three channels, float32 ColBERT and ``exhaustive=True`` exactly FlagEmbedding's
@@ -613,6 +614,14 @@ class HybridIndex(StoreBase):
     def _nothing_to_search(self) -> bool:
         return len(self) == 0
 
+    def _auto_fusion(self) -> str:
+        """``mode="auto"``: the lexical channel's preferred fusion (``"rrf"`` for BM25, whose raw
+        scores are not on the cosine's scale) when it is fused with another channel, else
+        ``"weighted"``."""
+        if self.lexical is not None and "lexical" in self.channels and len(self.channels) > 1:
+            return getattr(self.lexical, "fusion", "weighted")
+        return "weighted"
+
     def search(
         self,
         query: str,
@@ -621,7 +630,7 @@ class HybridIndex(StoreBase):
         *,
         filter: Optional[Mapping[str, Any]] = None,
         candidates: int = 100,
-        mode: FusionMode = "weighted",
+        mode: FusionMode = "auto",
         rrf_k: int = 60,
         exhaustive: bool = False,
     ) -> list[Hit]:
@@ -681,7 +690,7 @@ class HybridIndex(StoreBase):
         *,
         filter: Optional[Mapping[str, Any]] = None,
         candidates: int = 100,
-        mode: FusionMode = "weighted",
+        mode: FusionMode = "auto",
         rrf_k: int = 60,
         exhaustive: bool = False,
         shortlist: Optional[int] = None,
@@ -691,6 +700,7 @@ class HybridIndex(StoreBase):
         ``shortlist``: rows (over all segments) rescored exactly after the Hamming prefilter (default
         ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows)."""
         w = effective_weights(check_search_args(k, weights, candidates, mode, rrf_k), self.channels)
+        mode = self.fusion_mode(mode)
         if filter is not None and not isinstance(filter, Mapping) and not callable(filter):
             raise TypeError(f"filter must be a dict {{key: value}} or a callable metadata -> bool; "
                             f"got {type(filter).__name__}")

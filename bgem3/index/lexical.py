@@ -269,6 +269,10 @@ class LexicalChannel(ABC):
     kind: ClassVar[str] = ""
     #: True: ``add``/``search`` ask the encoder for its sparse head (``encoded.sparse``)
     uses_sparse_head: ClassVar[bool] = False
+    #: what ``search(mode="auto")`` fuses this channel with the others by: ``"weighted"`` when its
+    #: scores are on the dense cosine's scale (BGE-M3's learned weights), ``"rrf"`` when they are not
+    #: (BM25's raw scores would drown the other channels in a weighted mean)
+    fusion: ClassVar[str] = "weighted"
 
     def config(self) -> dict:
         """JSON-serialisable arguments that :meth:`from_config` rebuilds the channel from."""

@@ -886,12 +886,13 @@ class QdrantHybridStore(StoreBase):
         *,
         filter: Optional[Mapping[str, Any]] = None,
         candidates: int = 100,
-        mode: FusionMode = "weighted",
+        mode: FusionMode = "auto",
         rrf_k: int = 60,
         exhaustive: bool = False,
     ) -> list[Hit]:
         """:meth:`search` with an already-encoded query (``Encoder.encode_queries`` outputs)."""
         w = check_search_args(k, weights, candidates, mode, rrf_k)
+        mode = self.fusion_mode(mode)
         qfilter = to_qdrant_filter(filter)
         dense_q = np.asarray(dense_q, dtype=np.float32).reshape(-1)
         colbert_q = np.asarray(colbert_q, dtype=np.float32)
