@@ -120,6 +120,13 @@ def _is_hybrid_index(folder: str) -> bool:
     return is_saved_index(folder)
 
 
+def _is_unfinished(folder: str) -> bool:
+    """Only the uncommitted segments of a first ``bgem3 index`` run that was killed: ours, reusable."""
+    from .index.storage import holds_only_uncommitted_segments
+
+    return holds_only_uncommitted_segments(folder)
+
+
 def _recover(folder: str) -> None:
     """Put back an index that an interrupted bgem3 0.1 save left as ``.<name>.old-*`` (see
     :func:`bgem3.index.persistence.recover_interrupted_save`)."""
@@ -256,7 +263,63 @@ def _new_index(encoder: Any, args: argparse.Namespace):
     from .index import HybridIndex
 
     lexical = _wanted_lexical(args, encoder)
-    return HybridIndex(encoder) if lexical is None else HybridIndex(encoder, lexical=lexical)
+    kwargs: dict[str, Any] = {} if lexical is None else {"lexical": lexical}
+    codec = getattr(args, "colbert_codec", None)
+    if codec is not None:
+        if getattr(encoder, "has_heads", True) is False:
+            raise CLIError(f"--colbert-codec sets how ColBERT vectors are stored, but the model "
+                           f"{_display_path(str(encoder.model_name))!r} has no ColBERT head (the index is dense + "
+                           "BM25); leave out --colbert-codec")
+        kwargs["colbert_codec"] = codec
+    return HybridIndex(encoder, **kwargs)
+
+
+class _SavedLexical:
+    """The lexical channel a saved manifest records (kind + settings), without building it."""
+
+    def __init__(self, kind: str, config: dict) -> None:
+        self.kind, self._config = kind, config
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+
+def _check_saved_layout(args: argparse.Namespace, folder: str) -> None:
+    """``--lexical`` / ``--bm25-*`` / ``--colbert-codec`` against what the saved index holds, from
+    its manifest: before the up-to-date shortcut and before any model is loaded, so a choice the
+    index does not hold is never ignored."""
+    import types
+    from pathlib import Path
+
+    from .index.storage import read_manifest
+
+    try:
+        m = read_manifest(Path(folder))
+    except Exception:  # noqa: BLE001 - unreadable here: the load below reports it
+        return
+    lex = m.get("lexical")
+    if m.get("format_version") != 2 or not isinstance(m.get("channels"), list):
+        return  # a format-1 index: checked once loaded
+    lexical = (_SavedLexical(str(lex.get("kind")), lex.get("config") if isinstance(lex.get("config"), dict) else {})
+               if isinstance(lex, dict) else None)
+    saved = types.SimpleNamespace(channels=tuple(m["channels"]), lexical=lexical, encoder=None,
+                                  colbert_codec=m.get("colbert_codec"))
+    _check_lexical_unchanged(args, saved, folder)
+    _check_codec_unchanged(args, saved, folder)
+
+
+def _check_codec_unchanged(args: argparse.Namespace, index: Any, folder: str) -> None:
+    """``--colbert-codec`` on an existing index must be the codec it was built with (else --rebuild)."""
+    codec = getattr(args, "colbert_codec", None)
+    if codec is None:
+        return
+    if "colbert" not in index.channels:
+        raise CLIError(f"--colbert-codec {codec}: the index {_display_path(folder)} has no ColBERT channel "
+                       f"(channels {_channels_label(index)}); leave out --colbert-codec")
+    if index.colbert_codec != codec:
+        raise CLIError(f"the index {_display_path(folder)} stores ColBERT vectors as {index.colbert_codec}, not "
+                       f"{codec}; pass --rebuild to re-encode it with --colbert-codec {codec}, or leave out "
+                       "--colbert-codec")
 
 
 def _check_lexical_unchanged(args: argparse.Namespace, index: Any, folder: str) -> None:
@@ -271,9 +334,14 @@ def _check_lexical_unchanged(args: argparse.Namespace, index: Any, folder: str) 
         want is not None and have is not None and getattr(have, "kind", None) == want.kind
         and have.config() == want.config())
     if not same:
-        raise CLIError(f"the index {_display_path(folder)} holds the lexical channel {_channels_label(index)} "
-                       f"{getattr(have, 'config', dict)() if have is not None else ''}, not the one asked for; pass "
-                       "--rebuild to re-index with it, or leave out --lexical / --bm25-k1 / --bm25-b")
+        kind = _lexical_kind(index)
+        held = ("no lexical channel" if have is None else "BM25 " + json.dumps(have.config(), sort_keys=True)
+                if kind == "bm25" else "BGE-M3's learned lexical weights" if kind == "learned_sparse"
+                else f"the lexical channel {kind!r}")
+        asked = ("BGE-M3's learned lexical weights" if want is None
+                 else "BM25 " + json.dumps(want.config(), sort_keys=True))
+        raise CLIError(f"the index {_display_path(folder)} holds {held}, not {asked} as asked; pass --rebuild to "
+                       "re-index with it, or leave out --lexical / --bm25-k1 / --bm25-b")
 
 
 def _save_atomically(index, manifest: Manifest, folder: str) -> None:
@@ -401,6 +469,10 @@ def _err(msg: str) -> None:
 
 #: Passages encoded and added per step: memory is bounded by this, not by the size of a file.
 INDEX_BATCH = 256
+#: while indexing, rows held in memory are written to (uncommitted) segment files past this size
+SPILL_BYTES = 64 << 20
+#: ColBERT codecs of bgem3.index.codecs (listed here so the parser does not import numpy)
+_COLBERT_CODECS = ("float32", "float16", "int8", "2bit", "1bit")
 
 
 def _note(args: argparse.Namespace, msg: str) -> None:
@@ -423,7 +495,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise CLIError(f"--index {args.index!r} is a file; pass a folder for the index")
     existing = os.path.isdir(folder) and _is_hybrid_index(folder) and not args.rebuild
-    if os.path.isdir(folder) and os.listdir(folder) and not _is_hybrid_index(folder):
+    if os.path.isdir(folder) and os.listdir(folder) and not _is_hybrid_index(folder) and not _is_unfinished(folder):
         raise CLIError(f"--index {args.index!r} is a non-empty folder that is not a bgem3 index; "
                        "pass a new or empty folder")
 
@@ -431,6 +503,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     scan = scan_paths(args.paths, exclude=[folder])
     notes = [f"bgem3: {line}" for line in scan.skipped_lines()]  # printed once the run succeeded
     manifest = Manifest.load(folder) if existing else Manifest()
+    if existing:
+        _check_saved_layout(args, folder)
     model = _resolve_model_for_index(args, folder, manifest, existing)
     bad: dict[str, str] = {}
     hashes: dict[str, str] = {}
@@ -480,6 +554,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         index = _load_index(args, folder, manifest)
         encoder = index.encoder
         _check_lexical_unchanged(args, index, folder)
+        _check_codec_unchanged(args, index, folder)
     else:
         encoder = _load_encoder(args, model)
         index = _new_index(encoder, args)
@@ -515,6 +590,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             index.add([p.text for p in batch], [p.id for p in batch], [p.metadata for p in batch],
                       show_progress=False)
             batch.clear()
+            if index.pending_bytes > SPILL_BYTES:  # memory bounded by a spill, not by the input
+                index.spill(folder)
 
     from tqdm.auto import tqdm
 
@@ -536,13 +613,16 @@ def cmd_index(args: argparse.Namespace) -> int:
             manifest.set(path, plan.hashes[path], ids)
             bar.update(os.path.getsize(path))
         flush()
+        if len(index) == 0:
+            raise CLIError("nothing to index: the files hold no text")
+        manifest.settings = settings
+        manifest.model = {"name": index.model_name, "fingerprint": _fingerprint_of(encoder)}
+        _save_atomically(index, manifest, folder)
+    except BaseException:
+        index._discard_spilled()  # the segments written during this run were never committed
+        raise
     finally:
         bar.close()
-    if len(index) == 0:
-        raise CLIError("nothing to index: the files hold no text")
-    manifest.settings = settings
-    manifest.model = {"name": index.model_name, "fingerprint": _fingerprint_of(encoder)}
-    _save_atomically(index, manifest, folder)
 
     for line in notes:
         _note(args, line)
@@ -896,6 +976,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BM25 term-frequency saturation (default 1.2; implies --lexical bm25)")
     p.add_argument("--bm25-b", type=_finite_float, default=None, metavar="B",
                    help="BM25 length normalisation, 0..1 (default 0.75; implies --lexical bm25)")
+    p.add_argument("--colbert-codec", choices=list(_COLBERT_CODECS), default=None,
+                   help="how ColBERT token vectors are stored (BGE-M3 models): float32, float16, int8 (default; "
+                        "1 byte per dimension), 2bit or 1bit. Saved with the index; changing it needs --rebuild")
     p.add_argument("--rebuild", action="store_true",
                    help="start from an empty index instead of updating (needed to switch --model)")
     p.add_argument("--skip-bad", action="store_true",

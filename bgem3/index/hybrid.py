@@ -228,6 +228,8 @@ class HybridIndex(StoreBase):
         self._home: Optional[Path] = None
         self._uuid = uuid.uuid4().hex
         self._codec_dir: Optional[str] = None
+        self._spilled: dict[str, Path] = {}  # segments spill() wrote that no save committed yet
+        self._spill_created: set[Path] = set()
 
     # ------------------------------------------------------------------ basics
     @property
@@ -809,6 +811,49 @@ class HybridIndex(StoreBase):
         return mask
 
     # ------------------------------------------------------------------ persistence
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held in memory by the rows added since the last :meth:`save` / :meth:`spill`
+        (their vectors with the buffers' spare capacity, texts and metadata, approximately)."""
+        with self._lock:
+            return self._tail.held_bytes()
+
+    def spill(self, directory: PathLike) -> int:
+        """Write the rows held in memory to ``directory`` as an uncommitted segment and map them
+        back from disk: memory stays bounded while adding more than fits (``bgem3 index`` spills
+        every ~64 MiB). Nothing is committed: the index saved in ``directory`` (if any) is
+        unchanged until :meth:`save` to the same folder commits the spilled segments as they are
+        (no second write). If the process dies first, the next save there removes the files.
+        ``directory`` must be new, empty, or a saved index (the one :meth:`save` will write).
+        Returns the number of rows written.
+
+        Example::
+
+            >>> import tempfile, numpy as np
+            >>> from bgem3 import HybridIndex
+            >>> idx = HybridIndex(None, dim=2, channels=["dense"])
+            >>> d = tempfile.mkdtemp()
+            >>> _ = idx.add_encoded(["a", "b"], ["A", "B"], None, np.eye(2, dtype="float32"))
+            >>> idx.spill(d), idx.pending_bytes < 1000, len(idx)
+            (2, True, 2)
+            >>> HybridIndex.load(d, load_encoder=False)
+            Traceback (most recent call last):
+            ...
+            bgem3.index.errors.IndexFormatError: ...is missing...
+            >>> idx.save(d); len(HybridIndex.load(d, load_encoder=False))
+            2
+        """
+        from .persistence import spill_tail
+
+        return spill_tail(self, directory)
+
+    def _discard_spilled(self) -> None:
+        """Abandon a failed run: remove what :meth:`spill` wrote since the last save (and drop
+        those rows from this object)."""
+        from .persistence import discard_spilled
+
+        discard_spilled(self)
+
     def save(self, directory: PathLike) -> None:
         """Commit the index to ``directory`` (see :mod:`bgem3.index.storage` for the layout).
 

@@ -37,10 +37,12 @@ from .lexical import LexicalChannel, lexical_channel_from_config
 from .search import CHANNELS
 from .segment import DiskSegment, MemSegment, gather_rows, open_segment, write_segment, write_tombstones
 from .storage import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SEGMENT_DIR, _NAME_RE, _check_record, bad,
-                      commit_manifest, fsync_dir, is_saved_index, new_name, open_npy, our_leftovers, read_manifest,
+                      commit_manifest, fsync_dir, holds_only_uncommitted_segments, is_saved_index, new_name, open_npy,
+                      our_leftovers, read_manifest,
                       remove_ours, write_npy)
 
-__all__ = ["save_index", "load_index", "describe", "recover_interrupted_save", "MERGE_MIN_TINY"]
+__all__ = ["save_index", "spill_tail", "discard_spilled", "load_index", "describe", "recover_interrupted_save",
+           "MERGE_MIN_TINY"]
 
 #: a save merges the segments smaller than 1/64 of the index once there are this many of them
 MERGE_MIN_TINY = 8
@@ -67,17 +69,85 @@ def _copy_segment(root: Path, seg: DiskSegment) -> dict:
     return rec
 
 
-def save_index(index: Any, directory: Any) -> None:
+def _writable_target(directory: Any, what: str) -> tuple[Path, Optional[dict]]:
+    """The folder a save / spill may write into, and its committed manifest (None: new folder)."""
     target = _target(directory)
     if target.exists() and not target.is_dir():
-        raise ValueError(f"cannot save the index to {str(target)!r}: it is a file; pass a folder path")
-    old_manifest: Optional[dict] = None
+        raise ValueError(f"cannot {what} the index to {str(target)!r}: it is a file; pass a folder path")
     if target.is_dir() and any(target.iterdir()):
-        if not is_saved_index(target):
-            raise ValueError(f"refusing to save over {str(target)!r}: it is a non-empty folder that is not a saved "
+        if is_saved_index(target):
+            return target, read_manifest(target)
+        if not holds_only_uncommitted_segments(target):
+            raise ValueError(f"refusing to {what} over {str(target)!r}: it is a non-empty folder that is not a saved "
                              "HybridIndex (its manifest.json is missing, is not a HybridIndex manifest, or lists "
                              "files that are not there); pass a new or empty folder")
-        old_manifest = read_manifest(target)
+    return target, None
+
+
+def _spilled(index: Any) -> dict:
+    """``{segment name: folder}`` of the segments :func:`spill_tail` wrote and no save committed yet."""
+    sp = getattr(index, "_spilled", None)
+    if sp is None:
+        sp = index._spilled = {}
+    return sp
+
+
+def spill_tail(index: Any, directory: Any) -> int:
+    """Write the in-memory rows as one segment in ``directory`` WITHOUT committing it, and map it
+    back read-only: the rows leave memory (bounded memory for a long indexing run) but the index
+    on disk does not change until ``save(directory)``, which commits the segment as written (no
+    second write). A process that dies before that leaves files no manifest names; the next save
+    into the folder removes them. Returns the number of rows written."""
+    target, _ = _writable_target(directory, "spill")
+    with index._lock:
+        tail = index._tail
+        if not tail.n:
+            return 0
+        if tail.n_dead:
+            live = np.flatnonzero(tail.alive)
+            fresh = index._new_tail()
+            if len(live):
+                fresh.append(gather_rows(tail, live, codec=index.codec, lexical_extras=index._lexical_extras))
+            tail = fresh
+        if tail.n:
+            created = not target.exists()
+            target.mkdir(parents=True, exist_ok=True)
+            if created:
+                index._spill_created = getattr(index, "_spill_created", set()) | {target}
+            rec = write_segment(target, tail)
+            seg = _reopen(index, target, rec)
+            seg._ids = list(tail.ids_list())  # the id map needs them; texts and metadata stay on disk
+            index._segments.append(seg)
+            _spilled(index)[seg.name] = target
+        index._tail = index._new_tail()
+        index._idmap = None
+        return tail.n
+
+
+def discard_spilled(index: Any) -> None:
+    """Remove the segment files :func:`spill_tail` wrote that no save committed (and a folder it
+    created, if nothing else is in it), and drop those rows from ``index``: the on-disk state is
+    what it was before the first spill. For a caller abandoning a failed run."""
+    with index._lock:
+        spilled = _spilled(index)
+        if not spilled:
+            return
+        index._segments = [sg for sg in index._segments if sg.name not in spilled]
+        index._idmap = None
+        folders = set(spilled.values())
+        remove_ours([folder / SEGMENT_DIR / name for name, folder in spilled.items()])
+        spilled.clear()
+        for folder in folders & getattr(index, "_spill_created", set()):
+            for empty in (folder / SEGMENT_DIR, folder):
+                try:
+                    empty.rmdir()  # only if empty: never anything else
+                except OSError:
+                    pass
+        index._spill_created = set()
+
+
+def save_index(index: Any, directory: Any) -> None:
+    target, old_manifest = _writable_target(directory, "save")
     target.mkdir(parents=True, exist_ok=True)
     with index._lock:
         same_home = (old_manifest is not None and old_manifest.get("format_version") == FORMAT_VERSION
@@ -90,7 +160,8 @@ def save_index(index: Any, directory: Any) -> None:
         # small-segment merge: many tiny segments (one per small save) slow every search down; once
         # there are MERGE_MIN_TINY segments under 1/64 of the rows, their live rows join the tail
         total = sum(sg.n for sg in index._segments) + index._tail.n
-        tiny = [sg for sg in index._segments if sg.n * 64 < total]
+        spilled = _spilled(index)
+        tiny = [sg for sg in index._segments if sg.n * 64 < total and sg.name not in spilled]
         if len(tiny) >= MERGE_MIN_TINY:
             tail = index._tail
             for sg in tiny:
@@ -112,6 +183,8 @@ def save_index(index: Any, directory: Any) -> None:
         kept: list[DiskSegment] = []
         for seg in index._segments:
             rec = old_records.get(seg.name) if seg.root == target else None
+            if rec is None and seg.root == target and spilled.get(seg.name) == target:
+                rec = seg.record  # spilled into this folder: committed as written
             if rec is not None and rec.get("files") == seg.record.get("files"):
                 rec = dict(rec)
                 if seg.n_dead != seg.committed_dead:
@@ -174,6 +247,10 @@ def save_index(index: Any, directory: Any) -> None:
         index._idmap = None
         index._home = target
         index._codec_dir = codec_rec["dir"] if codec_rec else None
+        # spilled segments are committed here now, or were copied here from another folder
+        remove_ours([folder / SEGMENT_DIR / name for name, folder in spilled.items() if folder != target])
+        spilled.clear()
+        index._spill_created = set()
         remove_ours(our_leftovers(target, manifest))
 
 

@@ -125,6 +125,7 @@ class MemSegment(Segment):
     def __init__(self, *, dense_dim: Optional[int], dense_dtype: str, colbert: Optional[ColbertCodec],
                  lexical_extras: Sequence[str] = (), lexical: bool = False) -> None:
         self.n = 0
+        self._doc_bytes = 0
         self._dead = _Buffer((), np.bool_)
         self._ids: list[str] = []
         self._texts: list[str] = []
@@ -177,6 +178,8 @@ class MemSegment(Segment):
         self._ids.extend(batch["ids"])
         self._texts.extend(batch["texts"])
         self._metas.extend(batch["metas"])
+        # Python strings + a rough 200 bytes of dict per row for the id and metadata
+        self._doc_bytes += sum(len(t) + len(i) + 200 for t, i in zip(batch["texts"], batch["ids"]))
         self.n += k
         self._lexview = None
         self.__dict__.pop("_meta_index", None)
@@ -189,6 +192,10 @@ class MemSegment(Segment):
             return getattr(v, name[4:])
         b = self.bufs.get(name)
         return None if b is None else b.view
+
+    def held_bytes(self) -> int:
+        """Memory the tail holds: array buffers (with their spare capacity) and documents (approx.)."""
+        return sum(int(b.arr.nbytes) for b in self.bufs.values()) + int(self._dead.arr.nbytes) + self._doc_bytes
 
     def lexical_view(self) -> LexicalView:
         if self._lexview is None:

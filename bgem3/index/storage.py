@@ -304,6 +304,29 @@ def is_saved_index(folder: Any) -> bool:
     return _lists_only_existing_files(root, manifest)
 
 
+def holds_only_uncommitted_segments(folder: Any) -> bool:
+    """True for a folder whose only content is ``segments/`` holding only segment folders of ours
+    (``seg-<16 hex>`` with ``.npy`` files): what ``HybridIndex.spill`` wrote into a new folder
+    before any manifest was committed (a run killed before its save). Such a folder may be
+    saved into (its segments are then removed as leftovers); anything else is not ours."""
+    root = Path(folder)
+    try:
+        if not root.is_dir() or root.is_symlink():
+            return False
+        entries = list(root.iterdir())
+        if [p.name for p in entries] != [SEGMENT_DIR] or not entries[0].is_dir() or entries[0].is_symlink():
+            return False
+        for seg in entries[0].iterdir():
+            if not (seg.is_dir() and not seg.is_symlink() and _NAME_RE.match(seg.name) and seg.name.startswith("seg-")):
+                return False
+            for f in seg.iterdir():
+                if not (f.is_file() and not f.is_symlink() and f.name.endswith(".npy")):
+                    return False
+        return True
+    except OSError:
+        return False
+
+
 def our_leftovers(root: Path, manifest: Optional[dict]) -> list[Path]:
     """Files and folders inside ``root`` that a save of ours wrote and no committed manifest
     names: interrupted-save segments, replaced tombstones and codec folders, stale manifest temp
