@@ -204,6 +204,8 @@ def _resolve_model_for_index(args: argparse.Namespace, folder: str, manifest: Ma
     if existing:
         _check_model(args, folder, manifest, "index")
         return manifest.model.get("name") or _index_model_name(folder) or _default_model()
+    if not args.model and args.rebuild and _is_hybrid_index(folder):  # --rebuild keeps the index's model
+        return Manifest.load(folder).model.get("name") or _index_model_name(folder) or _default_model()
     return args.model or _default_model()
 
 
@@ -980,7 +982,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how ColBERT token vectors are stored (BGE-M3 models): float32, float16, int8 (default; "
                         "1 byte per dimension), 2bit or 1bit. Saved with the index; changing it needs --rebuild")
     p.add_argument("--rebuild", action="store_true",
-                   help="start from an empty index instead of updating (needed to switch --model)")
+                   help="start from an empty index instead of updating: re-encode everything (with the model it "
+                        "was built with, unless --model names another; needed to switch --model or --colbert-codec)")
     p.add_argument("--skip-bad", action="store_true",
                    help="index the readable files and skip the bad ones (not UTF-8, binary, broken JSONL, "
                         "unreadable folders), listing each; passages already indexed from them are kept. "
