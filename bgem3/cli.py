@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import shutil
 import sys
@@ -366,12 +367,13 @@ def _save_atomically(index, manifest: Manifest, folder: str) -> None:
 
 
 def _display_path(path: str) -> str:
-    """Relative to the working directory when the file is under it, else as stored."""
+    """Relative to the working directory when the file is under it, else as stored; control
+    characters escaped (a file name is shown, never obeyed by the terminal)."""
     try:
         rel = os.path.relpath(path)
     except ValueError:  # another drive on Windows
-        return path
-    return path if rel.startswith("..") else rel
+        return _printable(path)
+    return _printable(path if rel.startswith("..") else rel)
 
 
 def _snippet(text: str, query: str, width: int) -> str:
@@ -463,8 +465,30 @@ def _non_negative(value: str) -> int:
     return n
 
 
+#: what a terminal would obey instead of show: C0/C1 controls (ESC starts ANSI sequences that can
+#: clear the screen, retitle the window or hide text), DEL, and the bidi overrides that reorder text
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\n``, ``\\u202e``):
+    file names and passage texts are data, never instructions to the user's terminal.
+
+    >>> _printable("a\x1b[2Jb\nc")
+    'a\\x1b[2Jb\\nc'
+    """
+    def esc(m: "re.Match[str]") -> str:
+        c = m.group(0)
+        if keep_newlines and c == "\n":
+            return c
+        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c) or (
+            f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+    return _CONTROLS.sub(esc, text)
+
+
 def _err(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    print(_printable(msg, keep_newlines=True), file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- bgem3 index
@@ -539,7 +563,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                              keep=[d for d, _ in scan.unreadable_dirs] + list(bad))
         for path, msg in bad.items():
             kept = " (its indexed passages are kept)" if path in manifest.files else ""
-            notes.append(f"bgem3: skipped {_display_path(path)}{kept}: {msg.split(': ', 1)[-1]}")
+            detail = msg.replace(repr(path), "").replace(path, "").strip().lstrip(":").strip()
+            notes.append(f"bgem3: skipped {_display_path(path)}{kept}: {detail}")
         for d, why in scan.unreadable_dirs:
             notes.append(f"bgem3: skipped the folder {_display_path(d)} ({why}); passages indexed from it are kept")
     if existing and plan.is_noop:
@@ -718,7 +743,7 @@ def _print_table(hits, query: str, explanations, bm25_terms, top: int, out: Text
     from .explain import display_token
 
     width = shutil.get_terminal_size((120, 24)).columns
-    sources = [_source_label(h.metadata) for h in hits]
+    sources = [_printable(_source_label(h.metadata)) for h in hits]
     src_w = min(max(len("source"), *(len(s) for s in sources)), 40)
     head = f"{'#':>3}  {'score':>6}  {'dense':>6}  {'lexical':>7}  {'colbert':>7}  {'source':<{src_w}}  "
     snip_w = max(20, width - len(head))
@@ -727,7 +752,7 @@ def _print_table(hits, query: str, explanations, bm25_terms, top: int, out: Text
     for rank, (h, src) in enumerate(zip(hits, sources), start=1):
         if len(src) > src_w:
             src = "…" + src[-(src_w - 1):]
-        print(f"{rank:>3}  {h.score:6.{digits}f}  {_fmt(h.dense_score, 6)}  {_fmt(h.sparse_score, 7)}  "
+        _println(f"{rank:>3}  {h.score:6.{digits}f}  {_fmt(h.dense_score, 6)}  {_fmt(h.sparse_score, 7)}  "
               f"{_fmt(h.colbert_score, 7)}  {src:<{src_w}}  {_snippet(h.text, query, snip_w)}", file=out)
         if bm25_terms is not None:
             terms = bm25_terms[rank - 1][:top]
@@ -748,8 +773,13 @@ def _print_table(hits, query: str, explanations, bm25_terms, top: int, out: Text
         _print_parts("colbert:", parts, width, out)
 
 
+def _println(line: str, file: TextIO) -> None:
+    print(_printable(line), file=file)
+
+
 def _print_parts(label: str, parts: list[str], width: int, out: TextIO, indent: int = 5) -> None:
     """``label part · part · ...`` wrapped at ``width`` between parts, never inside one."""
+    parts = [_printable(p) for p in parts]
     line = " " * indent + label
     for i, part in enumerate(parts):
         piece = (" " if i == 0 else " · ") + part
@@ -933,7 +963,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return EXIT_OK
     for key, value in info.items():
-        print(f"{key:>13}: {value}")
+        print(_printable(f"{key:>13}: {value}"))
     return EXIT_OK
 
 

@@ -291,3 +291,32 @@ def test_make_demo_never_creates_a_model_at_a_user_given_name(tmp_path):
     assert proc.returncode != 0
     assert not target.exists() and not (tmp_path / "BAAI").exists()
     assert "does not exist" in proc.stderr
+
+
+# --------------------------------------------------------------------------- terminal safety
+
+def test_file_names_and_texts_never_control_the_terminal(capsys, tmp_path, model_a, monkeypatch):
+    """A file name or passage holding ESC sequences (clear screen, retitle the window), a newline or a
+    bidi override is printed escaped: what is indexed is data, never instructions to the terminal."""
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "docs"
+    d.mkdir()
+    evil = "\x1b]0;pwned\x07\x1b[2J"
+    (d / "ok\nfake.txt").write_text(f"Paris is the capital of France. {evil} hidden\n", encoding="utf-8")
+    (d / "rev\u202etxt.md").write_text("Berlin is the capital of Germany.\n", encoding="utf-8")
+    (d / "bad\x1b[31m.txt").write_bytes(b"\xff\xfe not utf-8")
+    idx = tmp_path / "idx"
+    code, out, err = run(capsys, "index", d, "--index", idx, "--model", model_a, "--skip-bad")
+    assert code == 0
+    code2, out2, err2 = run(capsys, "search", "capital of France", "--index", idx, "--explain")
+    code3, out3, _ = run(capsys, "info", "--index", idx)
+    assert code2 == 0 and code3 == 0
+    for stream in (out, err, out2, err2, out3):
+        assert "\x1b" not in stream and "\u202e" not in stream and "\x07" not in stream
+    assert "\\x1b[31m" in err  # the skipped file is named, escaped
+    assert "ok\\nfake.txt" in out2 and "\\x1b]0;pwned\\x07" in out2 and "rev\\u202etxt.md" in out2
+    rows = [ln for ln in out2.splitlines() if ln.lstrip()[:1].isdigit()]
+    assert len(rows) == 2  # one line per hit: the newline in the name did not split a row
+    code4, out4, _ = run(capsys, "search", "capital", "--index", idx, "--json")
+    sources = {h["source"] for h in json.loads(out4)["hits"]}
+    assert str(d / "ok\nfake.txt") in sources  # JSON keeps the exact name

@@ -231,3 +231,19 @@ def test_colbert_codec_option(capsys, m3_path, minilm, tmp_path):
     assert "no ColBERT head" in capsys.readouterr().err and not (tmp_path / "mini").exists()
     assert cli.main(["index", str(src), "--index", str(idx), "--colbert-codec", "4bit"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_info_names_the_lexical_channel(capsys, m3_path, tmp_path):
+    """`bgem3 info` printed `lexical: None` for every index (describe() never filled the field)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("Paris is the capital of France.\n", encoding="utf-8")
+    for lexical, kind in (("learned", "learned_sparse"), ("bm25", "bm25")):
+        idx = tmp_path / f"idx-{lexical}"
+        assert cli.main(["index", str(src), "--index", str(idx), "--model", m3_path, "--lexical", lexical, "-q"]) == 0
+        capsys.readouterr()
+        assert cli.main(["info", "--index", str(idx), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["lexical"]["kind"] == kind
+        if kind == "bm25":
+            assert info["lexical"]["config"]["k1"] == 1.2

@@ -434,8 +434,12 @@ def describe(directory: Any) -> dict:
     root = _target(directory)
     m = read_manifest(root)
     segs = m.get("segments") if m.get("format_version") == FORMAT_VERSION else None
+    channels = m.get("channels", ["dense", "lexical", "colbert"])
+    lex = m.get("lexical")
+    lexical = ({"kind": lex.get("kind"), "config": lex.get("config")} if isinstance(lex, dict)
+               else {"kind": "learned_sparse", "config": {}} if "lexical" in channels else None)
     return {"model": m.get("model_name"), "passages": m.get("count"), "dim": m.get("dim"),
             "format_version": m.get("format_version"),
-            "channels": m.get("channels", ["dense", "lexical", "colbert"]),
+            "channels": channels, "lexical": lexical,
             "colbert_codec": m.get("colbert_codec", m.get("colbert_dtype")),
             "segments": len(segs) if isinstance(segs, list) else 1}
