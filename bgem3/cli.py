@@ -360,10 +360,33 @@ def _save_atomically(index, manifest: Manifest, folder: str) -> None:
     os.mkdir(stage)
     try:
         staged = manifest.save(stage)
-        index.save(folder)  # the commit of the index (it refuses a folder that is not an index)
-        os.replace(staged, os.path.join(folder, os.path.basename(staged)))
+        with _commit_section():  # a Ctrl-C now waits for the commit, then says it happened
+            index.save(folder)  # the commit of the index (it refuses a folder that is not an index)
+            os.replace(staged, os.path.join(folder, os.path.basename(staged)))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+class _InterruptedAfterCommit(KeyboardInterrupt):
+    """Ctrl-C arrived while the index was being committed: the commit finished first."""
+
+
+@contextlib.contextmanager
+def _commit_section():
+    """Defer Ctrl-C until the block is done, so an interrupted save is never half a save (and the
+    message never says "nothing was changed" about an index that was in fact written)."""
+    got: list[int] = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread: signals are delivered elsewhere
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise _InterruptedAfterCommit()
 
 
 def _display_path(path: str) -> str:
@@ -1111,6 +1134,9 @@ def _run(argv: Optional[Sequence[str]]) -> int:
             return int(args.func(args) or EXIT_OK)
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    except _InterruptedAfterCommit:
+        _err("bgem3: interrupted after the index was saved: it is complete and consistent; nothing else was done")
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         _err("bgem3: interrupted: nothing was changed (an index or output file is only written when complete)")
         return EXIT_INTERRUPTED

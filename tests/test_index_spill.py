@@ -247,3 +247,26 @@ def test_info_names_the_lexical_channel(capsys, m3_path, tmp_path):
         assert info["lexical"]["kind"] == kind
         if kind == "bm25":
             assert info["lexical"]["config"]["k1"] == 1.2
+
+
+def test_ctrl_c_during_the_save_finishes_the_commit_and_says_so(monkeypatch, capsys, m3_path, tmp_path):
+    import signal
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("Paris is the capital of France.\n", encoding="utf-8")
+    idx = tmp_path / "idx"
+    save = HybridIndex.save
+
+    def save_with_ctrl_c(self, directory):
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while the index is written
+        return save(self, directory)
+
+    monkeypatch.setattr(HybridIndex, "save", save_with_ctrl_c)
+    assert cli.main(["index", str(src), "--index", str(idx), "--model", m3_path, "-q"]) == 130
+    err = capsys.readouterr().err
+    assert "after the index was saved" in err and "nothing was changed" not in err
+    monkeypatch.setattr(HybridIndex, "save", save)
+    assert len(HybridIndex.load(str(idx), load_encoder=False, verify=True)) == 1
+    assert cli.main(["index", str(src), "--index", str(idx), "-q"]) == 0  # sources list committed too: up to date
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

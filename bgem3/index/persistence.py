@@ -114,7 +114,19 @@ def spill_tail(index: Any, directory: Any) -> int:
             target.mkdir(parents=True, exist_ok=True)
             if created:
                 index._spill_created = getattr(index, "_spill_created", set()) | {target}
-            rec = write_segment(target, tail)
+            before = set((target / SEGMENT_DIR).iterdir()) if (target / SEGMENT_DIR).is_dir() else set()
+            try:
+                rec = write_segment(target, tail)
+            except BaseException:  # a half-written segment (full disk, Ctrl-C): removed, never committed
+                after = set((target / SEGMENT_DIR).iterdir()) if (target / SEGMENT_DIR).is_dir() else set()
+                remove_ours(p for p in after - before if _NAME_RE.match(p.name))
+                if created:
+                    for empty in (target / SEGMENT_DIR, target):
+                        try:
+                            empty.rmdir()
+                        except OSError:
+                            pass
+                raise
             seg = _reopen(index, target, rec)
             seg._ids = list(tail.ids_list())  # the id map needs them; texts and metadata stay on disk
             index._segments.append(seg)
