@@ -864,7 +864,7 @@ class Encoder:
 
     def _layer_rows(self, layer, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """The row-wise rest of a BERT/XLM-R layer (attention output projection + LayerNorm, FFN,
-        GELU, output projection + LayerNorm) over chunks of :data:`ROW_CHUNK` rows.
+        GELU, output projection + LayerNorm) over row chunks (:data:`ROW_CHUNK_ELEMENTS`).
 
         Same modules and op order as Hugging Face's ``BertSelfOutput`` / ``BertIntermediate`` /
         ``BertOutput`` (dropout is the identity in eval mode), so each row's result is the same;
@@ -876,7 +876,11 @@ class Encoder:
         act = inter.intermediate_act_fn
         inplace_gelu = _is_exact_gelu(act)
         n = ctx.shape[0]
-        step = ROW_CHUNK if ctx.device.type == "cpu" else n
+        if ctx.device.type != "cpu":
+            step = n
+        else:
+            width = int(getattr(inter.dense, "out_features", 0) or 4 * ctx.shape[1])
+            step = ROW_CHUNK or max(256, ROW_CHUNK_ELEMENTS // max(width, 1))
         result = None
         for a in range(0, n, step):
             c, r = ctx[a:a + step], residual[a:a + step]
@@ -976,8 +980,13 @@ def _is_decoder_only(config: Any) -> bool:
     return mtype in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mtype not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-#: rows per chunk of the row-wise part of a layer on CPU (FFN intermediate ``[ROW_CHUNK, 4H]`` stays in cache)
-ROW_CHUNK = 1024
+#: FFN-intermediate elements per chunk of the row-wise part of a layer on CPU (3M floats = 12 MB:
+#: 2048 rows of a 1536-wide FFN, 768 rows of BGE-M3's 4096-wide one). Small enough to be reused from
+#: the heap (no fresh, page-faulted allocation per layer), large enough that each chunk's ops are
+#: long next to waking the other threads (2 threads on a busy machine pay ~ms per parallel region).
+ROW_CHUNK_ELEMENTS = 3 * 1024 * 1024
+#: or a fixed number of rows per chunk (tests set it to exercise chunk edges); None: from the elements
+ROW_CHUNK: Optional[int] = None
 
 
 def _is_exact_gelu(act: Any) -> bool:
