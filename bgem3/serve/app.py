@@ -6,7 +6,7 @@ Routes:
 ``POST /embed``, ``POST /``  TEI: dense vectors ``[[float]]``
 ``POST /embed_sparse``       TEI: BGE-M3 lexical weights ``[[{"index", "value"}]]``
 ``GET /info``                TEI's model info (+ a ``bgem3`` section RemoteEncoder reads)
-``GET /health``              200 while the batcher runs, 503 otherwise (never needs a key)
+``GET /health``              200 while the batcher runs, 503 once shutdown began (never needs a key)
 ``POST /v1/embeddings``      OpenAI embeddings (``float`` or ``base64``)
 ``GET /v1/models``           OpenAI model list
 ``POST /encode``             ours: dense + lexical + ColBERT in one call, query/document side
@@ -136,10 +136,16 @@ class _Server:
         self.aliases = {self.name, os.path.basename(os.path.normpath(self.name)), str(encoder.model_name),
                         os.path.basename(os.path.normpath(str(encoder.model_name)))}
         self._key = config.api_key.encode() if config.api_key else None
+        self.draining = False
         tok = getattr(encoder, "tokenizer", None)
         self._loop_tokenizer = copy.deepcopy(tok) if tok is not None else None
 
     # ------------------------------------------------------------------ plumbing
+    def start_draining(self) -> None:
+        """Shutdown has begun: ``/health`` answers 503 from now on; requests are still served
+        until the server closes its socket (``bgem3 serve --drain-seconds``)."""
+        self.draining = True
+
     def check_auth(self, request: Request) -> None:
         if self._key is None:
             return
@@ -337,7 +343,7 @@ class _Server:
         return _json(body)
 
     async def health(self, request: Request) -> Response:
-        if self.batcher.alive and not self.batcher.closing:
+        if self.batcher.alive and not self.batcher.closing and not self.draining:
             return Response(b"", status_code=200)
         return Response(b"", status_code=503, headers={"Retry-After": "1"})
 
