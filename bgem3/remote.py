@@ -32,6 +32,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -123,7 +124,9 @@ class RemoteEncoder(Encoder):
         self._limits = limits
         self._client = httpx.Client(base_url=self.url, headers=self._headers, timeout=self.timeout, limits=limits,
                                     verify=verify)
-        self._aclients: dict[int, Any] = {}
+        # one async pool per event loop (an httpx.AsyncClient is bound to the loop that made it); keyed by the
+        # loop itself, weakly: a new loop can reuse a dead one's id(), never its pool
+        self._aclients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
         self._alock = threading.Lock()
 
         info = self._request_sync("GET", "/info", None)
@@ -185,11 +188,16 @@ class RemoteEncoder(Encoder):
             client.close()
 
     async def aclose(self) -> None:
-        """Close the sync and async connection pools."""
+        """Close the sync pool and this event loop's async pool (pools of loops that are already
+        closed are dropped: their connections went with their loop)."""
         self.close()
-        for client in list(self.__dict__.get("_aclients", {}).values()):
-            await client.aclose()
-        self._aclients.clear()
+        clients = self.__dict__.get("_aclients")
+        if not clients:
+            return
+        mine = clients.pop(asyncio.get_running_loop(), None)
+        clients.clear()
+        if mine is not None:
+            await mine.aclose()
 
     def __enter__(self) -> "RemoteEncoder":
         return self
@@ -361,13 +369,13 @@ class RemoteEncoder(Encoder):
         httpx = _httpx()
         loop = asyncio.get_running_loop()
         with self._alock:
-            client = self._aclients.get(id(loop))
+            for dead in [lp for lp in list(self._aclients) if lp.is_closed()]:
+                del self._aclients[dead]  # a pool can keep its loop alive: drop those of closed loops
+            client = self._aclients.get(loop)
             if client is None or client.is_closed:
-                # one pool per event loop (an httpx.AsyncClient is bound to the loop that made it)
-                self._aclients = {k: v for k, v in self._aclients.items() if not v.is_closed}
                 client = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self.timeout,
                                            limits=self._limits, verify=self._verify)
-                self._aclients[id(loop)] = client
+                self._aclients[loop] = client
         return client
 
     async def _request_async(self, method: str, path: str, body: Optional[dict]) -> Any:
