@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import threading
@@ -345,25 +346,34 @@ class RemoteEncoder(Encoder):
         return RemoteUnavailable(f"{self.url}{path} did not answer after {tries} tries ({last}); is `bgem3 serve` "
                                  "running there, and not overloaded? (RemoteEncoder(max_retries=..., timeout=...))")
 
+    def _retry_delay(self, path: str, attempt: int, response: Any, error: Optional[BaseException]) -> Optional[float]:
+        """The retry decision after try number ``attempt`` (0-based), shared by the sync and async
+        loops: ``None`` when ``response`` is the answer; the seconds to wait before the next try on
+        a retryable status or connection error; raises for any other error status
+        (:class:`RemoteError`, ``PermissionError``) and once the retries are spent (:class:`RemoteUnavailable`)."""
+        if error is None:
+            if response.status_code < 400:
+                return None
+            if response.status_code not in RETRY_STATUSES:
+                self._raise_for(path, response)
+            last, retry_after = f"HTTP {response.status_code}", response.headers.get("retry-after")
+        else:
+            last, retry_after = f"{type(error).__name__}: {error}", None
+        if attempt >= self.max_retries:
+            raise self._give_up(path, attempt + 1, last)
+        return self._delay(attempt, retry_after)
+
     def _request_sync(self, method: str, path: str, body: Optional[dict]) -> Any:
         httpx = _httpx()
-        last = ""
-        for attempt in range(self.max_retries + 1):
+        for attempt in itertools.count():
             try:
-                r = self._client.request(method, path, json=body)
+                r, err = self._client.request(method, path, json=body), None
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                retry_after = None
-            else:
-                if r.status_code < 400:
-                    return r.json()
-                if r.status_code not in RETRY_STATUSES:
-                    self._raise_for(path, r)
-                last = f"HTTP {r.status_code}"
-                retry_after = r.headers.get("retry-after")
-            if attempt < self.max_retries:
-                time.sleep(self._delay(attempt, retry_after))
-        raise self._give_up(path, self.max_retries + 1, last)
+                r, err = None, exc
+            delay = self._retry_delay(path, attempt, r, err)
+            if delay is None:
+                return r.json()
+            time.sleep(delay)
 
     def _async_client(self) -> Any:
         httpx = _httpx()
@@ -381,23 +391,15 @@ class RemoteEncoder(Encoder):
     async def _request_async(self, method: str, path: str, body: Optional[dict]) -> Any:
         httpx = _httpx()
         client = self._async_client()
-        last = ""
-        for attempt in range(self.max_retries + 1):
+        for attempt in itertools.count():
             try:
-                r = await client.request(method, path, json=body)
+                r, err = await client.request(method, path, json=body), None
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                retry_after = None
-            else:
-                if r.status_code < 400:
-                    return r.json()
-                if r.status_code not in RETRY_STATUSES:
-                    self._raise_for(path, r)
-                last = f"HTTP {r.status_code}"
-                retry_after = r.headers.get("retry-after")
-            if attempt < self.max_retries:
-                await asyncio.sleep(self._delay(attempt, retry_after))
-        raise self._give_up(path, self.max_retries + 1, last)
+                r, err = None, exc
+            delay = self._retry_delay(path, attempt, r, err)
+            if delay is None:
+                return r.json()
+            await asyncio.sleep(delay)
 
 
 #: Encoder options that only make sense for a model loaded here.

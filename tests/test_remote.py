@@ -322,3 +322,43 @@ def test_async_pools_survive_one_event_loop_after_another(server, local):
         out = asyncio.run(enc.aencode([text]))
         assert np.abs(out.dense[0] - want[i]).max() <= 1e-6
     asyncio.run(enc.aclose())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_retry_decision_is_the_same_sync_and_async(remote, monkeypatch, mode):
+    # one decision for both loops: 429/503 retried (Retry-After honoured), other 4xx at once, give up after max_retries
+    script: list = []
+    calls = {"n": 0}
+
+    def handler(request):
+        calls["n"] += 1
+        status = script.pop(0) if script else 200
+        if status == "drop":
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(status, json={"ok": calls["n"]} if status == 200 else {"error": f"status {status}"},
+                              headers={"retry-after": "0"} if status in (429, 503) else {})
+
+    monkeypatch.setattr(remote, "max_retries", 3)
+    monkeypatch.setattr(remote, "backoff", 0.0)
+    transport = httpx.MockTransport(handler)
+    if mode == "sync":
+        monkeypatch.setattr(remote, "_client", httpx.Client(base_url=remote.url, transport=transport))
+        call = lambda: remote._request_sync("GET", "/x", None)  # noqa: E731
+    else:
+        monkeypatch.setattr(remote, "_async_client", lambda: httpx.AsyncClient(base_url=remote.url, transport=transport))
+        call = lambda: asyncio.run(remote._request_async("GET", "/x", None))  # noqa: E731
+    script[:] = [429, "drop", 503]
+    assert call() == {"ok": 4} and calls["n"] == 4
+    calls["n"] = 0
+    script[:] = [503, 503, 503, 503, 200]
+    with pytest.raises(RemoteUnavailable, match="after 4 tries .*HTTP 503"):
+        call()
+    assert calls["n"] == 4
+    calls["n"] = 0
+    script[:] = [422]
+    with pytest.raises(RemoteError, match="422: status 422") as info:
+        call()
+    assert info.value.status == 422 and calls["n"] == 1
+    script[:] = [401]
+    with pytest.raises(PermissionError, match="api_key"):
+        call()
