@@ -577,8 +577,11 @@ def e5_encoder_profile(model_name_or_path: Union[str, os.PathLike], *, task: Opt
     with a ``task``), both mean pooling.
 
     An E5 facade passes the result as ``profile=`` so a bare E5 folder (no sentence-transformers
-    config, unknown name) still loads with E5's mean pooling.
+    config, unknown name) still loads with E5's mean pooling. A ``bgem3 serve`` URL gives ``None``:
+    the server chose the pooling when it loaded the model (the facade adds E5's templates on top).
     """
+    if is_url(model_name_or_path):
+        return None
     path = resolve_model_path(model_name_or_path, cache_dir=cache_dir, revision=revision,
                               local_files_only=local_files_only)
     try:

@@ -362,3 +362,38 @@ def test_retry_decision_is_the_same_sync_and_async(remote, monkeypatch, mode):
     script[:] = [401]
     with pytest.raises(PermissionError, match="api_key"):
         call()
+
+
+def test_e5_facades_by_url_equal_the_local_facades(minilm, server):
+    # E5Embeddings / E5Embedding(model_name=URL): the server's pooling, E5's prefixes added here,
+    # the same vectors as the facade on the local folder; a BGE-M3 server is refused with the alternative
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from langchain_bgem3 import E5Embeddings
+    from llama_index_bgem3 import E5Embedding
+
+    srv = ServerProcess(minilm)
+    try:
+        lc_url, lc_local = E5Embeddings(model_name=srv.url), E5Embeddings(model_name=minilm)
+        li_url, li_local = E5Embedding(model_name=srv.url), E5Embedding(model_name=minilm)
+        assert isinstance(lc_url.encoder, RemoteEncoder) and isinstance(li_url.encoder, RemoteEncoder)
+        docs = DOCS[:3]
+        pairs = [(lc_url.embed_documents(docs), lc_local.embed_documents(docs)),
+                 (lc_url.embed_query("capital"), lc_local.embed_query("capital")),
+                 (asyncio.run(lc_url.aembed_query("capital")), lc_local.embed_query("capital")),
+                 (li_url.get_text_embedding_batch(docs), li_local.get_text_embedding_batch(docs)),
+                 (li_url.get_query_embedding("capital"), li_local.get_query_embedding("capital"))]
+        for got, want in pairs:
+            assert np.abs(np.asarray(got) - np.asarray(want)).max() <= 1e-6
+        # the prefixes really were applied: "query: capital" differs from the bare text
+        bare = RemoteEncoder(srv.url).encode(["capital"]).dense[0]
+        assert np.abs(np.asarray(lc_url.embed_query("capital")) - bare).max() > 1e-3
+        lc_task = E5Embeddings(model_name=srv.url, task="Find the city")
+        want = E5Embeddings(model_name=minilm, task="Find the city").embed_query("capital")
+        assert np.abs(np.asarray(lc_task.embed_query("capital")) - np.asarray(want)).max() <= 1e-6
+    finally:
+        srv.stop()
+    with pytest.raises(ValueError, match="BGEM3Embeddings"):
+        E5Embeddings(model_name=server.url)
+    with pytest.raises(ValueError, match="BGEM3Embeddings"):
+        E5Embedding(model_name=server.url)
