@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any, Callable
 
 __all__ = ["finite_float", "non_negative", "non_negative_seconds", "port", "positive", "positive_seconds"]
 
@@ -31,32 +32,7 @@ def _integer(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
 
 
-def positive(value: str) -> int:
-    """An integer >= 1."""
-    n = _integer(value)
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return n
-
-
-def non_negative(value: str) -> int:
-    """An integer >= 0."""
-    n = _integer(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return n
-
-
-def port(value: str) -> int:
-    """A TCP port, 0-65535 (0: the system picks a free one)."""
-    n = _integer(value)
-    if not 0 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number; use 0-65535 (0 = any free port)")
-    return n
-
-
-def finite_float(value: str) -> float:
-    """Any finite number (no ``nan`` / ``inf``)."""
+def _number(value: str) -> float:
     try:
         x = float(value)
     except ValueError:
@@ -66,17 +42,27 @@ def finite_float(value: str) -> float:
     return x
 
 
-def positive_seconds(value: str) -> float:
-    """A finite number of seconds > 0."""
-    x = finite_float(value)
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be a number of seconds > 0")
-    return x
+def _checked(name: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], message: str,
+             doc: str) -> Callable[[str], Any]:
+    """A converter: ``convert`` the text, then refuse it with ``message`` unless ``ok``."""
+    def check(value: str) -> Any:
+        x = convert(value)
+        if not ok(x):
+            raise argparse.ArgumentTypeError(message.format(value=value))
+        return x
+
+    check.__name__ = check.__qualname__ = name
+    check.__doc__ = doc
+    return check
 
 
-def non_negative_seconds(value: str) -> float:
-    """A finite number of seconds >= 0."""
-    x = finite_float(value)
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be a number of seconds >= 0")
-    return x
+positive = _checked("positive", _integer, lambda n: n > 0, "{value} must be a positive integer", "An integer >= 1.")
+non_negative = _checked("non_negative", _integer, lambda n: n >= 0, "{value} must be 0 or more", "An integer >= 0.")
+port = _checked("port", _integer, lambda n: 0 <= n <= 65535,
+                "{value} is not a port number; use 0-65535 (0 = any free port)",
+                "A TCP port, 0-65535 (0: the system picks a free one).")
+finite_float = _checked("finite_float", _number, lambda x: True, "", "Any finite number (no ``nan`` / ``inf``).")
+positive_seconds = _checked("positive_seconds", _number, lambda x: x > 0, "{value!r} must be a number of seconds > 0",
+                            "A finite number of seconds > 0.")
+non_negative_seconds = _checked("non_negative_seconds", _number, lambda x: x >= 0,
+                                "{value!r} must be a number of seconds >= 0", "A finite number of seconds >= 0.")
