@@ -253,6 +253,9 @@ def bench(args: argparse.Namespace, enc: Any, model: str) -> dict:
     results["local"]["single"] = local_loop(enc, args.seconds, single)
     results["local"]["batch32"] = local_loop(enc, args.seconds, batch)
     print("local", results["local"], flush=True)
+    # what batching can buy on this machine: the model's texts/s on batches of 1 / 8 / 32 short queries
+    results["ceiling"] = ceiling(argparse.Namespace(seconds=min(args.seconds, 3.0), ceiling_batches=[1, 8, 32]),
+                                 enc, model)
 
     servers = [("bgem3", lambda: start_bgem3(model))]
     if not args.no_infinity:
