@@ -22,6 +22,8 @@ Example (with a local BGE-M3 folder, or ``"BAAI/bge-m3"`` when it is in the HF c
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import sys
@@ -532,6 +534,20 @@ class Encoder:
         formatted = [self.profile.format_passage(t, task) for t in texts]
         prompt_len = 0 if self.profile.include_prompt else self._prompt_length(self.profile.passage_prefix(task))
         return self._run_kwargs(formatted, kwargs, prompt_len)
+
+    # async twins: the model runs in a worker thread so the event loop keeps running (a RemoteEncoder
+    # overrides these with native HTTP calls); the frameworks' aembed_* methods await these
+    async def aencode(self, texts: Union[str, Sequence[str]], **kwargs: Any) -> EncodeOutput:
+        """:meth:`encode`, awaitable (in a worker thread)."""
+        return await asyncio.to_thread(functools.partial(self.encode, texts, **kwargs))
+
+    async def aencode_queries(self, texts: Union[str, Sequence[str]], **kwargs: Any) -> EncodeOutput:
+        """:meth:`encode_queries`, awaitable (in a worker thread)."""
+        return await asyncio.to_thread(functools.partial(self.encode_queries, texts, **kwargs))
+
+    async def aencode_documents(self, texts: Union[str, Sequence[str]], **kwargs: Any) -> EncodeOutput:
+        """:meth:`encode_documents`, awaitable (in a worker thread)."""
+        return await asyncio.to_thread(functools.partial(self.encode_documents, texts, **kwargs))
 
     def _run_kwargs(self, texts: list[str], kwargs: dict, prompt_len: int = 0, ids: Optional[list] = None) -> EncodeOutput:
         if ids is None and not prompt_len:
