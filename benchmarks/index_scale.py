@@ -327,7 +327,12 @@ def main() -> None:
     ap.add_argument("--dir", default="/work/bench_data/index_scale")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "bench_runs"
                                           / "index_scale.json"))
-    ap.add_argument("--phase", default="all", choices=["all", "serve"])
+    ap.add_argument("--phase", default="all", choices=["all", "build", "measure", "serve"],
+                    help="all: build, serve, recall, incremental add, then delete the index (unless --keep); "
+                    "build: build and keep the index (no serving); measure: reuse the index an earlier build "
+                    "left in --dir (open + serve + recall only; the index is not modified); serve: internal")
+    ap.add_argument("--incremental", action="store_true", help="with --phase measure: also add 1,000 passages and "
+                    "save (this modifies the kept index)")
     ap.add_argument("--deadline", default=None, help="HH:MM UTC: build only as many chunks as leave --reserve-s "
                     "seconds before it for serving, recall and the incremental save (the run reports the size built)")
     ap.add_argument("--reserve-s", type=float, default=480.0)
@@ -346,12 +351,26 @@ def main() -> None:
         with open(out_path, "w") as f:
             json.dump(result, f, indent=1)
 
-    result["build"] = build(args)
+    if args.phase == "measure":
+        if not (Path(args.dir) / "manifest.json").is_file() or not Path(args.dir + "_ref").is_dir():
+            raise SystemExit(f"--phase measure needs an index built by --phase build in {args.dir} "
+                             f"(and its reference data in {args.dir}_ref); none found")
+        prev = Path(args.dir + "_ref") / "build.json"
+        if prev.is_file():
+            result["build"] = json.loads(prev.read_text())
+            args.n = result["build"]["built_n"]
+        result["reused_index"] = True
+    else:
+        result["build"] = build(args)
+        (Path(args.dir + "_ref") / "build.json").write_text(json.dumps(result["build"]))
     result["n"] = args.n
     result["disk_bytes"] = du(Path(args.dir))
     result["disk_bytes_per_passage"] = result["disk_bytes"] / args.n
     print(f"built in {result['build']['build_s']:.0f}s; {result['disk_bytes'] / 1e9:.2f} GB on disk", flush=True)
     dump()
+    if args.phase == "build":
+        print(f"kept the index in {args.dir}; measure with --phase measure --dir {args.dir}")
+        return
     cmd = [sys.executable, __file__, "--phase", "serve", "--n", str(args.n), "--segment", str(args.segment),
            "--dir", args.dir, "--candidates", str(args.candidates)]
     hits = None
@@ -369,7 +388,10 @@ def main() -> None:
                            "stderr": getattr(exc, "stderr", "")[-2000:] if getattr(exc, "stderr", None) else ""}
         print(key, json.dumps(result[key], indent=1), flush=True)
         dump()
-    for key, fn in (("recall", lambda: reference(args, hits)), ("incremental", lambda: incremental(args))):
+    steps = [("recall", lambda: reference(args, hits))]
+    if args.phase == "all" or args.incremental:
+        steps.append(("incremental", lambda: incremental(args)))
+    for key, fn in steps:
         try:
             result[key] = fn()
         except Exception as exc:
@@ -381,7 +403,7 @@ def main() -> None:
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     dump()
     print(f"wrote {args.out}")
-    if not args.keep:
+    if args.phase == "all" and not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
         shutil.rmtree(args.dir + "_ref", ignore_errors=True)
 
