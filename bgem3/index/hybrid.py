@@ -45,8 +45,8 @@ from ..types import FusionMode, Hit
 from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, dense_bits
 from .errors import IndexFormatError
 from .lexical import LearnedSparse, LexicalBlock, LexicalChannel, QueryTerms
-from .search import (CHANNELS, check_finite, colbert_scores, dense_candidates, dense_exact, effective_weights, fuse,
-                     top_positive)
+from .search import (CHANNELS, DEFAULT_COLBERT_RERANK, check_finite, colbert_pruned, colbert_scores, dense_candidates,
+                     dense_exact, effective_weights, fuse, top_positive)
 from .segment import DiskSegment, MemSegment, Segment, gather_rows
 
 __all__ = ["HybridIndex"]
@@ -685,17 +685,30 @@ class HybridIndex(StoreBase):
         rrf_k: int = 60,
         exhaustive: bool = False,
         shortlist: Optional[int] = None,
+        colbert_rerank: Optional[int] = None,
     ) -> list[Hit]:
         """:meth:`search` with a precomputed query: ``dense_q [dim]``, ``sparse_q {token: weight}``,
         ``colbert_q [Tq, colbert_dim]`` (``None`` for channels the index lacks). No encoder needed.
         ``shortlist``: rows (over all segments) rescored exactly after the Hamming prefilter (default
-        ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows)."""
+        ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows).
+        ``colbert_rerank``: with a quantised ColBERT codec and weighted fusion, when there are more
+        candidates than this (default 64, at least ``k``), all are ranked by an estimated fused score
+        (a MaxSim estimate from an eighth of the coded coordinates) and only this many get the full
+        MaxSim and are ranked; ``0`` = full MaxSim on every candidate."""
         w = effective_weights(check_search_args(k, weights, candidates, mode, rrf_k), self.channels)
         if filter is not None and not isinstance(filter, Mapping) and not callable(filter):
             raise TypeError(f"filter must be a dict {{key: value}} or a callable metadata -> bool; "
                             f"got {type(filter).__name__}")
         dq, qt, cq = self._check_queries(dense_q, sparse_q, colbert_q)
         short = _positive_int(shortlist, "shortlist") if shortlist is not None else max(1000, 10 * candidates)
+        if colbert_rerank is None:
+            rerank = DEFAULT_COLBERT_RERANK
+        elif isinstance(colbert_rerank, bool) or not isinstance(colbert_rerank, (int, np.integer)) or colbert_rerank < 0:
+            raise ValueError(f"colbert_rerank must be an int >= 0 (0 = full MaxSim on every candidate); "
+                             f"got {colbert_rerank!r}")
+        else:
+            rerank = int(colbert_rerank)
+        rerank = max(rerank, k) if rerank else 0
         with self._lock:
             segs = self._all_segments()
             if not segs:
@@ -746,10 +759,25 @@ class HybridIndex(StoreBase):
                 s = lex_all[cand]
             if cq is not None:
                 prepared = self.codec.prepare_query(cq)
-                c = np.empty(len(cand), dtype=np.float32)
-                for si in np.unique(seg_of):
-                    m = seg_of == si
-                    c[m] = colbert_scores(self.codec, prepared, segs[si], cand[m] - bases[si])
+                pruned = None
+                if rerank and mode == "weighted" and self.codec.quantized and len(cand) > rerank and not exhaustive:
+                    partial = np.zeros(len(cand), dtype=np.float32)
+                    if d is not None:
+                        partial += np.float32(w[0]) * d
+                    if s is not None:
+                        partial += np.float32(w[1]) * s
+                    pruned = colbert_pruned(self.codec, prepared, segs, seg_of, cand - bases[seg_of], partial,
+                                            w[2], rerank)
+                if pruned is not None:
+                    keep, c = pruned
+                    cand, seg_of = cand[keep], seg_of[keep]
+                    d = None if d is None else d[keep]
+                    s = None if s is None else s[keep]
+                else:
+                    c = np.empty(len(cand), dtype=np.float32)
+                    for si in np.unique(seg_of):
+                        m = seg_of == si
+                        c[m] = colbert_scores(self.codec, prepared, segs[si], cand[m] - bases[si])
             check_finite([d, s, c], "this index")
             fused, order = fuse(d, s, c, w, k, mode, rrf_k)
             hits = []

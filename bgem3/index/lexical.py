@@ -231,6 +231,18 @@ class LexicalView:
         return (self.post_rows[sel].astype(np.int64), np.asarray(self.post_values[sel], dtype=np.float32),
                 np.repeat(qpos, lens))
 
+    def posting_ranges(self, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(query_position, start, end)`` int64 arrays: the slice of ``post_rows``/``post_values``
+        holding each of ``terms`` (sorted) that the segment has."""
+        if not len(self.terms):
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, z
+        pos = np.searchsorted(self.terms, terms)
+        pos_c = np.minimum(pos, len(self.terms) - 1)
+        qpos = np.flatnonzero((pos < len(self.terms)) & (self.terms[pos_c] == terms))
+        p = pos[qpos]
+        return qpos, np.asarray(self.term_ptr[p], dtype=np.int64), np.asarray(self.term_ptr[p + 1], dtype=np.int64)
+
     def row_terms(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = int(self.indptr[row]), int(self.indptr[row + 1])
         return np.asarray(self.indices[a:b]), np.asarray(self.values[a:b])
@@ -315,9 +327,12 @@ class LearnedSparse(LexicalChannel):
             if len(query) == 0 or seg.n_rows == 0:
                 out.append(np.zeros(seg.n_rows, dtype=np.float32))
                 continue
-            rows, vals, qpos = seg.postings(query.terms)
-            contrib = vals * query.weights[qpos]
-            out.append(np.bincount(rows, weights=contrib, minlength=seg.n_rows).astype(np.float32))
+            # one slice per query term (a term's rows are unique): scatter-add, no gather of all postings
+            acc = np.zeros(seg.n_rows, dtype=np.float32)
+            for qp, a, b in zip(*(x.tolist() for x in seg.posting_ranges(query.terms))):
+                if b > a:
+                    acc[seg.post_rows[a:b]] += seg.post_values[a:b] * query.weights[qp]
+            out.append(acc)
         return out
 
     def explain(self, query: QueryTerms, segment: LexicalView, row: int) -> dict[int, float]:
