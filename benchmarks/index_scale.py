@@ -228,7 +228,7 @@ def serve(args: argparse.Namespace) -> dict:
     """Runs in a fresh process: cold open, 100 queries, RSS."""
     root = Path(args.dir)
     ref = Path(args.dir + "_ref")
-    qz = np.load(ref / "queries.npz")
+    qz = dict(np.load(ref / "queries.npz"))  # read now, not inside the timed loop
     with open(ref / "queries_sparse.json") as f:
         sparse = [{int(k): v for k, v in q.items()} for q in json.load(f)]
     rss0 = rss_mb()[0]
@@ -239,9 +239,11 @@ def serve(args: argparse.Namespace) -> dict:
     for i in range(len(sparse)):
         t = time.perf_counter()
         h = idx.search_encoded(qz["dense"][i], sparse[i], qz["colbert"][i], k=10, weights=WEIGHTS,
-                               candidates=args.candidates)
+                               candidates=args.candidates, colbert_rerank=args.colbert_rerank)
         lat.append(time.perf_counter() - t)
         hits.append([x.id for x in h])
+    peak_q = rss_mb()[1]  # VmHWM after the 100 queries (before the dense-recall loop below)
+    stages = stage_times(idx, qz, sparse, args)
     # dense top-100 of the Hamming shortlist + exact rescoring vs the exact float32 top-100
     from bgem3.index.search import dense_candidates
 
@@ -255,10 +257,40 @@ def serve(args: argparse.Namespace) -> dict:
         rec100.append(len(exact & set(rows.tolist())) / 100)
     lat_ms = np.array(lat) * 1000
     cur, peak = rss_mb()
+    split_after_queries = rss_split_mb()
     return {"open_s": open_s, "p50_ms": float(np.percentile(lat_ms, 50)), "p90_ms": float(np.percentile(lat_ms, 90)),
             "mean_ms": float(lat_ms.mean()), "first_query_ms": float(lat_ms[0]), "rss_start_mb": rss0,
-            "rss_after_mb": cur, "peak_rss_mb": peak, "rss_split_mb": rss_split_mb(), "dense_recall_at_100": float(np.mean(rec100)), "hits": hits,
+            "rss_after_mb": cur, "peak_rss_mb": peak, "rss_split_mb": split_after_queries,
+            "peak_rss_after_queries_mb": peak_q, "stage_ms": stages, "dense_recall_at_100": float(np.mean(rec100)), "hits": hits,
             "segments": len(idx._segments), "count": len(idx)}
+
+
+def stage_times(idx: HybridIndex, qz: dict, sparse: list, args: argparse.Namespace) -> dict:
+    """Median ms per query of each search stage, run on their own (same calls as search_encoded)."""
+    from bgem3.index.lexical import QueryTerms
+    from bgem3.index.search import colbert_pruned, dense_candidates, top_positive
+
+    segs = idx._all_segments()
+    bases = np.concatenate([[0], np.cumsum([s.n for s in segs])[:-1]])
+    alive = [s.alive for s in segs]
+    out: dict = {"dense_hamming_and_rescore": [], "lexical": [], "colbert": []}
+    for i in range(min(30, len(sparse))):
+        t = time.perf_counter()
+        drows, d_sc = dense_candidates(segs, bases, qz["dense"][i], alive, args.candidates,
+                                       max(1000, 10 * args.candidates))
+        out["dense_hamming_and_rescore"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        lex = np.concatenate(idx.lexical.score(QueryTerms.from_mapping(sparse[i]), [s.lexical_view() for s in segs]))
+        lrows = top_positive(lex, args.candidates)
+        out["lexical"].append(time.perf_counter() - t)
+        cand = np.union1d(drows, lrows)
+        seg_of = np.searchsorted(bases, cand, side="right") - 1
+        t = time.perf_counter()
+        prepared = idx.codec.prepare_query(qz["colbert"][i])
+        colbert_pruned(idx.codec, prepared, segs, seg_of, cand - bases[seg_of], np.zeros(len(cand), np.float32),
+                       WEIGHTS[2], args.colbert_rerank or 64)
+        out["colbert"].append(time.perf_counter() - t)
+    return {k: float(np.median(v) * 1000) for k, v in out.items()}
 
 
 def reference(args: argparse.Namespace, hits: list) -> dict:
@@ -266,7 +298,7 @@ def reference(args: argparse.Namespace, hits: list) -> dict:
     root = Path(args.dir)
     ref = Path(args.dir + "_ref")
     world = World()
-    qz = np.load(ref / "queries.npz")
+    qz = dict(np.load(ref / "queries.npz"))
     with open(ref / "queries_sparse.json") as f:
         sparse = [{int(k): v for k, v in q.items()} for q in json.load(f)]
     idx = HybridIndex.load(root, load_encoder=False)
@@ -324,6 +356,8 @@ def main() -> None:
     ap.add_argument("--dense-codec", default="float16")
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--colbert-rerank", type=int, default=None, help="search_encoded(colbert_rerank=); default: the "
+                    "index's default")
     ap.add_argument("--dir", default="/work/bench_data/index_scale")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "bench_runs"
                                           / "index_scale.json"))
@@ -373,6 +407,9 @@ def main() -> None:
         return
     cmd = [sys.executable, __file__, "--phase", "serve", "--n", str(args.n), "--segment", str(args.segment),
            "--dir", args.dir, "--candidates", str(args.candidates)]
+    if args.colbert_rerank is not None:
+        cmd += ["--colbert-rerank", str(args.colbert_rerank)]
+    result["colbert_rerank"] = args.colbert_rerank
     hits = None
     for key, extra in (("serve", {}), ("serve_one_blas_thread",
                                        {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})):

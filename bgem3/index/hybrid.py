@@ -46,7 +46,7 @@ from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, den
 from .errors import IndexFormatError
 from .lexical import LearnedSparse, LexicalBlock, LexicalChannel, QueryTerms
 from .search import (CHANNELS, DEFAULT_COLBERT_RERANK, check_finite, colbert_pruned, colbert_scores, dense_candidates,
-                     dense_exact, effective_weights, fuse, top_positive)
+                     dense_exact, effective_weights, fuse, one_blas_thread, top_positive)
 from .segment import DiskSegment, MemSegment, Segment, gather_rows
 
 __all__ = ["HybridIndex"]
@@ -709,7 +709,7 @@ class HybridIndex(StoreBase):
         else:
             rerank = int(colbert_rerank)
         rerank = max(rerank, k) if rerank else 0
-        with self._lock:
+        with self._lock, one_blas_thread():
             segs = self._all_segments()
             if not segs:
                 return []

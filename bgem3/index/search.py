@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -47,6 +48,46 @@ try:  # optional fast Hamming kernel
 except Exception:  # pragma: no cover - faiss absent or broken
     _faiss = None
     _hammings = None
+
+
+try:  # optional: hold BLAS at one thread during a search
+    from threadpoolctl import ThreadpoolController as _ThreadpoolController
+except Exception:  # pragma: no cover - threadpoolctl absent
+    _ThreadpoolController = None
+
+_blas_lock = threading.Lock()
+_blas_state: dict = {"users": 0, "controller": None, "limiter": None}
+
+
+class one_blas_thread:
+    """BLAS at one thread for the duration of a search (re-entrant across threads; the previous
+    setting comes back when the last search leaves). A search's matrix products are small
+    (``[<=1024 tokens, dim] x [dim, query tokens]``): a second BLAS thread gains little on them and,
+    on a busy machine, its spin-waiting costs far more. Needs ``threadpoolctl``; a no-op without it."""
+
+    def __enter__(self) -> None:
+        if _ThreadpoolController is None:
+            return
+        with _blas_lock:
+            st = _blas_state
+            if st["users"] == 0:
+                try:
+                    if st["controller"] is None:
+                        st["controller"] = _ThreadpoolController().select(user_api="blas")
+                    st["limiter"] = st["controller"].limit(limits=1)
+                except Exception:  # pragma: no cover - a BLAS threadpoolctl cannot drive
+                    st["limiter"] = None
+            st["users"] += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if _ThreadpoolController is None:
+            return
+        with _blas_lock:
+            st = _blas_state
+            st["users"] -= 1
+            if st["users"] == 0 and st["limiter"] is not None:
+                st["limiter"].restore_original_limits()
+                st["limiter"] = None
 
 
 class _faiss_one_thread:
