@@ -290,7 +290,14 @@ def stage_times(idx: HybridIndex, qz: dict, sparse: list, args: argparse.Namespa
         colbert_pruned(idx.codec, prepared, segs, seg_of, cand - bases[seg_of], np.zeros(len(cand), np.float32),
                        WEIGHTS[2], args.colbert_rerank or 64)
         out["colbert"].append(time.perf_counter() - t)
-    return {k: float(np.median(v) * 1000) for k, v in out.items()}
+    res = {k: float(np.median(v) * 1000) for k, v in out.items()}
+    for short in (300, 500, 1000):  # dense top-100 recall of smaller Hamming shortlists
+        rec = []
+        for i in range(len(sparse)):
+            rows, _ = dense_candidates(segs, bases, qz["dense"][i], alive, 100, short)
+            rec.append(len(set(qz["dense_top_rows"][i][:100].tolist()) & set(rows.tolist())) / 100)
+        res[f"dense_recall_at_100_shortlist_{short}"] = float(np.mean(rec))
+    return res
 
 
 def reference(args: argparse.Namespace, hits: list) -> dict:

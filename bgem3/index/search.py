@@ -203,6 +203,9 @@ def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarr
 
 def top_positive(scores: np.ndarray, n: int) -> np.ndarray:
     """Positions of the ``n`` largest positive entries (fewer if fewer are positive)."""
+    if len(scores) > 8 * n:  # one selection pass, no gather of the positive entries
+        top = np.argpartition(-scores, n - 1)[:n]
+        return np.sort(top[scores[top] > 0])
     pos = np.flatnonzero(scores > 0)
     if len(pos) > n:
         pos = pos[np.argpartition(-scores[pos], n - 1)[:n]]

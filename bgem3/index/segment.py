@@ -242,6 +242,9 @@ class DiskSegment(Segment):
         self.record = record
         self.n = int(record["rows"])
         self.arrays = arrays
+        # plain ndarray views of the maps for search (slicing a np.memmap costs a Python-level
+        # __array_finalize__ per slice); ``arrays`` keeps the maps (file name and offset for reads)
+        self._plain = {k: (np.asarray(v) if isinstance(v, np.memmap) else v) for k, v in arrays.items()}
         self._dead = dead
         self.committed_dead = int(dead.sum())
         self.lexical_extras = tuple(lexical_extras)
@@ -258,7 +261,7 @@ class DiskSegment(Segment):
         return self.root / SEGMENT_DIR / self.name
 
     def array(self, name: str) -> Optional[np.ndarray]:
-        return self.arrays.get(name)
+        return self._plain.get(name)
 
     def take(self, name: str, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
@@ -299,7 +302,7 @@ class DiskSegment(Segment):
 
     def lexical_view(self) -> LexicalView:
         if self._lexview is None:
-            a = self.arrays
+            a = self._plain
             self._lexview = LexicalView(self.n, a["lex_indptr"], a["lex_indices"], a["lex_values"], a["lex_terms"],
                                         a["lex_term_ptr"], a["lex_post_rows"], a["lex_post_values"], None,
                                         {x: a[f"lex_x_{x}"] for x in self.lexical_extras})
@@ -307,10 +310,10 @@ class DiskSegment(Segment):
         return self._lexview
 
     def _blob(self, key: str, r: int) -> str:
-        off = self.arrays[key + "_off"]
+        off = self._plain[key + "_off"]
         a, b = int(off[r]), int(off[r + 1])
         try:
-            return bytes(self.arrays[key][a:b]).decode("utf-8")
+            return bytes(self._plain[key][a:b]).decode("utf-8")
         except UnicodeDecodeError:
             raise bad(self.folder, f"{key} of row {r} is not UTF-8") from None
 
