@@ -191,3 +191,44 @@ def test_colbert_rerank_must_be_a_non_negative_int(bad):
     idx.add_encoded(["a"], [""], None, unit(np.random.default_rng(0), 1, 8))
     with pytest.raises(ValueError, match="colbert_rerank"):
         idx.search_encoded(np.ones(8, np.float32), k=1, colbert_rerank=bad)
+
+
+def test_compaction_of_saved_segments_streams_them_one_bounded_segment_at_a_time(tmp_path, monkeypatch):
+    import bgem3.index.persistence as pers
+    import bgem3.index.segment as segment_mod
+
+    rng = np.random.default_rng(6)
+    idx = HybridIndex(None, dim=16, colbert_dim=8, vocab_size=50, colbert_codec="1bit")
+    ids = [f"d{i}" for i in range(120)]
+    dense = unit(rng, 120, 16)
+    sparse = [{int(t): 0.5 for t in rng.integers(0, 50, size=4)} for _ in range(120)]
+    cols = [unit(rng, int(t), 8) for t in rng.integers(1, 6, size=120)]
+    for a in range(0, 120, 40):  # three saved segments
+        idx.add_encoded(ids[a:a + 40], [f"t{i}" for i in range(a, a + 40)], [{"i": i} for i in range(a, a + 40)],
+                        dense[a:a + 40], sparse[a:a + 40], cols[a:a + 40])
+        idx.save(tmp_path / "i")
+    idx = HybridIndex.load(tmp_path / "i", load_encoder=False)
+    idx.delete(ids[::3])
+    idx.add_encoded(["new"], ["n"], None, dense[:1], sparse[:1], cols[:1])
+    want_ids = idx.ids
+    q = (dense[5], sparse[5], cols[5])
+    before = [(h.id, round(h.score, 5)) for h in idx.search_encoded(*q, k=10, exhaustive=True)]
+    monkeypatch.setattr(pers, "COMPACT_SEGMENT_BYTES", 2000)  # a few rows per new segment
+    held = []
+    real_write = segment_mod.write_segment
+
+    def spy(root, seg):
+        held.append(seg.n)
+        return real_write(root, seg)
+
+    monkeypatch.setattr(pers, "write_segment", spy)
+    idx.compact()
+    assert idx._n_dead == 40  # saved tombstones stay until the save
+    idx.save(tmp_path / "i")
+    assert len(held) > 5 and max(held) < 40  # many small segments, never all live rows at once
+    assert idx._n_dead == 0 and idx.ids == want_ids
+    loaded = HybridIndex.load(tmp_path / "i", load_encoder=False)
+    assert loaded.ids == want_ids and loaded._n_dead == 0
+    assert [(h.id, round(h.score, 5)) for h in loaded.search_encoded(*q, k=10, exhaustive=True)] == before
+    seg_dirs = list((tmp_path / "i" / "segments").iterdir())
+    assert len(seg_dirs) == len(loaded._segments)  # the old segments are gone after the commit

@@ -226,6 +226,7 @@ class HybridIndex(StoreBase):
         self._idmap: Optional[dict[str, tuple[Segment, int]]] = None
         self._home: Optional[Path] = None
         self._uuid = uuid.uuid4().hex
+        self._compact_pending = False  # compact() asked: the next save rewrites the saved segments
         self._codec_dir: Optional[str] = None
 
     # ------------------------------------------------------------------ basics
@@ -591,9 +592,24 @@ class HybridIndex(StoreBase):
             self.compact()
 
     def compact(self) -> None:
-        """Drop deleted rows: all live rows are gathered into one new in-memory segment (which the
-        next :meth:`save` writes, committing and then removing the old segments)."""
+        """Drop deleted rows. In memory (rows not saved yet) at once: the live rows are gathered into
+        one new in-memory segment. Saved segments are rewritten by the next :meth:`save`, streaming:
+        their live rows go into new segments of about 512 MiB, written one at a time (memory stays
+        bounded whatever the index size), committed by that save's manifest, the old segments
+        removed after it. Until then searches skip the deleted rows as before."""
         with self._lock:
+            if any(isinstance(seg, DiskSegment) for seg in self._segments):
+                self._compact_pending = True
+                t = self._tail
+                if t.n and t.n_dead:
+                    fresh = self._new_tail()
+                    live = np.flatnonzero(t.alive)
+                    if len(live):
+                        fresh.append(gather_rows(t, live, codec=self.codec, lexical_extras=self._lexical_extras))
+                    self._tail = fresh
+                    self._idmap = None
+                    self._invalidate()
+                return
             new = self._new_tail()
             for seg in self._all_segments():
                 live = np.flatnonzero(seg.alive)
