@@ -232,3 +232,24 @@ def test_compaction_of_saved_segments_streams_them_one_bounded_segment_at_a_time
     assert [(h.id, round(h.score, 5)) for h in loaded.search_encoded(*q, k=10, exhaustive=True)] == before
     seg_dirs = list((tmp_path / "i" / "segments").iterdir())
     assert len(seg_dirs) == len(loaded._segments)  # the old segments are gone after the commit
+
+
+def test_posting_scatter_add_equals_numpy_and_refuses_rows_outside_the_segment():
+    from bgem3.index.errors import IndexFormatError
+    from bgem3.index.lexical import add_postings
+
+    rng = np.random.default_rng(7)
+    rows = np.sort(rng.choice(1000, 400, replace=False)).astype(np.int32)
+    vals = rng.random(400).astype(np.float32)
+    acc = rng.random(1000).astype(np.float32)
+    want = acc.copy()
+    want[rows[50:300]] += vals[50:300] * np.float32(0.7)
+    add_postings(acc, rows, vals, 50, 300, np.array([0.7], np.float32))
+    np.testing.assert_allclose(acc, want, rtol=1e-6)
+    bad = rows.copy()
+    bad[100] = 5000  # a crafted file: a posting past the segment's rows
+    with pytest.raises(IndexFormatError, match="corrupted"):
+        add_postings(acc, bad, vals, 50, 300, np.array([0.7], np.float32))
+    bad[100] = -3
+    with pytest.raises(IndexFormatError, match="corrupted"):
+        add_postings(acc, bad, vals, 50, 300, np.array([0.7], np.float32))

@@ -259,6 +259,44 @@ class LexicalView:
         return out
 
 
+try:  # scipy's compiled CSC mat-vec kernel: y[rows] += values * w for one posting slice, no temporaries
+    from scipy.sparse import _sparsetools as _sparsetools  # type: ignore
+
+    _csc_matvec = getattr(_sparsetools, "csc_matvec", None)
+except Exception:  # pragma: no cover - scipy without it
+    _csc_matvec = None
+
+
+def add_postings(acc: np.ndarray, rows: np.ndarray, values: np.ndarray, a: int, b: int, w: np.ndarray) -> None:
+    """``acc[rows[a:b]] += values[a:b] * w[0]`` (rows unique within the slice), bounds-checked.
+
+    Uses scipy's compiled CSC kernel on the slice in place when the dtypes fit (about twice as fast
+    as numpy's fancy-index add over long postings); the rows are checked to lie in ``acc`` first,
+    since that kernel does not check (a corrupted file must give an error, not a wild write).
+
+    >>> acc = np.zeros(4, np.float32)
+    >>> add_postings(acc, np.array([0, 2, 3], np.int32), np.array([1, 2, 3], np.float32), 1, 3, np.array([2], np.float32))
+    >>> acc.tolist()
+    [0.0, 0.0, 4.0, 6.0]
+    """
+    r = rows[a:b]
+    lo, hi = int(r.min()), int(r.max())
+    if lo < 0 or hi >= len(acc):
+        from .errors import IndexFormatError
+
+        raise IndexFormatError(f"lexical postings point at row {hi if hi >= len(acc) else lo} of a segment with "
+                               f"{len(acc)} rows: the index data is corrupted (run index.verify()); rebuild it")
+    if (_csc_matvec is not None and rows.dtype == np.int32 and values.dtype == np.float32 and acc.dtype == np.float32
+            and rows.flags.c_contiguous and values.flags.c_contiguous and b < 2**31):
+        try:
+            _csc_matvec(len(acc), 1, np.array([a, b], dtype=np.int32), rows, values,
+                        np.asarray(w, dtype=np.float32), acc)
+            return
+        except Exception:  # pragma: no cover - an incompatible scipy: the numpy path below
+            pass
+    acc[r] += values[a:b] * np.float32(w[0])
+
+
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + l)`` for each pair, vectorised."""
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -331,7 +369,7 @@ class LearnedSparse(LexicalChannel):
             acc = np.zeros(seg.n_rows, dtype=np.float32)
             for qp, a, b in zip(*(x.tolist() for x in seg.posting_ranges(query.terms))):
                 if b > a:
-                    acc[seg.post_rows[a:b]] += seg.post_values[a:b] * query.weights[qp]
+                    add_postings(acc, seg.post_rows, seg.post_values, a, b, query.weights[qp:qp + 1])
             out.append(acc)
         return out
 
