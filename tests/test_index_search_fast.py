@@ -156,6 +156,7 @@ def test_saved_rows_read_with_pread_equal_the_mapped_rows(tmp_path):
     seg = HybridIndex.load(tmp_path / "i", load_encoder=False)._segments[0]
     rows = np.array([0, 7, 299, 7, 150])
     np.testing.assert_array_equal(seg.take("dense", rows), np.asarray(seg.arrays["dense"])[rows])
+    np.testing.assert_array_equal(seg.take_ranges("dense", rows, np.ones(5, np.int64)), np.asarray(seg.arrays["dense"])[rows])
     offs = np.asarray(seg.arrays["col_offsets"])
     st, ln = offs[rows], offs[rows + 1] - offs[rows]
     flat = np.concatenate([np.asarray(seg.arrays["col_codes"])[a:a + b] for a, b in zip(st, ln)])

@@ -159,12 +159,12 @@ def smallest(values: np.ndarray, k: int, bound: int) -> np.ndarray:
     if len(csum) == 0 or int(csum[-1]) <= k:
         return np.flatnonzero(values < bound)
     thr = int(np.searchsorted(csum, k))  # csum[thr] >= k > csum[thr - 1]
-    below = np.flatnonzero(values < thr)
-    need = k - len(below)
-    if need <= 0:
-        return below
-    at = np.flatnonzero(values == thr)[:need]
-    return np.sort(np.concatenate([below, at]))
+    sel = np.flatnonzero(values <= thr)    # one pass; then drop the surplus ties at thr (the last ones)
+    extra = len(sel) - k
+    if extra > 0:
+        at = np.flatnonzero(values[sel] == thr)
+        sel = np.delete(sel, at[len(at) - extra:])
+    return sel
 
 
 def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarray, eligible: Sequence[np.ndarray],
