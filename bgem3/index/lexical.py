@@ -237,7 +237,7 @@ class LexicalView:
         if not len(self.terms):
             z = np.zeros(0, dtype=np.int64)
             return z, z, z
-        pos = np.searchsorted(self.terms, terms)
+        pos = np.searchsorted(self.terms, _as_terms_dtype(terms, self.terms))
         pos_c = np.minimum(pos, len(self.terms) - 1)
         qpos = np.flatnonzero((pos < len(self.terms)) & (self.terms[pos_c] == terms))
         p = pos[qpos]
@@ -257,6 +257,16 @@ class LexicalView:
         out = np.zeros(len(terms), dtype=np.int64)
         out[hit] = self.term_ptr[pos[hit] + 1] - self.term_ptr[pos[hit]]
         return out
+
+
+def _as_terms_dtype(terms: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """The query's term ids in the stored terms' integer type when they fit (``searchsorted`` would
+    otherwise convert the whole stored array on every call)."""
+    if stored.dtype != terms.dtype and stored.dtype.kind == "i" and len(terms):
+        info = np.iinfo(stored.dtype)
+        if int(terms.min()) >= info.min and int(terms.max()) <= info.max:
+            return terms.astype(stored.dtype)
+    return terms
 
 
 try:  # scipy's compiled CSC mat-vec kernel: y[rows] += values * w for one posting slice, no temporaries
