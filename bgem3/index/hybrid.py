@@ -756,7 +756,7 @@ class HybridIndex(StoreBase):
                         rows, _ = dense_candidates(segs, bases, dq, eligible, candidates, short)
                         parts.append(rows)
                 if lex_all is not None:
-                    masked = np.where(el_all, lex_all, 0.0)
+                    masked = lex_all if total == len(el_all) else np.where(el_all, lex_all, 0.0)
                     parts.append(top_positive(masked, candidates))
                 cand = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
             if len(cand) == 0:
