@@ -268,7 +268,7 @@ def serve(args: argparse.Namespace) -> dict:
 def stage_times(idx: HybridIndex, qz: dict, sparse: list, args: argparse.Namespace) -> dict:
     """Median ms per query of each search stage, run on their own (same calls as search_encoded)."""
     from bgem3.index.lexical import QueryTerms
-    from bgem3.index.search import colbert_pruned, dense_candidates, top_positive
+    from bgem3.index.search import DEFAULT_COLBERT_RERANK, colbert_pruned, dense_candidates, top_positive
 
     segs = idx._all_segments()
     bases = np.concatenate([[0], np.cumsum([s.n for s in segs])[:-1]])
@@ -288,7 +288,7 @@ def stage_times(idx: HybridIndex, qz: dict, sparse: list, args: argparse.Namespa
         t = time.perf_counter()
         prepared = idx.codec.prepare_query(qz["colbert"][i])
         colbert_pruned(idx.codec, prepared, segs, seg_of, cand - bases[seg_of], np.zeros(len(cand), np.float32),
-                       WEIGHTS[2], args.colbert_rerank or 64)
+                       WEIGHTS[2], args.colbert_rerank or DEFAULT_COLBERT_RERANK)
         out["colbert"].append(time.perf_counter() - t)
     res = {k: float(np.median(v) * 1000) for k, v in out.items()}
     for short in (300, 500, 1000):  # dense top-100 recall of smaller Hamming shortlists

@@ -708,7 +708,7 @@ class HybridIndex(StoreBase):
         ``shortlist``: rows (over all segments) rescored exactly after the Hamming prefilter (default
         ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows).
         ``colbert_rerank``: with a quantised ColBERT codec and weighted fusion, when there are more
-        candidates than this (default 64, at least ``k``), all are ranked by an estimated fused score
+        candidates than this (default 32, at least ``k``), all are ranked by an estimated fused score
         (a MaxSim estimate from an eighth of the coded coordinates) and only this many get the full
         MaxSim and are ranked; ``0`` = full MaxSim on every candidate."""
         w = effective_weights(check_search_args(k, weights, candidates, mode, rrf_k), self.channels)
@@ -741,7 +741,8 @@ class HybridIndex(StoreBase):
                 views = [seg.lexical_view() for seg in segs]
                 lex_all = np.concatenate(self.lexical.score(qt, views)).astype(np.float32, copy=False)
             dense_all = None
-            if exhaustive or total <= candidates:
+            every_row = exhaustive or total <= candidates  # scored like exhaustive=True: no estimate shortcut
+            if every_row:
                 cand = np.flatnonzero(el_all)
             else:
                 parts = []
@@ -776,7 +777,7 @@ class HybridIndex(StoreBase):
             if cq is not None:
                 prepared = self.codec.prepare_query(cq)
                 pruned = None
-                if rerank and mode == "weighted" and self.codec.quantized and len(cand) > rerank and not exhaustive:
+                if rerank and mode == "weighted" and self.codec.quantized and len(cand) > rerank and not every_row:
                     partial = np.zeros(len(cand), dtype=np.float32)
                     if d is not None:
                         partial += np.float32(w[0]) * d

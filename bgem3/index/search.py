@@ -39,7 +39,7 @@ CHUNK_VALUES = 1 << 24
 #: quantised ColBERT codecs, weighted fusion, more candidates than this: every candidate is first
 #: scored with the cheap MaxSim estimate (an eighth of the rotated coordinates) and only this many,
 #: the best by estimated fused score, get the full MaxSim (the others cannot reach the top-k)
-DEFAULT_COLBERT_RERANK = 64
+DEFAULT_COLBERT_RERANK = 32
 
 try:  # optional fast Hamming kernel
     import faiss as _faiss  # type: ignore
