@@ -48,6 +48,36 @@ def bulk_corpus(n: int, seed: int = 0, min_words: int = 80, max_words: int = 400
     return out
 
 
+def real_token_lengths(texts: list[str], tokenizer, reference=None) -> list[str]:
+    """Trim each text (whole words) so ``tokenizer`` counts about as many tokens as a real
+    subword tokenizer does for the untrimmed text (``reference``; default the real
+    all-MiniLM-L6-v2 WordPiece tokenizer, ~1.3 tokens per English word).
+
+    The benchmark checkpoints' toy tokenizer (trained on a few sentences) splits English into ~3x
+    more pieces than BGE-M3's, so 80-400 words would nearly all hit ``max_length=512``; this keeps
+    the real words and gives the model the token lengths a real tokenizer would.
+    """
+    if reference is None:
+        from transformers import AutoTokenizer
+
+        from bgem3.testing import minilm_path
+
+        reference = AutoTokenizer.from_pretrained(minilm_path())
+    targets = [len(x) for x in reference(texts, add_special_tokens=True)["input_ids"]]
+    out = []
+    for text, target in zip(texts, targets):
+        words = text.split()
+        lo, hi = 1, len(words)  # the longest word prefix with <= target tokens (binary search)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if len(tokenizer(" ".join(words[:mid]))["input_ids"]) <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        out.append(" ".join(words[:lo]))
+    return out
+
+
 # --------------------------------------------------------------------------- ONNX Runtime peer
 
 def export_onnx(path: str, out_dir: str, log) -> tuple[str, str]:
@@ -149,13 +179,16 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
 
     ref = Encoder(path, device="cpu", max_length=args.max_length)
     corpus = bulk_corpus(args.bulk_n)
+    if getattr(args, "bulk_tokens", "real") == "real":
+        corpus = real_token_lengths(corpus, ref.tokenizer)
     queries = real_queries(50)
     lengths = np.array([len(x) for x in ref.tokenize(corpus, args.max_length)])
     flops = model_flops(lengths, ref.model.config)
     i8_peak = int8_matmul_peak()
     report["corpus"] = {"n": len(corpus), "tokens": int(lengths.sum()), "tokens_min": int(lengths.min()),
                         "tokens_median": float(np.median(lengths)), "tokens_max": int(lengths.max()),
-                        "words": "80-400", "model_gflop_per_pass": flops / 1e9,
+                        "words": "80-400", "token_lengths": getattr(args, "bulk_tokens", "real"),
+                        "model_gflop_per_pass": flops / 1e9,
                         "fp32_matmul_peak_gflops": fp32_peak / 1e9, "int8_matmul_peak_gops": i8_peak / 1e9}
     log(f"bulk corpus: {len(corpus)} passages, {int(lengths.sum())} tokens (median {np.median(lengths):.0f}); "
         f"model work {flops / 1e9:.0f} GFLOP/pass; measured peaks: fp32 {fp32_peak / 1e9:.0f} GFLOP/s, "
@@ -218,7 +251,13 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
     q_ref = ref_fn(queries, dense=True)
     # ---- bulk: one call each, all three then dense-only (the all-three pass also gives fidelity)
     if "bulk" in workloads:
+        bulk_scen = [x for x in getattr(args, "bulk_scenarios", "all,dense").split(",") if x]
+        bad = sorted(set(bulk_scen) - {"all", "dense"})
+        if bad:
+            raise ValueError(f"--bulk-scenarios: unknown {bad}; use all and/or dense")
         for scen, want in (("all", (True, True, True)), ("dense", (True, False, False))):
+            if scen not in bulk_scen:
+                continue
             rows = []
             ref_out = None
             names = list(tools)
@@ -253,9 +292,12 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
                     f"{row['model_gflops_per_s']:6.1f} GFLOP/s ({100 * row['share_of_fp32_peak']:.0f}% of fp32 peak)  "
                     f"load {row['loadavg']}" + (f"  fidelity {json.dumps(row.get('fidelity'))}" if "fidelity" in row else ""))
             flag_row = next((r for r in rows if r["system"] == "FlagEmbedding fp32"), None)
+            ours_row = next((r for r in rows if r["system"] == "bgem3 fp32"), None)
             for r in rows:
                 if flag_row:
                     r["speedup_vs_flag_fp32"] = flag_row["wall_s"] / r["wall_s"]
+                if ours_row:
+                    r["speedup_vs_bgem3_fp32"] = ours_row["wall_s"] / r["wall_s"]
             report["workloads"][f"bulk/{scen}"] = rows
             if flag_row:
                 log("  speed-up vs FlagEmbedding fp32: " + ", ".join(f"{r['system']}: {r['speedup_vs_flag_fp32']:.2f}x" for r in rows))
@@ -294,6 +336,45 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
     return report
 
 
+def merge_parts(paths: list, log) -> dict:
+    """One report from the JSON parts of a split workload run: each part's conditions, load and
+    corpus are kept under ``parts``; workloads / fidelity / skipped are merged. A workload split
+    over parts keeps every row with its ``part``: speed ratios hold within one part (each part
+    times bgem3 fp32 again as its yardstick)."""
+    merged: dict = {"parts": [], "workloads": {}, "fidelity": {}, "skipped": {}}
+    for p in paths:
+        with open(p) as fh:
+            part = json.load(fh)
+        merged["parts"].append({"file": os.path.basename(p), "conditions": part.get("conditions"),
+                                "load": part.get("load"), "corpus": part.get("corpus"),
+                                "cpu_int8": part.get("cpu_int8"), "workloads": sorted(part.get("workloads", {}))})
+        for key in ("minilm_int8_fidelity", "int8_quantization", "int8_load_s", "cpu_int8", "corpus", "conditions"):
+            if key in part and key not in merged:
+                merged[key] = part[key]
+        for w, rows in part.get("workloads", {}).items():
+            # a workload may be split over parts (each with its own bgem3 fp32 row): ratios hold
+            # within a part only, so every row says which part it came from
+            for r in rows:
+                r["part"] = os.path.basename(p)
+            merged["workloads"].setdefault(w, []).extend(rows)
+        for name, fid in part.get("fidelity", {}).items():
+            merged["fidelity"].setdefault(name, {}).update(fid)
+        merged["skipped"].update(part.get("skipped", {}))
+    for w, rows in merged["workloads"].items():
+        for r in rows:
+            extra = ""
+            if "share_of_fp32_peak" in r:
+                extra = f"{r['wall_s']:7.1f} s  " + (f"{r['speedup_vs_flag_fp32']:.2f}x FlagEmbedding  " if "speedup_vs_flag_fp32" in r else "") \
+                        + (f"{r['speedup_vs_bgem3_fp32']:.2f}x bgem3 fp32  " if "speedup_vs_bgem3_fp32" in r else "") \
+                        + f"{100 * r['share_of_fp32_peak']:.0f}% fp32 peak  [{r['part']}]"
+            elif "ms_per_call" in r:
+                extra = f"{r['ms_per_call']:7.0f} ms/call ({r['outputs']})"
+            elif "p50_ms" in r:
+                extra = f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms"
+            log(f"  {w:<12s} {r['system']:<28s} {extra}  load {r.get('loadavg')}")
+    return merged
+
+
 def _ours_out(out) -> dict:
     return {"dense": out.dense, "sparse": out.sparse, "colbert": out.colbert}
 
@@ -314,4 +395,18 @@ def minilm_fidelity(log, n_docs: int = 300) -> dict:
            "fp32_layers": q8.quantization["fp32_layers"], "alpha": q8.quantization["alpha"],
            "reduce_range": q8.quantization["reduce_range"]}
     log(f"real MiniLM int8 vs fp32: {json.dumps(res)}")
-    return res
+    # the BGE-M3 outputs on trained weights: MiniLM's transformer + M3 heads, CLS dense
+    import tempfile
+
+    from bgem3.testing import make_trained_m3_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_trained_m3_checkpoint(tmp)
+        fp, q8 = Encoder(path, device="cpu"), Encoder(path, device="cpu", dtype="int8")
+        a, b = fp.encode(docs, sparse=True, colbert=True, show_progress=False), q8.encode(docs, sparse=True, colbert=True, show_progress=False)
+        qa, qb = fp.encode(queries, show_progress=False).dense, q8.encode(queries, show_progress=False).dense
+        m3 = {"docs": len(docs), "dense": dense_fidelity(a.dense, b.dense), "top10_agreement": topk_agreement(qa @ a.dense.T, qb @ b.dense.T),
+              "colbert": colbert_fidelity(a.colbert, b.colbert), "lexical": lexical_fidelity(a.sparse, b.sparse),
+              "fp32_layers": q8.quantization["fp32_layers"]}
+    log(f"trained M3-shaped (MiniLM transformer + M3 heads) int8 vs fp32: {json.dumps(m3)}")
+    return {"minilm": res, "trained_m3_shape": m3}

@@ -307,6 +307,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--systems", default="bgem3-fp32,bgem3-bf16,bgem3-int8,flag,st,ort-fp32,ort-int8",
                     help="systems of the workload run")
     ap.add_argument("--bulk-n", type=int, default=600, help="passages in the bulk call (default 600)")
+    ap.add_argument("--bulk-scenarios", default="all,dense",
+                    help="bulk scenarios to run: all (dense + lexical + ColBERT), dense (default both); "
+                         "split a long run into parts that each hold the bench lock < 10 min, then --merge them")
+    ap.add_argument("--bulk-tokens", choices=["real", "toy"], default="real",
+                    help="bulk passages' token lengths: 'real' (trimmed to what a real WordPiece tokenizer counts "
+                         "for the 80-400 words; default) or 'toy' (the checkpoint's toy tokenizer as is: ~3x more "
+                         "pieces, most passages truncated at --max-length)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="PART.json",
+                    help="merge the JSON files of earlier workload runs (parts) into --json and print a summary")
     ap.add_argument("--bulk-reps", type=int, default=1, help="timed bulk calls per system (default 1; the best is reported)")
     ap.add_argument("--chunk-calls", type=int, default=8, help="32-text calls in the chunks workload (default 8)")
     ap.add_argument("--query-n", type=int, default=30, help="single-query calls timed (default 30)")
@@ -330,6 +339,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from bgem3 import Encoder
 
+    if args.merge:
+        from benchmarks._workloads import merge_parts
+
+        merged = merge_parts(args.merge, log)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(merged, fh, indent=2)
+            log(f"wrote {args.json}")
+        return 0
     path = model_path(args.model, args.models_dir)
     if args.workloads:
         from benchmarks._workloads import minilm_fidelity, run_workloads

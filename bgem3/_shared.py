@@ -577,8 +577,11 @@ def e5_encoder_profile(model_name_or_path: Union[str, os.PathLike], *, task: Opt
     with a ``task``), both mean pooling.
 
     An E5 facade passes the result as ``profile=`` so a bare E5 folder (no sentence-transformers
-    config, unknown name) still loads with E5's mean pooling.
+    config, unknown name) still loads with E5's mean pooling. A ``bgem3 serve`` URL gives ``None``:
+    the server chose the pooling when it loaded the model (the facade adds E5's templates on top).
     """
+    if is_url(model_name_or_path):
+        return None
     path = resolve_model_path(model_name_or_path, cache_dir=cache_dir, revision=revision,
                               local_files_only=local_files_only)
     try:
@@ -670,9 +673,10 @@ class TextEncoder:
         return [self.profile.format_passage(t) for t in check_list_arg(texts, "texts")]
 
     def _encode(self, texts: Sequence[str], *, query: bool, dense: bool, sparse: bool, batch_size: Optional[int],
-                show_progress: Optional[bool]):
+                show_progress: Optional[bool], run_async: bool = False):
         # the encoder's own encode_queries / encode_documents on a view with this facade's templates:
-        # whatever the encoder does with its profile (prompt handling, no double prefix) applies as is
+        # whatever the encoder does with its profile (prompt handling, no double prefix) applies as is.
+        # run_async: its aencode_* twin (a coroutine; native HTTP for a RemoteEncoder)
         texts = check_list_arg(texts, "texts")
         view = encoder_view(self.encoder, self.normalize if dense else None, self.profile)
         kwargs = dict(dense=dense, sparse=sparse,
@@ -680,13 +684,11 @@ class TextEncoder:
                       max_length=self.max_length,
                       show_progress=show_progress if show_progress is not None else self.show_progress)
         if query:
-            return view.encode_queries(texts, task=self.task, **kwargs)
-        return view.encode_documents(texts, **kwargs)
+            kwargs["task"] = self.task
+        method = ("aencode_" if run_async else "encode_") + ("queries" if query else "documents")
+        return getattr(view, method)(texts, **kwargs)
 
-    def _dense(self, texts: Sequence[str], query: bool, batch_size: Optional[int],
-               show_progress: Optional[bool]) -> np.ndarray:
-        vecs = self._encode(texts, query=query, dense=True, sparse=False, batch_size=batch_size,
-                            show_progress=show_progress).dense
+    def _finish_dense(self, vecs: np.ndarray) -> np.ndarray:
         normalized = self.profile.normalize if self.normalize is None else self.normalize
         return truncate_dense(vecs, self.truncate_dim, normalized)
 
@@ -695,14 +697,28 @@ class TextEncoder:
                       show_progress: Optional[bool] = None) -> np.ndarray:
         """``float32 [N, H]`` query vectors (L2-normalised unless ``normalize=False``; first
         ``truncate_dim`` numbers when set)."""
-        if batch_size is None:
-            batch_size = self.query_batch_size
-        return self._dense(texts, True, batch_size, show_progress)
+        return self._finish_dense(self._encode(texts, query=True, dense=True, sparse=False, show_progress=show_progress,
+                                               batch_size=self.query_batch_size if batch_size is None else batch_size).dense)
 
     def dense_documents(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
                         show_progress: Optional[bool] = None) -> np.ndarray:
         """``float32 [N, H]`` document vectors (see :meth:`dense_queries`)."""
-        return self._dense(texts, False, batch_size, show_progress)
+        return self._finish_dense(self._encode(texts, query=False, dense=True, sparse=False, batch_size=batch_size,
+                                               show_progress=show_progress).dense)
+
+    async def adense_queries(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
+                             show_progress: Optional[bool] = None) -> np.ndarray:
+        """:meth:`dense_queries`, awaitable (the encoder's ``aencode_queries``)."""
+        out = await self._encode(texts, query=True, dense=True, sparse=False, show_progress=show_progress,
+                                 batch_size=self.query_batch_size if batch_size is None else batch_size, run_async=True)
+        return self._finish_dense(out.dense)
+
+    async def adense_documents(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
+                               show_progress: Optional[bool] = None) -> np.ndarray:
+        """:meth:`dense_documents`, awaitable (the encoder's ``aencode_documents``)."""
+        out = await self._encode(texts, query=False, dense=True, sparse=False, batch_size=batch_size,
+                                 show_progress=show_progress, run_async=True)
+        return self._finish_dense(out.dense)
 
     # ---------------------------------------------------------------- sparse
     def sparse_queries(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
@@ -719,6 +735,20 @@ class TextEncoder:
         return self._encode(texts, query=False, dense=False, sparse=True, batch_size=batch_size,
                             show_progress=show_progress).sparse
 
+    async def asparse_queries(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
+                              show_progress: Optional[bool] = None) -> list[dict[int, float]]:
+        """:meth:`sparse_queries`, awaitable."""
+        self.check_sparse()
+        return (await self._encode(texts, query=True, dense=False, sparse=True, batch_size=batch_size,
+                                   show_progress=show_progress, run_async=True)).sparse
+
+    async def asparse_documents(self, texts: Sequence[str], *, batch_size: Optional[int] = None,
+                                show_progress: Optional[bool] = None) -> list[dict[int, float]]:
+        """:meth:`sparse_documents`, awaitable."""
+        self.check_sparse()
+        return (await self._encode(texts, query=False, dense=False, sparse=True, batch_size=batch_size,
+                                   show_progress=show_progress, run_async=True)).sparse
+
     def sparse_lists_queries(self, texts: Sequence[str], **kwargs: Any) -> tuple[list[list[int]], list[list[float]]]:
         """Qdrant's batch format: ``([ids per query], [weights per query])``."""
         return _split(self.sparse_queries(texts, **kwargs))
@@ -726,6 +756,14 @@ class TextEncoder:
     def sparse_lists_documents(self, texts: Sequence[str], **kwargs: Any) -> tuple[list[list[int]], list[list[float]]]:
         """Qdrant's batch format: ``([ids per document], [weights per document])``."""
         return _split(self.sparse_documents(texts, **kwargs))
+
+    async def asparse_lists_queries(self, texts: Sequence[str], **kwargs: Any) -> tuple[list[list[int]], list[list[float]]]:
+        """:meth:`sparse_lists_queries`, awaitable."""
+        return _split(await self.asparse_queries(texts, **kwargs))
+
+    async def asparse_lists_documents(self, texts: Sequence[str], **kwargs: Any) -> tuple[list[list[int]], list[list[float]]]:
+        """:meth:`sparse_lists_documents`, awaitable."""
+        return _split(await self.asparse_documents(texts, **kwargs))
 
     def check_sparse(self) -> None:
         """Raise a ``ValueError`` naming the folder if the model has no sparse head."""

@@ -36,6 +36,9 @@ import uuid
 from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
+from ._argtypes import finite_float as _finite_float
+from ._argtypes import non_negative as _non_negative
+from ._argtypes import positive as _positive
 from .ingest import (DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUPPORTED_EXTENSIONS, IngestError, Manifest,
                      check_source, file_sha256, iter_passages, read_source, scan_paths)
 
@@ -361,36 +364,6 @@ def _parse_filter(items: Optional[Sequence[str]]) -> Optional[dict]:
             parsed = value
         out[key] = parsed
     return out
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return n
-
-
-def _finite_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not math.isfinite(x):
-        raise argparse.ArgumentTypeError(f"{value!r} must be a finite number")
-    return x
-
-
-def _non_negative(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return n
 
 
 def _err(msg: str) -> None:

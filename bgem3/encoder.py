@@ -22,6 +22,8 @@ Example (with a local BGE-M3 folder, or ``"BAAI/bge-m3"`` when it is in the HF c
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import sys
@@ -533,6 +535,20 @@ class Encoder:
         prompt_len = 0 if self.profile.include_prompt else self._prompt_length(self.profile.passage_prefix(task))
         return self._run_kwargs(formatted, kwargs, prompt_len)
 
+    # async twins: the model runs in a worker thread so the event loop keeps running (a RemoteEncoder
+    # overrides these with native HTTP calls); the frameworks' aembed_* methods await these
+    async def aencode(self, texts: Union[str, Sequence[str]], **kwargs: Any) -> EncodeOutput:
+        """:meth:`encode`, awaitable (in a worker thread)."""
+        return await asyncio.to_thread(functools.partial(self.encode, texts, **kwargs))
+
+    async def aencode_queries(self, texts: Union[str, Sequence[str]], **kwargs: Any) -> EncodeOutput:
+        """:meth:`encode_queries`, awaitable (in a worker thread)."""
+        return await asyncio.to_thread(functools.partial(self.encode_queries, texts, **kwargs))
+
+    async def aencode_documents(self, texts: Union[str, Sequence[str]], **kwargs: Any) -> EncodeOutput:
+        """:meth:`encode_documents`, awaitable (in a worker thread)."""
+        return await asyncio.to_thread(functools.partial(self.encode_documents, texts, **kwargs))
+
     def _run_kwargs(self, texts: list[str], kwargs: dict, prompt_len: int = 0, ids: Optional[list] = None) -> EncodeOutput:
         if ids is None and not prompt_len:
             return self.encode(texts, **kwargs)
@@ -860,8 +876,42 @@ class Encoder:
         ctx = ctx.transpose(1, 2).reshape(-1, h)
         if query_rows is None and slot is not None:
             ctx = ctx[slot]
-        attn_out = att.output(ctx, q_in)
-        return layer.output(layer.intermediate(attn_out), attn_out)
+        return self._layer_rows(layer, ctx, q_in)
+
+    def _layer_rows(self, layer, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The row-wise rest of a BERT/XLM-R layer (attention output projection + LayerNorm, FFN,
+        GELU, output projection + LayerNorm) over row chunks (:data:`ROW_CHUNK_ELEMENTS`).
+
+        Same modules and op order as Hugging Face's ``BertSelfOutput`` / ``BertIntermediate`` /
+        ``BertOutput`` (dropout is the identity in eval mode), so each row's result is the same;
+        chunking keeps the FFN's ``[rows, 4H]`` intermediate in cache instead of a fresh
+        ``[tokens, 4H]`` allocation per layer (on CPU, large fresh allocations are page-faulted
+        in at every layer, which cost ~15% of the fp32 bulk time before this).
+        """
+        att_out, inter, out = layer.attention.output, layer.intermediate, layer.output
+        act = inter.intermediate_act_fn
+        inplace_gelu = _is_exact_gelu(act)
+        n = ctx.shape[0]
+        if ctx.device.type != "cpu":
+            step = n
+        else:
+            width = int(getattr(inter.dense, "out_features", 0) or 4 * ctx.shape[1])
+            step = ROW_CHUNK or max(256, ROW_CHUNK_ELEMENTS // max(width, 1))
+        result = None
+        for a in range(0, n, step):
+            c, r = ctx[a:a + step], residual[a:a + step]
+            x = att_out.dense(c)
+            x = att_out.LayerNorm(x.add_(r))
+            y = inter.dense(x)
+            y = torch.ops.aten.gelu_(y) if inplace_gelu else act(y)
+            y = out.dense(y)
+            y = out.LayerNorm(y.add_(x))
+            if step >= n:
+                return y
+            if result is None:
+                result = y.new_empty((n, y.shape[1]))
+            result[a:a + step] = y
+        return result
 
     def _sparse_dicts(self, rows: torch.Tensor, tok: torch.Tensor, w: torch.Tensor, n_rows: int) -> list[dict[int, float]]:
         """Max weight per (row, token id), vectorised, as one dict per row."""
@@ -946,6 +996,24 @@ def _is_decoder_only(config: Any) -> bool:
     return mtype in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mtype not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
+#: FFN-intermediate elements per chunk of the row-wise part of a layer on CPU (3M floats = 12 MB:
+#: 2048 rows of a 1536-wide FFN, 768 rows of BGE-M3's 4096-wide one). Small enough to be reused from
+#: the heap (no fresh, page-faulted allocation per layer), large enough that each chunk's ops are
+#: long next to waking the other threads (2 threads on a busy machine pay ~ms per parallel region).
+ROW_CHUNK_ELEMENTS = 3 * 1024 * 1024
+#: or a fixed number of rows per chunk (tests set it to exercise chunk edges); None: from the elements
+ROW_CHUNK: Optional[int] = None
+
+
+def _is_exact_gelu(act: Any) -> bool:
+    """Whether ``act`` is transformers' exact (erf) GELU, which may then run in place."""
+    try:
+        from transformers.activations import GELUActivation
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(act, GELUActivation) and getattr(act, "act", None) is torch.nn.functional.gelu
+
+
 _ROBERTA_TYPES = ("xlm-roberta", "roberta", "camembert")
 _BERT_TYPES = ("bert",)
 
@@ -968,7 +1036,8 @@ def _packed_kind(model: torch.nn.Module) -> Optional[str]:
         layer = model.encoder.layer[0]
         sa = layer.attention.self
         _ = (model.embeddings.position_embeddings, sa.query, sa.key, sa.value, sa.num_attention_heads,
-             sa.attention_head_size, sa.scaling, layer.attention.output, layer.intermediate, layer.output)
+             sa.attention_head_size, sa.scaling, layer.attention.output.dense, layer.attention.output.LayerNorm,
+             layer.intermediate.dense, layer.intermediate.intermediate_act_fn, layer.output.dense, layer.output.LayerNorm)
         if getattr(layer, "chunk_size_feed_forward", 0):
             return None
     except (AttributeError, IndexError, TypeError):

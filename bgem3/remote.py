@@ -28,10 +28,12 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -123,7 +125,9 @@ class RemoteEncoder(Encoder):
         self._limits = limits
         self._client = httpx.Client(base_url=self.url, headers=self._headers, timeout=self.timeout, limits=limits,
                                     verify=verify)
-        self._aclients: dict[int, Any] = {}
+        # one async pool per event loop (an httpx.AsyncClient is bound to the loop that made it); keyed by the
+        # loop itself, weakly: a new loop can reuse a dead one's id(), never its pool
+        self._aclients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
         self._alock = threading.Lock()
 
         info = self._request_sync("GET", "/info", None)
@@ -185,11 +189,16 @@ class RemoteEncoder(Encoder):
             client.close()
 
     async def aclose(self) -> None:
-        """Close the sync and async connection pools."""
+        """Close the sync pool and this event loop's async pool (pools of loops that are already
+        closed are dropped: their connections went with their loop)."""
         self.close()
-        for client in list(self.__dict__.get("_aclients", {}).values()):
-            await client.aclose()
-        self._aclients.clear()
+        clients = self.__dict__.get("_aclients")
+        if not clients:
+            return
+        mine = clients.pop(asyncio.get_running_loop(), None)
+        clients.clear()
+        if mine is not None:
+            await mine.aclose()
 
     def __enter__(self) -> "RemoteEncoder":
         return self
@@ -337,59 +346,60 @@ class RemoteEncoder(Encoder):
         return RemoteUnavailable(f"{self.url}{path} did not answer after {tries} tries ({last}); is `bgem3 serve` "
                                  "running there, and not overloaded? (RemoteEncoder(max_retries=..., timeout=...))")
 
+    def _retry_delay(self, path: str, attempt: int, response: Any, error: Optional[BaseException]) -> Optional[float]:
+        """The retry decision after try number ``attempt`` (0-based), shared by the sync and async
+        loops: ``None`` when ``response`` is the answer; the seconds to wait before the next try on
+        a retryable status or connection error; raises for any other error status
+        (:class:`RemoteError`, ``PermissionError``) and once the retries are spent (:class:`RemoteUnavailable`)."""
+        if error is None:
+            if response.status_code < 400:
+                return None
+            if response.status_code not in RETRY_STATUSES:
+                self._raise_for(path, response)
+            last, retry_after = f"HTTP {response.status_code}", response.headers.get("retry-after")
+        else:
+            last, retry_after = f"{type(error).__name__}: {error}", None
+        if attempt >= self.max_retries:
+            raise self._give_up(path, attempt + 1, last)
+        return self._delay(attempt, retry_after)
+
     def _request_sync(self, method: str, path: str, body: Optional[dict]) -> Any:
         httpx = _httpx()
-        last = ""
-        for attempt in range(self.max_retries + 1):
+        for attempt in itertools.count():
             try:
-                r = self._client.request(method, path, json=body)
+                r, err = self._client.request(method, path, json=body), None
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                retry_after = None
-            else:
-                if r.status_code < 400:
-                    return r.json()
-                if r.status_code not in RETRY_STATUSES:
-                    self._raise_for(path, r)
-                last = f"HTTP {r.status_code}"
-                retry_after = r.headers.get("retry-after")
-            if attempt < self.max_retries:
-                time.sleep(self._delay(attempt, retry_after))
-        raise self._give_up(path, self.max_retries + 1, last)
+                r, err = None, exc
+            delay = self._retry_delay(path, attempt, r, err)
+            if delay is None:
+                return r.json()
+            time.sleep(delay)
 
     def _async_client(self) -> Any:
         httpx = _httpx()
         loop = asyncio.get_running_loop()
         with self._alock:
-            client = self._aclients.get(id(loop))
+            for dead in [lp for lp in list(self._aclients) if lp.is_closed()]:
+                del self._aclients[dead]  # a pool can keep its loop alive: drop those of closed loops
+            client = self._aclients.get(loop)
             if client is None or client.is_closed:
-                # one pool per event loop (an httpx.AsyncClient is bound to the loop that made it)
-                self._aclients = {k: v for k, v in self._aclients.items() if not v.is_closed}
                 client = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self.timeout,
                                            limits=self._limits, verify=self._verify)
-                self._aclients[id(loop)] = client
+                self._aclients[loop] = client
         return client
 
     async def _request_async(self, method: str, path: str, body: Optional[dict]) -> Any:
         httpx = _httpx()
         client = self._async_client()
-        last = ""
-        for attempt in range(self.max_retries + 1):
+        for attempt in itertools.count():
             try:
-                r = await client.request(method, path, json=body)
+                r, err = await client.request(method, path, json=body), None
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                retry_after = None
-            else:
-                if r.status_code < 400:
-                    return r.json()
-                if r.status_code not in RETRY_STATUSES:
-                    self._raise_for(path, r)
-                last = f"HTTP {r.status_code}"
-                retry_after = r.headers.get("retry-after")
-            if attempt < self.max_retries:
-                await asyncio.sleep(self._delay(attempt, retry_after))
-        raise self._give_up(path, self.max_retries + 1, last)
+                r, err = None, exc
+            delay = self._retry_delay(path, attempt, r, err)
+            if delay is None:
+                return r.json()
+            await asyncio.sleep(delay)
 
 
 #: Encoder options that only make sense for a model loaded here.

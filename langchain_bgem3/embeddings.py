@@ -21,7 +21,6 @@ from __future__ import annotations
 
 try:
     from langchain_core.embeddings import Embeddings
-    from langchain_core.runnables.config import run_in_executor
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
     from bgem3._shared import missing_framework
 
@@ -189,6 +188,12 @@ def _one_line(texts: list[str]) -> list[str]:
     return [t.replace("\n", " ") if isinstance(t, str) else t for t in check_list_arg(texts, "texts")]
 
 
+def _one_query(text: str) -> list[str]:
+    if not isinstance(text, str):
+        raise TypeError(f"embed_query takes one string; got {type(text).__name__} (use embed_documents for a list)")
+    return _one_line([text])
+
+
 class _DenseEmbeddings(EncoderBacked, Embeddings):
     """The LangChain ``Embeddings`` methods over a :class:`~bgem3._shared.TextEncoder`."""
 
@@ -202,17 +207,16 @@ class _DenseEmbeddings(EncoderBacked, Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one query (with the model's query template: none for BGE-M3, ``query: `` for E5)."""
-        if not isinstance(text, str):
-            raise TypeError(f"embed_query takes one string; got {type(text).__name__} (use embed_documents for a list)")
-        return self._text_encoder(query=True).dense_queries(_one_line([text]))[0].tolist()
+        return self._text_encoder(query=True).dense_queries(_one_query(text))[0].tolist()
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Like :meth:`embed_documents`, in a worker thread (the event loop keeps running)."""
-        return await run_in_executor(None, self.embed_documents, texts)
+        """Like :meth:`embed_documents`, awaitable: a :class:`bgem3.RemoteEncoder` sends its HTTP
+        requests on this event loop; a local encoder runs in a worker thread."""
+        return (await self._text_encoder().adense_documents(_one_line(texts))).tolist()
 
     async def aembed_query(self, text: str) -> list[float]:
-        """Like :meth:`embed_query`, in a worker thread (the event loop keeps running)."""
-        return await run_in_executor(None, self.embed_query, text)
+        """Like :meth:`embed_query`, awaitable (see :meth:`aembed_documents`)."""
+        return (await self._text_encoder(query=True).adense_queries(_one_query(text)))[0].tolist()
 
 
 class BGEM3Embeddings(_DenseEmbeddings):

@@ -29,7 +29,6 @@ from typing import Any
 
 from .embeddings import DEFAULT_BGEM3_MODEL, EncoderBacked  # first: it says what to install
 
-from langchain_core.runnables.config import run_in_executor
 from pydantic import model_validator
 
 INSTALL_HINT = "pip install 'bgem3[langchain-qdrant]'"
@@ -97,15 +96,22 @@ class BGEM3SparseEmbeddings(EncoderBacked, SparseEmbeddings):
 
     def embed_query(self, text: str) -> "SparseVector":
         """The query's ``SparseVector``."""
-        if not isinstance(text, str):
-            raise TypeError(f"embed_query takes one string; got {type(text).__name__} (use embed_documents for a list)")
-        ids, vals = self._text_encoder(query=True).sparse_lists_queries([text])
+        ids, vals = self._text_encoder(query=True).sparse_lists_queries(_query(text))
         return SparseVector(indices=ids[0], values=vals[0])
 
     async def aembed_documents(self, texts: list[str]) -> list["SparseVector"]:
-        """Like :meth:`embed_documents`, in a worker thread."""
-        return await run_in_executor(None, self.embed_documents, texts)
+        """Like :meth:`embed_documents`, awaitable (native HTTP for a :class:`bgem3.RemoteEncoder`,
+        a worker thread for a local encoder)."""
+        ids, vals = await self._text_encoder().asparse_lists_documents(texts)
+        return [SparseVector(indices=i, values=v) for i, v in zip(ids, vals)]
 
     async def aembed_query(self, text: str) -> "SparseVector":
-        """Like :meth:`embed_query`, in a worker thread."""
-        return await run_in_executor(None, self.embed_query, text)
+        """Like :meth:`embed_query`, awaitable."""
+        ids, vals = await self._text_encoder(query=True).asparse_lists_queries(_query(text))
+        return SparseVector(indices=ids[0], values=vals[0])
+
+
+def _query(text: str) -> list[str]:
+    if not isinstance(text, str):
+        raise TypeError(f"embed_query takes one string; got {type(text).__name__} (use embed_documents for a list)")
+    return [text]

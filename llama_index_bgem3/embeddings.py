@@ -25,7 +25,6 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
 
     raise missing_framework("llama_index_bgem3", "llama-index-core", "LlamaIndex", "llama-index") from _exc
 
-import asyncio
 from typing import Any, ClassVar, Optional
 
 from bgem3 import Encoder
@@ -230,14 +229,16 @@ class _DenseEmbedding(EncoderFields, BaseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return self._text_encoder().dense_documents(texts).tolist()
 
+    # awaitable: a bgem3.RemoteEncoder sends its HTTP requests on this event loop (aencode_*),
+    # a local encoder runs in a worker thread
     async def _aget_query_embedding(self, query: str) -> Embedding:
-        return await asyncio.to_thread(self._get_query_embedding, query)
+        return (await self._text_encoder(query=True).adense_queries([query]))[0].tolist()
 
     async def _aget_text_embedding(self, text: str) -> Embedding:
-        return await asyncio.to_thread(self._get_text_embedding, text)
+        return (await self._text_encoder().adense_documents([text]))[0].tolist()
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return await asyncio.to_thread(self._get_text_embeddings, texts)
+        return (await self._text_encoder().adense_documents(texts)).tolist()
 
 
 class BGEM3Embedding(_DenseEmbedding):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from .embeddings import DEFAULT_BATCH_SIZE, DEFAULT_BGEM3_MODEL, EncoderFields  # first: says what to install
 
-import asyncio
 import os
 from typing import Any, Callable, Optional, Union
 
@@ -77,14 +76,15 @@ class BGEM3SparseEmbedding(EncoderFields, BaseSparseEmbedding):
     def _get_text_embeddings(self, texts: list[str]) -> list[SparseEmbedding]:
         return self._text_encoder().sparse_documents(texts)
 
+    # awaitable: native HTTP for a bgem3.RemoteEncoder, a worker thread for a local encoder
     async def _aget_query_embedding(self, query: str) -> SparseEmbedding:
-        return await asyncio.to_thread(self._get_query_embedding, query)
+        return (await self._text_encoder(query=True).asparse_queries([query]))[0]
 
     async def _aget_text_embedding(self, text: str) -> SparseEmbedding:
-        return await asyncio.to_thread(self._get_text_embedding, text)
+        return (await self._text_encoder().asparse_documents([text]))[0]
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[SparseEmbedding]:
-        return await asyncio.to_thread(self._get_text_embeddings, texts)
+        return await self._text_encoder().asparse_documents(texts)
 
     def qdrant_sparse_fns(self) -> dict[str, SparseEncoderFn]:
         """``{"sparse_doc_fn": ..., "sparse_query_fn": ...}`` for ``QdrantVectorStore(**...)``."""

@@ -140,3 +140,36 @@ def test_unsupported_architectures_fall_back_to_padded():
     # the right type but not the standard module layout
     cfg = types.SimpleNamespace(model_type="bert", is_decoder=False, position_embedding_type="absolute")
     assert _packed_kind(types.SimpleNamespace(config=cfg, encoder=torch.nn.Module())) is None
+
+
+def test_row_chunks_match_padded(packed_enc, padded_enc, monkeypatch):
+    """The row-wise half of each layer runs in chunks of ROW_CHUNK rows (FFN intermediate in cache);
+    chunk edges anywhere (here every 5 rows, with remainders) must not change any output."""
+    import bgem3.encoder as encoder_mod
+
+    monkeypatch.setattr(encoder_mod, "ROW_CHUNK", 5)
+    for bs in (3, 64):
+        _assert_same(packed_enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=bs),
+                     padded_enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=bs))
+        # dense only: the last layer's rows are the CLS rows alone (fewer rows than one chunk, or several)
+        _assert_same(packed_enc.encode(TEXTS, dense=True, batch_size=bs), padded_enc.encode(TEXTS, dense=True, batch_size=bs))
+
+
+def test_non_erf_gelu_is_called_as_the_model_says(tmp_path):
+    """Only transformers' exact erf GELU runs in place; any other activation (tanh GELU here) is the
+    model's own module, so the packed path still matches the padded Hugging Face forward."""
+    from bgem3.encoder import _is_exact_gelu
+
+    path = make_m3_checkpoint(str(tmp_path / "tanh"), seed=5, hidden_act="gelu_new")
+    packed = Encoder(path, device="cpu")
+    assert not _is_exact_gelu(packed.model.encoder.layer[0].intermediate.intermediate_act_fn)
+    padded = Encoder(path, device="cpu")
+    padded._packed = None
+    _assert_same(packed.encode(TEXTS, sparse=True, colbert=True, batch_size=4),
+                 padded.encode(TEXTS, sparse=True, colbert=True, batch_size=4))
+
+
+def test_exact_gelu_detected_on_m3(packed_enc):
+    from bgem3.encoder import _is_exact_gelu
+
+    assert _is_exact_gelu(packed_enc.model.encoder.layer[0].intermediate.intermediate_act_fn)

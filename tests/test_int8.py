@@ -66,14 +66,35 @@ def test_int8_bge_m3_shape_dense_lexical_colbert(tmp_path):
     ref = Encoder(path, device="cpu").encode(texts, sparse=True, colbert=True)
     got = Encoder(path, device="cpu", dtype="int8").encode(texts, sparse=True, colbert=True)
     dense = dense_fidelity(ref.dense, got.dense)
-    # a hidden-32 random-weight toy: the median gate holds; its worst text measured 0.9938 (the
-    # 0.995 min gate is met on the real MiniLM above and on the 384-wide M3 shape in benchmarks)
+    # a hidden-32 random-weight toy checks the plumbing of all three outputs; random weights are
+    # numerically chaotic (its worst text measured 0.9938; on the 384-wide random M3 shape even ONNX
+    # Runtime fp32 is at 0.9995), so the M3-shaped gates are held on trained weights below
     assert dense["cosine_median"] >= DENSE_COSINE_MEDIAN_GATE and dense["cosine_min"] >= 0.99, dense
     colbert = colbert_fidelity(ref.colbert, got.colbert)
     # per-token minimum over ~1.5k tokens of a 32-wide random toy: measured 0.974-0.996
     assert colbert["cosine_median"] >= 0.999 and colbert["cosine_min"] >= 0.95, colbert
     lexical = lexical_fidelity(ref.sparse, got.sparse)
     assert lexical["cosine_median"] >= 0.995 and lexical["cosine_min"] >= 0.98, lexical
+
+
+def test_int8_trained_m3_shape_passes_the_dense_gates(tmp_path):
+    """The BGE-M3 outputs on TRAINED weights (MiniLM's transformer, 6 x 384 like the benchmarks'
+    small model, plus M3 heads; CLS dense): measured dense median 0.9994 / min 0.9986, ColBERT token
+    median 0.9977, lexical median 0.9997 (186 texts)."""
+    from bgem3.testing import make_trained_m3_checkpoint
+
+    path = make_trained_m3_checkpoint(str(tmp_path / "m3-trained"))
+    texts = list(SAMPLE_CORPUS) + real_passages(60)
+    fp = Encoder(path, device="cpu")
+    assert fp.profile.name == "m3" and fp.has_heads
+    ref = fp.encode(texts, sparse=True, colbert=True)
+    got = Encoder(path, device="cpu", dtype="int8").encode(texts, sparse=True, colbert=True)
+    dense = dense_fidelity(ref.dense, got.dense)
+    assert dense["cosine_median"] >= DENSE_COSINE_MEDIAN_GATE and dense["cosine_min"] >= DENSE_COSINE_MIN_GATE, dense
+    colbert = colbert_fidelity(ref.colbert, got.colbert)
+    assert colbert["cosine_median"] >= 0.995 and colbert["cosine_min"] >= 0.9, colbert
+    lexical = lexical_fidelity(ref.sparse, got.sparse)
+    assert lexical["cosine_median"] >= 0.999 and lexical["cosine_min"] >= 0.99, lexical
 
 
 def test_int8_linear_no_saturation_on_one_sided_inputs():

@@ -255,3 +255,145 @@ def test_llama_index_adapters_with_remote_encoder(server, remote, local):
     ref_out = BGEM3Reranker(encoder=local, top_n=2).postprocess_nodes([NodeWithScore(node=n) for n in nodes],
                                                                        QueryBundle("capital of France"))
     assert [n.node.node_id for n in out] == [n.node.node_id for n in ref_out]
+
+
+def test_adapters_async_methods_use_the_remote_encoders_native_async(remote, local, monkeypatch):
+    # aembed_* / _aget_* with a RemoteEncoder await its aencode_* on the caller's event loop:
+    # no sync request, no worker thread; same numbers as the local encoder
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    import threading
+
+    from langchain_bgem3 import BGEM3Embeddings
+    from llama_index_bgem3 import BGEM3Embedding, BGEM3SparseEmbedding
+
+    def no_sync(*a, **k):
+        raise AssertionError("the sync HTTP path ran (a worker thread) instead of aencode_*")
+
+    threads: list = []
+    real = RemoteEncoder._request_async
+
+    async def spy(self, *a, **k):
+        threads.append(threading.current_thread())
+        return await real(self, *a, **k)
+
+    monkeypatch.setattr(remote, "_request_sync", no_sync)
+    monkeypatch.setattr(RemoteEncoder, "_request_async", spy)
+    lc, lc_ref = BGEM3Embeddings(encoder=remote), BGEM3Embeddings(encoder=local)
+    li, li_ref = BGEM3Embedding(encoder=remote), BGEM3Embedding(encoder=local)
+    lis, lis_ref = BGEM3SparseEmbedding(encoder=remote), BGEM3SparseEmbedding(encoder=local)
+    try:
+        from langchain_bgem3 import BGEM3SparseEmbeddings
+
+        lcs, lcs_ref = BGEM3SparseEmbeddings(encoder=remote), BGEM3SparseEmbeddings(encoder=local)
+    except ImportError:  # langchain-qdrant not installed
+        lcs = lcs_ref = None
+
+    async def go():
+        out = [await lc.aembed_documents(DOCS), await lc.aembed_query("q"),
+               await li.aget_text_embedding_batch(DOCS), await li.aget_query_embedding("q"),
+               await li.aget_text_embedding(DOCS[0]),
+               await lis.aget_query_embedding("capital"), await lis.aget_text_embedding_batch(DOCS)]
+        if lcs is not None:
+            out += [await lcs.aembed_documents(DOCS), await lcs.aembed_query("capital")]
+        await remote.aclose()
+        return out
+
+    got = asyncio.run(go())
+    monkeypatch.undo()
+    assert threads and all(t is threading.main_thread() for t in threads)
+    want = [lc_ref.embed_documents(DOCS), lc_ref.embed_query("q"), li_ref.get_text_embedding_batch(DOCS),
+            li_ref.get_query_embedding("q"), li_ref.get_text_embedding(DOCS[0])]
+    for g, w in zip(got[:5], want):
+        assert np.abs(np.asarray(g) - np.asarray(w)).max() <= 1e-6
+    for g, w in ((got[5], lis_ref.get_query_embedding("capital")),) + tuple(zip(got[6], lis_ref.get_text_embedding_batch(DOCS))):
+        assert set(g) == set(w) and max(abs(g[k] - w[k]) for k in w) <= 1e-6
+    if lcs is not None:
+        for g, w in zip(got[7] + [got[8]], lcs_ref.embed_documents(DOCS) + [lcs_ref.embed_query("capital")]):
+            assert g.indices == w.indices and np.abs(np.asarray(g.values) - np.asarray(w.values)).max() <= 1e-6
+
+
+def test_async_pools_survive_one_event_loop_after_another(server, local):
+    # every asyncio.run() is a new loop: each gets its own pool; aclose() on a later loop does not
+    # touch the pools of loops already closed (it raised "Event loop is closed" before)
+    enc = RemoteEncoder(server.url)
+    want = local.encode(["loop one", "loop two"]).dense
+    for i, text in enumerate(["loop one", "loop two"]):
+        out = asyncio.run(enc.aencode([text]))
+        assert np.abs(out.dense[0] - want[i]).max() <= 1e-6
+    asyncio.run(enc.aclose())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_retry_decision_is_the_same_sync_and_async(remote, monkeypatch, mode):
+    # one decision for both loops: 429/503 retried (Retry-After honoured), other 4xx at once, give up after max_retries
+    script: list = []
+    calls = {"n": 0}
+
+    def handler(request):
+        calls["n"] += 1
+        status = script.pop(0) if script else 200
+        if status == "drop":
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(status, json={"ok": calls["n"]} if status == 200 else {"error": f"status {status}"},
+                              headers={"retry-after": "0"} if status in (429, 503) else {})
+
+    monkeypatch.setattr(remote, "max_retries", 3)
+    monkeypatch.setattr(remote, "backoff", 0.0)
+    transport = httpx.MockTransport(handler)
+    if mode == "sync":
+        monkeypatch.setattr(remote, "_client", httpx.Client(base_url=remote.url, transport=transport))
+        call = lambda: remote._request_sync("GET", "/x", None)  # noqa: E731
+    else:
+        monkeypatch.setattr(remote, "_async_client", lambda: httpx.AsyncClient(base_url=remote.url, transport=transport))
+        call = lambda: asyncio.run(remote._request_async("GET", "/x", None))  # noqa: E731
+    script[:] = [429, "drop", 503]
+    assert call() == {"ok": 4} and calls["n"] == 4
+    calls["n"] = 0
+    script[:] = [503, 503, 503, 503, 200]
+    with pytest.raises(RemoteUnavailable, match="after 4 tries .*HTTP 503"):
+        call()
+    assert calls["n"] == 4
+    calls["n"] = 0
+    script[:] = [422]
+    with pytest.raises(RemoteError, match="422: status 422") as info:
+        call()
+    assert info.value.status == 422 and calls["n"] == 1
+    script[:] = [401]
+    with pytest.raises(PermissionError, match="api_key"):
+        call()
+
+
+def test_e5_facades_by_url_equal_the_local_facades(minilm, server):
+    # E5Embeddings / E5Embedding(model_name=URL): the server's pooling, E5's prefixes added here,
+    # the same vectors as the facade on the local folder; a BGE-M3 server is refused with the alternative
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from langchain_bgem3 import E5Embeddings
+    from llama_index_bgem3 import E5Embedding
+
+    srv = ServerProcess(minilm)
+    try:
+        lc_url, lc_local = E5Embeddings(model_name=srv.url), E5Embeddings(model_name=minilm)
+        li_url, li_local = E5Embedding(model_name=srv.url), E5Embedding(model_name=minilm)
+        assert isinstance(lc_url.encoder, RemoteEncoder) and isinstance(li_url.encoder, RemoteEncoder)
+        docs = DOCS[:3]
+        pairs = [(lc_url.embed_documents(docs), lc_local.embed_documents(docs)),
+                 (lc_url.embed_query("capital"), lc_local.embed_query("capital")),
+                 (asyncio.run(lc_url.aembed_query("capital")), lc_local.embed_query("capital")),
+                 (li_url.get_text_embedding_batch(docs), li_local.get_text_embedding_batch(docs)),
+                 (li_url.get_query_embedding("capital"), li_local.get_query_embedding("capital"))]
+        for got, want in pairs:
+            assert np.abs(np.asarray(got) - np.asarray(want)).max() <= 1e-6
+        # the prefixes really were applied: "query: capital" differs from the bare text
+        bare = RemoteEncoder(srv.url).encode(["capital"]).dense[0]
+        assert np.abs(np.asarray(lc_url.embed_query("capital")) - bare).max() > 1e-3
+        lc_task = E5Embeddings(model_name=srv.url, task="Find the city")
+        want = E5Embeddings(model_name=minilm, task="Find the city").embed_query("capital")
+        assert np.abs(np.asarray(lc_task.embed_query("capital")) - np.asarray(want)).max() <= 1e-6
+    finally:
+        srv.stop()
+    with pytest.raises(ValueError, match="BGEM3Embeddings"):
+        E5Embeddings(model_name=server.url)
+    with pytest.raises(ValueError, match="BGEM3Embeddings"):
+        E5Embedding(model_name=server.url)

@@ -192,3 +192,36 @@ def test_listen_socket_names_a_busy_port():
         b.close()
     finally:
         a.close()
+
+
+def test_a_later_request_does_not_overtake_an_earlier_one():
+    # a round takes one pass's worth of tokens in arrival order; before, it took 4 passes' worth and
+    # sorted them longest first, so a later request of long texts went before an earlier short one
+    enc = GatedEncoder()
+    b = Batcher(enc, max_batch_tokens=20, max_batch_size=4)
+    b.start()
+    done: list[int] = []
+
+    async def go():
+        busy = asyncio.ensure_future(b.submit(_ids(0, 1), dense=True, sparse=False, colbert=False))
+        await asyncio.to_thread(enc.entered.wait, 10)
+
+        async def one(tag, length):
+            res = await b.submit(_ids(tag, 4, length=length), dense=True, sparse=False, colbert=False)
+            done.append(tag)
+            return res
+
+        reqs = [asyncio.ensure_future(one(tag, length)) for tag, length in ((1, 2), (2, 3), (3, 5))]
+        await asyncio.sleep(0.05)
+        enc.gate.set()
+        await busy
+        return await asyncio.gather(*reqs)
+
+    results = asyncio.run(go())
+    b.stop()
+    first_of = {tag: min(i for i, p in enumerate(enc.passes) if any(x[0] // 100 == tag for x in p)) for tag in (1, 2, 3)}
+    last_of = {tag: max(i for i, p in enumerate(enc.passes) if any(x[0] // 100 == tag for x in p)) for tag in (1, 2, 3)}
+    assert first_of[3] > last_of[1], enc.passes  # request 3 waited for request 1, not the reverse
+    assert done.index(1) < done.index(3)
+    for tag, res in zip((1, 2, 3), results):
+        assert res.dense[:, 0].tolist() == [tag * 100 + i for i in range(4)]

@@ -100,3 +100,27 @@ def test_sigterm_under_load_finishes_in_flight_work(busy_server, local):
         assert np.abs(np.asarray(outcomes[i].json()[0], np.float32) - want[i]).max() <= 1e-6
     for o in outcomes:  # the rest were refused cleanly, never a half answer
         assert isinstance(o, httpx.TransportError) or o.status_code in (200, 429, 503), o
+
+
+def test_health_is_503_while_draining_and_work_is_still_served(m3_path, local):
+    # --drain-seconds: SIGTERM turns /health to 503 while the socket stays open and requests are
+    # still answered (a load balancer's probe sees the drain before the server goes away); then exit 0
+    srv = ServerProcess(m3_path, "--drain-seconds", "3")
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            assert c.get("/health").status_code == 200
+            srv.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 2.5
+            health = c.get("/health")
+            while health.status_code == 200 and time.monotonic() < deadline:
+                time.sleep(0.02)
+                health = c.get("/health")
+            assert health.status_code == 503 and health.headers["retry-after"] == "1"
+            r = c.post("/embed", json={"inputs": ["still served while draining"]})
+            assert r.status_code == 200
+            want = local.encode(["still served while draining"]).dense[0]
+            assert np.abs(np.asarray(r.json()[0], np.float32) - want).max() <= 1e-6
+            assert srv.proc.poll() is None  # the drain is not over yet
+        assert srv.proc.wait(30) == 0, "".join(srv.stderr)[-2000:]
+    finally:
+        srv.stop()

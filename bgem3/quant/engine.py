@@ -79,7 +79,7 @@ def select_engine(engines: "list[str] | None" = None) -> str:
 
 
 def warn_if_slow() -> None:
-    """Log once that int8 runs without VNNI/AMX here (correct, but the gain is ~1.5x, not ~3x)."""
+    """Log once that int8 runs without VNNI/AMX here: correct, but no faster than fp32 to speak of."""
     if not has_vnni():
         _warn_once()
 
@@ -87,6 +87,8 @@ def warn_if_slow() -> None:
 @functools.lru_cache(maxsize=1)
 def _warn_once() -> None:
     logger.warning(
-        "dtype='int8' on a CPU without VNNI/AMX (%s): results keep their accuracy (7-bit activations) but the int8 "
-        "matmuls run on AVX2 at only ~2x the fp32 rate and the per-token scaling eats that: measured ~1.1x "
-        "dtype='fp32' here (docs/encoder.md); fp32 stays the exact choice", ", ".join(sorted(int8_cpu_features())) or "no AVX2")
+        "dtype='int8' on a CPU without VNNI/AMX (%s): the results keep their accuracy (7-bit activations), but "
+        "do not expect a speed-up. On AVX2 the int8 matmuls run at only ~1.8x the fp32 rate and speed up only the "
+        "linear layers, so the ceiling is ~1.4x dtype='fp32'; measured ~1.1x with one thread, and slower than fp32 "
+        "with 2 threads on a busy machine (docs/encoder.md). Use dtype='fp32' (exact) here; int8's gains "
+        "(the ~3.5x bulk target) need a CPU with AVX512_VNNI / AVX_VNNI or AMX", ", ".join(sorted(int8_cpu_features())) or "no AVX2")

@@ -13,39 +13,15 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+import time
+from typing import Any, Callable, Optional
+
+from .._argtypes import non_negative_seconds as _non_negative_seconds
+from .._argtypes import port as _port
+from .._argtypes import positive as _positive
+from .._argtypes import positive_seconds as _seconds
 
 __all__ = ["add_parser", "cmd_serve", "listen_socket"]
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
-
-
-def _port(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {value!r}") from None
-    if not 0 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {value!r}")
-    return n
-
-
-def _seconds(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds (a positive number), got {value!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds (a positive number), got {value!r}")
-    return x
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -85,6 +61,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                    help="seconds a request may wait for its vectors before a 504 (default 60)")
     g.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="S",
                    help="on SIGTERM/Ctrl-C, seconds to finish in-flight requests (default 30)")
+    g.add_argument("--drain-seconds", type=_non_negative_seconds, default=0.0, metavar="S",
+                   help="on SIGTERM/Ctrl-C, first answer /health with 503 for S seconds while still serving (so a "
+                        "load balancer or Kubernetes readiness probe stops sending work), then close the socket and "
+                        "finish in-flight requests (default 0)")
     g.add_argument("--threads", type=_positive, default=None, metavar="N",
                    help="torch CPU threads for the model (default on CPU: cores - 1, at least 1, so the HTTP event "
                         "loop keeps a core; more threads than free cores stall torch's OpenMP barriers)")
@@ -127,6 +107,39 @@ def listen_socket(host: str, port: int) -> "tuple[socket.socket, int]":
     return sock, family
 
 
+def draining_server(config: Any, on_drain: Callable[[], None], drain_seconds: float) -> Any:
+    """A ``uvicorn.Server`` whose first SIGTERM / SIGINT starts a drain instead of closing at once.
+
+    The signal calls ``on_drain`` (the app's ``/health`` turns 503) while the listening socket
+    stays open and every route keeps serving; ``drain_seconds`` later uvicorn's own graceful
+    shutdown runs (socket closed, in-flight requests finished, then the app's lifespan shutdown).
+    A second signal skips the rest of the drain (a second Ctrl-C during the shutdown forces it,
+    as in uvicorn).
+    """
+    import uvicorn
+
+    class _DrainingServer(uvicorn.Server):
+        _exit_at: Optional[float] = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self._exit_at is None and not self.should_exit:
+                on_drain()
+                self._exit_at = time.monotonic() + drain_seconds
+                if drain_seconds > 0:
+                    captured = getattr(self, "_captured_signals", None)
+                    if isinstance(captured, list):
+                        captured.append(sig)  # re-raised after shutdown, as uvicorn does
+                    return
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self._exit_at is not None and time.monotonic() >= self._exit_at:
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+    return _DrainingServer(config)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the encoder, bind the socket, serve until SIGTERM / Ctrl-C (in-flight work finishes)."""
     try:
@@ -165,7 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uconfig = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=int(args.shutdown_timeout),
                              access_log=args.log_level in ("info", "debug"), lifespan="on",
                              limit_concurrency=None, backlog=2048)
-    server = uvicorn.Server(uconfig)
+    server = draining_server(uconfig, app.state.server.start_draining, args.drain_seconds)
     # uvicorn re-raises the signal it caught once it has shut down gracefully; a SIGTERM that
     # was handled (in-flight work finished) ends the process with status 0, not "killed".
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

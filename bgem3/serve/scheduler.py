@@ -2,7 +2,7 @@
 
 Requests from many HTTP clients are tokenised (in a thread pool, never on the event loop),
 then queued here as *items* (one per text). The worker thread takes the waiting items in
-arrival order up to a token budget, sorts them by length, cuts them into forward passes of
+arrival order up to one pass's worth of tokens, sorts them by length, cuts them into forward passes of
 at most ``max_batch_tokens`` padded tokens / ``max_batch_size`` texts, runs the encoder and
 hands each request its rows back on the event loop. A request's texts can be spread over
 several passes and share passes with other requests' texts; each request only wakes up when
@@ -224,8 +224,11 @@ class Batcher:
 
     # ------------------------------------------------------------------ the worker
     def _take(self) -> list[_Item]:
-        """Items for the next round: arrival order, until a token budget is filled."""
-        budget = self.max_batch_tokens * 4
+        """Items for the next round: arrival order, until one pass's worth of tokens
+        (``max_batch_tokens``) is taken. A round is sorted by length, so a larger round would let a
+        later request's texts go before an earlier one's and make every request of the round wait
+        for its end; with one pass's worth, requests complete close to arrival order."""
+        budget = self.max_batch_tokens
         taken: list[_Item] = []
         used = 0
         while self._items:
