@@ -141,6 +141,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--passages", type=int, default=3000)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--part", default="all", choices=["all", "encode", "minilm", "tiny"],
+                    help="encode: only encode the MiniLM vectors into --cache (the slow part); minilm / tiny: only "
+                    "that half of the table (rows are merged into --out); all: everything")
+    ap.add_argument("--cache", default=None, help="npz of the encoded MiniLM vectors: read if it exists, else written")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "bench_runs"
                                           / "index_codecs.json"))
     args = ap.parse_args()
@@ -152,13 +156,71 @@ def main() -> None:
     print(f"{len(texts)} passages, {len(qtexts)} queries", flush=True)
     codecs = list(COLBERT_CODECS)
     rows = []
-    t = time.perf_counter()
-    d_dense, d_col, d_ids = minilm_vectors(texts)
-    q_dense, q_col, q_ids = minilm_vectors(qtexts)
-    d_sp, q_sp = tfidf(d_ids, q_ids)
-    print(f"MiniLM encoded in {time.perf_counter() - t:.0f}s; {sum(len(c) for c in d_col)} token vectors", flush=True)
-    rows += evaluate("all-MiniLM-L6-v2 (real weights)", 384, 30522, {"dense": d_dense, "sparse": d_sp, "colbert": d_col},
-                     {"dense": q_dense, "sparse": q_sp, "colbert": q_col}, codecs)
+    n_tokens = None
+    if args.part in ("all", "encode", "minilm"):
+        t = time.perf_counter()
+        got = _read_cache(args.cache, len(texts), len(qtexts)) if args.cache else None
+        if got is None:
+            d_dense, d_col, d_ids = minilm_vectors(texts)
+            q_dense, q_col, q_ids = minilm_vectors(qtexts)
+            if args.cache:
+                _write_cache(args.cache, d_dense, d_col, d_ids, q_dense, q_col, q_ids)
+        else:
+            d_dense, d_col, d_ids, q_dense, q_col, q_ids = got
+        n_tokens = int(sum(len(c) for c in d_col))
+        print(f"MiniLM vectors in {time.perf_counter() - t:.0f}s; {n_tokens} token vectors", flush=True)
+        if args.part == "encode":
+            return
+        d_sp, q_sp = tfidf(d_ids, q_ids)
+        rows += evaluate("all-MiniLM-L6-v2 (real weights)", 384, 30522,
+                         {"dense": d_dense, "sparse": d_sp, "colbert": d_col},
+                         {"dense": q_dense, "sparse": q_sp, "colbert": q_col}, codecs)
+    if args.part in ("all", "tiny"):
+        rows += tiny_rows(texts, qtexts, codecs)
+    old = {}
+    if args.part != "all" and Path(args.out).is_file():
+        old = json.loads(Path(args.out).read_text())
+        keep = [r for r in old.get("rows", []) if r["vectors"] not in {x["vectors"] for x in rows}]
+        rows = keep + rows
+    meta = dict(old.get("meta", {}))
+    meta.update({"passages": len(texts), "queries": len(qtexts),
+                 "conditions": "2 shared CPU cores; recall vs the float32 index on the same vectors; fused search with "
+                 "the index's defaults (candidates=100, colbert_rerank default)"})
+    if n_tokens is not None:
+        meta["minilm_tokens"] = n_tokens
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+def _write_cache(path: str, d_dense, d_col, d_ids, q_dense, q_col, q_ids) -> None:
+    def pack(cols):
+        return np.concatenate(cols), np.cumsum([0] + [len(c) for c in cols])
+
+    dc, do = pack(d_col)
+    qc, qo = pack(q_col)
+    di, dio = pack([np.asarray(x, np.int64) for x in d_ids])
+    qi, qio = pack([np.asarray(x, np.int64) for x in q_ids])
+    np.savez(path, d_dense=d_dense, dc=dc, do=do, q_dense=q_dense, qc=qc, qo=qo, di=di, dio=dio, qi=qi, qio=qio)
+
+
+def _read_cache(path: str, n_docs: int, n_queries: int):
+    if not Path(path).is_file():
+        return None
+    z = np.load(path)
+
+    def unpack(flat, off, as_list=False):
+        return [flat[off[i]:off[i + 1]].tolist() if as_list else flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+
+    if len(z["d_dense"]) != n_docs or len(z["q_dense"]) != n_queries:
+        raise SystemExit(f"{path} holds {len(z['d_dense'])} passages / {len(z['q_dense'])} queries, not "
+                         f"{n_docs} / {n_queries}: delete it or pass the same --passages/--queries")
+    return (z["d_dense"], unpack(z["dc"], z["do"]), unpack(z["di"], z["dio"], True),
+            z["q_dense"], unpack(z["qc"], z["qo"]), unpack(z["qi"], z["qio"], True))
+
+
+def tiny_rows(texts: list[str], qtexts: list[str], codecs: list[str]) -> list[dict]:
     import tempfile
 
     from bgem3 import Encoder
@@ -167,15 +229,9 @@ def main() -> None:
     enc = Encoder(make_m3_checkpoint(tempfile.mkdtemp(), seed=0), device="cpu")
     dout = enc.encode_documents(texts, dense=True, sparse=True, colbert=True, show_progress=False)
     qout = enc.encode_queries(qtexts, dense=True, sparse=True, colbert=True, show_progress=False)
-    rows += evaluate("tiny BGE-M3 checkpoint (random weights, real heads)", enc.hidden_size, enc.vocab_size,
-                     {"dense": dout.dense, "sparse": dout.sparse, "colbert": dout.colbert},
-                     {"dense": qout.dense, "sparse": qout.sparse, "colbert": qout.colbert}, codecs)
-    meta = {"passages": len(texts), "queries": len(qtexts), "minilm_tokens": int(sum(len(c) for c in d_col)),
-            "conditions": "2 shared CPU cores; recall vs the float32 index on the same vectors"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(f"wrote {args.out}")
+    return evaluate("tiny BGE-M3 checkpoint (random weights, real heads)", enc.hidden_size, enc.vocab_size,
+                    {"dense": dout.dense, "sparse": dout.sparse, "colbert": dout.colbert},
+                    {"dense": qout.dense, "sparse": qout.sparse, "colbert": qout.colbert}, codecs)
 
 
 if __name__ == "__main__":

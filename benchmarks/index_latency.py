@@ -190,8 +190,9 @@ class QdrantLocal:
         return [p.id for p in res.points]
 
 
-def build_ours(dense, csr, flat, offsets, cfg: Config) -> HybridIndex:
-    idx = HybridIndex(None, model_name="synthetic", dim=cfg.dim, colbert_dim=cfg.colbert_dim, vocab_size=VOCAB)
+def build_ours(dense, csr, flat, offsets, cfg: Config, codec=None) -> HybridIndex:
+    kw = {"colbert_codec": codec} if codec else {}
+    idx = HybridIndex(None, model_name="synthetic", dim=cfg.dim, colbert_dim=cfg.colbert_dim, vocab_size=VOCAB, **kw)
     ids = [str(i) for i in range(cfg.n)]
     idx.add_encoded(ids, [""] * cfg.n, None, dense, csr, (flat, offsets))
     return idx
@@ -221,12 +222,12 @@ def run_config(cfg: Config, args, qdrant_n: int) -> list[dict]:
         f = flat[: off[-1]]
         sub = Config(n, cfg.dim, cfg.colbert_dim, cfg.tmin, cfg.tmax)
         t = time.perf_counter()
-        idx = build_ours(d, c, f, off, sub)
+        idx = build_ours(d, c, f, off, sub, args.codec)
         build_s = time.perf_counter() - t
         ours = timed(lambda dq, sq, cq: idx.search_encoded(dq, sq, cq, k=10), queries)
         mem = idx.memory_usage()
         report("HybridIndex (candidates)", n, ours, mem["used"] / n,
-               f"build {build_s:.1f}s; arrays incl. lexical search copy")
+               f"colbert_codec={idx.colbert_codec}; build {build_s:.1f}s; arrays incl. lexical search copy")
         exh = timed(lambda dq, sq, cq: idx.search_encoded(dq, sq, cq, k=10, exhaustive=True),
                     queries[: args.exhaustive_queries])
         report("HybridIndex (exhaustive)", n, exh, mem["used"] / n)
@@ -239,7 +240,8 @@ def run_config(cfg: Config, args, qdrant_n: int) -> list[dict]:
             want = base.search(*queries[0])
             got = [int(h.id) for h in idx.search_encoded(*queries[0], k=10, exhaustive=True)]
             agree = len(set(want.tolist()) & set(got))
-            print(f"    exhaustive top-10 overlap with brute force: {agree}/10 (fp16 vs fp32 ColBERT)")
+            print(f"    exhaustive top-10 overlap with brute force: {agree}/10 ({idx.colbert_codec} vs fp32 ColBERT)")
+            rows[-1]["exhaustive_top10_overlap_with_brute_force"] = agree
             rows[-1]["ratio_vs_ours_candidates"] = float(np.median(bl) / np.median(ours))
             rows[-1]["ratio_vs_ours_exhaustive"] = float(np.median(bl) / np.median(exh))
             print(f"    baseline / HybridIndex: {rows[-1]['ratio_vs_ours_candidates']:.0f}x (candidates), "
@@ -311,6 +313,7 @@ def main(argv=None) -> int:
     p.add_argument("--qdrant-n", type=int, default=2000,
                    help="documents for qdrant local mode, on the LAST config's shapes (0 = skip)")
     p.add_argument("--qdrant-queries", type=int, default=20)
+    p.add_argument("--codec", default=None, help="HybridIndex colbert_codec (default: the index's default)")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
     configs = [Config.parse(c, args.dim) for c in (args.config or ["10000:1024:50:200", "100000:128:32:96"])]

@@ -228,7 +228,7 @@ def serve(args: argparse.Namespace) -> dict:
     """Runs in a fresh process: cold open, 100 queries, RSS."""
     root = Path(args.dir)
     ref = Path(args.dir + "_ref")
-    qz = np.load(ref / "queries.npz")
+    qz = dict(np.load(ref / "queries.npz"))  # read now, not inside the timed loop
     with open(ref / "queries_sparse.json") as f:
         sparse = [{int(k): v for k, v in q.items()} for q in json.load(f)]
     rss0 = rss_mb()[0]
@@ -239,9 +239,11 @@ def serve(args: argparse.Namespace) -> dict:
     for i in range(len(sparse)):
         t = time.perf_counter()
         h = idx.search_encoded(qz["dense"][i], sparse[i], qz["colbert"][i], k=10, weights=WEIGHTS,
-                               candidates=args.candidates)
+                               candidates=args.candidates, colbert_rerank=args.colbert_rerank)
         lat.append(time.perf_counter() - t)
         hits.append([x.id for x in h])
+    peak_q = rss_mb()[1]  # VmHWM after the 100 queries (before the dense-recall loop below)
+    stages = stage_times(idx, qz, sparse, args)
     # dense top-100 of the Hamming shortlist + exact rescoring vs the exact float32 top-100
     from bgem3.index.search import dense_candidates
 
@@ -255,10 +257,47 @@ def serve(args: argparse.Namespace) -> dict:
         rec100.append(len(exact & set(rows.tolist())) / 100)
     lat_ms = np.array(lat) * 1000
     cur, peak = rss_mb()
+    split_after_queries = rss_split_mb()
     return {"open_s": open_s, "p50_ms": float(np.percentile(lat_ms, 50)), "p90_ms": float(np.percentile(lat_ms, 90)),
             "mean_ms": float(lat_ms.mean()), "first_query_ms": float(lat_ms[0]), "rss_start_mb": rss0,
-            "rss_after_mb": cur, "peak_rss_mb": peak, "rss_split_mb": rss_split_mb(), "dense_recall_at_100": float(np.mean(rec100)), "hits": hits,
+            "rss_after_mb": cur, "peak_rss_mb": peak, "rss_split_mb": split_after_queries,
+            "peak_rss_after_queries_mb": peak_q, "stage_ms": stages, "dense_recall_at_100": float(np.mean(rec100)), "hits": hits,
             "segments": len(idx._segments), "count": len(idx)}
+
+
+def stage_times(idx: HybridIndex, qz: dict, sparse: list, args: argparse.Namespace) -> dict:
+    """Median ms per query of each search stage, run on their own (same calls as search_encoded)."""
+    from bgem3.index.lexical import QueryTerms
+    from bgem3.index.search import DEFAULT_COLBERT_RERANK, colbert_pruned, dense_candidates, top_positive
+
+    segs = idx._all_segments()
+    bases = np.concatenate([[0], np.cumsum([s.n for s in segs])[:-1]])
+    alive = [s.alive for s in segs]
+    out: dict = {"dense_hamming_and_rescore": [], "lexical": [], "colbert": []}
+    for i in range(min(30, len(sparse))):
+        t = time.perf_counter()
+        drows, d_sc = dense_candidates(segs, bases, qz["dense"][i], alive, args.candidates,
+                                       max(1000, 10 * args.candidates))
+        out["dense_hamming_and_rescore"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        lex = np.concatenate(idx.lexical.score(QueryTerms.from_mapping(sparse[i]), [s.lexical_view() for s in segs]))
+        lrows = top_positive(lex, args.candidates)
+        out["lexical"].append(time.perf_counter() - t)
+        cand = np.union1d(drows, lrows)
+        seg_of = np.searchsorted(bases, cand, side="right") - 1
+        t = time.perf_counter()
+        prepared = idx.codec.prepare_query(qz["colbert"][i])
+        colbert_pruned(idx.codec, prepared, segs, seg_of, cand - bases[seg_of], np.zeros(len(cand), np.float32),
+                       WEIGHTS[2], args.colbert_rerank or DEFAULT_COLBERT_RERANK)
+        out["colbert"].append(time.perf_counter() - t)
+    res = {k: float(np.median(v) * 1000) for k, v in out.items()}
+    for short in (300, 500, 1000):  # dense top-100 recall of smaller Hamming shortlists
+        rec = []
+        for i in range(len(sparse)):
+            rows, _ = dense_candidates(segs, bases, qz["dense"][i], alive, 100, short)
+            rec.append(len(set(qz["dense_top_rows"][i][:100].tolist()) & set(rows.tolist())) / 100)
+        res[f"dense_recall_at_100_shortlist_{short}"] = float(np.mean(rec))
+    return res
 
 
 def reference(args: argparse.Namespace, hits: list) -> dict:
@@ -266,7 +305,7 @@ def reference(args: argparse.Namespace, hits: list) -> dict:
     root = Path(args.dir)
     ref = Path(args.dir + "_ref")
     world = World()
-    qz = np.load(ref / "queries.npz")
+    qz = dict(np.load(ref / "queries.npz"))
     with open(ref / "queries_sparse.json") as f:
         sparse = [{int(k): v for k, v in q.items()} for q in json.load(f)]
     idx = HybridIndex.load(root, load_encoder=False)
@@ -324,10 +363,17 @@ def main() -> None:
     ap.add_argument("--dense-codec", default="float16")
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--colbert-rerank", type=int, default=None, help="search_encoded(colbert_rerank=); default: the "
+                    "index's default")
     ap.add_argument("--dir", default="/work/bench_data/index_scale")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "bench_runs"
                                           / "index_scale.json"))
-    ap.add_argument("--phase", default="all", choices=["all", "serve"])
+    ap.add_argument("--phase", default="all", choices=["all", "build", "measure", "serve"],
+                    help="all: build, serve, recall, incremental add, then delete the index (unless --keep); "
+                    "build: build and keep the index (no serving); measure: reuse the index an earlier build "
+                    "left in --dir (open + serve + recall only; the index is not modified); serve: internal")
+    ap.add_argument("--incremental", action="store_true", help="with --phase measure: also add 1,000 passages and "
+                    "save (this modifies the kept index)")
     ap.add_argument("--deadline", default=None, help="HH:MM UTC: build only as many chunks as leave --reserve-s "
                     "seconds before it for serving, recall and the incremental save (the run reports the size built)")
     ap.add_argument("--reserve-s", type=float, default=480.0)
@@ -346,14 +392,31 @@ def main() -> None:
         with open(out_path, "w") as f:
             json.dump(result, f, indent=1)
 
-    result["build"] = build(args)
+    if args.phase == "measure":
+        if not (Path(args.dir) / "manifest.json").is_file() or not Path(args.dir + "_ref").is_dir():
+            raise SystemExit(f"--phase measure needs an index built by --phase build in {args.dir} "
+                             f"(and its reference data in {args.dir}_ref); none found")
+        prev = Path(args.dir + "_ref") / "build.json"
+        if prev.is_file():
+            result["build"] = json.loads(prev.read_text())
+            args.n = result["build"]["built_n"]
+        result["reused_index"] = True
+    else:
+        result["build"] = build(args)
+        (Path(args.dir + "_ref") / "build.json").write_text(json.dumps(result["build"]))
     result["n"] = args.n
     result["disk_bytes"] = du(Path(args.dir))
     result["disk_bytes_per_passage"] = result["disk_bytes"] / args.n
     print(f"built in {result['build']['build_s']:.0f}s; {result['disk_bytes'] / 1e9:.2f} GB on disk", flush=True)
     dump()
+    if args.phase == "build":
+        print(f"kept the index in {args.dir}; measure with --phase measure --dir {args.dir}")
+        return
     cmd = [sys.executable, __file__, "--phase", "serve", "--n", str(args.n), "--segment", str(args.segment),
            "--dir", args.dir, "--candidates", str(args.candidates)]
+    if args.colbert_rerank is not None:
+        cmd += ["--colbert-rerank", str(args.colbert_rerank)]
+    result["colbert_rerank"] = args.colbert_rerank
     hits = None
     for key, extra in (("serve", {}), ("serve_one_blas_thread",
                                        {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})):
@@ -369,7 +432,10 @@ def main() -> None:
                            "stderr": getattr(exc, "stderr", "")[-2000:] if getattr(exc, "stderr", None) else ""}
         print(key, json.dumps(result[key], indent=1), flush=True)
         dump()
-    for key, fn in (("recall", lambda: reference(args, hits)), ("incremental", lambda: incremental(args))):
+    steps = [("recall", lambda: reference(args, hits))]
+    if args.phase == "all" or args.incremental:
+        steps.append(("incremental", lambda: incremental(args)))
+    for key, fn in steps:
         try:
             result[key] = fn()
         except Exception as exc:
@@ -381,7 +447,7 @@ def main() -> None:
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     dump()
     print(f"wrote {args.out}")
-    if not args.keep:
+    if args.phase == "all" and not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
         shutil.rmtree(args.dir + "_ref", ignore_errors=True)
 

@@ -44,6 +44,9 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 #: below this many tokens the first batch is too small to estimate a useful centre: mu = 0
 MIN_TOKENS_FOR_CENTER = 1000
 
+#: document tokens scored per step of :meth:`ColbertCodec.maxsim` (float32 levels: 4 MiB at 1024-d)
+MAXSIM_STEP_TOKENS = 1024
+
 # Lloyd-Max quantiser of a standard Gaussian with 4 levels: thresholds 0, +-0.9816; levels.
 _LM2_T = 0.9816
 _LM2_LEVELS = np.array([-1.5104, -0.4528, 0.4528, 1.5104], dtype=np.float32)
@@ -242,6 +245,93 @@ class ColbertCodec:
             sims *= np.asarray(aux, dtype=np.float32)[None, :]
             sims += qmu[:, None]
         return sims
+
+    def _levels_into(self, codes: np.ndarray, out: np.ndarray) -> None:
+        """The codes as float32 levels written into ``out [T, d]`` (the first ``d`` coordinates; no
+        temporary float array)."""
+        d = out.shape[1]
+        if self.name == "1bit":
+            np.copyto(out, np.unpackbits(codes, axis=1, count=d, bitorder="little"))
+        elif self.name == "2bit":
+            out[:] = _TABLE2[codes].reshape(len(codes), -1)[:, :d]
+        else:
+            np.copyto(out, codes[:, :d])
+
+    def prefix_dims(self) -> int:
+        """Coordinates the cheap MaxSim estimate (:meth:`maxsim` with ``prefix=True``) reads: an
+        eighth of the rotated coordinates (which, after the random rotation, each carry about the
+        same share of every inner product), a multiple of 8 so 1- and 2-bit codes cut at a byte."""
+        return max(8, (self.dim // 8) // 8 * 8) if self.quantized and self.dim >= 64 else self.dim
+
+    def maxsim(self, prepared: tuple[np.ndarray, Optional[np.ndarray]], codes: np.ndarray, aux: Optional[np.ndarray],
+               lens: np.ndarray, *, prefix: bool = False, step: int = MAXSIM_STEP_TOKENS) -> np.ndarray:
+        """ColBERT MaxSim (mean over query tokens of the max over a document's tokens) of the
+        prepared query against documents whose coded tokens are concatenated in ``codes``/``aux``
+        (``lens[i]`` tokens each); ``float32 [len(lens)]``, 0 for a document without tokens.
+
+        Works through ``step`` tokens at a time (cut at document boundaries) in reused buffers, so
+        the float32 levels of a chunk stay in cache for the matrix product. ``prefix=True``: a
+        cheap estimate (about 1/8 of the work) from the first :meth:`prefix_dims` rotated
+        coordinates, scaled up (quantised codecs only; used to choose which candidates get the
+        full MaxSim).
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(10, 16)).astype("float32")
+        >>> c = ColbertCodec("float32", 16)
+        >>> codes, aux = c.encode(x)
+        >>> q = x[:3]
+        >>> got = c.maxsim(c.prepare_query(q), codes, aux, np.array([4, 0, 6]))
+        >>> want = [(q @ x[:4].T).max(1).mean(), 0.0, (q @ x[4:].T).max(1).mean()]
+        >>> bool(np.allclose(got, want, atol=1e-5))
+        True
+        """
+        qr, qmu = prepared
+        lens = np.asarray(lens, dtype=np.int64)
+        out = np.zeros(len(lens), dtype=np.float32)
+        if len(lens) == 0 or len(qr) == 0:
+            return out
+        d = self.prefix_dims() if prefix else self.dim
+        if d < self.dim:
+            cols = {"1bit": d // 8, "2bit": d // 4}.get(self.name, d)
+            codes = codes[:, :cols]
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        step = max(int(step), int(lens.max()))
+        q_t = np.ascontiguousarray(qr[:, :d].T, dtype=np.float32)   # [d, Tq]
+        if d < self.dim:
+            q_t *= np.float32(self.dim / d)
+        qsum = q_t.sum(axis=0, dtype=np.float32) if self.name == "1bit" else None
+        aux = None if aux is None else np.asarray(aux, dtype=np.float32)
+        direct = self.name == "float32"
+        rows = min(step, int(ends[-1]))
+        buf = None if direct else np.empty((rows, d), dtype=np.float32)
+        sims_buf = np.empty((rows, len(qr)), dtype=np.float32)
+        i, n = 0, len(lens)
+        while i < n:
+            j = max(int(np.searchsorted(ends, starts[i] + step, side="right")), i + 1)
+            a, b = int(starts[i]), int(ends[j - 1])
+            if b > a:
+                if direct:
+                    lv = np.asarray(codes[a:b], dtype=np.float32)
+                else:
+                    lv = buf[: b - a]
+                    self._levels_into(np.asarray(codes[a:b]), lv)
+                sims = sims_buf[: b - a]
+                np.matmul(lv, q_t, out=sims)
+                if qsum is not None:  # <q, 2b - 1> = 2 <q, b> - sum(q)
+                    sims *= 2.0
+                    sims -= qsum
+                if aux is not None:
+                    sims *= aux[a:b, None]
+                ln = lens[i:j]
+                ne = ln > 0
+                m = np.maximum.reduceat(sims, (starts[i:j] - a)[ne], axis=0)   # [docs, Tq]
+                if qmu is not None:  # max_t(x_t + c) = max_t(x_t) + c
+                    m += qmu[None, :]
+                out[i:j][ne] = m.mean(axis=1)
+            i = j
+        return out
 
     def decode(self, codes: np.ndarray, aux: Optional[np.ndarray]) -> np.ndarray:
         """Approximate float32 vectors ``[T, dim]`` (exact for float32, float16-rounded for float16)."""

@@ -46,8 +46,8 @@ from ..types import FusionMode, Hit
 from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, dense_bits
 from .errors import IndexFormatError
 from .lexical import LearnedSparse, LexicalBlock, LexicalChannel, QueryTerms
-from .search import (CHANNELS, check_finite, colbert_scores, dense_candidates, dense_exact, effective_weights, fuse,
-                     top_positive)
+from .search import (CHANNELS, DEFAULT_COLBERT_RERANK, check_finite, colbert_pruned, colbert_scores, dense_candidates,
+                     dense_exact, effective_weights, fuse, one_blas_thread, top_positive)
 from .segment import DiskSegment, MemSegment, Segment, gather_rows
 
 __all__ = ["HybridIndex"]
@@ -227,6 +227,7 @@ class HybridIndex(StoreBase):
         self._idmap: Optional[dict[str, tuple[Segment, int]]] = None
         self._home: Optional[Path] = None
         self._uuid = uuid.uuid4().hex
+        self._compact_pending = False  # compact() asked: the next save rewrites the saved segments
         self._codec_dir: Optional[str] = None
         self._spilled: dict[str, Path] = {}  # segments spill() wrote that no save committed yet
         self._spill_created: set[Path] = set()
@@ -594,9 +595,24 @@ class HybridIndex(StoreBase):
             self.compact()
 
     def compact(self) -> None:
-        """Drop deleted rows: all live rows are gathered into one new in-memory segment (which the
-        next :meth:`save` writes, committing and then removing the old segments)."""
+        """Drop deleted rows. In memory (rows not saved yet) at once: the live rows are gathered into
+        one new in-memory segment. Saved segments are rewritten by the next :meth:`save`, streaming:
+        their live rows go into new segments of about 512 MiB, written one at a time (memory stays
+        bounded whatever the index size), committed by that save's manifest, the old segments
+        removed after it. Until then searches skip the deleted rows as before."""
         with self._lock:
+            if any(isinstance(seg, DiskSegment) for seg in self._segments):
+                self._compact_pending = True
+                t = self._tail
+                if t.n and t.n_dead:
+                    fresh = self._new_tail()
+                    live = np.flatnonzero(t.alive)
+                    if len(live):
+                        fresh.append(gather_rows(t, live, codec=self.codec, lexical_extras=self._lexical_extras))
+                    self._tail = fresh
+                    self._idmap = None
+                    self._invalidate()
+                return
             new = self._new_tail()
             for seg in self._all_segments():
                 live = np.flatnonzero(seg.alive)
@@ -696,11 +712,16 @@ class HybridIndex(StoreBase):
         rrf_k: int = 60,
         exhaustive: bool = False,
         shortlist: Optional[int] = None,
+        colbert_rerank: Optional[int] = None,
     ) -> list[Hit]:
         """:meth:`search` with a precomputed query: ``dense_q [dim]``, ``sparse_q {token: weight}``,
         ``colbert_q [Tq, colbert_dim]`` (``None`` for channels the index lacks). No encoder needed.
         ``shortlist``: rows (over all segments) rescored exactly after the Hamming prefilter (default
-        ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows)."""
+        ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows).
+        ``colbert_rerank``: with a quantised ColBERT codec and weighted fusion, when there are more
+        candidates than this (default 32, at least ``k``), all are ranked by an estimated fused score
+        (a MaxSim estimate from an eighth of the coded coordinates) and only this many get the full
+        MaxSim and are ranked; ``0`` = full MaxSim on every candidate."""
         w = effective_weights(check_search_args(k, weights, candidates, mode, rrf_k), self.channels)
         mode = self.fusion_mode(mode)
         if filter is not None and not isinstance(filter, Mapping) and not callable(filter):
@@ -708,7 +729,15 @@ class HybridIndex(StoreBase):
                             f"got {type(filter).__name__}")
         dq, qt, cq = self._check_queries(dense_q, sparse_q, colbert_q)
         short = _positive_int(shortlist, "shortlist") if shortlist is not None else max(1000, 10 * candidates)
-        with self._lock:
+        if colbert_rerank is None:
+            rerank = DEFAULT_COLBERT_RERANK
+        elif isinstance(colbert_rerank, bool) or not isinstance(colbert_rerank, (int, np.integer)) or colbert_rerank < 0:
+            raise ValueError(f"colbert_rerank must be an int >= 0 (0 = full MaxSim on every candidate); "
+                             f"got {colbert_rerank!r}")
+        else:
+            rerank = int(colbert_rerank)
+        rerank = max(rerank, k) if rerank else 0
+        with self._lock, one_blas_thread():
             segs = self._all_segments()
             if not segs:
                 return []
@@ -724,7 +753,8 @@ class HybridIndex(StoreBase):
                 views = [seg.lexical_view() for seg in segs]
                 lex_all = np.concatenate(self.lexical.score(qt, views)).astype(np.float32, copy=False)
             dense_all = None
-            if exhaustive or total <= candidates:
+            every_row = exhaustive or total <= candidates  # scored like exhaustive=True: no estimate shortcut
+            if every_row:
                 cand = np.flatnonzero(el_all)
             else:
                 parts = []
@@ -739,7 +769,7 @@ class HybridIndex(StoreBase):
                         rows, _ = dense_candidates(segs, bases, dq, eligible, candidates, short)
                         parts.append(rows)
                 if lex_all is not None:
-                    masked = np.where(el_all, lex_all, 0.0)
+                    masked = lex_all if total == len(el_all) else np.where(el_all, lex_all, 0.0)
                     parts.append(top_positive(masked, candidates))
                 cand = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
             if len(cand) == 0:
@@ -758,10 +788,25 @@ class HybridIndex(StoreBase):
                 s = lex_all[cand]
             if cq is not None:
                 prepared = self.codec.prepare_query(cq)
-                c = np.empty(len(cand), dtype=np.float32)
-                for si in np.unique(seg_of):
-                    m = seg_of == si
-                    c[m] = colbert_scores(self.codec, prepared, segs[si], cand[m] - bases[si])
+                pruned = None
+                if rerank and mode == "weighted" and self.codec.quantized and len(cand) > rerank and not every_row:
+                    partial = np.zeros(len(cand), dtype=np.float32)
+                    if d is not None:
+                        partial += np.float32(w[0]) * d
+                    if s is not None:
+                        partial += np.float32(w[1]) * s
+                    pruned = colbert_pruned(self.codec, prepared, segs, seg_of, cand - bases[seg_of], partial,
+                                            w[2], rerank)
+                if pruned is not None:
+                    keep, c = pruned
+                    cand, seg_of = cand[keep], seg_of[keep]
+                    d = None if d is None else d[keep]
+                    s = None if s is None else s[keep]
+                else:
+                    c = np.empty(len(cand), dtype=np.float32)
+                    for si in np.unique(seg_of):
+                        m = seg_of == si
+                        c[m] = colbert_scores(self.codec, prepared, segs[si], cand[m] - bases[si])
             check_finite([d, s, c], "this index")
             fused, order = fuse(d, s, c, w, k, mode, rrf_k)
             hits = []

@@ -231,6 +231,18 @@ class LexicalView:
         return (self.post_rows[sel].astype(np.int64), np.asarray(self.post_values[sel], dtype=np.float32),
                 np.repeat(qpos, lens))
 
+    def posting_ranges(self, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(query_position, start, end)`` int64 arrays: the slice of ``post_rows``/``post_values``
+        holding each of ``terms`` (sorted) that the segment has."""
+        if not len(self.terms):
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, z
+        pos = np.searchsorted(self.terms, _as_terms_dtype(terms, self.terms))
+        pos_c = np.minimum(pos, len(self.terms) - 1)
+        qpos = np.flatnonzero((pos < len(self.terms)) & (self.terms[pos_c] == terms))
+        p = pos[qpos]
+        return qpos, np.asarray(self.term_ptr[p], dtype=np.int64), np.asarray(self.term_ptr[p + 1], dtype=np.int64)
+
     def row_terms(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = int(self.indptr[row]), int(self.indptr[row + 1])
         return np.asarray(self.indices[a:b]), np.asarray(self.values[a:b])
@@ -245,6 +257,54 @@ class LexicalView:
         out = np.zeros(len(terms), dtype=np.int64)
         out[hit] = self.term_ptr[pos[hit] + 1] - self.term_ptr[pos[hit]]
         return out
+
+
+def _as_terms_dtype(terms: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """The query's term ids in the stored terms' integer type when they fit (``searchsorted`` would
+    otherwise convert the whole stored array on every call)."""
+    if stored.dtype != terms.dtype and stored.dtype.kind == "i" and len(terms):
+        info = np.iinfo(stored.dtype)
+        if int(terms.min()) >= info.min and int(terms.max()) <= info.max:
+            return terms.astype(stored.dtype)
+    return terms
+
+
+try:  # scipy's compiled CSC mat-vec kernel: y[rows] += values * w for one posting slice, no temporaries
+    from scipy.sparse import _sparsetools as _sparsetools  # type: ignore
+
+    _csc_matvec = getattr(_sparsetools, "csc_matvec", None)
+except Exception:  # pragma: no cover - scipy without it
+    _csc_matvec = None
+
+
+def add_postings(acc: np.ndarray, rows: np.ndarray, values: np.ndarray, a: int, b: int, w: np.ndarray) -> None:
+    """``acc[rows[a:b]] += values[a:b] * w[0]`` (rows unique within the slice), bounds-checked.
+
+    Uses scipy's compiled CSC kernel on the slice in place when the dtypes fit (about twice as fast
+    as numpy's fancy-index add over long postings); the rows are checked to lie in ``acc`` first,
+    since that kernel does not check (a corrupted file must give an error, not a wild write).
+
+    >>> acc = np.zeros(4, np.float32)
+    >>> add_postings(acc, np.array([0, 2, 3], np.int32), np.array([1, 2, 3], np.float32), 1, 3, np.array([2], np.float32))
+    >>> acc.tolist()
+    [0.0, 0.0, 4.0, 6.0]
+    """
+    r = rows[a:b]
+    lo, hi = int(r.min()), int(r.max())
+    if lo < 0 or hi >= len(acc):
+        from .errors import IndexFormatError
+
+        raise IndexFormatError(f"lexical postings point at row {hi if hi >= len(acc) else lo} of a segment with "
+                               f"{len(acc)} rows: the index data is corrupted (run index.verify()); rebuild it")
+    if (_csc_matvec is not None and rows.dtype == np.int32 and values.dtype == np.float32 and acc.dtype == np.float32
+            and rows.flags.c_contiguous and values.flags.c_contiguous and b < 2**31):
+        try:
+            _csc_matvec(len(acc), 1, np.array([a, b], dtype=np.int32), rows, values,
+                        np.asarray(w, dtype=np.float32), acc)
+            return
+        except Exception:  # pragma: no cover - an incompatible scipy: the numpy path below
+            pass
+    acc[r] += values[a:b] * np.float32(w[0])
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -319,9 +379,12 @@ class LearnedSparse(LexicalChannel):
             if len(query) == 0 or seg.n_rows == 0:
                 out.append(np.zeros(seg.n_rows, dtype=np.float32))
                 continue
-            rows, vals, qpos = seg.postings(query.terms)
-            contrib = vals * query.weights[qpos]
-            out.append(np.bincount(rows, weights=contrib, minlength=seg.n_rows).astype(np.float32))
+            # one slice per query term (a term's rows are unique): scatter-add, no gather of all postings
+            acc = np.zeros(seg.n_rows, dtype=np.float32)
+            for qp, a, b in zip(*(x.tolist() for x in seg.posting_ranges(query.terms))):
+                if b > a:
+                    add_postings(acc, seg.post_rows, seg.post_values, a, b, query.weights[qp:qp + 1])
+            out.append(acc)
         return out
 
     def explain(self, query: QueryTerms, segment: LexicalView, row: int) -> dict[int, float]:

@@ -25,7 +25,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -46,6 +46,9 @@ __all__ = ["save_index", "spill_tail", "discard_spilled", "load_index", "describ
 
 #: a save merges the segments smaller than 1/64 of the index once there are this many of them
 MERGE_MIN_TINY = 8
+#: a compaction writes the live rows of saved segments into new segments of about this many bytes,
+#: one at a time (memory stays bounded by one of them whatever the index size)
+COMPACT_SEGMENT_BYTES = 512 << 20
 
 
 def _target(directory: Any) -> Path:
@@ -171,10 +174,11 @@ def save_index(index: Any, directory: Any) -> None:
                     old_records[rec["name"]] = rec
         # small-segment merge: many tiny segments (one per small save) slow every search down; once
         # there are MERGE_MIN_TINY segments under 1/64 of the rows, their live rows join the tail
+        compacting = bool(getattr(index, "_compact_pending", False))
         total = sum(sg.n for sg in index._segments) + index._tail.n
         spilled = _spilled(index)
         tiny = [sg for sg in index._segments if sg.n * 64 < total and sg.name not in spilled]
-        if len(tiny) >= MERGE_MIN_TINY:
+        if len(tiny) >= MERGE_MIN_TINY and not compacting:
             tail = index._tail
             for sg in tiny:
                 live = np.flatnonzero(sg.alive)
@@ -192,8 +196,12 @@ def save_index(index: Any, directory: Any) -> None:
                 fresh.append(gather_rows(tail, live, codec=index.codec, lexical_extras=index._lexical_extras))
             tail = fresh
         records: list[dict] = []
-        kept: list[DiskSegment] = []
-        for seg in index._segments:
+        kept: list[Optional[DiskSegment]] = []
+        if compacting:  # every saved segment's live rows, streamed into new bounded segments
+            for rec in _stream_compacted(index, target):
+                records.append(rec)
+                kept.append(None)
+        for seg in ([] if compacting else index._segments):
             rec = old_records.get(seg.name) if seg.root == target else None
             if rec is None and seg.root == target and spilled.get(seg.name) == target:
                 rec = seg.record  # spilled into this folder: committed as written
@@ -246,7 +254,7 @@ def save_index(index: Any, directory: Any) -> None:
         # after the commit: point the in-memory index at what is on disk now
         new_segments: list[DiskSegment] = []
         for seg, rec in zip(kept, records):
-            if seg.root == target and rec["name"] == seg.name:
+            if seg is not None and seg.root == target and rec["name"] == seg.name:
                 seg.record = rec
                 seg.committed_dead = seg.n_dead
                 new_segments.append(seg)
@@ -263,7 +271,31 @@ def save_index(index: Any, directory: Any) -> None:
         remove_ours([folder / SEGMENT_DIR / name for name, folder in spilled.items() if folder != target])
         spilled.clear()
         index._spill_created = set()
+        index._compact_pending = False
         remove_ours(our_leftovers(target, manifest))
+
+
+def _stream_compacted(index: Any, target: Path) -> Iterator[dict]:
+    """Write the live rows of ``index._segments`` (in order) as new segments of about
+    ``COMPACT_SEGMENT_BYTES`` each under ``target``; yields their records. Holds one new segment
+    in memory at a time; nothing is committed here (the caller's manifest commit is)."""
+    buf = index._new_tail()
+    held = 0
+    for seg in index._segments:
+        live = np.flatnonzero(seg.alive)
+        if not len(live):
+            continue
+        per_row = max(1, sum(seg.nbytes().values()) // max(seg.n, 1))
+        step = max(1, COMPACT_SEGMENT_BYTES // per_row)
+        for a in range(0, len(live), step):
+            part = live[a:a + step]
+            buf.append(gather_rows(seg, part, codec=index.codec, lexical_extras=index._lexical_extras))
+            held += len(part) * per_row
+            if held >= COMPACT_SEGMENT_BYTES:
+                yield write_segment(target, buf)
+                buf, held = index._new_tail(), 0
+    if buf.n:
+        yield write_segment(target, buf)
 
 
 def _reopen(index: Any, root: Path, rec: dict) -> DiskSegment:

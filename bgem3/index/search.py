@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -35,13 +36,72 @@ __all__ = ["effective_weights", "dense_exact", "dense_candidates", "colbert_scor
 CHANNELS = ("dense", "lexical", "colbert")
 #: float values gathered and converted per scoring chunk (64 MiB of float32)
 CHUNK_VALUES = 1 << 24
+#: quantised ColBERT codecs, weighted fusion, more candidates than this: every candidate is first
+#: scored with the cheap MaxSim estimate (an eighth of the rotated coordinates) and only this many,
+#: the best by estimated fused score, get the full MaxSim (the others cannot reach the top-k)
+DEFAULT_COLBERT_RERANK = 32
 
 try:  # optional fast Hamming kernel
     import faiss as _faiss  # type: ignore
 
-    _knn_hamming = getattr(_faiss, "knn_hamming", None)
+    _hammings = getattr(_faiss, "hammings", None)
 except Exception:  # pragma: no cover - faiss absent or broken
-    _knn_hamming = None
+    _faiss = None
+    _hammings = None
+
+
+try:  # optional: hold BLAS at one thread during a search
+    from threadpoolctl import ThreadpoolController as _ThreadpoolController
+except Exception:  # pragma: no cover - threadpoolctl absent
+    _ThreadpoolController = None
+
+_blas_lock = threading.Lock()
+_blas_state: dict = {"users": 0, "controller": None, "limiter": None}
+
+
+class one_blas_thread:
+    """BLAS at one thread for the duration of a search (re-entrant across threads; the previous
+    setting comes back when the last search leaves). A search's matrix products are small
+    (``[<=1024 tokens, dim] x [dim, query tokens]``): a second BLAS thread gains little on them and,
+    on a busy machine, its spin-waiting costs far more. Needs ``threadpoolctl``; a no-op without it."""
+
+    def __enter__(self) -> None:
+        if _ThreadpoolController is None:
+            return
+        with _blas_lock:
+            st = _blas_state
+            if st["users"] == 0:
+                try:
+                    if st["controller"] is None:
+                        st["controller"] = _ThreadpoolController().select(user_api="blas")
+                    st["limiter"] = st["controller"].limit(limits=1)
+                except Exception:  # pragma: no cover - a BLAS threadpoolctl cannot drive
+                    st["limiter"] = None
+            st["users"] += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if _ThreadpoolController is None:
+            return
+        with _blas_lock:
+            st = _blas_state
+            st["users"] -= 1
+            if st["users"] == 0 and st["limiter"] is not None:
+                st["limiter"].restore_original_limits()
+                st["limiter"] = None
+
+
+class _faiss_one_thread:
+    """faiss's OpenMP team at one thread for one call (a one-query scan gains nothing from a second
+    thread, and on a busy machine the idle thread's barrier costs milliseconds); restored after."""
+
+    def __enter__(self) -> None:
+        self.n = _faiss.omp_get_max_threads()
+        if self.n != 1:
+            _faiss.omp_set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.n != 1:
+            _faiss.omp_set_num_threads(self.n)
 
 
 def effective_weights(w: Sequence[float], channels: Sequence[str]) -> tuple[float, float, float]:
@@ -58,7 +118,7 @@ def dense_exact(seg: Segment, q: np.ndarray, rows: Optional[np.ndarray] = None) 
     """Exact dot products of ``q`` with the segment's stored dense vectors (all rows or ``rows``)."""
     d = seg.array("dense")
     if rows is not None:
-        return (np.asarray(d[rows], dtype=np.float32) @ q).astype(np.float32)
+        return (seg.take("dense", rows).astype(np.float32, copy=False) @ q).astype(np.float32)
     if d.dtype == np.float32:
         return np.asarray(d @ q, dtype=np.float32)
     step = max(1, CHUNK_VALUES // max(d.shape[1], 1))
@@ -68,59 +128,73 @@ def dense_exact(seg: Segment, q: np.ndarray, rows: Optional[np.ndarray] = None) 
     return out
 
 
-def _hamming_shortlist(bits: np.ndarray, qbits: np.ndarray, eligible: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, distances)``: the (at most) ``k`` eligible rows of ``bits`` nearest to ``qbits`` in Hamming distance."""
-    n = len(bits)
-    n_bad = n - int(eligible.sum())
-    if _knn_hamming is not None and n_bad <= k and bits.flags.c_contiguous:
-        kk = min(n, k + n_bad)
-        dist, idx = _knn_hamming(np.ascontiguousarray(qbits[None, :]), bits, kk)
-        idx, dist = idx[0], dist[0]
-        ok = (idx >= 0) & (idx < n)
-        idx, dist = idx[ok], dist[ok]
-        ok = eligible[idx]
-        return idx[ok][:k].astype(np.int64), dist[ok][:k].astype(np.int64)
-    dist = np.empty(n, dtype=np.uint16)
-    step = 1 << 15
-    if bits.shape[1] % 8 == 0:
-        b64 = np.ascontiguousarray(bits).view(np.uint64)
+def _hamming_into(bits: np.ndarray, qbits: np.ndarray, out: np.ndarray) -> None:
+    """Hamming distances of every row of ``bits [n, B] uint8`` to ``qbits [B]`` written into
+    ``out [n] int32`` (faiss's popcount kernel when installed, numpy's ``bitwise_count`` otherwise)."""
+    n, width = bits.shape
+    if n == 0:
+        return
+    if _hammings is not None and width % 8 == 0 and bits.flags.c_contiguous and bits.dtype == np.uint8:
+        with _faiss_one_thread():
+            _hammings(_faiss.swig_ptr(qbits), _faiss.swig_ptr(bits), 1, n, width, _faiss.swig_ptr(out))
+        return
+    step = 1 << 13
+    if width % 8 == 0:
+        b64 = bits.view(np.uint64) if bits.flags.c_contiguous else np.ascontiguousarray(bits).view(np.uint64)
         q64 = np.ascontiguousarray(qbits).view(np.uint64)
         for a in range(0, n, step):
-            dist[a:a + step] = np.bitwise_count(b64[a:a + step] ^ q64).sum(axis=1, dtype=np.uint16)
+            x = np.bitwise_count(np.bitwise_xor(b64[a:a + step], q64))
+            out[a:a + step] = x.sum(axis=1, dtype=np.int32)
     else:
         for a in range(0, n, step):
-            dist[a:a + step] = np.bitwise_count(bits[a:a + step] ^ qbits).sum(axis=1, dtype=np.uint16)
-    cand = np.flatnonzero(eligible)
-    if len(cand) > k:
-        cand = cand[np.argpartition(dist[cand], k - 1)[:k]]
-    return cand.astype(np.int64), dist[cand].astype(np.int64)
+            out[a:a + step] = np.bitwise_count(np.bitwise_xor(bits[a:a + step], qbits)).sum(axis=1, dtype=np.int32)
+
+
+def smallest(values: np.ndarray, k: int, bound: int) -> np.ndarray:
+    """Positions (ascending) of the ``k`` smallest entries of ``values`` (ints in ``[0, bound]``;
+    entries equal to ``bound`` are never taken); ties at the threshold go to the lowest positions.
+    A histogram finds the threshold: O(n), no sort."""
+    hist = np.bincount(values, minlength=bound + 1)
+    csum = np.cumsum(hist[:bound])
+    if len(csum) == 0 or int(csum[-1]) <= k:
+        return np.flatnonzero(values < bound)
+    thr = int(np.searchsorted(csum, k))  # csum[thr] >= k > csum[thr - 1]
+    sel = np.flatnonzero(values <= thr)    # one pass; then drop the surplus ties at thr (the last ones)
+    extra = len(sel) - k
+    if extra > 0:
+        at = np.flatnonzero(values[sel] == thr)
+        sel = np.delete(sel, at[len(at) - extra:])
+    return sel
 
 
 def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarray, eligible: Sequence[np.ndarray],
                      n: int, shortlist: int) -> tuple[np.ndarray, np.ndarray]:
     """Approximate dense top-``n`` (global rows, exact scores): the ``shortlist`` rows with the
-    smallest Hamming distance over ALL segments are rescored exactly from the stored vectors."""
+    smallest Hamming distance over ALL segments (one pass, one histogram selection) are rescored
+    exactly from the stored vectors (read row by row, so a query maps only the sign bits)."""
     qbits = np.packbits(q > 0)
-    rows_all, dist_all, seg_all = [], [], []
-    for si, (seg, el) in enumerate(zip(segments, eligible)):
+    nbits = 8 * len(qbits)
+    total = int(sum(seg.n for seg in segments))
+    dist = np.empty(total, dtype=np.int32)
+    for seg, el, base in zip(segments, eligible, bases.tolist()):
+        part = dist[base:base + seg.n]
         if not el.any():
+            part[:] = nbits + 1
             continue
-        r, dist = _hamming_shortlist(np.asarray(seg.array("dense_bits")), qbits, el, shortlist)
-        rows_all.append(r)
-        dist_all.append(dist)
-        seg_all.append(np.full(len(r), si, dtype=np.int64))
-    if not rows_all:
+        _hamming_into(np.asarray(seg.array("dense_bits")), qbits, part)
+        if not el.all():
+            part[~el] = nbits + 1
+    rows = smallest(dist, shortlist, nbits + 1)
+    if len(rows) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    rows, dist, segi = np.concatenate(rows_all), np.concatenate(dist_all), np.concatenate(seg_all)
-    if len(rows) > shortlist:
-        keep = np.argsort(dist, kind="stable")[:shortlist]
-        rows, segi = rows[keep], segi[keep]
-    out_rows, out_scores = [], []
-    for si in np.unique(segi):
-        r = np.sort(rows[segi == si])
-        out_rows.append(r + bases[si])
-        out_scores.append(dense_exact(segments[si], q, r))
-    rows, scores = np.concatenate(out_rows), np.concatenate(out_scores)
+    seg_of = np.searchsorted(bases, rows, side="right") - 1
+    scores = np.empty(len(rows), dtype=np.float32)
+    bounds = np.searchsorted(seg_of, np.arange(len(segments) + 1))
+    for si in range(len(segments)):
+        a, b = int(bounds[si]), int(bounds[si + 1])
+        if a < b:
+            scores[a:b] = dense_exact(segments[si], q, rows[a:b] - bases[si])
+    rows = rows.astype(np.int64)
     if len(rows) > n:
         top = np.argpartition(-scores, n - 1)[:n]
         rows, scores = rows[top], scores[top]
@@ -129,6 +203,9 @@ def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarr
 
 def top_positive(scores: np.ndarray, n: int) -> np.ndarray:
     """Positions of the ``n`` largest positive entries (fewer if fewer are positive)."""
+    if len(scores) > 8 * n:  # one selection pass, no gather of the positive entries
+        top = np.argpartition(-scores, n - 1)[:n]
+        return np.sort(top[scores[top] > 0])
     pos = np.flatnonzero(scores > 0)
     if len(pos) > n:
         pos = pos[np.argpartition(-scores[pos], n - 1)[:n]]
@@ -136,43 +213,77 @@ def top_positive(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def colbert_scores(codec: ColbertCodec, prepared: tuple, seg: Segment, rows: np.ndarray) -> np.ndarray:
-    """MaxSim of the prepared query against ``rows`` of one segment, through the codec; gathers
-    the rows' codes in bounded chunks. A row with no tokens scores 0."""
+    """MaxSim of the prepared query against ``rows`` of one segment, through the codec
+    (:meth:`ColbertCodec.maxsim`); reads the rows' codes in bounded groups. A row with no tokens scores 0."""
     offs = seg.array("col_offsets")
-    codes = seg.array("col_codes")
-    aux = seg.array("col_aux")
     rows = np.asarray(rows, dtype=np.int64)
     out = np.zeros(len(rows), dtype=np.float32)
-    qtok = prepared[0]
-    if len(rows) == 0 or len(qtok) == 0:
+    if len(rows) == 0 or len(prepared[0]) == 0:
         return out
-    starts = np.asarray(offs[:-1][rows], dtype=np.int64)
-    lens = np.asarray(offs[1:][rows], dtype=np.int64) - starts
+    starts = np.asarray(offs[rows], dtype=np.int64)
+    lens = np.asarray(offs[rows + 1], dtype=np.int64) - starts
     budget = max(CHUNK_VALUES // max(codec.dim, 1), int(lens.max(initial=0)))
     csum = np.cumsum(lens)
-    contiguous = len(rows) > 0 and int(rows[-1]) - int(rows[0]) + 1 == len(rows) and bool(np.all(np.diff(rows) == 1))
+    has_aux = seg.array("col_aux") is not None
     lo = 0
     while lo < len(rows):
         base = int(csum[lo - 1]) if lo else 0
         hi = max(int(np.searchsorted(csum, base + budget, side="right")), lo + 1)
-        ln = lens[lo:hi]
-        if contiguous:
-            a = int(starts[lo])
-            sel = slice(a, a + int(ln.sum()))
-        else:
-            sel = ranges(starts[lo:hi], ln)
-        sub_codes = np.asarray(codes[sel])
-        sub_aux = np.asarray(aux[sel]) if aux is not None else None
-        nonempty = ln > 0
-        if sub_codes.shape[0]:
-            sims = codec.similarities(prepared, sub_codes, sub_aux)
-            sub_starts = np.concatenate([[0], np.cumsum(ln)[:-1]])[nonempty]
-            maxes = np.maximum.reduceat(sims, sub_starts, axis=1)
-            chunk = np.zeros(hi - lo, dtype=np.float32)
-            chunk[nonempty] = maxes.mean(axis=0)
-            out[lo:hi] = chunk
+        st, ln = starts[lo:hi], lens[lo:hi]
+        if int(ln.sum()):
+            if hi - lo > 1 and bool(np.all(st[1:] == st[:-1] + ln[:-1])):  # one contiguous run: one read
+                st, rl = st[:1], np.array([int(ln.sum())])
+            else:
+                rl = ln
+            codes = seg.take_ranges("col_codes", st, rl)
+            aux = seg.take_ranges("col_aux", st, rl) if has_aux else None
+            out[lo:hi] = codec.maxsim(prepared, codes, aux, ln)
         lo = hi
     return out
+
+
+def gather_colbert(segments: Sequence[Segment], seg_of: np.ndarray, rows: np.ndarray,
+                   max_tokens: int) -> Optional[tuple[np.ndarray, Optional[np.ndarray], np.ndarray]]:
+    """``(codes, aux, lens)``: the coded ColBERT tokens of the candidates (``rows`` local to
+    ``segments[seg_of]``, ``seg_of`` ascending), concatenated in candidate order; ``None`` when
+    they hold more than ``max_tokens`` tokens (the caller then scores segment by segment)."""
+    parts = []
+    bounds = np.searchsorted(seg_of, np.arange(len(segments) + 1))
+    total = 0
+    for si in range(len(segments)):
+        a, b = int(bounds[si]), int(bounds[si + 1])
+        if a == b:
+            continue
+        offs = segments[si].array("col_offsets")
+        r = np.asarray(rows[a:b], dtype=np.int64)
+        st = np.asarray(offs[r], dtype=np.int64)
+        ln = np.asarray(offs[r + 1], dtype=np.int64) - st
+        total += int(ln.sum())
+        if total > max_tokens:
+            return None
+        parts.append((segments[si], st, ln))
+    lens = np.concatenate([ln for _, _, ln in parts]) if parts else np.zeros(0, np.int64)
+    codes = [seg.take_ranges("col_codes", st, ln) for seg, st, ln in parts]
+    has_aux = bool(parts) and parts[0][0].array("col_aux") is not None
+    aux = np.concatenate([seg.take_ranges("col_aux", st, ln) for seg, st, ln in parts]) if has_aux else None
+    return (np.concatenate(codes) if codes else np.zeros((0, 0), np.uint8)), aux, lens
+
+
+def colbert_pruned(codec: ColbertCodec, prepared: tuple, segments: Sequence[Segment], seg_of: np.ndarray,
+                   rows: np.ndarray, partial: np.ndarray, w_colbert: float, keep: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """``(positions, scores)``: the ``keep`` candidates with the best estimated fused score
+    (``partial`` = the weighted other channels + ``w_colbert`` x the cheap prefix MaxSim estimate),
+    with their full MaxSim through the codec; ``None`` if the candidates' tokens are too many to
+    read at once (then score them all the plain way)."""
+    got = gather_colbert(segments, seg_of, rows, max_tokens=(1 << 26) // codec.bytes_per_token())
+    if got is None:
+        return None
+    codes, aux, lens = got
+    est = codec.maxsim(prepared, codes, aux, lens, prefix=True)
+    pos = np.sort(np.argpartition(-(partial + w_colbert * est), keep - 1)[:keep])
+    ends = np.cumsum(lens)
+    sel = ranges(ends[pos] - lens[pos], lens[pos])
+    return pos, codec.maxsim(prepared, codes[sel], None if aux is None else aux[sel], lens[pos])
 
 
 def check_finite(values: Sequence[Optional[np.ndarray]], where: str) -> None:
