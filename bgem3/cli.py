@@ -512,6 +512,9 @@ def _bad_inputs_error(bad: dict[str, str], unreadable_dirs: list[tuple[str, str]
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ._malloc import bound_heap_growth
+
+    bound_heap_growth()  # memory bounded by a batch, not by the input (see bgem3/_malloc.py)
     folder = os.path.abspath(os.path.expanduser(args.index))
     _recover(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
