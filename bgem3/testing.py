@@ -67,6 +67,19 @@ SAMPLE_CORPUS = [
     "numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000 2024 3.14 and symbols !?.,;:-_()[]{}'\"/@#$%&*+=<>",
 ]
 
+# English sentences about the index's own storage, for index tests that need more passages than
+# SAMPLE_CORPUS holds (real text, so real-weight encoders give them distinct, meaningful vectors)
+STORAGE_SENTENCES = [
+    "The index stores every passage in immutable segments on disk.",
+    "Memory-mapped arrays are paged in by the operating system on demand.",
+    "A manifest rename is the single atomic commit point of a save.",
+    "Tombstones mark deleted rows until a compaction rewrites the segment.",
+    "Random rotations spread the energy of a vector over all coordinates.",
+    "Binary codes keep one sign bit per coordinate and a scale per token.",
+    "Late interaction scores each query token against every document token.",
+    "Reciprocal rank fusion adds one over the rank plus a constant.",
+]
+
 
 def _train_tokenizer(vocab_size: int, corpus: Optional[list[str]] = None):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers

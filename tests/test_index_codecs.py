@@ -13,17 +13,9 @@ from bgem3 import Encoder, HybridIndex
 from bgem3.index import COLBERT_CODECS, bytes_per_token
 from bgem3.index.codecs import ColbertCodec
 from bgem3.index.lexical import LexicalBlock, LexicalChannel, register_lexical_channel
-from bgem3.testing import SAMPLE_CORPUS
+from bgem3.testing import SAMPLE_CORPUS, STORAGE_SENTENCES
 
-TEXTS = [t for t in SAMPLE_CORPUS] + [
-    "The index stores every passage in immutable segments on disk.",
-    "Memory-mapped arrays are paged in by the operating system on demand.",
-    "A manifest rename is the single atomic commit point of a save.",
-    "Tombstones mark deleted rows until a compaction rewrites the segment.",
-    "Random rotations spread the energy of a vector over all coordinates.",
-    "Binary codes keep one sign bit per coordinate and a scale per token.",
-    "Late interaction scores each query token against every document token.",
-    "Reciprocal rank fusion adds one over the rank plus a constant.",
+TEXTS = list(SAMPLE_CORPUS) + STORAGE_SENTENCES + [
     "Python packages describe themselves in their metadata files.",
     "The quick brown fox jumps over the lazy dog near the river bank.",
     "Hybrid retrieval fuses dense, lexical and multi-vector evidence.",
