@@ -44,10 +44,11 @@ from .._store import check_str_list as _check_str_list, encoder_from_model_name,
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
 from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, dense_bits
+from .dense_lists import DEFAULT_PROBE
 from .errors import IndexFormatError
-from .lexical import LearnedSparse, LexicalBlock, LexicalChannel, QueryTerms
+from .lexical import LearnedSparse, LexicalBlock, LexicalChannel, QueryTerms, joined
 from .search import (CHANNELS, DEFAULT_COLBERT_RERANK, check_finite, colbert_pruned, colbert_scores, dense_candidates,
-                     dense_exact, effective_weights, fuse, one_blas_thread, top_positive)
+                     beside, dense_exact, effective_weights, fuse, one_blas_thread, top_positive)
 from .segment import DiskSegment, MemSegment, Segment, gather_rows
 
 __all__ = ["HybridIndex"]
@@ -55,6 +56,15 @@ __all__ = ["HybridIndex"]
 PathLike = Union[str, "os.PathLike[str]"]
 #: below this many eligible rows the dense candidates come from an exact scan
 DEFAULT_EXACT_DENSE_ROWS = 50_000
+
+
+def _probe_share(value: Any, name: str) -> float:
+    """A share in (0, 1] (``dense_probe``), or ``ValueError`` naming it."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer))
+            or not 0 < float(value) <= 1):
+        raise ValueError(f"{name} must be a number in (0, 1] (the share of the dense lists a search scans; 1 = every "
+                         f"row); got {value!r}")
+    return float(value)
 
 
 def _resolve_codec(colbert_codec: Optional[str], colbert_dtype: Optional[str]) -> str:
@@ -122,6 +132,9 @@ class HybridIndex(StoreBase):
         dense_codec: ``"float32"`` (default, exact) or ``"float16"`` (half the dense bytes).
         exact_dense_rows: up to this many eligible rows the dense candidates come from an exact
             scan; above it from a sign-bit Hamming shortlist rescored exactly.
+        dense_probe: share of each saved segment's dense inverted lists a search scans (default
+            0.2; ``1.0`` scans every row; see :mod:`bgem3.index.dense_lists`). Not saved: set
+            ``index.dense_probe`` after :meth:`load`, or pass ``search_encoded(dense_probe=)``.
         **encoder_kwargs: passed to :class:`bgem3.Encoder` when ``encoder`` is a string.
 
     Ids are strings. Adding an id that is already present replaces that document (upsert).
@@ -164,6 +177,7 @@ class HybridIndex(StoreBase):
         colbert_dtype: Optional[str] = None,
         dense_codec: str = "float32",
         exact_dense_rows: int = DEFAULT_EXACT_DENSE_ROWS,
+        dense_probe: float = DEFAULT_PROBE,
         **encoder_kwargs: Any,
     ) -> None:
         encoder = resolve_encoder(encoder_from_model_name(encoder, model_name, dim, "HybridIndex"), encoder_kwargs,
@@ -220,6 +234,7 @@ class HybridIndex(StoreBase):
         self.colbert_codec = codec_name
         self.dense_codec = dense_codec
         self.exact_dense_rows = _positive_int(exact_dense_rows, "exact_dense_rows")
+        self.dense_probe = _probe_share(dense_probe, "dense_probe")
         self.codec: Optional[ColbertCodec] = ColbertCodec(codec_name, self.colbert_dim) if "colbert" in chans else None
         self._lock = threading.RLock()
         self._segments: list[DiskSegment] = []
@@ -713,6 +728,7 @@ class HybridIndex(StoreBase):
         exhaustive: bool = False,
         shortlist: Optional[int] = None,
         colbert_rerank: Optional[int] = None,
+        dense_probe: Optional[float] = None,
     ) -> list[Hit]:
         """:meth:`search` with a precomputed query: ``dense_q [dim]``, ``sparse_q {token: weight}``,
         ``colbert_q [Tq, colbert_dim]`` (``None`` for channels the index lacks). No encoder needed.
@@ -721,7 +737,10 @@ class HybridIndex(StoreBase):
         ``colbert_rerank``: with a quantised ColBERT codec and weighted fusion, when there are more
         candidates than this (default 32, at least ``k``), all are ranked by an estimated fused score
         (a MaxSim estimate from an eighth of the coded coordinates) and only this many get the full
-        MaxSim and are ranked; ``0`` = full MaxSim on every candidate."""
+        MaxSim and are ranked; ``0`` = full MaxSim on every candidate.
+        ``dense_probe``: share of each saved segment's dense inverted lists whose rows the Hamming
+        prefilter scans (default ``index.dense_probe``, 0.2; see :mod:`bgem3.index.dense_lists`);
+        ``1.0`` scans every row."""
         w = effective_weights(check_search_args(k, weights, candidates, mode, rrf_k), self.channels)
         mode = self.fusion_mode(mode)
         if filter is not None and not isinstance(filter, Mapping) and not callable(filter):
@@ -737,6 +756,8 @@ class HybridIndex(StoreBase):
         else:
             rerank = int(colbert_rerank)
         rerank = max(rerank, k) if rerank else 0
+        probe = _probe_share(getattr(self, "dense_probe", DEFAULT_PROBE) if dense_probe is None else dense_probe,
+                             "dense_probe")
         with self._lock, one_blas_thread():
             segs = self._all_segments()
             if not segs:
@@ -748,26 +769,36 @@ class HybridIndex(StoreBase):
             if total == 0:
                 return []
             el_all = np.concatenate(eligible)
-            lex_all = None
-            if qt is not None:
-                views = [seg.lexical_view() for seg in segs]
-                lex_all = np.concatenate(self.lexical.score(qt, views)).astype(np.float32, copy=False)
-            dense_all = None
             every_row = exhaustive or total <= candidates  # scored like exhaustive=True: no estimate shortcut
+            scan = dq is not None and not every_row and total > self.exact_dense_rows
+
+            def lexical_and_query() -> tuple:
+                """The lexical scores and the prepared ColBERT query: on the helper thread while
+                this one scans the dense lists (they share nothing)."""
+                lex = None
+                if qt is not None:
+                    lex = joined(self.lexical.score(qt, [seg.lexical_view() for seg in segs]))
+                    lex = lex.astype(np.float32, copy=False)
+                return lex, (self.codec.prepare_query(cq) if cq is not None else None)
+
+            side = beside(lexical_and_query, parallel=scan)
+            dense_all = None
+            try:
+                dense_rows = dense_candidates(segs, bases, dq, eligible, candidates, short, probe)[0] if scan else None
+            finally:
+                lex_all, prepared = side.result()
             if every_row:
                 cand = np.flatnonzero(el_all)
             else:
                 parts = []
-                if dq is not None:
-                    if total <= self.exact_dense_rows:
-                        dense_all = np.concatenate([dense_exact(seg, dq) for seg in segs])
-                        rows = np.flatnonzero(el_all)
-                        d = dense_all[rows]
-                        parts.append(rows[np.argpartition(-d, candidates - 1)[:candidates]] if len(rows) > candidates
-                                     else rows)
-                    else:
-                        rows, _ = dense_candidates(segs, bases, dq, eligible, candidates, short)
-                        parts.append(rows)
+                if dense_rows is not None:
+                    parts.append(dense_rows)
+                elif dq is not None:
+                    dense_all = np.concatenate([dense_exact(seg, dq) for seg in segs])
+                    rows = np.flatnonzero(el_all)
+                    d = dense_all[rows]
+                    parts.append(rows[np.argpartition(-d, candidates - 1)[:candidates]] if len(rows) > candidates
+                                 else rows)
                 if lex_all is not None:
                     masked = lex_all if total == len(el_all) else np.where(el_all, lex_all, 0.0)
                     parts.append(top_positive(masked, candidates))
@@ -787,7 +818,6 @@ class HybridIndex(StoreBase):
             if lex_all is not None:
                 s = lex_all[cand]
             if cq is not None:
-                prepared = self.codec.prepare_query(cq)
                 pruned = None
                 if rerank and mode == "weighted" and self.codec.quantized and len(cand) > rerank and not every_row:
                     partial = np.zeros(len(cand), dtype=np.float32)

@@ -208,6 +208,8 @@ class LexicalView:
     post_values: np.ndarray
     alive: Optional[np.ndarray] = None       # bool [n_rows]; None = all alive
     extras: dict = field(default_factory=dict)
+    #: posting slices ``(start, end)`` already checked to point inside the segment (a view's arrays never change)
+    checked: set = field(default_factory=set, repr=False, compare=False)
 
     @classmethod
     def from_block(cls, block: LexicalBlock, extras: dict, alive: Optional[np.ndarray] = None) -> "LexicalView":
@@ -277,8 +279,10 @@ except Exception:  # pragma: no cover - scipy without it
     _csc_matvec = None
 
 
-def add_postings(acc: np.ndarray, rows: np.ndarray, values: np.ndarray, a: int, b: int, w: np.ndarray) -> None:
-    """``acc[rows[a:b]] += values[a:b] * w[0]`` (rows unique within the slice), bounds-checked.
+def add_postings(acc: np.ndarray, rows: np.ndarray, values: np.ndarray, a: int, b: int, w: np.ndarray,
+                 checked: Optional[set] = None) -> None:
+    """``acc[rows[a:b]] += values[a:b] * w[0]`` (rows unique within the slice), bounds-checked
+    (once per slice when ``checked``, a set of slices already checked against ``len(acc)``, is given).
 
     Uses scipy's compiled CSC kernel on the slice in place when the dtypes fit (about twice as fast
     as numpy's fancy-index add over long postings); the rows are checked to lie in ``acc`` first,
@@ -290,12 +294,15 @@ def add_postings(acc: np.ndarray, rows: np.ndarray, values: np.ndarray, a: int, 
     [0.0, 0.0, 4.0, 6.0]
     """
     r = rows[a:b]
-    lo, hi = int(r.min()), int(r.max())
-    if lo < 0 or hi >= len(acc):
-        from .errors import IndexFormatError
+    if checked is None or (a, b) not in checked:
+        lo, hi = int(r.min()), int(r.max())
+        if lo < 0 or hi >= len(acc):
+            from .errors import IndexFormatError
 
-        raise IndexFormatError(f"lexical postings point at row {hi if hi >= len(acc) else lo} of a segment with "
-                               f"{len(acc)} rows: the index data is corrupted (run index.verify()); rebuild it")
+            raise IndexFormatError(f"lexical postings point at row {hi if hi >= len(acc) else lo} of a segment with "
+                                   f"{len(acc)} rows: the index data is corrupted (run index.verify()); rebuild it")
+        if checked is not None:
+            checked.add((a, b))
     if (_csc_matvec is not None and rows.dtype == np.int32 and values.dtype == np.float32 and acc.dtype == np.float32
             and rows.flags.c_contiguous and values.flags.c_contiguous and b < 2**31):
         try:
@@ -305,6 +312,32 @@ def add_postings(acc: np.ndarray, rows: np.ndarray, values: np.ndarray, a: int, 
         except Exception:  # pragma: no cover - an incompatible scipy: the numpy path below
             pass
     acc[r] += values[a:b] * np.float32(w[0])
+
+
+def joined(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)``, without the copy when the parts are consecutive views of one
+    contiguous 1-d buffer (as :meth:`LearnedSparse.score` returns them).
+
+    >>> whole = np.arange(5.0)
+    >>> j = joined([whole[:2], whole[2:]])
+    >>> bool(np.shares_memory(j, whole)), j.tolist()
+    (True, [0.0, 1.0, 2.0, 3.0, 4.0])
+    """
+    if parts and all(isinstance(p, np.ndarray) and p.ndim == 1 for p in parts):
+        first = parts[0]
+        base = first.base
+        if (isinstance(base, np.ndarray) and base.ndim == 1 and base.flags.c_contiguous
+                and all(p.base is base and p.dtype == first.dtype and p.flags.c_contiguous for p in parts)):
+            item = first.dtype.itemsize
+            at = first.__array_interface__["data"][0]
+            for p in parts:
+                if p.__array_interface__["data"][0] != at:
+                    break
+                at += len(p) * item
+            else:
+                start = (first.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // item
+                return base[start:start + sum(len(p) for p in parts)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -374,17 +407,21 @@ class LearnedSparse(LexicalChannel):
     uses_sparse_head = True
 
     def score(self, query: QueryTerms, segments: Sequence[LexicalView]) -> list[np.ndarray]:
+        # one buffer for every segment (the arrays returned are consecutive views of it, which the
+        # index joins without a copy, see ``joined``)
+        whole = np.zeros(sum(seg.n_rows for seg in segments), dtype=np.float32)
         out = []
+        base = 0
         for seg in segments:
+            acc = whole[base:base + seg.n_rows]
+            base += seg.n_rows
+            out.append(acc)
             if len(query) == 0 or seg.n_rows == 0:
-                out.append(np.zeros(seg.n_rows, dtype=np.float32))
                 continue
             # one slice per query term (a term's rows are unique): scatter-add, no gather of all postings
-            acc = np.zeros(seg.n_rows, dtype=np.float32)
             for qp, a, b in zip(*(x.tolist() for x in seg.posting_ranges(query.terms))):
                 if b > a:
-                    add_postings(acc, seg.post_rows, seg.post_values, a, b, query.weights[qp:qp + 1])
-            out.append(acc)
+                    add_postings(acc, seg.post_rows, seg.post_values, a, b, query.weights[qp:qp + 1], seg.checked)
         return out
 
     def explain(self, query: QueryTerms, segment: LexicalView, row: int) -> dict[int, float]:

@@ -422,9 +422,11 @@ def load_index(cls: Any, directory: Any, encoder: Any = None, *, load_encoder: b
     index.channels = tuple(c for c in CHANNELS if c in channels)
     index.lexical = lexical
     index.colbert_codec, index.dense_codec = colbert_codec, dense_codec
+    from .dense_lists import DEFAULT_PROBE
     from .hybrid import DEFAULT_EXACT_DENSE_ROWS
 
     index.exact_dense_rows = DEFAULT_EXACT_DENSE_ROWS
+    index.dense_probe = DEFAULT_PROBE
     index.codec = None
     index._codec_dir = None
     if "colbert" in index.channels:

@@ -7,8 +7,10 @@ candidate gets every channel's score and the weighted mean (or RRF) ranks them.
 
 Dense scan at scale: above ``exact_dense_rows`` eligible rows the dense top-N is found by
 Hamming distance over the stored sign bits (``dim/8`` bytes per row; faiss's popcount kernel when
-faiss is installed, numpy otherwise), the best ``shortlist`` rows are rescored exactly from the
-stored dense vectors, and the top-N of those are the dense candidates.
+faiss is installed, numpy otherwise) of the rows in each segment's nearest inverted lists
+(:mod:`bgem3.index.dense_lists`; every row of a segment without lists), the best ``shortlist``
+rows are rescored exactly from the stored dense vectors, and the top-N of those are the dense
+candidates.
 
 Example::
 
@@ -20,13 +22,16 @@ Example::
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import numpy as np
 
 from .._store import rank
 from .codecs import ColbertCodec
+from .dense_lists import DEFAULT_PROBE, lists_to_scan, probe_lists
 from .errors import IndexFormatError
 from .lexical import ranges
 from .segment import Segment
@@ -40,6 +45,31 @@ CHUNK_VALUES = 1 << 24
 #: scored with the cheap MaxSim estimate (an eighth of the rotated coordinates) and only this many,
 #: the best by estimated fused score, get the full MaxSim (the others cannot reach the top-k)
 DEFAULT_COLBERT_RERANK = 32
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+#: threads one search's ColBERT MaxSim is split over (its matrix products release the GIL); 1 on
+#: a one-core machine. Searches never run concurrently on one index (its lock), so this is the
+#: whole of a search's parallelism.
+SEARCH_THREADS = min(2, _cores())
+#: fewer coded tokens than this are scored on the calling thread alone
+SPLIT_MIN_TOKENS = 4096
+_pool_lock = threading.Lock()
+_pool: Optional[ThreadPoolExecutor] = None
+
+
+def _helper() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgem3-search")
+        return _pool
+
 
 try:  # optional fast Hamming kernel
     import faiss as _faiss  # type: ignore
@@ -150,6 +180,26 @@ def _hamming_into(bits: np.ndarray, qbits: np.ndarray, out: np.ndarray) -> None:
             out[a:a + step] = np.bitwise_count(np.bitwise_xor(bits[a:a + step], qbits)).sum(axis=1, dtype=np.int32)
 
 
+def _hamming_ranges(bits: np.ndarray, starts: np.ndarray, ends: np.ndarray, qbits: np.ndarray) -> np.ndarray:
+    """Hamming distances of ``bits[starts[i]:ends[i]]`` (concatenated, ``int32``) to ``qbits``: the
+    kernel runs on each range in place (no gathered copy) when faiss is there."""
+    lens = ends - starts
+    out = np.empty(int(lens.sum()), dtype=np.int32)
+    width = bits.shape[1]
+    if _hammings is not None and width % 8 == 0 and bits.flags.c_contiguous and bits.dtype == np.uint8:
+        qp = _faiss.swig_ptr(qbits)
+        o = 0
+        with _faiss_one_thread():
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                if b > a:
+                    _hammings(qp, _faiss.swig_ptr(bits[a:b]), 1, b - a, width, _faiss.swig_ptr(out[o:o + b - a]))
+                    o += b - a
+        return out
+    if len(out):
+        _hamming_into(np.concatenate([bits[a:b] for a, b in zip(starts.tolist(), ends.tolist())]), qbits, out)
+    return out
+
+
 def smallest(values: np.ndarray, k: int, bound: int) -> np.ndarray:
     """Positions (ascending) of the ``k`` smallest entries of ``values`` (ints in ``[0, bound]``;
     entries equal to ``bound`` are never taken); ties at the threshold go to the lowest positions.
@@ -168,41 +218,100 @@ def smallest(values: np.ndarray, k: int, bound: int) -> np.ndarray:
 
 
 def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarray, eligible: Sequence[np.ndarray],
-                     n: int, shortlist: int) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate dense top-``n`` (global rows, exact scores): the ``shortlist`` rows with the
-    smallest Hamming distance over ALL segments (one pass, one histogram selection) are rescored
-    exactly from the stored vectors (read row by row, so a query maps only the sign bits)."""
+                     n: int, shortlist: int, probe: float = DEFAULT_PROBE) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate dense top-``n`` (global rows, exact scores). Rows to consider: in a segment with
+    inverted lists, the rows of its nearest lists (:func:`~bgem3.index.dense_lists.lists_to_scan`
+    of them, ``probe`` = 1 scans all); in any other segment every row. The ``shortlist`` of them
+    with the smallest Hamming distance over ALL segments (one histogram selection) are rescored
+    exactly from the stored vectors (read row by row, so a query maps only the sign bits it scans).
+    If the probed lists hold fewer than ``shortlist`` eligible rows, every row is scanned."""
     qbits = np.packbits(q > 0)
     nbits = 8 * len(qbits)
-    total = int(sum(seg.n for seg in segments))
-    dist = np.empty(total, dtype=np.int32)
-    for seg, el, base in zip(segments, eligible, bases.tolist()):
-        part = dist[base:base + seg.n]
-        if not el.any():
-            part[:] = nbits + 1
+    pieces: list[tuple[int, Optional[tuple], np.ndarray]] = []   # (segment, probed ranges or None = all, dist)
+    found = 0
+    for si, (seg, el) in enumerate(zip(segments, eligible)):
+        n_el = int(np.count_nonzero(el))
+        if n_el == 0:
             continue
-        _hamming_into(np.asarray(seg.array("dense_bits")), qbits, part)
-        if not el.all():
-            part[~el] = nbits + 1
-    rows = smallest(dist, shortlist, nbits + 1)
-    if len(rows) == 0:
+        share = n_el / seg.n
+        lists = seg.dense_lists() if probe < 1.0 else None
+        if lists is not None:
+            cen, ptr, lrows, lbits = lists
+            nprobe = lists_to_scan(len(cen), probe, share)
+            if nprobe < len(cen):
+                starts, ends = probe_lists(cen, ptr, q, nprobe)
+                dist = _hamming_ranges(lbits, starts, ends, qbits)
+                found += len(dist)
+                if share < 1.0:
+                    dead = ~el[np.asarray(lrows[ranges(starts, ends - starts)], dtype=np.int64)]
+                    dist[dead] = nbits + 1
+                    found -= int(dead.sum())
+                pieces.append((si, (starts, ends, lrows), dist))
+                continue
+        dist = np.empty(seg.n, dtype=np.int32)
+        _hamming_into(np.asarray(seg.array("dense_bits")), qbits, dist)
+        if share < 1.0:
+            dist[~el] = nbits + 1
+        pieces.append((si, None, dist))
+        found += n_el
+    if found < shortlist and any(probed is not None for _, probed, _ in pieces):
+        return dense_candidates(segments, bases, q, eligible, n, shortlist, probe=1.0)
+    if not pieces:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    seg_of = np.searchsorted(bases, rows, side="right") - 1
-    scores = np.empty(len(rows), dtype=np.float32)
-    bounds = np.searchsorted(seg_of, np.arange(len(segments) + 1))
-    for si in range(len(segments)):
-        a, b = int(bounds[si]), int(bounds[si + 1])
-        if a < b:
-            scores[a:b] = dense_exact(segments[si], q, rows[a:b] - bases[si])
-    rows = rows.astype(np.int64)
-    if len(rows) > n:
+    dist_all = np.concatenate([d for _, _, d in pieces]) if len(pieces) > 1 else pieces[0][2]
+    picked = smallest(dist_all, shortlist, nbits + 1)
+    if len(picked) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    first = np.cumsum([0] + [len(d) for _, _, d in pieces])
+    piece_of = np.searchsorted(first, picked, side="right") - 1
+    rows_out = np.empty(len(picked), dtype=np.int64)
+    scores = np.empty(len(picked), dtype=np.float32)
+    bounds = np.searchsorted(piece_of, np.arange(len(pieces) + 1))
+
+    def rescore(piece_ids: range) -> None:
+        for pi in piece_ids:
+            si, probed, _ = pieces[pi]
+            a, b = int(bounds[pi]), int(bounds[pi + 1])
+            if a == b:
+                continue
+            local = picked[a:b] - first[pi]
+            if probed is not None:  # position in the probed ranges -> list position -> row
+                starts, ends, lrows = probed
+                lens = ends - starts
+                cum = np.cumsum(lens)
+                j = np.searchsorted(cum, local, side="right")
+                local = np.asarray(lrows[starts[j] + (local - (cum[j] - lens[j]))], dtype=np.int64)
+            scores[a:b] = dense_exact(segments[si], q, local)
+            rows_out[a:b] = local + bases[si]
+
+    # the rescoring (float16 conversion, scattered rows) in two halves: the later one on the helper
+    half = int(np.searchsorted(bounds, len(picked) // 2))
+    later = beside(lambda: rescore(range(half, len(pieces))), parallel=len(picked) >= 256 and 0 < half < len(pieces))
+    try:
+        rescore(range(half))
+    finally:
+        later.result()
+    if len(rows_out) > n:
         top = np.argpartition(-scores, n - 1)[:n]
-        rows, scores = rows[top], scores[top]
-    return rows, scores
+        rows_out, scores = rows_out[top], scores[top]
+    return rows_out, scores
 
 
 def top_positive(scores: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the ``n`` largest positive entries (fewer if fewer are positive)."""
+    """Positions (ascending) of the ``n`` largest positive entries (fewer if fewer are positive).
+
+    On a long array a threshold comes first: the value at rank ``2n/32 + 8`` of every 32nd entry;
+    if at least ``n`` entries reach it, the top ``n`` are all among them (one comparison pass, no
+    selection over the whole array); otherwise one selection over everything."""
+    if len(scores) >= (1 << 16) and len(scores) > 64 * n:
+        sample = scores[::32]
+        r = min(len(sample) - 1, 2 * (n // 32) + 8)
+        t = float(np.partition(sample, len(sample) - 1 - r)[len(sample) - 1 - r])
+        if t > 0:
+            sel = np.flatnonzero(scores >= t)
+            if len(sel) >= n:
+                top = sel[np.argpartition(-scores[sel], n - 1)[:n]]
+                return np.sort(top)
     if len(scores) > 8 * n:  # one selection pass, no gather of the positive entries
         top = np.argpartition(-scores, n - 1)[:n]
         return np.sort(top[scores[top] > 0])
@@ -242,6 +351,42 @@ def colbert_scores(codec: ColbertCodec, prepared: tuple, seg: Segment, rows: np.
     return out
 
 
+class _Done:
+    """A finished call, with the interface of a future."""
+
+    def __init__(self, fn) -> None:
+        self.value = fn()
+
+    def result(self):
+        return self.value
+
+
+def beside(fn, *, parallel: bool):
+    """``fn()`` started on the helper thread (when ``parallel`` and :data:`SEARCH_THREADS` >= 2)
+    or run now; ``.result()`` gives its value or raises its exception."""
+    if parallel and SEARCH_THREADS >= 2:
+        return _helper().submit(fn)
+    return _Done(fn)
+
+
+def split_maxsim(codec: ColbertCodec, prepared: tuple, codes: np.ndarray, aux: Optional[np.ndarray],
+                 lens: np.ndarray, *, prefix: bool = False) -> np.ndarray:
+    """:meth:`ColbertCodec.maxsim` with the documents cut in two halves (by tokens), one scored on
+    a helper thread while the calling thread scores the other (:data:`SEARCH_THREADS` = 2); the
+    same numbers as one call."""
+    lens = np.asarray(lens, dtype=np.int64)
+    total = int(lens.sum())
+    if SEARCH_THREADS < 2 or len(lens) < 2 or total < SPLIT_MIN_TOKENS:
+        return codec.maxsim(prepared, codes, aux, lens, prefix=prefix)
+    ends = np.cumsum(lens)
+    cut = min(max(int(np.searchsorted(ends, total // 2)) + 1, 1), len(lens) - 1)
+    t0 = int(ends[cut - 1])
+    later = _helper().submit(codec.maxsim, prepared, codes[t0:], None if aux is None else aux[t0:], lens[cut:],
+                             prefix=prefix)
+    first = codec.maxsim(prepared, codes[:t0], None if aux is None else aux[:t0], lens[:cut], prefix=prefix)
+    return np.concatenate([first, later.result()])
+
+
 def gather_colbert(segments: Sequence[Segment], seg_of: np.ndarray, rows: np.ndarray,
                    max_tokens: int) -> Optional[tuple[np.ndarray, Optional[np.ndarray], np.ndarray]]:
     """``(codes, aux, lens)``: the coded ColBERT tokens of the candidates (``rows`` local to
@@ -279,11 +424,11 @@ def colbert_pruned(codec: ColbertCodec, prepared: tuple, segments: Sequence[Segm
     if got is None:
         return None
     codes, aux, lens = got
-    est = codec.maxsim(prepared, codes, aux, lens, prefix=True)
+    est = split_maxsim(codec, prepared, codes, aux, lens, prefix=True)
     pos = np.sort(np.argpartition(-(partial + w_colbert * est), keep - 1)[:keep])
     ends = np.cumsum(lens)
     sel = ranges(ends[pos] - lens[pos], lens[pos])
-    return pos, codec.maxsim(prepared, codes[sel], None if aux is None else aux[sel], lens[pos])
+    return pos, split_maxsim(codec, prepared, codes[sel], None if aux is None else aux[sel], lens[pos])
 
 
 def check_finite(values: Sequence[Optional[np.ndarray]], where: str) -> None:

@@ -2,7 +2,9 @@
 
 A segment holds, for each of its rows and for each channel the index has:
 
-* dense: ``dense [n, dim]`` (float32 or float16) + ``dense_bits [n, ceil(dim/8)]`` (sign bits);
+* dense: ``dense [n, dim]`` (float32 or float16) + ``dense_bits [n, ceil(dim/8)]`` (sign bits), and
+  for a disk segment of at least ``dense_lists.MIN_ROWS`` rows its inverted lists
+  (``dense_centroids / dense_list_ptr / dense_list_rows / dense_list_bits``, see :mod:`bgem3.index.dense_lists`);
 * lexical: CSR ``lex_indptr / lex_indices / lex_values``, the inverted ``lex_terms / lex_term_ptr /
   lex_post_rows / lex_post_values`` and the channel's per-row ``lex_x_<name>`` arrays;
 * ColBERT: ``col_codes [T, width]`` (+ ``col_aux [T]`` for quantised codecs) and ``col_offsets [n+1]``;
@@ -32,6 +34,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .codecs import ColbertCodec, dense_bits
+from .dense_lists import LIST_ARRAYS, MIN_ROWS, build_lists, check_lists
 from .errors import IndexFormatError
 from .lexical import LexicalBlock, LexicalView, build_postings, ranges
 from .storage import (SEGMENT_DIR, VERIFY_AT_OPEN_BYTES, bad, check_blob_offsets, fsync_dir, json_blob, new_name,
@@ -99,6 +102,11 @@ class Segment:
     def metas_list(self) -> list[dict]:
         raise NotImplementedError
 
+    def dense_lists(self) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """``(centroids, list_ptr, list_rows, list_bits)`` of the segment's dense inverted lists, or ``None``
+        (a segment without them is scanned whole)."""
+        return None
+
     def take(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` of array ``name`` (a fresh array)."""
         return np.asarray(self.array(name)[np.asarray(rows, dtype=np.int64)])
@@ -123,7 +131,7 @@ class Segment:
 
 
 _GROUPS = {
-    "dense": ("dense", "dense_bits"),
+    "dense": ("dense", "dense_bits") + LIST_ARRAYS,
     "sparse": ("lex_indptr", "lex_indices", "lex_values"),
     "sparse_search_copy": ("lex_terms", "lex_term_ptr", "lex_post_rows", "lex_post_values"),
     "colbert": ("col_codes", "col_aux", "col_offsets"),
@@ -269,6 +277,19 @@ class DiskSegment(Segment):
 
     def array(self, name: str) -> Optional[np.ndarray]:
         return self._plain.get(name)
+
+    def dense_lists(self) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """The lists, checked in full the first time a search uses them (every row once, finite
+        centroids: O(n) reads, kept out of the open)."""
+        if "dense_list_rows" not in self._plain:
+            return None
+        if not self.__dict__.get("_lists_checked"):
+            problem = check_lists(self.n, self._plain["dense"].shape[1], self._plain)
+            if problem:
+                raise bad(self.folder, problem)
+            self._lists_checked = True
+        a = self._plain
+        return a["dense_centroids"], a["dense_list_ptr"], a["dense_list_rows"], a["dense_list_bits"]
 
     def take(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Single rows (dense rescoring) are read through the map: a touched row's page stays mapped,
@@ -427,6 +448,8 @@ def write_segment(root: Path, seg: MemSegment) -> dict:
     arrays: dict[str, np.ndarray] = {}
     for key, buf in seg.bufs.items():
         arrays[key] = buf.view
+    if "dense" in arrays and seg.n >= MIN_ROWS:
+        arrays.update(build_lists(arrays["dense"], bits=arrays["dense_bits"]))
     if seg.lexical:
         v = seg.lexical_view()
         arrays.update({"lex_terms": v.terms, "lex_term_ptr": v.term_ptr, "lex_post_rows": v.post_rows,
@@ -473,6 +496,10 @@ def expected_arrays(n: int, rec: dict, *, dense: Optional[tuple[int, str]], lexi
         dim, dt = dense
         out["dense"] = ((n, dim), dt)
         out["dense_bits"] = ((n, (dim + 7) // 8), "uint8")
+        if any(f"{k}.npy" in files for k in LIST_ARRAYS):  # optional: segments from MIN_ROWS rows
+            c = length("dense_centroids")
+            out.update({"dense_centroids": ((c, dim), "float32"), "dense_list_ptr": ((c + 1,), "int64"),
+                        "dense_list_rows": ((n,), "int32"), "dense_list_bits": ((n, (dim + 7) // 8), "uint8")})
     if lexical_extras is not None:
         nnz = length("lex_indices")
         u = length("lex_terms")
@@ -535,6 +562,8 @@ def open_segment(root: Path, rec: Any, *, dense: Optional[tuple[int, str]], lexi
         check_blob_offsets(folder, "lex_term_ptr", arrays["lex_term_ptr"], len(arrays["lex_post_rows"]))
     if codec is not None:
         check_blob_offsets(folder, "col_offsets", arrays["col_offsets"], len(arrays["col_codes"]))
+    if "dense_list_ptr" in arrays:
+        check_blob_offsets(folder, "dense_list_ptr", arrays["dense_list_ptr"], n)
     seg = DiskSegment(root, rec, arrays, dead, lexical_extras or ())
     seg.vocab_size = vocab_size  # type: ignore[attr-defined]
     seg.codec = codec  # type: ignore[attr-defined]
@@ -568,6 +597,10 @@ def check_values(seg: DiskSegment) -> None:
         bits = np.packbits(np.asarray(a["dense"]) > 0, axis=1)
         if not np.array_equal(bits, a["dense_bits"]):
             raise bad(folder, "dense_bits do not match the dense vectors")
+        if "dense_list_rows" in a:
+            problem = check_lists(seg.n, a["dense"].shape[1], a, bits=a["dense_bits"])
+            if problem:
+                raise bad(folder, problem)
     vocab = getattr(seg, "vocab_size", None)
     if "lex_indices" in a and len(a["lex_indices"]):
         idx = a["lex_indices"]
