@@ -247,8 +247,9 @@ def test_crafted_lists_are_refused(tmp_path, small_lists, change, where):
 
 def test_dense_lists_keep_the_top10_of_real_minilm_vectors(minilm, tmp_path, small_lists):
     """Real sentence vectors of real text (the package metadata on this machine, cut in ~40-word
-    passages): probing 10% of the lists finds >= 0.9 of the exact dense top-10 (probing is for
-    segments of 16k+ rows; here 1,500 rows in ~39 lists, where a tenth is only 4 lists)."""
+    passages): probing the default share of the lists keeps >= 0.9 of the exact dense top-10
+    (probing is meant for segments of 16k+ rows; here 1,500 rows in ~39 lists, 8 of them probed;
+    the 20k-row figures are in docs/benchmarks_index.md)."""
     import glob
     import os
     import site
@@ -279,15 +280,18 @@ def test_dense_lists_keep_the_top10_of_real_minilm_vectors(minilm, tmp_path, sma
     docs, queries = x[:-60], x[-60:]
     idx = saved(tmp_path, docs)
     assert idx._all_segments()[0].dense_lists() is not None
-    for probe in (0.05, 0.1, 0.2, 0.3, 1.0):
-      for short in (100, 300):
+    def recall(probe: float) -> float:
         rec = []
         for q in queries:
             exact = {f"d{i}" for i in np.argsort(-(docs @ q), kind="stable")[:10]}
-            got = idx.search_encoded(q, k=10, candidates=10, shortlist=short, dense_probe=probe)
+            got = idx.search_encoded(q, k=10, candidates=10, shortlist=100, dense_probe=probe)
             rec.append(len({h.id for h in got} & exact) / 10)
-        print("real MiniLM dense top-10 recall", probe, short, np.mean(rec))
-    assert np.mean(rec) >= 0.9
+        return float(np.mean(rec))
+
+    probed, everything = recall(DEFAULT_PROBE), recall(1.0)
+    print("real MiniLM dense top-10 recall, default probe / every list:", probed, everything)
+    assert probed >= 0.9          # measured 0.94 (lists assigned at random would give ~0.3)
+    assert everything >= probed
 
 
 # --------------------------------------------------------------------------- selection helpers

@@ -90,12 +90,14 @@ def test_chunked_maxsim_equals_the_plain_similarity_matrix(codec):
 
 
 def test_prefix_estimate_tracks_the_full_maxsim():
+    assert [ColbertCodec("1bit", d).prefix_dims() for d in (64, 128, 384, 1024, 4096)] == [32, 48, 48, 64, 256]
+    assert ColbertCodec("float16", 1024).prefix_dims() == 1024  # exact codecs: no estimate
     rng = np.random.default_rng(1)
     x = unit(rng, 4000, 256)
     for name in ("int8", "2bit", "1bit"):
         c = ColbertCodec(name, 256)
         c.fit(x)
-        assert c.prefix_dims() == 32
+        assert c.prefix_dims() == 48  # max(48, 256 / 16)
         codes, aux = c.encode(x)
         lens = np.full(100, 40)
         q = x[:16] + 0.1 * unit(rng, 16, 256)

@@ -46,6 +46,9 @@ MIN_TOKENS_FOR_CENTER = 1000
 
 #: document tokens scored per step of :meth:`ColbertCodec.maxsim` (float32 levels: 4 MiB at 1024-d)
 MAXSIM_STEP_TOKENS = 1024
+#: the MaxSim estimate's coordinates (see ``ColbertCodec.prefix_dims``)
+PREFIX_MIN_DIMS = 48
+PREFIX_SHARE = 16
 
 # Lloyd-Max quantiser of a standard Gaussian with 4 levels: thresholds 0, +-0.9816; levels.
 _LM2_T = 0.9816
@@ -258,10 +261,13 @@ class ColbertCodec:
             np.copyto(out, codes[:, :d])
 
     def prefix_dims(self) -> int:
-        """Coordinates the cheap MaxSim estimate (:meth:`maxsim` with ``prefix=True``) reads: an
-        eighth of the rotated coordinates (which, after the random rotation, each carry about the
-        same share of every inner product), a multiple of 8 so 1- and 2-bit codes cut at a byte."""
-        return max(8, (self.dim // 8) // 8 * 8) if self.quantized and self.dim >= 64 else self.dim
+        """Coordinates the cheap MaxSim estimate (:meth:`maxsim` with ``prefix=True``) reads: the
+        first ``max(PREFIX_MIN_DIMS, dim / PREFIX_SHARE)`` rotated coordinates (after the random
+        rotation each carries about the same share of every inner product), at most half of them,
+        a multiple of 8 so 1- and 2-bit codes cut at a byte: 64 of 1024, 48 of 384, 32 of 64."""
+        if not self.quantized or self.dim < 64:
+            return self.dim
+        return min(self.dim // 2, max(PREFIX_MIN_DIMS, self.dim // PREFIX_SHARE)) // 8 * 8
 
     def maxsim(self, prepared: tuple[np.ndarray, Optional[np.ndarray]], codes: np.ndarray, aux: Optional[np.ndarray],
                lens: np.ndarray, *, prefix: bool = False, step: int = MAXSIM_STEP_TOKENS) -> np.ndarray:

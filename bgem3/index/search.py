@@ -186,6 +186,10 @@ def _hamming_ranges(bits: np.ndarray, starts: np.ndarray, ends: np.ndarray, qbit
     lens = ends - starts
     out = np.empty(int(lens.sum()), dtype=np.int32)
     width = bits.shape[1]
+    if len(starts) > 1:  # adjacent ranges read as one
+        brk = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        if len(brk) < len(starts) - 1:
+            starts, ends = starts[np.r_[0, brk]], ends[np.r_[brk - 1, len(ends) - 1]]
     if _hammings is not None and width % 8 == 0 and bits.flags.c_contiguous and bits.dtype == np.uint8:
         qp = _faiss.swig_ptr(qbits)
         o = 0
@@ -387,6 +391,15 @@ def split_maxsim(codec: ColbertCodec, prepared: tuple, codes: np.ndarray, aux: O
     return np.concatenate([first, later.result()])
 
 
+def _aux_ranges(seg: Segment, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """The per-token scales of the ranges (4 bytes a token): read through the map (one gather, no
+    system call per candidate; the pages touched stay mapped, at most 4 bytes x tokens)."""
+    a = seg.array("col_aux")
+    if len(starts) and (int(starts.min()) < 0 or int((starts + lens).max()) > len(a) or int(lens.min()) < 0):
+        raise IndexError(f"rows out of range for col_aux of segment {seg.name}")
+    return np.asarray(a[ranges(starts, lens)])
+
+
 def gather_colbert(segments: Sequence[Segment], seg_of: np.ndarray, rows: np.ndarray,
                    max_tokens: int) -> Optional[tuple[np.ndarray, Optional[np.ndarray], np.ndarray]]:
     """``(codes, aux, lens)``: the coded ColBERT tokens of the candidates (``rows`` local to
@@ -410,7 +423,7 @@ def gather_colbert(segments: Sequence[Segment], seg_of: np.ndarray, rows: np.nda
     lens = np.concatenate([ln for _, _, ln in parts]) if parts else np.zeros(0, np.int64)
     codes = [seg.take_ranges("col_codes", st, ln) for seg, st, ln in parts]
     has_aux = bool(parts) and parts[0][0].array("col_aux") is not None
-    aux = np.concatenate([seg.take_ranges("col_aux", st, ln) for seg, st, ln in parts]) if has_aux else None
+    aux = np.concatenate([_aux_ranges(seg, st, ln) for seg, st, ln in parts]) if has_aux else None
     return (np.concatenate(codes) if codes else np.zeros((0, 0), np.uint8)), aux, lens
 
 
