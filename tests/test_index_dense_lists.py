@@ -322,3 +322,47 @@ def test_joined_is_concatenate_and_skips_the_copy_only_for_consecutive_views():
     other = joined([whole[:3], np.ones(2, np.float32)])
     assert other.tolist() == [0, 1, 2, 1, 1]
     assert joined([]).shape == (0,)
+
+
+# --------------------------------------------------------------------------- the search's helper thread
+def _search_in_child(path: str, q, conn) -> None:
+    idx = HybridIndex.load(path, load_encoder=False)
+    idx.exact_dense_rows = 1
+    conn.send([h.id for h in idx.search_encoded(q, k=5, candidates=10, shortlist=100)])
+    conn.close()
+
+
+def test_a_forked_child_searches_with_a_helper_thread_of_its_own(tmp_path, small_lists):
+    """The helper thread is started in the parent by its first search; a child forked after it
+    (gunicorn / multiprocessing 'fork') must start its own instead of waiting for the parent's."""
+    import multiprocessing as mp
+
+    import bgem3.index.search as search_mod
+
+    if search_mod.SEARCH_THREADS < 2 or "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs two cores and fork")
+    x = clustered(2000, seed=6)
+    idx = saved(tmp_path, x)
+    want = [h.id for h in idx.search_encoded(x[3], k=5, candidates=10, shortlist=100)]
+    assert search_mod._pool is not None  # the parent's helper exists
+    ctx = mp.get_context("fork")
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=_search_in_child, args=(str(tmp_path / "i"), x[3], b), daemon=True)
+    p.start()
+    try:
+        assert a.poll(60), "the child's search never finished"
+        assert a.recv() == want
+        p.join(10)
+        assert p.exitcode == 0
+    finally:
+        if p.is_alive():
+            p.kill()
+
+
+def test_work_given_to_the_helper_from_the_helper_runs_inline():
+    import bgem3.index.search as search_mod
+
+    if search_mod.SEARCH_THREADS < 2:
+        pytest.skip("needs two cores")
+    inner = search_mod._helper().submit(lambda: search_mod.beside(lambda: 7, parallel=True).result())
+    assert inner.result(timeout=10) == 7

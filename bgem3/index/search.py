@@ -63,12 +63,31 @@ _pool_lock = threading.Lock()
 _pool: Optional[ThreadPoolExecutor] = None
 
 
+_HELPER_NAME = "bgem3-search"
+
+
 def _helper() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bgem3-search")
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_HELPER_NAME)
         return _pool
+
+
+def _forget_helper() -> None:
+    """In a forked child the helper thread does not exist: start a new one on first use (a
+    search in the child would otherwise wait for it forever)."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper)
+
+
+def _on_helper() -> bool:
+    return threading.current_thread().name.startswith(_HELPER_NAME)
 
 
 try:  # optional fast Hamming kernel
@@ -368,7 +387,7 @@ class _Done:
 def beside(fn, *, parallel: bool):
     """``fn()`` started on the helper thread (when ``parallel`` and :data:`SEARCH_THREADS` >= 2)
     or run now; ``.result()`` gives its value or raises its exception."""
-    if parallel and SEARCH_THREADS >= 2:
+    if parallel and SEARCH_THREADS >= 2 and not _on_helper():  # never wait on the helper from the helper
         return _helper().submit(fn)
     return _Done(fn)
 
@@ -380,7 +399,7 @@ def split_maxsim(codec: ColbertCodec, prepared: tuple, codes: np.ndarray, aux: O
     same numbers as one call."""
     lens = np.asarray(lens, dtype=np.int64)
     total = int(lens.sum())
-    if SEARCH_THREADS < 2 or len(lens) < 2 or total < SPLIT_MIN_TOKENS:
+    if SEARCH_THREADS < 2 or len(lens) < 2 or total < SPLIT_MIN_TOKENS or _on_helper():
         return codec.maxsim(prepared, codes, aux, lens, prefix=prefix)
     ends = np.cumsum(lens)
     cut = min(max(int(np.searchsorted(ends, total // 2)) + 1, 1), len(lens) - 1)
