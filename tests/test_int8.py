@@ -67,9 +67,11 @@ def test_int8_bge_m3_shape_dense_lexical_colbert(tmp_path):
     got = Encoder(path, device="cpu", dtype="int8").encode(texts, sparse=True, colbert=True)
     dense = dense_fidelity(ref.dense, got.dense)
     # a hidden-32 random-weight toy checks the plumbing of all three outputs; random weights are
-    # numerically chaotic (its worst text measured 0.9938; on the 384-wide random M3 shape even ONNX
-    # Runtime fp32 is at 0.9995), so the M3-shaped gates are held on trained weights below
-    assert dense["cosine_median"] >= DENSE_COSINE_MEDIAN_GATE and dense["cosine_min"] >= 0.99, dense
+    # numerically chaotic (on the 384-wide random M3 shape even ONNX Runtime fp32 is at 0.9995), and
+    # the toy differs run to run (the tokenizer trained on the spot is not deterministic: its worst
+    # text measured 0.9889-0.9963 over seven trainings), so the M3-shaped gates are held on trained
+    # weights below and this minimum only has to show nothing broke
+    assert dense["cosine_median"] >= DENSE_COSINE_MEDIAN_GATE and dense["cosine_min"] >= 0.98, dense
     colbert = colbert_fidelity(ref.colbert, got.colbert)
     # per-token minimum over ~1.5k tokens of a 32-wide random toy: measured 0.974-0.996
     assert colbert["cosine_median"] >= 0.999 and colbert["cosine_min"] >= 0.95, colbert
