@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bgem3 import HybridIndex  # noqa: E402
-from bgem3.testing import minilm_path  # noqa: E402
+from bgem3.testing import minilm_batches  # noqa: E402
 
 WORDS = 40
 
@@ -78,21 +78,12 @@ def passages(limit: int) -> list[str]:
 
 
 def encode(texts: list[str]) -> np.ndarray:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    model = AutoModel.from_pretrained(minilm_path()).eval()
     out = []
-    with torch.inference_mode():
-        for a in range(0, len(texts), 128):
-            enc = tok(texts[a:a + 128], padding=True, truncation=True, max_length=64, return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy())
-            if a % 2560 == 0:
-                print(f"encoded {a}/{len(texts)}", flush=True)
-    return np.concatenate(out).astype(np.float32)
+    for i, (_, _, dense) in enumerate(minilm_batches(texts, batch=128, max_length=64)):
+        out.append(dense)
+        if i % 20 == 0:
+            print(f"encoded {128 * i}/{len(texts)}", flush=True)
+    return np.concatenate(out)
 
 
 def hybrid(args: argparse.Namespace, docs: np.ndarray, queries: np.ndarray, total: int) -> dict:

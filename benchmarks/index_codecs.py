@@ -72,27 +72,18 @@ def make_queries(texts: list[str], n: int, seed: int = 1) -> list[str]:
 
 def minilm_vectors(texts: list[str], batch: int = 32) -> tuple[np.ndarray, list[np.ndarray], list[list[int]]]:
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    from bgem3.testing import minilm_path
+    from bgem3.testing import minilm_batches
 
-    path = minilm_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
     dense, cols, ids = [], [], []
-    with torch.inference_mode():
-        for a in range(0, len(texts), batch):
-            enc = tok(texts[a:a + batch], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            d = (h * m).sum(1) / m.sum(1)
-            dense.append(torch.nn.functional.normalize(d, dim=-1).numpy())
-            hn = torch.nn.functional.normalize(h, dim=-1).numpy()
-            for i in range(h.shape[0]):
-                L = int(enc["attention_mask"][i].sum())
-                cols.append(np.ascontiguousarray(hn[i, 1:L], dtype=np.float32))
-                ids.append(enc["input_ids"][i, 1:L - 1].tolist())
-    return np.concatenate(dense).astype(np.float32), cols, ids
+    for enc, h, d in minilm_batches(texts, batch=batch, max_length=256):
+        dense.append(d)
+        hn = torch.nn.functional.normalize(h, dim=-1).numpy()
+        for i in range(h.shape[0]):
+            L = int(enc["attention_mask"][i].sum())
+            cols.append(np.ascontiguousarray(hn[i, 1:L], dtype=np.float32))
+            ids.append(enc["input_ids"][i, 1:L - 1].tolist())
+    return np.concatenate(dense), cols, ids
 
 
 def tfidf(docs_ids: list[list[int]], query_ids: list[list[int]]) -> tuple[list[dict], list[dict]]:

@@ -70,32 +70,24 @@ def passages(max_words: int = 120, min_words: int = 12) -> list[str]:
 def encode(texts: list[str], batch: int = 32, max_length: int = 128):
     """MiniLM's per-token last hidden states (normalised), its mean-pooled dense vector, tf lexical weights."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from bgem3.testing import minilm_path
+    from bgem3.testing import minilm_batches, minilm_path
 
-    path = minilm_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
-    specials = set(tok.all_special_ids)
+    specials = set(AutoTokenizer.from_pretrained(minilm_path()).all_special_ids)
     dense, sparse, colbert = [], [], []
-    with torch.inference_mode():
-        for a in range(0, len(texts), batch):
-            enc = tok(texts[a:a + batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            d = (h * mask).sum(1) / mask.sum(1)
-            dense.append(torch.nn.functional.normalize(d, dim=-1).numpy())
-            for i in range(h.shape[0]):
-                n = int(enc["attention_mask"][i].sum())
-                vecs = torch.nn.functional.normalize(h[i, 1:n], dim=-1).numpy().astype(np.float32)  # CLS dropped
-                colbert.append(vecs)
-                tf: dict[int, int] = {}
-                for t in enc["input_ids"][i, :n].tolist():
-                    if t not in specials:
-                        tf[t] = tf.get(t, 0) + 1
-                sparse.append({t: 0.1 * (1 + math.log(c)) for t, c in tf.items()})
-    return np.concatenate(dense).astype(np.float32), sparse, colbert
+    for enc, h, d in minilm_batches(texts, batch=batch, max_length=max_length):
+        dense.append(d)
+        for i in range(h.shape[0]):
+            n = int(enc["attention_mask"][i].sum())
+            vecs = torch.nn.functional.normalize(h[i, 1:n], dim=-1).numpy().astype(np.float32)  # CLS dropped
+            colbert.append(vecs)
+            tf: dict[int, int] = {}
+            for t in enc["input_ids"][i, :n].tolist():
+                if t not in specials:
+                    tf[t] = tf.get(t, 0) + 1
+            sparse.append({t: 0.1 * (1 + math.log(c)) for t, c in tf.items()})
+    return np.concatenate(dense), sparse, colbert
 
 
 def colbert_bytes(shard: str) -> tuple[float, float]:

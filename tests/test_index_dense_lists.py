@@ -255,8 +255,7 @@ def test_dense_lists_keep_the_top10_of_real_minilm_vectors(minilm, tmp_path, sma
     import site
     import sys
 
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from bgem3.testing import minilm_sentence_vectors
 
     words: list[str] = []
     for path in sorted(glob.glob(os.path.join(site.getsitepackages()[0] if hasattr(site, "getsitepackages")
@@ -267,19 +266,11 @@ def test_dense_lists_keep_the_top10_of_real_minilm_vectors(minilm, tmp_path, sma
             break
     texts = [" ".join(words[a:a + 40]) for a in range(0, len(words) - 40, 40)][:1560]
     assert len(texts) >= 1000
-    tok = AutoTokenizer.from_pretrained(minilm)
-    model = AutoModel.from_pretrained(minilm).eval()
-    vecs = []
-    with torch.inference_mode():
-        for a in range(0, len(texts), 64):
-            enc = tok(texts[a:a + 64], padding=True, truncation=True, max_length=64, return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            vecs.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy())
-    x = np.concatenate(vecs).astype(np.float32)
+    x = minilm_sentence_vectors(texts, path=minilm)
     docs, queries = x[:-60], x[-60:]
     idx = saved(tmp_path, docs)
     assert idx._all_segments()[0].dense_lists() is not None
+
     def recall(probe: float) -> float:
         rec = []
         for q in queries:

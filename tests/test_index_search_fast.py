@@ -25,25 +25,20 @@ def unit(rng, n, d):
 def minilm_corpus(minilm):
     """~300 real-text passages: MiniLM dense vectors, token vectors (last hidden states), tf lexical."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+
+    from bgem3.testing import minilm_batches
 
     texts = [f"{a} {b}" for a in TEXTS for b in TEXTS[:12]]
-    tok = AutoTokenizer.from_pretrained(minilm)
-    model = AutoModel.from_pretrained(minilm).eval()
     dense, cols, sparse = [], [], []
-    with torch.inference_mode():
-        for a in range(0, len(texts), 64):
-            enc = tok(texts[a:a + 64], padding=True, truncation=True, max_length=96, return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            dense.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy())
-            hn = torch.nn.functional.normalize(h, dim=-1).numpy()
-            for i in range(h.shape[0]):
-                n = int(enc["attention_mask"][i].sum())
-                cols.append(np.ascontiguousarray(hn[i, 1:n], dtype=np.float32))
-                ids = enc["input_ids"][i, 1:n - 1].tolist()
-                sparse.append({int(t): 0.1 + 0.05 * ids.count(t) for t in set(ids)})
-    return texts, np.concatenate(dense).astype(np.float32), sparse, cols
+    for enc, h, d in minilm_batches(texts, batch=64, max_length=96, path=minilm):
+        dense.append(d)
+        hn = torch.nn.functional.normalize(h, dim=-1).numpy()
+        for i in range(h.shape[0]):
+            n = int(enc["attention_mask"][i].sum())
+            cols.append(np.ascontiguousarray(hn[i, 1:n], dtype=np.float32))
+            ids = enc["input_ids"][i, 1:n - 1].tolist()
+            sparse.append({int(t): 0.1 + 0.05 * ids.count(t) for t in set(ids)})
+    return texts, np.concatenate(dense), sparse, cols
 
 
 @pytest.mark.parametrize("codec", ["int8", "2bit", "1bit"])
