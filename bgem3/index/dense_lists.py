@@ -58,7 +58,7 @@ DEFAULT_PROBE = 0.2
 #: k-means training: at most this many sampled rows per list, this many iterations
 TRAIN_ROWS_PER_LIST = 64
 ITERATIONS = 10
-#: the three arrays (file stems) of a segment's lists
+#: the four arrays (file stems) of a segment's lists
 LIST_ARRAYS = ("dense_centroids", "dense_list_ptr", "dense_list_rows", "dense_list_bits")
 #: rows assigned per matrix product while building (bounded memory)
 _ASSIGN_STEP = 8192

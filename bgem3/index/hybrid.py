@@ -756,8 +756,7 @@ class HybridIndex(StoreBase):
         else:
             rerank = int(colbert_rerank)
         rerank = max(rerank, k) if rerank else 0
-        probe = _probe_share(getattr(self, "dense_probe", DEFAULT_PROBE) if dense_probe is None else dense_probe,
-                             "dense_probe")
+        probe = _probe_share(self.dense_probe if dense_probe is None else dense_probe, "dense_probe")
         with self._lock, one_blas_thread():
             segs = self._all_segments()
             if not segs:

@@ -86,8 +86,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_helper)
 
 
-def _on_helper() -> bool:
-    return threading.current_thread().name.startswith(_HELPER_NAME)
+def _can_use_helper() -> bool:
+    """A second core exists and this is not the helper itself (it never waits on itself)."""
+    return SEARCH_THREADS >= 2 and not threading.current_thread().name.startswith(_HELPER_NAME)
 
 
 try:  # optional fast Hamming kernel
@@ -177,13 +178,20 @@ def dense_exact(seg: Segment, q: np.ndarray, rows: Optional[np.ndarray] = None) 
     return out
 
 
+def _faiss_reads(bits: np.ndarray) -> bool:
+    """Whether faiss's ``hammings`` kernel can take ``bits`` as they are (faiss there, contiguous
+    ``uint8`` rows of whole 8-byte words)."""
+    return (_hammings is not None and bits.shape[1] % 8 == 0 and bits.flags.c_contiguous
+            and bits.dtype == np.uint8)
+
+
 def _hamming_into(bits: np.ndarray, qbits: np.ndarray, out: np.ndarray) -> None:
     """Hamming distances of every row of ``bits [n, B] uint8`` to ``qbits [B]`` written into
     ``out [n] int32`` (faiss's popcount kernel when installed, numpy's ``bitwise_count`` otherwise)."""
     n, width = bits.shape
     if n == 0:
         return
-    if _hammings is not None and width % 8 == 0 and bits.flags.c_contiguous and bits.dtype == np.uint8:
+    if _faiss_reads(bits):
         with _faiss_one_thread():
             _hammings(_faiss.swig_ptr(qbits), _faiss.swig_ptr(bits), 1, n, width, _faiss.swig_ptr(out))
         return
@@ -209,7 +217,7 @@ def _hamming_ranges(bits: np.ndarray, starts: np.ndarray, ends: np.ndarray, qbit
         brk = np.flatnonzero(starts[1:] != ends[:-1]) + 1
         if len(brk) < len(starts) - 1:
             starts, ends = starts[np.r_[0, brk]], ends[np.r_[brk - 1, len(ends) - 1]]
-    if _hammings is not None and width % 8 == 0 and bits.flags.c_contiguous and bits.dtype == np.uint8:
+    if _faiss_reads(bits):
         qp = _faiss.swig_ptr(qbits)
         o = 0
         with _faiss_one_thread():
@@ -387,7 +395,7 @@ class _Done:
 def beside(fn, *, parallel: bool):
     """``fn()`` started on the helper thread (when ``parallel`` and :data:`SEARCH_THREADS` >= 2)
     or run now; ``.result()`` gives its value or raises its exception."""
-    if parallel and SEARCH_THREADS >= 2 and not _on_helper():  # never wait on the helper from the helper
+    if parallel and _can_use_helper():
         return _helper().submit(fn)
     return _Done(fn)
 
@@ -399,13 +407,13 @@ def split_maxsim(codec: ColbertCodec, prepared: tuple, codes: np.ndarray, aux: O
     same numbers as one call."""
     lens = np.asarray(lens, dtype=np.int64)
     total = int(lens.sum())
-    if SEARCH_THREADS < 2 or len(lens) < 2 or total < SPLIT_MIN_TOKENS or _on_helper():
+    if len(lens) < 2 or total < SPLIT_MIN_TOKENS or not _can_use_helper():
         return codec.maxsim(prepared, codes, aux, lens, prefix=prefix)
     ends = np.cumsum(lens)
     cut = min(max(int(np.searchsorted(ends, total // 2)) + 1, 1), len(lens) - 1)
     t0 = int(ends[cut - 1])
-    later = _helper().submit(codec.maxsim, prepared, codes[t0:], None if aux is None else aux[t0:], lens[cut:],
-                             prefix=prefix)
+    later = beside(lambda: codec.maxsim(prepared, codes[t0:], None if aux is None else aux[t0:], lens[cut:],
+                                        prefix=prefix), parallel=True)
     first = codec.maxsim(prepared, codes[:t0], None if aux is None else aux[:t0], lens[:cut], prefix=prefix)
     return np.concatenate([first, later.result()])
 

@@ -266,6 +266,7 @@ class DiskSegment(Segment):
         self._ids: Optional[list[str]] = None
         self._metas: Optional[list[dict]] = None
         self._lexview: Optional[LexicalView] = None
+        self._lists_checked = False
 
     @property
     def dead(self) -> np.ndarray:  # type: ignore[override]
@@ -283,7 +284,7 @@ class DiskSegment(Segment):
         centroids: O(n) reads, kept out of the open)."""
         if "dense_list_rows" not in self._plain:
             return None
-        if not self.__dict__.get("_lists_checked"):
+        if not self._lists_checked:
             problem = check_lists(self.n, self._plain["dense"].shape[1], self._plain)
             if problem:
                 raise bad(self.folder, problem)
