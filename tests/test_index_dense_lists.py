@@ -159,15 +159,16 @@ def test_index_dense_probe_is_the_default_of_its_searches(tmp_path, small_lists,
 
 def test_hamming_over_list_ranges_equals_the_numpy_fallback(monkeypatch):
     import bgem3.index.search as search_mod
+    from bgem3.index.lexical import ranges
 
     rng = np.random.default_rng(3)
     bits = rng.integers(0, 256, size=(500, 16), dtype=np.uint8)
     q = rng.integers(0, 256, size=16, dtype=np.uint8)
     starts, ends = np.array([0, 40, 41, 300]), np.array([10, 41, 41, 500])
     want = np.concatenate([np.bitwise_count(bits[a:b] ^ q).sum(axis=1) for a, b in zip(starts, ends)])
-    got = search_mod._hamming_ranges(bits, starts, ends, q)
+    got = search_mod._hamming_rows(bits, ranges(starts, ends - starts), q)
     monkeypatch.setattr(search_mod, "_hammings", None)
-    fallback = search_mod._hamming_ranges(bits, starts, ends, q)
+    fallback = search_mod._hamming_rows(bits, ranges(starts, ends - starts), q)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(fallback, want)
 

@@ -224,21 +224,40 @@ def test_compaction_of_saved_segments_streams_them_one_bounded_segment_at_a_time
 
 
 def test_posting_scatter_add_equals_numpy_and_refuses_rows_outside_the_segment():
+    from bgem3.index import lexical
     from bgem3.index.errors import IndexFormatError
-    from bgem3.index.lexical import add_postings
+    from bgem3.index.lexical import add_posting_slices
 
     rng = np.random.default_rng(7)
-    rows = np.sort(rng.choice(1000, 400, replace=False)).astype(np.int32)
-    vals = rng.random(400).astype(np.float32)
-    acc = rng.random(1000).astype(np.float32)
-    want = acc.copy()
-    want[rows[50:300]] += vals[50:300] * np.float32(0.7)
-    add_postings(acc, rows, vals, 50, 300, np.array([0.7], np.float32))
-    np.testing.assert_allclose(acc, want, rtol=1e-6)
-    bad = rows.copy()
-    bad[100] = 5000  # a crafted file: a posting past the segment's rows
-    with pytest.raises(IndexFormatError, match="corrupted"):
-        add_postings(acc, bad, vals, 50, 300, np.array([0.7], np.float32))
-    bad[100] = -3
-    with pytest.raises(IndexFormatError, match="corrupted"):
-        add_postings(acc, bad, vals, 50, 300, np.array([0.7], np.float32))
+    # five terms' posting lists one after the other (rows unique within each), one of them empty
+    bounds = [0, 300, 300, 700, 1000, 1200]
+    rows = np.concatenate([np.sort(rng.choice(1000, bounds[i + 1] - bounds[i], replace=False))
+                           for i in range(len(bounds) - 1)]).astype(np.int32)
+    vals = rng.random(len(rows)).astype(np.float32)
+    # slices of four of them, ascending, as a query's terms give them (one empty)
+    starts, ends = np.array([50, 300, 300, 800, 1000]), np.array([300, 300, 700, 1000, 1150])
+    w = np.array([0.7, 5.0, -1.5, 2.0, 0.25], np.float32)
+    acc0 = rng.random(1000).astype(np.float32)
+    want = acc0.astype(np.float64)
+    for a, b, wi in zip(starts, ends, w):
+        np.add.at(want, rows[a:b], vals[a:b].astype(np.float64) * wi)
+    got = acc0.copy()
+    add_posting_slices(got, rows, vals, starts, ends, w)   # the one compiled call
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    saved, lexical._csc_matvec = lexical._csc_matvec, None
+    try:
+        plain = acc0.copy()
+        add_posting_slices(plain, rows, vals, starts, ends, w)   # numpy, slice by slice
+    finally:
+        lexical._csc_matvec = saved
+    np.testing.assert_allclose(plain, want, rtol=1e-6, atol=1e-6)
+    for bad_value in (5000, -3):  # a crafted file: a posting outside the segment's rows
+        bad = rows.copy()
+        bad[900] = bad_value
+        before = acc0.copy()
+        with pytest.raises(IndexFormatError, match="corrupted"):
+            add_posting_slices(before, bad, vals, starts, ends, w)
+        np.testing.assert_array_equal(before, acc0)   # checked before anything is written
+    checked: set = set()
+    add_posting_slices(acc0.copy(), rows, vals, starts, ends, w, checked)
+    assert checked == {(50, 300), (300, 700), (800, 1000), (1000, 1150)}

@@ -271,7 +271,7 @@ def _as_terms_dtype(terms: np.ndarray, stored: np.ndarray) -> np.ndarray:
     return terms
 
 
-try:  # scipy's compiled CSC mat-vec kernel: y[rows] += values * w for one posting slice, no temporaries
+try:  # scipy's compiled CSC mat-vec kernel: y[rows] += values * w over posting slices, no temporaries
     from scipy.sparse import _sparsetools as _sparsetools  # type: ignore
 
     _csc_matvec = getattr(_sparsetools, "csc_matvec", None)
@@ -279,39 +279,68 @@ except Exception:  # pragma: no cover - scipy without it
     _csc_matvec = None
 
 
-def add_postings(acc: np.ndarray, rows: np.ndarray, values: np.ndarray, a: int, b: int, w: np.ndarray,
-                 checked: Optional[set] = None) -> None:
-    """``acc[rows[a:b]] += values[a:b] * w[0]`` (rows unique within the slice), bounds-checked
-    (once per slice when ``checked``, a set of slices already checked against ``len(acc)``, is given).
-
-    Uses scipy's compiled CSC kernel on the slice in place when the dtypes fit (about twice as fast
-    as numpy's fancy-index add over long postings); the rows are checked to lie in ``acc`` first,
-    since that kernel does not check (a corrupted file must give an error, not a wild write).
-
-    >>> acc = np.zeros(4, np.float32)
-    >>> add_postings(acc, np.array([0, 2, 3], np.int32), np.array([1, 2, 3], np.float32), 1, 3, np.array([2], np.float32))
-    >>> acc.tolist()
-    [0.0, 0.0, 4.0, 6.0]
-    """
-    r = rows[a:b]
-    if checked is None or (a, b) not in checked:
+def _check_slices(n: int, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray, checked: Optional[set]) -> None:
+    """Every row of ``rows[starts[i]:ends[i]]`` lies in ``[0, n)`` (a slice already in ``checked``
+    is not read again; slices found good are added to it): the compiled kernel does not check, and
+    a corrupted file must give an error, not a wild write."""
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        if b <= a or (checked is not None and (a, b) in checked):
+            continue
+        r = rows[a:b]
         lo, hi = int(r.min()), int(r.max())
-        if lo < 0 or hi >= len(acc):
+        if lo < 0 or hi >= n:
             from .errors import IndexFormatError
 
-            raise IndexFormatError(f"lexical postings point at row {hi if hi >= len(acc) else lo} of a segment with "
-                                   f"{len(acc)} rows: the index data is corrupted (run index.verify()); rebuild it")
+            raise IndexFormatError(f"lexical postings point at row {hi if hi >= n else lo} of a segment with "
+                                   f"{n} rows: the index data is corrupted (run index.verify()); rebuild it")
         if checked is not None:
             checked.add((a, b))
+
+
+def add_posting_slices(acc: np.ndarray, rows: np.ndarray, values: np.ndarray, starts: np.ndarray,
+                       ends: np.ndarray, weights: np.ndarray, checked: Optional[set] = None) -> None:
+    """``acc[rows[starts[i]:ends[i]]] += values[starts[i]:ends[i]] * weights[i]`` for every ``i``
+    (rows unique within a slice, slices disjoint), bounds-checked (once per slice when ``checked``,
+    a set of slices already checked against ``len(acc)``, is given).
+
+    One call of scipy's compiled CSC mat-vec kernel does every slice when the dtypes fit (no
+    temporaries, no Python per slice; about twice as fast as numpy's fancy-index add over long
+    postings): the slices become the columns of one CSC matrix over ``rows``/``values`` with
+    column pointers ``[s0, e0, s1, e1, ...]`` in descending order of start, so each column between
+    two slices runs backwards (``e_i >= s_(i+1)``) and holds nothing; its weight is 0 besides.
+    Otherwise (no scipy, other dtypes, overlapping slices) numpy, slice by slice.
+
+    >>> acc = np.zeros(4, np.float32)
+    >>> rows, vals = np.array([0, 2, 3, 1], np.int32), np.array([1, 2, 3, 4], np.float32)
+    >>> add_posting_slices(acc, rows, vals, np.array([1, 3]), np.array([3, 4]), np.array([2, 10], np.float32))
+    >>> acc.tolist()
+    [0.0, 40.0, 4.0, 6.0]
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    w = np.asarray(weights, dtype=np.float32)
+    keep = ends > starts
+    if not keep.all():
+        starts, ends, w = starts[keep], ends[keep], w[keep]
+    if len(starts) == 0:
+        return
+    _check_slices(len(acc), rows, starts, ends, checked)
+    order = np.argsort(-starts, kind="stable")
+    s, e, w = starts[order], ends[order], w[order]
     if (_csc_matvec is not None and rows.dtype == np.int32 and values.dtype == np.float32 and acc.dtype == np.float32
-            and rows.flags.c_contiguous and values.flags.c_contiguous and b < 2**31):
+            and rows.flags.c_contiguous and values.flags.c_contiguous and int(e[0]) < 2**31
+            and bool(np.all(e[1:] <= s[:-1]))):
+        ptr = np.empty(2 * len(s), dtype=np.int32)
+        ptr[0::2], ptr[1::2] = s, e
+        x = np.zeros(2 * len(s) - 1, dtype=np.float32)
+        x[0::2] = w
         try:
-            _csc_matvec(len(acc), 1, np.array([a, b], dtype=np.int32), rows, values,
-                        np.asarray(w, dtype=np.float32), acc)
+            _csc_matvec(len(acc), len(x), ptr, rows, values, x, acc)
             return
         except Exception:  # pragma: no cover - an incompatible scipy: the numpy path below
             pass
-    acc[r] += values[a:b] * np.float32(w[0])
+    for a, b, wi in zip(s.tolist(), e.tolist(), w.tolist()):
+        acc[rows[a:b]] += values[a:b] * np.float32(wi)
 
 
 def joined(parts: Sequence[np.ndarray]) -> np.ndarray:
@@ -419,9 +448,8 @@ class LearnedSparse(LexicalChannel):
             if len(query) == 0 or seg.n_rows == 0:
                 continue
             # one slice per query term (a term's rows are unique): scatter-add, no gather of all postings
-            for qp, a, b in zip(*(x.tolist() for x in seg.posting_ranges(query.terms))):
-                if b > a:
-                    add_postings(acc, seg.post_rows, seg.post_values, a, b, query.weights[qp:qp + 1], seg.checked)
+            qp, a, b = seg.posting_ranges(query.terms)
+            add_posting_slices(acc, seg.post_rows, seg.post_values, a, b, query.weights[qp], seg.checked)
         return out
 
     def explain(self, query: QueryTerms, segment: LexicalView, row: int) -> dict[int, float]:

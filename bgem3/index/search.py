@@ -207,27 +207,13 @@ def _hamming_into(bits: np.ndarray, qbits: np.ndarray, out: np.ndarray) -> None:
             out[a:a + step] = np.bitwise_count(np.bitwise_xor(bits[a:a + step], qbits)).sum(axis=1, dtype=np.int32)
 
 
-def _hamming_ranges(bits: np.ndarray, starts: np.ndarray, ends: np.ndarray, qbits: np.ndarray) -> np.ndarray:
-    """Hamming distances of ``bits[starts[i]:ends[i]]`` (concatenated, ``int32``) to ``qbits``: the
-    kernel runs on each range in place (no gathered copy) when faiss is there."""
-    lens = ends - starts
-    out = np.empty(int(lens.sum()), dtype=np.int32)
-    width = bits.shape[1]
-    if len(starts) > 1:  # adjacent ranges read as one
-        brk = np.flatnonzero(starts[1:] != ends[:-1]) + 1
-        if len(brk) < len(starts) - 1:
-            starts, ends = starts[np.r_[0, brk]], ends[np.r_[brk - 1, len(ends) - 1]]
-    if _faiss_reads(bits):
-        qp = _faiss.swig_ptr(qbits)
-        o = 0
-        with _faiss_one_thread():
-            for a, b in zip(starts.tolist(), ends.tolist()):
-                if b > a:
-                    _hammings(qp, _faiss.swig_ptr(bits[a:b]), 1, b - a, width, _faiss.swig_ptr(out[o:o + b - a]))
-                    o += b - a
-        return out
-    if len(out):
-        _hamming_into(np.concatenate([bits[a:b] for a, b in zip(starts.tolist(), ends.tolist())]), qbits, out)
+def _hamming_rows(bits: np.ndarray, pos: np.ndarray, qbits: np.ndarray) -> np.ndarray:
+    """Hamming distances (``int32``) of the rows ``bits[pos]`` to ``qbits``: the rows gathered into
+    one buffer first (one compiled copy, then one kernel call: a call per probed list cost more in
+    Python than its distances, and more still beside the helper thread's Python)."""
+    out = np.empty(len(pos), dtype=np.int32)
+    if len(pos):
+        _hamming_into(np.take(bits, pos, axis=0), qbits, out)
     return out
 
 
@@ -258,7 +244,7 @@ def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarr
     If the probed lists hold fewer than ``shortlist`` eligible rows, every row is scanned."""
     qbits = np.packbits(q > 0)
     nbits = 8 * len(qbits)
-    pieces: list[tuple[int, Optional[tuple], np.ndarray]] = []   # (segment, probed ranges or None = all, dist)
+    pieces: list[tuple[int, Optional[tuple], np.ndarray]] = []   # (segment, probed positions or None = all, dist)
     found = 0
     for si, (seg, el) in enumerate(zip(segments, eligible)):
         n_el = int(np.count_nonzero(el))
@@ -271,13 +257,14 @@ def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarr
             nprobe = lists_to_scan(len(cen), probe, share)
             if nprobe < len(cen):
                 starts, ends = probe_lists(cen, ptr, q, nprobe)
-                dist = _hamming_ranges(lbits, starts, ends, qbits)
+                at = ranges(starts, ends - starts)   # positions in list order
+                dist = _hamming_rows(lbits, at, qbits)
                 found += len(dist)
                 if share < 1.0:
-                    dead = ~el[np.asarray(lrows[ranges(starts, ends - starts)], dtype=np.int64)]
+                    dead = ~el[np.asarray(lrows[at], dtype=np.int64)]
                     dist[dead] = nbits + 1
                     found -= int(dead.sum())
-                pieces.append((si, (starts, ends, lrows), dist))
+                pieces.append((si, (at, lrows), dist))
                 continue
         dist = np.empty(seg.n, dtype=np.int32)
         _hamming_into(np.asarray(seg.array("dense_bits")), qbits, dist)
@@ -306,12 +293,9 @@ def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarr
             if a == b:
                 continue
             local = picked[a:b] - first[pi]
-            if probed is not None:  # position in the probed ranges -> list position -> row
-                starts, ends, lrows = probed
-                lens = ends - starts
-                cum = np.cumsum(lens)
-                j = np.searchsorted(cum, local, side="right")
-                local = np.asarray(lrows[starts[j] + (local - (cum[j] - lens[j]))], dtype=np.int64)
+            if probed is not None:  # position among the probed rows -> list position -> row
+                at, lrows = probed
+                local = np.asarray(lrows[at[local]], dtype=np.int64)
             scores[a:b] = dense_exact(segments[si], q, local)
             rows_out[a:b] = local + bases[si]
 
