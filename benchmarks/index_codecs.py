@@ -120,8 +120,8 @@ def evaluate(name: str, dim: int, vocab: int, docs: dict, queries: dict, codecs:
         rf = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(r["fused"], ref["fused"])])
         rc = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(r["colbert"], ref["colbert"])])
         rows.append({"vectors": name, "codec": codec, "fused_recall_at_10": float(rf), "colbert_recall_at_10": float(rc),
-                     "bytes_per_token": bytes_per_token(codec, docs["colbert"][0].shape[1]),
-                     "bytes_per_token_at_1024": bytes_per_token(codec, 1024),
+                     "bytes_per_token": bytes_per_token(codec, docs["colbert"][0].shape[1], saved=False),
+                     "bytes_per_token_at_1024": bytes_per_token(codec, 1024),  # saved: + col_prefix
                      "colbert_bytes_per_token_measured": (r["colbert_bytes"] - 8 * (n + 1)) / tokens,
                      "add_s": r["add_s"]})
         print(json.dumps(rows[-1]), flush=True)

@@ -41,15 +41,20 @@ def minilm_tokens(minilm):
     return out
 
 
-def test_bytes_per_token_meet_the_issue_budgets():
-    assert [bytes_per_token(c, 1024) for c in COLBERT_CODECS] == [4096, 2048, 1028, 260, 132]
+def test_bytes_per_token_meet_the_issue_budgets(tmp_path):
+    # saved: codes + per-token float + the estimate's columns (col_prefix) for int8 / 1bit
+    assert [bytes_per_token(c, 1024) for c in COLBERT_CODECS] == [4096, 2048, 1092, 260, 140]
+    assert [bytes_per_token(c, 1024, saved=False) for c in COLBERT_CODECS] == [4096, 2048, 1028, 260, 132]
     assert bytes_per_token("2bit", 1024) <= 272 and bytes_per_token("1bit", 1024) <= 144
     rng = np.random.default_rng(0)
     for codec in COLBERT_CODECS:
         idx = HybridIndex(None, dim=1024, channels=["colbert"], colbert_codec=codec)
         cols = [rng.normal(size=(int(t), 1024)).astype(np.float32) for t in (3, 5)]
         idx.add_encoded(["a", "b"], ["A", "B"], None, colbert=cols)
-        assert idx.memory_usage()["colbert"] == 8 * bytes_per_token(codec, 1024) + 8 * 3
+        assert idx.memory_usage()["colbert"] == 8 * bytes_per_token(codec, 1024, saved=False) + 8 * 3
+        idx.save(tmp_path / codec)
+        back = HybridIndex.load(tmp_path / codec, load_encoder=False)
+        assert back.memory_usage()["colbert"] == 8 * bytes_per_token(codec, 1024) + 8 * 3
 
 
 @pytest.mark.parametrize("codec,min_corr,max_err", [("int8", 0.999, 0.01), ("2bit", 0.93, 0.08), ("1bit", 0.75, 0.15)])

@@ -13,7 +13,8 @@ which is exact when ``q`` is ``x`` itself and unbiased for a random rotation (Ra
 estimator ``<o_bar, q> / <o_bar, o>`` written for un-normalised ``y``). ``R`` and ``mu`` are
 fitted once, on the first vectors the index receives, and saved with the index.
 
-Bytes per token at ``dim = 1024``: float32 4096, float16 2048, int8 1028, 2bit 260, 1bit 132.
+Bytes per token at ``dim = 1024`` in a saved segment: float32 4096, float16 2048, int8 1092 (1028 +
+the estimate's 64 columns), 2bit 260, 1bit 140 (132 + 8).
 
 Example::
 
@@ -69,23 +70,25 @@ _TABLE1 = _byte_table(1)
 _TABLE2 = _byte_table(2)
 
 
-def bytes_per_token(codec: str, dim: int) -> int:
-    """Stored bytes per ColBERT token vector (codes + per-token float) for ``codec`` at ``dim``.
+def bytes_per_token(codec: str, dim: int, *, saved: bool = True) -> int:
+    """Bytes per ColBERT token vector for ``codec`` at ``dim``: codes + per-token float, and in a
+    saved segment (``saved=True``) the estimate's columns kept apart (``col_prefix``: 8 bytes for
+    1bit, 64 for int8 at 1024-d; see :meth:`ColbertCodec.stored_prefix_cols`).
 
     >>> [bytes_per_token(c, 1024) for c in COLBERT_CODECS]
+    [4096, 2048, 1092, 260, 140]
+    >>> [bytes_per_token(c, 1024, saved=False) for c in COLBERT_CODECS]
     [4096, 2048, 1028, 260, 132]
     """
     if codec == "float32":
         return 4 * dim
     if codec == "float16":
         return 2 * dim
-    if codec == "int8":
-        return dim + 4
-    if codec == "2bit":
-        return (dim + 3) // 4 + 4
-    if codec == "1bit":
-        return (dim + 7) // 8 + 4
-    raise ValueError(f"unknown ColBERT codec {codec!r}; choose one of {list(COLBERT_CODECS)}")
+    if codec not in COLBERT_CODECS:
+        raise ValueError(f"unknown ColBERT codec {codec!r}; choose one of {list(COLBERT_CODECS)}")
+    codes = {"int8": dim, "2bit": (dim + 3) // 4, "1bit": (dim + 7) // 8}[codec]
+    prefix = (ColbertCodec(codec, dim).stored_prefix_cols() or 0) if saved else 0
+    return codes + 4 + prefix
 
 
 def dense_bits(x: np.ndarray) -> np.ndarray:
@@ -269,6 +272,22 @@ class ColbertCodec:
             return self.dim
         return min(self.dim // 2, max(PREFIX_MIN_DIMS, self.dim // PREFIX_SHARE)) // 8 * 8
 
+    def prefix_cols(self) -> Optional[int]:
+        """Code columns that hold the :meth:`prefix_dims` coordinates (8 of 128 for 1-bit codes at
+        1024-d; a saved segment keeps them as a separate array, ``col_prefix``, so the estimate reads
+        8 bytes a token); ``None`` when the estimate reads every coordinate."""
+        d = self.prefix_dims()
+        if d >= self.dim:
+            return None
+        return {"1bit": d // 8, "2bit": d // 4}.get(self.name, d)
+
+    def stored_prefix_cols(self) -> Optional[int]:
+        """:meth:`prefix_cols` for the codecs whose saved segments keep ``col_prefix``: ``1bit``
+        (8 more bytes a token at 1024-d: 140 in all) and ``int8`` (64 more: 1092); not ``2bit``,
+        whose 260 bytes a token would become 276, past its budget of 272 (its estimate slices the
+        full codes, read for every candidate)."""
+        return self.prefix_cols() if self.name in ("1bit", "int8") else None
+
     def maxsim(self, prepared: tuple[np.ndarray, Optional[np.ndarray]], codes: np.ndarray, aux: Optional[np.ndarray],
                lens: np.ndarray, *, prefix: bool = False, step: int = MAXSIM_STEP_TOKENS) -> np.ndarray:
         """ColBERT MaxSim (mean over query tokens of the max over a document's tokens) of the
@@ -298,9 +317,8 @@ class ColbertCodec:
         if len(lens) == 0 or len(qr) == 0:
             return out
         d = self.prefix_dims() if prefix else self.dim
-        if d < self.dim:
-            cols = {"1bit": d // 8, "2bit": d // 4}.get(self.name, d)
-            codes = codes[:, :cols]
+        if d < self.dim:  # (``codes`` may hold just these columns: a segment's ``col_prefix``)
+            codes = codes[:, :self.prefix_cols()]
         ends = np.cumsum(lens)
         starts = ends - lens
         step = max(int(step), int(lens.max()))

@@ -126,7 +126,7 @@ class HybridIndex(StoreBase):
         lexical: the lexical channel object (default :class:`~bgem3.index.lexical.LearnedSparse`,
             BGE-M3's learned weights); see :mod:`bgem3.index.lexical` for the interface.
         colbert_codec: ``"float32"``, ``"float16"``, ``"int8"``, ``"2bit"`` or ``"1bit"``
-            (bytes per 1024-d token: 4096 / 2048 / 1028 / 260 / 132); default
+            (bytes per 1024-d token saved: 4096 / 2048 / 1092 / 260 / 140); default
             :attr:`DEFAULT_COLBERT_CODEC`. See docs/index.md for the fidelity of each.
         colbert_dtype: the former name, kept as an alias for ``"float16"`` / ``"float32"``.
         dense_codec: ``"float32"`` (default, exact) or ``"float16"`` (half the dense bytes).

@@ -411,12 +411,26 @@ def _aux_ranges(seg: Segment, starts: np.ndarray, lens: np.ndarray) -> np.ndarra
     return np.asarray(a[ranges(starts, lens)])
 
 
-def gather_colbert(segments: Sequence[Segment], seg_of: np.ndarray, rows: np.ndarray,
-                   max_tokens: int) -> Optional[tuple[np.ndarray, Optional[np.ndarray], np.ndarray]]:
-    """``(codes, aux, lens)``: the coded ColBERT tokens of the candidates (``rows`` local to
-    ``segments[seg_of]``, ``seg_of`` ascending), concatenated in candidate order; ``None`` when
-    they hold more than ``max_tokens`` tokens (the caller then scores segment by segment)."""
-    parts = []
+def _prefix_ranges(seg: Segment, starts: np.ndarray, lens: np.ndarray, cols: int) -> Optional[np.ndarray]:
+    """The estimate's code columns of the ranges from the segment's ``col_prefix`` (read through
+    the map: one gather, ``cols`` bytes a token), or ``None`` when it has none that wide."""
+    a = seg.array("col_prefix")
+    if a is None or a.shape[1] != cols:
+        return None
+    if len(starts) and (int(starts.min()) < 0 or int((starts + lens).max()) > len(a) or int(lens.min()) < 0):
+        raise IndexError(f"rows out of range for col_prefix of segment {seg.name}")
+    return np.asarray(a[ranges(starts, lens)])
+
+
+def colbert_pruned(codec: ColbertCodec, prepared: tuple, segments: Sequence[Segment], seg_of: np.ndarray,
+                   rows: np.ndarray, partial: np.ndarray, w_colbert: float, keep: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """``(positions, scores)``: the ``keep`` candidates with the best estimated fused score
+    (``partial`` = the weighted other channels + ``w_colbert`` x the cheap prefix MaxSim estimate),
+    with their full MaxSim through the codec; ``None`` if the candidates' tokens are too many to
+    read at once (then score them all the plain way). The estimate reads a segment's
+    ``col_prefix`` when it has one, and the full codes only of the ``keep`` candidates."""
+    max_tokens = (1 << 26) // codec.bytes_per_token()
+    parts = []   # (segment, token starts, token counts) per segment, in candidate order
     bounds = np.searchsorted(seg_of, np.arange(len(segments) + 1))
     total = 0
     for si in range(len(segments)):
@@ -431,28 +445,36 @@ def gather_colbert(segments: Sequence[Segment], seg_of: np.ndarray, rows: np.nda
         if total > max_tokens:
             return None
         parts.append((segments[si], st, ln))
-    lens = np.concatenate([ln for _, _, ln in parts]) if parts else np.zeros(0, np.int64)
-    codes = [seg.take_ranges("col_codes", st, ln) for seg, st, ln in parts]
-    has_aux = bool(parts) and parts[0][0].array("col_aux") is not None
-    aux = np.concatenate([_aux_ranges(seg, st, ln) for seg, st, ln in parts]) if has_aux else None
-    return (np.concatenate(codes) if codes else np.zeros((0, 0), np.uint8)), aux, lens
-
-
-def colbert_pruned(codec: ColbertCodec, prepared: tuple, segments: Sequence[Segment], seg_of: np.ndarray,
-                   rows: np.ndarray, partial: np.ndarray, w_colbert: float, keep: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """``(positions, scores)``: the ``keep`` candidates with the best estimated fused score
-    (``partial`` = the weighted other channels + ``w_colbert`` x the cheap prefix MaxSim estimate),
-    with their full MaxSim through the codec; ``None`` if the candidates' tokens are too many to
-    read at once (then score them all the plain way)."""
-    got = gather_colbert(segments, seg_of, rows, max_tokens=(1 << 26) // codec.bytes_per_token())
-    if got is None:
+    if not parts:
         return None
-    codes, aux, lens = got
-    est = split_maxsim(codec, prepared, codes, aux, lens, prefix=True)
+    lens = np.concatenate([ln for _, _, ln in parts])
+    aux = np.concatenate([_aux_ranges(seg, st, ln) for seg, st, ln in parts]) if codec.quantized else None
+    cols = codec.prefix_cols()
+    full: dict[int, np.ndarray] = {}   # part -> its full codes, where they had to be read anyway
+    pre = []
+    for i, (seg, st, ln) in enumerate(parts):
+        p = _prefix_ranges(seg, st, ln, cols) if cols is not None else None
+        if p is None:
+            full[i] = seg.take_ranges("col_codes", st, ln)
+            p = full[i] if cols is None else full[i][:, :cols]
+        pre.append(p)
+    est = split_maxsim(codec, prepared, np.concatenate(pre) if len(pre) > 1 else pre[0], aux, lens, prefix=True)
     pos = np.sort(np.argpartition(-(partial + w_colbert * est), keep - 1)[:keep])
+    # the full codes of the kept candidates, in candidate order
+    first = np.cumsum([0] + [len(ln) for _, _, ln in parts])
+    part_of = np.searchsorted(first, pos, side="right") - 1
+    codes = []
+    for i in np.unique(part_of).tolist():
+        seg, st, ln = parts[i]
+        k = pos[part_of == i] - first[i]
+        if i in full:
+            ends = np.cumsum(ln)
+            codes.append(full[i][ranges(ends[k] - ln[k], ln[k])])
+        else:
+            codes.append(seg.take_ranges("col_codes", st[k], ln[k]))
     ends = np.cumsum(lens)
-    sel = ranges(ends[pos] - lens[pos], lens[pos])
-    return pos, split_maxsim(codec, prepared, codes[sel], None if aux is None else aux[sel], lens[pos])
+    kept_aux = None if aux is None else aux[ranges(ends[pos] - lens[pos], lens[pos])]
+    return pos, split_maxsim(codec, prepared, np.concatenate(codes) if len(codes) > 1 else codes[0], kept_aux, lens[pos])
 
 
 def check_finite(values: Sequence[Optional[np.ndarray]], where: str) -> None:

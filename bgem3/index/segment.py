@@ -8,6 +8,8 @@ A segment holds, for each of its rows and for each channel the index has:
 * lexical: CSR ``lex_indptr / lex_indices / lex_values``, the inverted ``lex_terms / lex_term_ptr /
   lex_post_rows / lex_post_values`` and the channel's per-row ``lex_x_<name>`` arrays;
 * ColBERT: ``col_codes [T, width]`` (+ ``col_aux [T]`` for quantised codecs) and ``col_offsets [n+1]``;
+  a disk segment of the 1bit / int8 codecs also ``col_prefix [T, prefix_cols]``, the code columns
+  the MaxSim estimate reads (``ColbertCodec.stored_prefix_cols``), contiguous;
 * documents: ids, texts and metadata (JSON) as UTF-8 blobs + offsets;
 
 and a ``dead`` mask (tombstones). Disk segments never change; a save writes the tail as a new
@@ -134,7 +136,7 @@ _GROUPS = {
     "dense": ("dense", "dense_bits") + LIST_ARRAYS,
     "sparse": ("lex_indptr", "lex_indices", "lex_values"),
     "sparse_search_copy": ("lex_terms", "lex_term_ptr", "lex_post_rows", "lex_post_values"),
-    "colbert": ("col_codes", "col_aux", "col_offsets"),
+    "colbert": ("col_codes", "col_aux", "col_offsets", "col_prefix"),
 }
 
 
@@ -451,6 +453,9 @@ def write_segment(root: Path, seg: MemSegment) -> dict:
         arrays[key] = buf.view
     if "dense" in arrays and seg.n >= MIN_ROWS:
         arrays.update(build_lists(arrays["dense"], bits=arrays["dense_bits"]))
+    cols = seg.codec.stored_prefix_cols() if seg.codec is not None else None
+    if cols is not None:  # the MaxSim estimate's columns, contiguous (it reads 8 bytes a token, not 128)
+        arrays["col_prefix"] = np.ascontiguousarray(arrays["col_codes"][:, :cols])
     if seg.lexical:
         v = seg.lexical_view()
         arrays.update({"lex_terms": v.terms, "lex_term_ptr": v.term_ptr, "lex_post_rows": v.post_rows,
@@ -516,6 +521,13 @@ def expected_arrays(n: int, rec: dict, *, dense: Optional[tuple[int, str]], lexi
         if codec.quantized:
             out["col_aux"] = ((t,), "float32")
         out["col_offsets"] = ((n + 1,), "int64")
+        if "col_prefix.npy" in files:  # optional (segments written before it existed lack it)
+            r = files["col_prefix.npy"]
+            shape = r.get("shape") if isinstance(r, dict) else None
+            cols = shape[1] if isinstance(shape, list) and len(shape) == 2 else None
+            if isinstance(cols, bool) or not isinstance(cols, int) or not 1 <= cols < codec.code_width:
+                raise bad(root, f"segment {rec['name']}: bad shape of col_prefix.npy")
+            out["col_prefix"] = ((t, cols), str(codec.code_dtype))
     return out
 
 
@@ -594,6 +606,12 @@ def check_values(seg: DiskSegment) -> None:
         finite(key)
     if "col_codes" in a and a["col_codes"].dtype.kind == "f":
         finite("col_codes")
+    if "col_prefix" in a:
+        pre, codes = a["col_prefix"], a["col_codes"]
+        for i in range(0, len(pre), step // max(pre.shape[1], 1)):
+            j = i + step // max(pre.shape[1], 1)
+            if not np.array_equal(pre[i:j], codes[i:j, :pre.shape[1]]):
+                raise bad(folder, "col_prefix does not match col_codes")
     if "dense" in a and len(a["dense"]):
         bits = np.packbits(np.asarray(a["dense"]) > 0, axis=1)
         if not np.array_equal(bits, a["dense_bits"]):
