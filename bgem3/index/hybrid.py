@@ -783,7 +783,8 @@ class HybridIndex(StoreBase):
             side = beside(lexical_and_query, parallel=scan)
             dense_all = None
             try:
-                dense_rows = dense_candidates(segs, bases, dq, eligible, candidates, short, probe)[0] if scan else None
+                dense_rows, dense_sc = (dense_candidates(segs, bases, dq, eligible, candidates, short, probe) if scan
+                                        else (None, None))
             finally:
                 lex_all, prepared = side.result()
             if every_row:
@@ -809,10 +810,15 @@ class HybridIndex(StoreBase):
             if dq is not None:
                 if dense_all is not None:
                     d = dense_all[cand]
-                else:
+                else:  # the dense candidates' exact scores are known; the others are read now
                     d = np.empty(len(cand), dtype=np.float32)
-                    for si in np.unique(seg_of):
-                        m = seg_of == si
+                    todo = np.ones(len(cand), dtype=bool)
+                    if dense_rows is not None and len(dense_rows):
+                        at = np.searchsorted(cand, dense_rows)
+                        d[at] = dense_sc
+                        todo[at] = False
+                    for si in np.unique(seg_of[todo]):
+                        m = todo & (seg_of == si)
                         d[m] = dense_exact(segs[si], dq, cand[m] - bases[si])
             if lex_all is not None:
                 s = lex_all[cand]
