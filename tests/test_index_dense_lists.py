@@ -147,7 +147,7 @@ def test_index_dense_probe_is_the_default_of_its_searches(tmp_path, small_lists,
 
     seen = []
     real = hybrid_mod.dense_candidates
-    monkeypatch.setattr(hybrid_mod, "dense_candidates", lambda *a: seen.append(a[-1]) or real(*a))
+    monkeypatch.setattr(hybrid_mod, "dense_candidates", lambda *a: seen.append(a[6]) or real(*a))
     idx = saved(tmp_path, clustered(2000))
     assert idx.dense_probe == DEFAULT_PROBE == 0.2
     idx.search_encoded(clustered(1)[0], k=3)

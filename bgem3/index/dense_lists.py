@@ -42,7 +42,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -127,15 +127,61 @@ def lists_to_scan(c: int, probe: float, eligible_share: float) -> int:
     return c if want * 2 >= c else want
 
 
-def probe_lists(centroids: np.ndarray, ptr: np.ndarray, q: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+def probe_lists(centroids: np.ndarray, ptr: np.ndarray, q: np.ndarray, nprobe: int,
+                scores: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """``(starts, ends)``: the position ranges (in list order) of the ``nprobe`` lists whose
-    centroids have the largest inner product with ``q``, in storage order (reads run forward)."""
+    centroids have the largest inner product with ``q`` (``scores``, when already computed), in
+    storage order (reads run forward)."""
     c = len(centroids)
     if nprobe >= c:
         return np.zeros(1, dtype=np.int64), np.asarray(ptr[-1:], dtype=np.int64)
-    scores = centroids @ q
+    if scores is None:
+        scores = centroids @ q
     best = np.sort(np.argpartition(-scores, nprobe - 1)[:nprobe])
     return np.asarray(ptr[best], dtype=np.int64), np.asarray(ptr[best + 1], dtype=np.int64)
+
+
+class CentroidTable:
+    """The centroids of several segments' lists in one matrix, so a query ranks all of them with one
+    matrix-vector product (20 segments of 50k rows: one ``[4480, 1024]`` product, not 20 small ones
+    and their overhead). A copy, 4 KB per list at 1024-d, made on the first search over a given set
+    of segments (the index makes a new one when its segments change).
+
+    >>> import numpy as np
+    >>> class Seg:
+    ...     def __init__(self, c): self.c = c
+    ...     def dense_lists(self): return None if self.c is None else (self.c, None, None, None)
+    >>> segs = [Seg(np.eye(3, dtype="float32")), Seg(None), Seg(np.ones((2, 3), "float32"))]
+    >>> t = CentroidTable(segs)
+    >>> [None if s is None else s.tolist() for s in t.scores(np.array([1, 2, 3], "float32"))]
+    [[1.0, 2.0, 3.0], None, [6.0, 6.0]]
+    >>> t.matches(segs), t.matches(segs[:2])
+    (True, False)
+    """
+
+    def __init__(self, segments: Sequence[Any]) -> None:
+        self.segments = list(segments)
+        mats: list[np.ndarray] = []
+        self.spans: list[Optional[tuple[int, int]]] = []
+        at = 0
+        for seg in self.segments:
+            lists = seg.dense_lists()
+            if lists is None:
+                self.spans.append(None)
+                continue
+            mats.append(np.asarray(lists[0], dtype=np.float32))
+            self.spans.append((at, at + len(lists[0])))
+            at += len(lists[0])
+        self.matrix = np.concatenate(mats) if mats else None
+
+    def matches(self, segments: Sequence[Any]) -> bool:
+        """Built from exactly these segment objects, in this order."""
+        return len(segments) == len(self.segments) and all(a is b for a, b in zip(segments, self.segments))
+
+    def scores(self, q: np.ndarray) -> list[Optional[np.ndarray]]:
+        """Per segment, its centroids' inner products with ``q`` (``None`` for one without lists)."""
+        s = self.matrix @ q if self.matrix is not None else None
+        return [None if sp is None else s[sp[0]:sp[1]] for sp in self.spans]
 
 
 def probe_positions(centroids: np.ndarray, ptr: np.ndarray, q: np.ndarray, nprobe: int) -> np.ndarray:

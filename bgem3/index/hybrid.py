@@ -44,7 +44,7 @@ from .._store import check_str_list as _check_str_list, encoder_from_model_name,
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
 from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, dense_bits
-from .dense_lists import DEFAULT_PROBE
+from .dense_lists import DEFAULT_PROBE, CentroidTable
 from .errors import IndexFormatError
 from .lexical import LearnedSparse, LexicalBlock, LexicalChannel, QueryTerms, joined
 from .search import (CHANNELS, DEFAULT_COLBERT_RERANK, check_finite, colbert_pruned, colbert_scores, dense_candidates,
@@ -243,6 +243,7 @@ class HybridIndex(StoreBase):
         self._home: Optional[Path] = None
         self._uuid = uuid.uuid4().hex
         self._compact_pending = False  # compact() asked: the next save rewrites the saved segments
+        self._centroids: Optional[CentroidTable] = None  # every segment's list centroids, one matrix (search)
         self._codec_dir: Optional[str] = None
         self._spilled: dict[str, Path] = {}  # segments spill() wrote that no save committed yet
         self._spill_created: set[Path] = set()
@@ -783,8 +784,10 @@ class HybridIndex(StoreBase):
             side = beside(lexical_and_query, parallel=scan)
             dense_all = None
             try:
-                dense_rows, dense_sc = (dense_candidates(segs, bases, dq, eligible, candidates, short, probe) if scan
-                                        else (None, None))
+                if scan and (self._centroids is None or not self._centroids.matches(segs)):
+                    self._centroids = CentroidTable(segs)
+                dense_rows, dense_sc = (dense_candidates(segs, bases, dq, eligible, candidates, short, probe,
+                                                         self._centroids) if scan else (None, None))
             finally:
                 lex_all, prepared = side.result()
             if every_row:

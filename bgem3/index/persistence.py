@@ -466,6 +466,7 @@ def load_index(cls: Any, directory: Any, encoder: Any = None, *, load_encoder: b
         opened.append(seg)
     index._segments = opened
     index._idmap = None
+    index._centroids = None
     index._home = root
     index._uuid = uid
     count = _int_field(root, m, "count", lo=0, hi=2**40)

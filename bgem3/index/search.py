@@ -31,7 +31,7 @@ import numpy as np
 
 from .._store import rank
 from .codecs import ColbertCodec
-from .dense_lists import DEFAULT_PROBE, lists_to_scan, probe_lists
+from .dense_lists import DEFAULT_PROBE, CentroidTable, lists_to_scan, probe_lists
 from .errors import IndexFormatError
 from .lexical import ranges
 from .segment import Segment
@@ -235,14 +235,18 @@ def smallest(values: np.ndarray, k: int, bound: int) -> np.ndarray:
 
 
 def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarray, eligible: Sequence[np.ndarray],
-                     n: int, shortlist: int, probe: float = DEFAULT_PROBE) -> tuple[np.ndarray, np.ndarray]:
+                     n: int, shortlist: int, probe: float = DEFAULT_PROBE,
+                     table: Optional[CentroidTable] = None) -> tuple[np.ndarray, np.ndarray]:
     """Approximate dense top-``n`` (global rows, exact scores). Rows to consider: in a segment with
     inverted lists, the rows of its nearest lists (:func:`~bgem3.index.dense_lists.lists_to_scan`
     of them, ``probe`` = 1 scans all); in any other segment every row. The ``shortlist`` of them
     with the smallest Hamming distance over ALL segments (one histogram selection) are rescored
     exactly from the stored vectors (read row by row, so a query maps only the sign bits it scans).
-    If the probed lists hold fewer than ``shortlist`` eligible rows, every row is scanned."""
+    If the probed lists hold fewer than ``shortlist`` eligible rows, every row is scanned.
+    ``table``: the segments' :class:`~bgem3.index.dense_lists.CentroidTable` (one product ranks
+    every segment's lists), if the caller keeps one."""
     qbits = np.packbits(q > 0)
+    cscores = table.scores(q) if table is not None and probe < 1.0 else None
     nbits = 8 * len(qbits)
     pieces: list[tuple[int, Optional[tuple], np.ndarray]] = []   # (segment, probed positions or None = all, dist)
     found = 0
@@ -256,7 +260,7 @@ def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarr
             cen, ptr, lrows, lbits = lists
             nprobe = lists_to_scan(len(cen), probe, share)
             if nprobe < len(cen):
-                starts, ends = probe_lists(cen, ptr, q, nprobe)
+                starts, ends = probe_lists(cen, ptr, q, nprobe, None if cscores is None else cscores[si])
                 at = ranges(starts, ends - starts)   # positions in list order
                 dist = _hamming_rows(lbits, at, qbits)
                 found += len(dist)
