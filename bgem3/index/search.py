@@ -426,15 +426,12 @@ def _prefix_ranges(seg: Segment, starts: np.ndarray, lens: np.ndarray, cols: int
     return np.asarray(a[ranges(starts, lens)])
 
 
-def colbert_pruned(codec: ColbertCodec, prepared: tuple, segments: Sequence[Segment], seg_of: np.ndarray,
-                   rows: np.ndarray, partial: np.ndarray, w_colbert: float, keep: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """``(positions, scores)``: the ``keep`` candidates with the best estimated fused score
-    (``partial`` = the weighted other channels + ``w_colbert`` x the cheap prefix MaxSim estimate),
-    with their full MaxSim through the codec; ``None`` if the candidates' tokens are too many to
-    read at once (then score them all the plain way). The estimate reads a segment's
-    ``col_prefix`` when it has one, and the full codes only of the ``keep`` candidates."""
-    max_tokens = (1 << 26) // codec.bytes_per_token()
-    parts = []   # (segment, token starts, token counts) per segment, in candidate order
+def _token_ranges(segments: Sequence[Segment], seg_of: np.ndarray, rows: np.ndarray,
+                  max_tokens: Optional[int] = None) -> Optional[list[tuple[Segment, np.ndarray, np.ndarray]]]:
+    """``[(segment, token starts, token counts)]`` of the candidates (``rows`` local to
+    ``segments[seg_of]``, ``seg_of`` ascending), one entry per segment, in candidate order;
+    ``None`` when they hold more than ``max_tokens`` tokens."""
+    parts = []
     bounds = np.searchsorted(seg_of, np.arange(len(segments) + 1))
     total = 0
     for si in range(len(segments)):
@@ -446,39 +443,62 @@ def colbert_pruned(codec: ColbertCodec, prepared: tuple, segments: Sequence[Segm
         st = np.asarray(offs[r], dtype=np.int64)
         ln = np.asarray(offs[r + 1], dtype=np.int64) - st
         total += int(ln.sum())
-        if total > max_tokens:
+        if max_tokens is not None and total > max_tokens:
             return None
         parts.append((segments[si], st, ln))
-    if not parts:
+    return parts
+
+
+def colbert_estimate(codec: ColbertCodec, prepared: tuple, segments: Sequence[Segment], seg_of: np.ndarray,
+                     rows: np.ndarray) -> Optional[np.ndarray]:
+    """The cheap prefix MaxSim estimate (:meth:`ColbertCodec.maxsim` with ``prefix=True``) of each
+    candidate (``rows`` local to ``segments[seg_of]``, ``seg_of`` ascending); ``None`` if their
+    tokens are too many to read at once. Reads a segment's ``col_prefix`` when it has one (the
+    estimate's columns only), else its full codes."""
+    out = np.zeros(len(rows), dtype=np.float32)
+    parts = _token_ranges(segments, seg_of, rows, max_tokens=(1 << 26) // codec.bytes_per_token())
+    if parts is None:
         return None
+    if not parts:
+        return out
     lens = np.concatenate([ln for _, _, ln in parts])
     aux = np.concatenate([_aux_ranges(seg, st, ln) for seg, st, ln in parts]) if codec.quantized else None
     cols = codec.prefix_cols()
-    full: dict[int, np.ndarray] = {}   # part -> its full codes, where they had to be read anyway
     pre = []
-    for i, (seg, st, ln) in enumerate(parts):
+    for seg, st, ln in parts:
         p = _prefix_ranges(seg, st, ln, cols) if cols is not None else None
         if p is None:
-            full[i] = seg.take_ranges("col_codes", st, ln)
-            p = full[i] if cols is None else full[i][:, :cols]
+            p = seg.take_ranges("col_codes", st, ln)
+            p = p if cols is None else p[:, :cols]
         pre.append(p)
-    est = split_maxsim(codec, prepared, np.concatenate(pre) if len(pre) > 1 else pre[0], aux, lens, prefix=True)
+    return split_maxsim(codec, prepared, np.concatenate(pre) if len(pre) > 1 else pre[0], aux, lens, prefix=True)
+
+
+def colbert_full(codec: ColbertCodec, prepared: tuple, segments: Sequence[Segment], seg_of: np.ndarray,
+                 rows: np.ndarray) -> np.ndarray:
+    """The full MaxSim of a few candidates (``rows`` local to ``segments[seg_of]``, ``seg_of``
+    ascending), their codes read with one ``pread`` each, split over the helper thread."""
+    parts = _token_ranges(segments, seg_of, rows)
+    if not parts:
+        return np.zeros(len(rows), dtype=np.float32)
+    lens = np.concatenate([ln for _, _, ln in parts])
+    codes = [seg.take_ranges("col_codes", st, ln) for seg, st, ln in parts]
+    aux = np.concatenate([_aux_ranges(seg, st, ln) for seg, st, ln in parts]) if codec.quantized else None
+    return split_maxsim(codec, prepared, np.concatenate(codes) if len(codes) > 1 else codes[0], aux, lens)
+
+
+def colbert_pruned(codec: ColbertCodec, prepared: tuple, segments: Sequence[Segment], seg_of: np.ndarray,
+                   rows: np.ndarray, partial: np.ndarray, w_colbert: float, keep: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """``(positions, scores)``: the ``keep`` candidates with the best estimated fused score
+    (``partial`` = the weighted other channels + ``w_colbert`` x the cheap prefix MaxSim estimate,
+    :func:`colbert_estimate`), with their full MaxSim through the codec; ``None`` if the
+    candidates' tokens are too many to read at once (then score them all the plain way). The full
+    codes are read only for the ``keep`` candidates."""
+    est = colbert_estimate(codec, prepared, segments, seg_of, rows)
+    if est is None:
+        return None
     pos = np.sort(np.argpartition(-(partial + w_colbert * est), keep - 1)[:keep])
-    # the full codes of the kept candidates, in candidate order
-    first = np.cumsum([0] + [len(ln) for _, _, ln in parts])
-    part_of = np.searchsorted(first, pos, side="right") - 1
-    codes = []
-    for i in np.unique(part_of).tolist():
-        seg, st, ln = parts[i]
-        k = pos[part_of == i] - first[i]
-        if i in full:
-            ends = np.cumsum(ln)
-            codes.append(full[i][ranges(ends[k] - ln[k], ln[k])])
-        else:
-            codes.append(seg.take_ranges("col_codes", st[k], ln[k]))
-    ends = np.cumsum(lens)
-    kept_aux = None if aux is None else aux[ranges(ends[pos] - lens[pos], lens[pos])]
-    return pos, split_maxsim(codec, prepared, np.concatenate(codes) if len(codes) > 1 else codes[0], kept_aux, lens[pos])
+    return pos, colbert_full(codec, prepared, segments, seg_of[pos], rows[pos])
 
 
 def check_finite(values: Sequence[Optional[np.ndarray]], where: str) -> None:
