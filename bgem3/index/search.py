@@ -248,12 +248,12 @@ def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarr
     qbits = np.packbits(q > 0)
     cscores = table.scores(q) if table is not None and probe < 1.0 else None
     nbits = 8 * len(qbits)
-    pieces: list[tuple[int, Optional[tuple], np.ndarray]] = []   # (segment, probed positions or None = all, dist)
-    found = 0
-    for si, (seg, el) in enumerate(zip(segments, eligible)):
+    def scan(si: int) -> Optional[tuple[int, Optional[tuple], np.ndarray, int]]:
+        """``(segment, probed positions or None = all rows, distances, eligible rows scanned)``."""
+        seg, el = segments[si], eligible[si]
         n_el = int(np.count_nonzero(el))
         if n_el == 0:
-            continue
+            return None
         share = n_el / seg.n
         lists = seg.dense_lists() if probe < 1.0 else None
         if lists is not None:
@@ -263,19 +263,36 @@ def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarr
                 starts, ends = probe_lists(cen, ptr, q, nprobe, None if cscores is None else cscores[si])
                 at = ranges(starts, ends - starts)   # positions in list order
                 dist = _hamming_rows(lbits, at, qbits)
-                found += len(dist)
+                live = len(dist)
                 if share < 1.0:
                     dead = ~el[np.asarray(lrows[at], dtype=np.int64)]
                     dist[dead] = nbits + 1
-                    found -= int(dead.sum())
-                pieces.append((si, (at, lrows), dist))
-                continue
+                    live -= int(dead.sum())
+                return si, (at, lrows), dist, live
         dist = np.empty(seg.n, dtype=np.int32)
         _hamming_into(np.asarray(seg.array("dense_bits")), qbits, dist)
         if share < 1.0:
             dist[~el] = nbits + 1
-        pieces.append((si, None, dist))
-        found += n_el
+        return si, None, dist, n_el
+
+    # the segments are scanned by this thread and, once it is free (after the lexical scoring it was
+    # given first), the helper, taking them one at a time from one iterator (the reads and the
+    # popcounts release the GIL and are bound by memory, which two cores read faster than one)
+    slots: list = [None] * len(segments)
+    order = iter(range(len(segments)))
+
+    def work() -> None:
+        for si in iter(lambda: next(order, None), None):
+            slots[si] = scan(si)
+
+    helper = _helper().submit(work) if len(segments) > 1 and _can_use_helper() else None
+    try:
+        work()
+    finally:
+        if helper is not None and not helper.cancel():  # never started: nothing to wait for
+            helper.result()
+    pieces = [(si, probed, dist) for si, probed, dist, _ in (x for x in slots if x is not None)]
+    found = sum(x[3] for x in slots if x is not None)
     if found < shortlist and any(probed is not None for _, probed, _ in pieces):
         return dense_candidates(segments, bases, q, eligible, n, shortlist, probe=1.0)
     if not pieces:
