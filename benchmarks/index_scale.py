@@ -224,6 +224,30 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def machine_probe() -> dict:
+    """How fast this (virtual) machine is right now, to read the latencies beside: one-thread float32
+    GEMM ``[4000, 1024] x [1024, 32]`` (the full MaxSim's shape; ~7.6 ms on a quiet, fast phase of
+    the benchmark VM) and a 16 MB copy (memory bandwidth), medians."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4000, 1024), dtype=np.float32)
+    b = rng.standard_normal((1024, 32), dtype=np.float32)
+    src = np.ones(1 << 22, dtype=np.float32)
+    dst = np.empty_like(src)
+    gemm, copy = [], []
+    with threadpool_limits(1):
+        for _ in range(20):
+            t = time.perf_counter()
+            a @ b
+            gemm.append(time.perf_counter() - t)
+    for _ in range(7):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        copy.append(time.perf_counter() - t)
+    return {"gemm_ms": float(np.median(gemm) * 1e3), "copy_gb_s": float(src.nbytes / np.median(copy) / 1e9)}
+
+
 def serve(args: argparse.Namespace) -> dict:
     """Runs in a fresh process: cold open, 100 queries, RSS."""
     root = Path(args.dir)
@@ -231,6 +255,7 @@ def serve(args: argparse.Namespace) -> dict:
     qz = dict(np.load(ref / "queries.npz"))  # read now, not inside the timed loop
     with open(ref / "queries_sparse.json") as f:
         sparse = [{int(k): v for k, v in q.items()} for q in json.load(f)]
+    probe = machine_probe()
     rss0 = rss_mb()[0]
     t = time.perf_counter()
     idx = HybridIndex.load(root, load_encoder=False)
@@ -262,7 +287,7 @@ def serve(args: argparse.Namespace) -> dict:
             "mean_ms": float(lat_ms.mean()), "first_query_ms": float(lat_ms[0]), "rss_start_mb": rss0,
             "rss_after_mb": cur, "peak_rss_mb": peak, "rss_split_mb": split_after_queries,
             "peak_rss_after_queries_mb": peak_q, "stage_ms": stages, "dense_recall_at_100": float(np.mean(rec100)), "hits": hits,
-            "segments": len(idx._segments), "count": len(idx)}
+            "segments": len(idx._segments), "count": len(idx), "machine_probe": probe}
 
 
 def stage_times(idx: HybridIndex, qz: dict, sparse: list, args: argparse.Namespace) -> dict:
