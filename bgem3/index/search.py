@@ -248,6 +248,7 @@ def dense_candidates(segments: Sequence[Segment], bases: np.ndarray, q: np.ndarr
     qbits = np.packbits(q > 0)
     cscores = table.scores(q) if table is not None and probe < 1.0 else None
     nbits = 8 * len(qbits)
+
     def scan(si: int) -> Optional[tuple[int, Optional[tuple], np.ndarray, int]]:
         """``(segment, probed positions or None = all rows, distances, eligible rows scanned)``."""
         seg, el = segments[si], eligible[si]
