@@ -271,3 +271,41 @@ def test_ctrl_c_during_the_save_finishes_the_commit_and_says_so(monkeypatch, cap
     assert len(HybridIndex.load(str(idx), load_encoder=False, verify=True)) == 1
     assert cli.main(["index", str(src), "--index", str(idx), "-q"]) == 0  # sources list committed too: up to date
     assert signal.getsignal(signal.SIGINT) is before  # the CLI put the handler back
+
+
+def test_the_small_segment_merge_of_a_save_reads_a_bounded_amount(tmp_path, monkeypatch):
+    # a long `bgem3 index` run commits many small spilled segments; a later save merges segments that
+    # are small next to the index. It used to gather ALL of them into memory at once (the whole index
+    # when every segment is small); now at most MERGE_BYTES of them per save, the smallest first
+    import bgem3.index.persistence as persistence
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "idx"
+    index = HybridIndex(None, dim=8)
+    _add(index, rng, [f"big{i}" for i in range(2000)])
+    index.save(folder)
+    for b in range(12):  # then twelve spilled segments of 30 rows (each < 1/64 of the index), one save
+        _add(index, rng, [str(i) for i in range(30 * b, 30 * b + 30)])
+        index.spill(folder)
+    index.save(folder)
+    assert len(index._segments) == 13
+    one = sum(int(r["bytes"]) for r in index._segments[1].record["files"].values())
+    monkeypatch.setattr(persistence, "MERGE_BYTES", 4 * one + one // 2, raising=False)   # room for four of them
+    back = HybridIndex.load(folder, load_encoder=False)
+    _add(back, rng, ["new"])
+    gathered = []
+    real = persistence.gather_rows
+
+    def spy(seg, rows, **kw):
+        gathered.append(len(rows))
+        return real(seg, rows, **kw)
+
+    monkeypatch.setattr(persistence, "gather_rows", spy)
+    back.save(folder)
+    assert sum(gathered) <= 4 * 30 and len(back._segments) == 13 - 4 + 1   # four merged with the new row
+    again = HybridIndex.load(folder, load_encoder=False, verify=True)
+    assert sorted(again.ids) == sorted([f"big{i}" for i in range(2000)] + [str(i) for i in range(360)] + ["new"])
+    for _ in range(3):  # later saves go on merging, a bounded amount each time
+        _add(again, rng, [f"more{len(again)}"])
+        again.save(folder)
+    assert len(again._segments) < 10 and len(HybridIndex.load(folder, load_encoder=False)) == 2364

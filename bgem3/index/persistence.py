@@ -49,6 +49,9 @@ MERGE_MIN_TINY = 8
 #: a compaction writes the live rows of saved segments into new segments of about this many bytes,
 #: one at a time (memory stays bounded by one of them whatever the index size)
 COMPACT_SEGMENT_BYTES = 512 << 20
+#: one save's small-segment merge gathers at most this many bytes of small segments into memory
+#: (the smallest first; the others wait for the next saves), so the merge never holds the index
+MERGE_BYTES = COMPACT_SEGMENT_BYTES
 
 
 def _target(directory: Any) -> Path:
@@ -172,13 +175,22 @@ def save_index(index: Any, directory: Any) -> None:
             for rec in old_manifest.get("segments", []):
                 if isinstance(rec, dict) and isinstance(rec.get("name"), str):
                     old_records[rec["name"]] = rec
-        # small-segment merge: many tiny segments (one per small save) slow every search down; once
-        # there are MERGE_MIN_TINY segments under 1/64 of the rows, their live rows join the tail
+        # small-segment merge: many tiny segments (one per small save, or the spills of a long
+        # `bgem3 index` run) slow every search down; once there are MERGE_MIN_TINY segments under
+        # 1/64 of the rows, the live rows of the smallest of them, up to MERGE_BYTES, join the tail
         compacting = bool(getattr(index, "_compact_pending", False))
         total = sum(sg.n for sg in index._segments) + index._tail.n
         spilled = _spilled(index)
         tiny = [sg for sg in index._segments if sg.n * 64 < total and sg.name not in spilled]
         if len(tiny) >= MERGE_MIN_TINY and not compacting:
+            picked, held = [], 0
+            for sg in sorted(tiny, key=lambda sg: sg.n):
+                size = sum(int(r["bytes"]) for r in sg.record["files"].values())
+                if held + size > MERGE_BYTES:
+                    break
+                picked.append(sg)
+                held += size
+            tiny = picked if len(picked) >= 2 else []   # one alone would only be rewritten
             tail = index._tail
             for sg in tiny:
                 live = np.flatnonzero(sg.alive)
