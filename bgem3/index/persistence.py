@@ -185,11 +185,10 @@ def save_index(index: Any, directory: Any) -> None:
         if len(tiny) >= MERGE_MIN_TINY and not compacting:
             picked, held = [], 0
             for sg in sorted(tiny, key=lambda sg: sg.n):
-                size = sum(int(r["bytes"]) for r in sg.record["files"].values())
-                if held + size > MERGE_BYTES:
+                if held + sg.file_bytes > MERGE_BYTES:
                     break
                 picked.append(sg)
-                held += size
+                held += sg.file_bytes
             tiny = picked if len(picked) >= 2 else []   # one alone would only be rewritten
             tail = index._tail
             for sg in tiny:

@@ -424,24 +424,23 @@ def split_maxsim(codec: ColbertCodec, prepared: tuple, codes: np.ndarray, aux: O
     return np.concatenate([first, later.result()])
 
 
-def _aux_ranges(seg: Segment, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """The per-token scales of the ranges (4 bytes a token): read through the map (one gather, no
-    system call per candidate; the pages touched stay mapped, at most 4 bytes x tokens)."""
-    a = seg.array("col_aux")
+def _mapped_ranges(seg: Segment, name: str, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Rows ``starts[i] : starts[i] + lens[i]`` of the segment's array ``name``, concatenated, read
+    through the map (one gather, no system call per candidate; the pages touched stay mapped): the
+    per-token ColBERT scales (4 bytes a token) and estimate columns (``col_prefix``)."""
+    a = seg.array(name)
     if len(starts) and (int(starts.min()) < 0 or int((starts + lens).max()) > len(a) or int(lens.min()) < 0):
-        raise IndexError(f"rows out of range for col_aux of segment {seg.name}")
+        raise IndexError(f"rows out of range for {name} of segment {seg.name}")
     return np.asarray(a[ranges(starts, lens)])
 
 
 def _prefix_ranges(seg: Segment, starts: np.ndarray, lens: np.ndarray, cols: int) -> Optional[np.ndarray]:
-    """The estimate's code columns of the ranges from the segment's ``col_prefix`` (read through
-    the map: one gather, ``cols`` bytes a token), or ``None`` when it has none that wide."""
+    """The estimate's code columns of the ranges from the segment's ``col_prefix`` (``cols`` bytes a
+    token), or ``None`` when it has none that wide."""
     a = seg.array("col_prefix")
     if a is None or a.shape[1] != cols:
         return None
-    if len(starts) and (int(starts.min()) < 0 or int((starts + lens).max()) > len(a) or int(lens.min()) < 0):
-        raise IndexError(f"rows out of range for col_prefix of segment {seg.name}")
-    return np.asarray(a[ranges(starts, lens)])
+    return _mapped_ranges(seg, "col_prefix", starts, lens)
 
 
 def _token_ranges(segments: Sequence[Segment], seg_of: np.ndarray, rows: np.ndarray,
@@ -480,7 +479,7 @@ def colbert_estimate(codec: ColbertCodec, prepared: tuple, segments: Sequence[Se
     if not parts:
         return out
     lens = np.concatenate([ln for _, _, ln in parts])
-    aux = np.concatenate([_aux_ranges(seg, st, ln) for seg, st, ln in parts]) if codec.quantized else None
+    aux = np.concatenate([_mapped_ranges(seg, "col_aux", st, ln) for seg, st, ln in parts]) if codec.quantized else None
     cols = codec.prefix_cols()
     pre = []
     for seg, st, ln in parts:
@@ -501,7 +500,7 @@ def colbert_full(codec: ColbertCodec, prepared: tuple, segments: Sequence[Segmen
         return np.zeros(len(rows), dtype=np.float32)
     lens = np.concatenate([ln for _, _, ln in parts])
     codes = [seg.take_ranges("col_codes", st, ln) for seg, st, ln in parts]
-    aux = np.concatenate([_aux_ranges(seg, st, ln) for seg, st, ln in parts]) if codec.quantized else None
+    aux = np.concatenate([_mapped_ranges(seg, "col_aux", st, ln) for seg, st, ln in parts]) if codec.quantized else None
     return split_maxsim(codec, prepared, np.concatenate(codes) if len(codes) > 1 else codes[0], aux, lens)
 
 

@@ -278,6 +278,11 @@ class DiskSegment(Segment):
     def folder(self) -> Path:
         return self.root / SEGMENT_DIR / self.name
 
+    @property
+    def file_bytes(self) -> int:
+        """Bytes of the segment's array files (as its manifest record gives them)."""
+        return sum(int(r["bytes"]) for r in self.record["files"].values())
+
     def array(self, name: str) -> Optional[np.ndarray]:
         return self._plain.get(name)
 
@@ -580,8 +585,7 @@ def open_segment(root: Path, rec: Any, *, dense: Optional[tuple[int, str]], lexi
     seg = DiskSegment(root, rec, arrays, dead, lexical_extras or ())
     seg.vocab_size = vocab_size  # type: ignore[attr-defined]
     seg.codec = codec  # type: ignore[attr-defined]
-    size = sum(int(r["bytes"]) for r in files.values())
-    if verify or (verify is None and size <= VERIFY_AT_OPEN_BYTES):
+    if verify or (verify is None and seg.file_bytes <= VERIFY_AT_OPEN_BYTES):
         seg.verify()
     return seg
 
@@ -608,9 +612,9 @@ def check_values(seg: DiskSegment) -> None:
         finite("col_codes")
     if "col_prefix" in a:
         pre, codes = a["col_prefix"], a["col_codes"]
-        for i in range(0, len(pre), step // max(pre.shape[1], 1)):
-            j = i + step // max(pre.shape[1], 1)
-            if not np.array_equal(pre[i:j], codes[i:j, :pre.shape[1]]):
+        chunk = step // max(pre.shape[1], 1)
+        for i in range(0, len(pre), chunk):
+            if not np.array_equal(pre[i:i + chunk], codes[i:i + chunk, :pre.shape[1]]):
                 raise bad(folder, "col_prefix does not match col_codes")
     if "dense" in a and len(a["dense"]):
         bits = np.packbits(np.asarray(a["dense"]) > 0, axis=1)
