@@ -28,6 +28,8 @@ _LAZY = {
     "HybridIndex": "index",
     "IndexFormatError": "index",
     "HybridReranker": "rerank",
+    "Reranker": "crossencoder",
+    "RankedText": "crossencoder",
     "Hit": "types",
     "BM25": "bm25",
     "RemoteEncoder": "remote",
@@ -40,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .profiles import Profile, detect_profile, get_profile
     from .bm25 import BM25
     from .remote import RemoteEncoder
+    from .crossencoder import RankedText, Reranker
     from .rerank import HybridReranker
     from .types import Hit
 
@@ -70,6 +73,8 @@ __all__ = [
     "EncodeOutput",
     "ModelLoadError",
     "RemoteEncoder",
+    "RankedText",
+    "Reranker",
     "Profile",
     "detect_profile",
     "get_profile",

@@ -95,6 +95,56 @@ _ALL: list[Family] = [
 #: lower-cased hub name (no organisation) -> :class:`Family`.
 FAMILIES: dict[str, Family] = {f.name.lower(): f for f in _ALL}
 
+#: Reranker names (lower-cased hub name without organisation) -> (kind, FlagEmbedding class, remote code).
+#: ``kind``: "encoder" (a ``*ForSequenceClassification`` cross-encoder, FlagReranker), "llm" (a causal LM
+#: scored by its "Yes" logit, FlagLLMReranker), "layerwise" / "lightweight" (remote-code LLM rerankers).
+#: FlagEmbedding 1.4.2's ``RERANKER_CLASS_MAPPING``; :class:`bgem3.Reranker` reads it.
+RERANKERS: dict[str, tuple[str, str, bool]] = {
+    "bge-reranker-base": ("encoder", "FlagReranker", False),
+    "bge-reranker-large": ("encoder", "FlagReranker", False),
+    "bge-reranker-v2-m3": ("encoder", "FlagReranker", False),
+    "bce-reranker-base_v1": ("encoder", "FlagReranker", False),
+    "jina-reranker-v2-base-multilingual": ("encoder", "FlagReranker", True),
+    "jina-reranker-v1-turbo-en": ("encoder", "FlagReranker", True),
+    "gte-multilingual-reranker-base": ("encoder", "FlagReranker", True),
+    "bge-reranker-v2-gemma": ("llm", "FlagLLMReranker", False),
+    "bge-reranker-v2-minicpm-layerwise": ("layerwise", "LayerWiseFlagLLMReranker", True),
+    "bge-reranker-v2.5-gemma2-lightweight": ("lightweight", "LightWeightFlagLLMReranker", True),
+}
+
+
+def reranker_for_name(name: Optional[str]) -> Optional[tuple[str, str, bool]]:
+    """``(kind, reference class, remote code)`` of a known reranker name (hub id, folder, HF-cache path).
+
+    >>> reranker_for_name("BAAI/bge-reranker-v2-m3")
+    ('encoder', 'FlagReranker', False)
+    >>> reranker_for_name("BAAI/bge-m3") is None
+    True
+    """
+    if not name:
+        return None
+    for key in _candidate_keys(os.fspath(name)):
+        if key in RERANKERS:
+            return RERANKERS[key]
+    return None
+
+
+def folder_architectures(folder: str) -> list[str]:
+    """The ``architectures`` list of ``folder``'s config.json (``[]`` when absent or unreadable)."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+            archs = json.load(fh).get("architectures") or []
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return []
+    return [str(a) for a in archs] if isinstance(archs, list) else []
+
+
+def is_cross_encoder_folder(folder: str) -> bool:
+    """Whether ``folder``'s config declares only ``*ForSequenceClassification`` architectures."""
+    archs = folder_architectures(folder)
+    return bool(archs) and all(a.endswith("ForSequenceClassification") for a in archs)
+
+
 #: Names bgem3 recognises and refuses, with the reason (matched as substrings of the lower-cased name).
 UNSUPPORTED_NAMES: dict[str, str] = {
     "instructor": "Instructor models (hkunlp/instructor-*) are T5 encoders with instruction-excluding "
@@ -157,6 +207,14 @@ def check_runnable(folder: str, name_hint: Optional[str] = None) -> None:
         why = unsupported_reason(hint)
         if why:
             raise ValueError(f"{hint!r}: {why}")
+    for hint in (name_hint, folder):
+        if reranker_for_name(hint) is not None:
+            raise ValueError(f"{hint!r} is a reranker (it scores query-passage pairs, it does not embed texts); "
+                             "load it with bgem3.Reranker(...), not as an embedding model")
+    if is_cross_encoder_folder(folder):
+        raise ValueError(f"{folder!r} holds a cross-encoder ({', '.join(folder_architectures(folder))}): it scores "
+                         "query-passage pairs and has no embeddings; load it with bgem3.Reranker(...), not as an "
+                         "embedding model")
     cfg_path = os.path.join(folder, "config.json")
     if os.path.isfile(cfg_path):
         try:

@@ -484,3 +484,104 @@ def add_sentence_transformers_modules(
     with open(os.path.join(path, "config_sentence_transformers.json"), "w", encoding="utf-8") as fh:
         json.dump({"prompts": dict(prompts or {}), "default_prompt_name": None, "similarity_fn_name": "cosine"}, fh)
     return path
+
+
+# --------------------------------------------------------------------------- rerankers
+
+#: Words the tiny LLM reranker's tokenizer must know (FlagLLMReranker's prompt, its "A: "/"B: "
+#: instructions and the "Yes" it reads the logit of).
+RERANKER_CORPUS = SAMPLE_CORPUS + [
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query "
+    "by providing a prediction of either 'Yes' or 'No'.",
+    "A: what is the capital of France?\nB: Paris is the capital of France.\nYes",
+    "A: who eats bamboo?\nB: BM25 ranks documents.\nNo",
+] + ["Yes", "No"] * 20
+
+#: The architectures :func:`make_reranker_checkpoint` builds.
+RERANKER_ARCHS = ("xlmr", "bert", "gemma")
+
+
+def make_reranker_checkpoint(path: str, arch: str = "xlmr", *, seed: int = 0, padding_side: str = "right",
+                             truncation_side: str = "right", **sizes) -> str:
+    """Write a random-weight reranker checkpoint to ``path`` (offline; for parity tests).
+
+    Args:
+        arch: ``"xlmr"`` (``XLMRobertaForSequenceClassification``, one label: the bge-reranker-base /
+            -large / -v2-m3 shape), ``"bert"`` (``BertForSequenceClassification``, one label, with
+            token type ids) or ``"gemma"`` (``GemmaForCausalLM`` whose tokenizer adds ``<bos>`` and
+            knows FlagLLMReranker's prompt and ``Yes``: the bge-reranker-v2-gemma shape).
+        padding_side / truncation_side: the tokenizer's (``"gemma"`` only).
+        **sizes: config fields overriding the tiny defaults.
+
+    Example::
+
+        >>> import tempfile
+        >>> from bgem3 import Reranker
+        >>> from bgem3.testing import make_reranker_checkpoint
+        >>> rr = Reranker(make_reranker_checkpoint(tempfile.mkdtemp(), "xlmr"), device="cpu")
+        >>> len(rr.compute_score([("what is bm25?", "BM25 ranks documents by term frequency.")]))
+        1
+    """
+    import torch
+
+    if arch not in RERANKER_ARCHS:
+        raise ValueError(f"arch must be one of {RERANKER_ARCHS}; got {arch!r}")
+    os.makedirs(path, exist_ok=True)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        if arch == "xlmr":
+            from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+            make_m3_checkpoint(path, seed=seed, heads=False, **sizes)
+            cfg = XLMRobertaConfig.from_pretrained(path)
+            cfg.num_labels = 1
+            model = XLMRobertaForSequenceClassification(cfg)
+            with torch.no_grad():
+                model.roberta.embeddings.word_embeddings.weight.normal_(0, 1.0)
+        elif arch == "bert":
+            from transformers import BertConfig, BertForSequenceClassification
+
+            make_bert_checkpoint(path, seed=seed, **sizes)
+            cfg = BertConfig.from_pretrained(path)
+            cfg.num_labels = 1
+            cfg.type_vocab_size = 2
+            model = BertForSequenceClassification(cfg)
+            with torch.no_grad():
+                model.bert.embeddings.word_embeddings.weight.normal_(0, 1.0)
+        else:
+            model = _make_gemma_reranker(path, padding_side, truncation_side, sizes)
+        model.eval()
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        torch.random.set_rng_state(state)
+    return path
+
+
+def _make_gemma_reranker(path: str, padding_side: str, truncation_side: str, sizes: dict):
+    import torch
+    from tokenizers import processors
+    from transformers import GemmaConfig, GemmaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    tok = _train_unigram(specials, "<unk>", corpus=RERANKER_CORPUS, vocab_size=700)
+    from tokenizers import decoders, pre_tokenizers
+
+    # as Gemma's tokenizer: no space put in front of a text, so "Yes" is one token of its own
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+    ids = {s: tok.token_to_id(s) for s in specials}
+    tok.post_processor = processors.TemplateProcessing(single="<bos>:0 $A:0", special_tokens=[("<bos>", ids["<bos>"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                   pad_token="<pad>", padding_side=padding_side, truncation_side=truncation_side,
+                                   model_max_length=8192)
+    fast.save_pretrained(path)
+    cfg_kwargs = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=8, max_position_embeddings=4096, initializer_range=0.3)
+    cfg_kwargs.update(sizes)
+    cfg_kwargs["vocab_size"] = max(cfg_kwargs.get("vocab_size", 0), tok.get_vocab_size())
+    config = GemmaConfig(bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"], **cfg_kwargs)
+    model = GemmaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0, 1.0)
+    return model

@@ -1,0 +1,602 @@
+"""BGE cross-encoder and LLM rerankers, scored exactly as FlagEmbedding 1.4.2 scores them (framework-free).
+
+Two families, each matched to its reference class:
+
+* ``kind="encoder"`` -- ``*ForSequenceClassification`` with one label (bge-reranker-base, -large,
+  -v2-m3, and any folder of that shape): FlagReranker. The query is cut to ``query_max_length``
+  tokens (default ``max_length * 3 // 4``), the passage to ``max_length``, then the pair is built
+  with the tokenizer's specials and only the passage is cut so the pair fits ``max_length``
+  (with Transformers 5, as FlagEmbedding does, the two id lists are decoded and tokenized again as
+  a pair). The score is the single logit; ``normalize=True`` is its sigmoid.
+* ``kind="llm"`` -- a causal LM read at its last token (bge-reranker-v2-gemma): FlagLLMReranker.
+  ``"A: " + query`` (cut to ``query_max_length``) after ``<bos>``, then ``"\\n" + "B: " + passage``
+  cut so the pair fits ``max_length + len("\\n") + len(prompt)`` tokens, then ``"\\n" + prompt``;
+  the score is the logit of the first token of ``"Yes"``.
+
+The layer-wise (bge-reranker-v2-minicpm-layerwise) and lightweight (bge-reranker-v2.5-gemma2-
+lightweight) rerankers run their own remote modelling code with per-layer / compression options;
+bgem3 refuses them by name rather than approximate them.
+
+Batches are length-sorted and capped by ``batch_size`` and a padded-token budget
+(``max_tokens_per_batch``); XLM-R / BERT cross-encoders run on the encoder's unpadded path (every
+linear layer on the real tokens only), which gives the same scores to float rounding.
+
+Example::
+
+    >>> from bgem3 import Reranker                                              # doctest: +SKIP
+    >>> rr = Reranker("BAAI/bge-reranker-v2-m3")                                # doctest: +SKIP
+    >>> rr.compute_score([("what is a panda?", "The giant panda is a bear.")])  # doctest: +SKIP
+    [5.26]
+    >>> [(h.index, round(h.score, 3)) for h in rr.rerank("what is a panda?",   # doctest: +SKIP
+    ...     ["hi", "The giant panda is a bear native to China."], top_n=1, normalize=True)]
+    [(1, 0.995)]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .encoder import (DTypeLike, Encoder, ModelLoadError, _check_positive_int, _is_oom, _packed_kind,
+                      resolve_device, resolve_dtype, resolve_model_path)
+from .families import (family_for_name, folder_architectures, is_cross_encoder_folder, reranker_for_name)
+from .profiles import M3_HEAD_FILES
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RankedText", "Reranker", "DEFAULT_LLM_PROMPT", "RERANKER_KINDS"]
+
+#: FlagLLMReranker's default prompt.
+DEFAULT_LLM_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the "
+                      "query by providing a prediction of either 'Yes' or 'No'.")
+
+#: The kinds :class:`Reranker` runs (``kind=`` or detected).
+RERANKER_KINDS = ("encoder", "llm")
+
+#: FlagEmbedding's per-kind instruction defaults: (query instruction, passage instruction).
+_INSTRUCTION_DEFAULTS = {"encoder": (None, None), "llm": ("A: ", "B: ")}
+
+_UNSUPPORTED_KINDS = {
+    "layerwise": ("LayerWiseFlagLLMReranker", "cutoff_layers"),
+    "lightweight": ("LightWeightFlagLLMReranker", "cutoff_layers, compress_ratio and compress_layers"),
+}
+
+
+@dataclass(frozen=True)
+class RankedText:
+    """One reranked text: its position in the input and its score."""
+
+    index: int
+    score: float
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class Reranker:
+    """A BGE cross-encoder (FlagReranker) or LLM reranker (FlagLLMReranker), loaded once.
+
+    Args:
+        model_name_or_path: a hub id (``"BAAI/bge-reranker-v2-m3"``) or a local folder.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default cuda > mps > cpu.
+        dtype: ``"fp32"``, ``"fp16"`` (GPU), ``"bf16"``; default fp16 on CUDA/MPS, fp32 on CPU
+            (the policy of :class:`~bgem3.Encoder`). ``"int8"`` is refused for rerankers.
+        kind: ``"encoder"`` or ``"llm"``; default from the name (FlagEmbedding's reranker mapping) or
+            the folder (a ``*ForSequenceClassification`` with one label is an encoder reranker).
+        max_length: longest pair in tokens (FlagEmbedding's ``max_length``, default 512).
+        query_max_length: longest query in tokens (default ``max_length * 3 // 4``).
+        batch_size: most pairs in one forward pass.
+        max_tokens_per_batch: most padded tokens in one forward pass (length x count).
+        normalize: default of ``compute_score``'s ``normalize`` (the sigmoid of the logit).
+        prompt: the LLM reranker's prompt (default FlagLLMReranker's); refused for encoders.
+        query_instruction_for_rerank / passage_instruction_for_rerank / query_instruction_format /
+            passage_instruction_format: as FlagEmbedding (LLM defaults ``"A: "`` / ``"B: "``).
+        trust_remote_code / local_files_only / cache_dir / revision: loading options.
+
+    Example::
+
+        >>> rr = Reranker("BAAI/bge-reranker-v2-m3", device="cpu")                   # doctest: +SKIP
+        >>> rr.rerank("what is BM25?", ["pandas eat bamboo", "BM25 ranks documents"])  # doctest: +SKIP
+        [RankedText(index=1, score=3.2), RankedText(index=0, score=-9.1)]
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: Union[str, os.PathLike],
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: DTypeLike = None,
+        *,
+        kind: Optional[str] = None,
+        max_length: int = 512,
+        query_max_length: Optional[int] = None,
+        batch_size: int = 128,
+        max_tokens_per_batch: int = 16384,
+        normalize: bool = False,
+        prompt: Optional[str] = None,
+        query_instruction_for_rerank: Optional[str] = ...,  # type: ignore[assignment]
+        query_instruction_format: str = "{}{}",
+        passage_instruction_for_rerank: Optional[str] = ...,  # type: ignore[assignment]
+        passage_instruction_format: str = "{}{}",
+        trust_remote_code: bool = False,
+        local_files_only: Optional[bool] = None,
+        cache_dir: Optional[str] = None,
+        revision: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        self._refuse_options(kwargs, model_name_or_path)
+        self.max_length = _check_positive_int(max_length, "max_length")
+        self.query_max_length = None if query_max_length is None else _check_positive_int(query_max_length, "query_max_length")
+        self.batch_size = _check_positive_int(batch_size, "batch_size")
+        self.max_tokens_per_batch = _check_positive_int(max_tokens_per_batch, "max_tokens_per_batch")
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True or False; got {normalize!r}")
+        self.normalize = normalize
+        self.model_name = os.fspath(model_name_or_path) if isinstance(model_name_or_path, (str, os.PathLike)) \
+            else model_name_or_path
+        self.path = resolve_model_path(model_name_or_path, cache_dir=cache_dir, revision=revision,
+                                       local_files_only=local_files_only)
+        self.kind = self._detect_kind(kind)
+        if prompt is not None and self.kind != "llm":
+            raise ValueError(f"prompt= is for LLM rerankers (bge-reranker-v2-gemma); {self.model_name!r} is a "
+                             "cross-encoder, which takes no prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string; got {type(prompt).__name__}")
+        self.prompt = DEFAULT_LLM_PROMPT if prompt is None else prompt
+        q_def, p_def = _INSTRUCTION_DEFAULTS[self.kind]
+        self.query_instruction = q_def if query_instruction_for_rerank is ... else query_instruction_for_rerank
+        self.passage_instruction = p_def if passage_instruction_for_rerank is ... else passage_instruction_for_rerank
+        for name, fmt in (("query_instruction_format", query_instruction_format),
+                          ("passage_instruction_format", passage_instruction_format)):
+            if not isinstance(fmt, str) or fmt.count("{}") != 2:
+                raise ValueError(f"{name} must be a string with two '{{}}' (instruction, text); got {fmt!r}")
+        # FlagEmbedding's get_detailed_instruct turns a literal backslash-n into a newline
+        self.query_instruction_format = query_instruction_format.replace("\\n", "\n")
+        self.passage_instruction_format = passage_instruction_format.replace("\\n", "\n")
+
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if self.dtype == torch.qint8:
+            raise ValueError("dtype='int8' is not available for rerankers (no fidelity gate measured for them yet); "
+                             "use dtype='fp32' (exact, the CPU default) or dtype='bf16'")
+        self._lock = threading.Lock()
+        self.tokenizer = self._load_tokenizer(trust_remote_code)
+        self.model = self._load_model(trust_remote_code)
+        cfg = self.model.config
+        if self.kind == "encoder":
+            n_labels = int(getattr(cfg, "num_labels", 1))
+            if n_labels != 1:
+                raise ModelLoadError(f"{self.path!r} is a sequence classifier with {n_labels} labels; a reranker has one "
+                                     "(its logit is the relevance score). Use a one-label cross-encoder.")
+            self._packed = _packed_kind(self.model.base_model)
+            self._head = type(self.model).__name__
+            if self._head not in ("XLMRobertaForSequenceClassification", "RobertaForSequenceClassification",
+                                  "BertForSequenceClassification", "CamembertForSequenceClassification"):
+                self._packed = None  # unknown head: the model's own forward
+        else:
+            self._packed = None
+            self.yes_loc = int(self.tokenizer("Yes", add_special_tokens=False)["input_ids"][0])
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        self.pad_token_id = int(pad)
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def _refuse_options(kwargs: dict, name: Any) -> None:
+        if not kwargs:
+            return
+        layer_opts = {"cutoff_layers", "compress_ratio", "compress_layers", "compress_layer"}
+        for key in kwargs:
+            if key in layer_opts:
+                raise ValueError(f"{key}= is an option of FlagEmbedding's layer-wise / lightweight LLM rerankers, which "
+                                 f"bgem3 does not run (see bgem3.Reranker's docs); {name!r} takes no such option")
+        hints = {"use_fp16": "use dtype='fp16' (GPU) or leave dtype=None (fp16 on GPUs, fp32 on CPU)",
+                 "use_bf16": "use dtype='bf16'", "devices": "use device='cuda:0' (one device per Reranker)",
+                 "peft_path": "merge the LoRA into the model first (peft's merge_and_unload) and pass that folder",
+                 "model": "pass the model as the first argument (model_name_or_path)",
+                 "top_n": "pass top_n to rerank(...)", "top_k": "pass top_n to rerank(...)"}
+        key = sorted(kwargs)[0]
+        raise TypeError(f"Reranker got an unexpected option {key}=; " + hints.get(key, "see help(bgem3.Reranker)"))
+
+    def _detect_kind(self, kind: Optional[str]) -> str:
+        name = self.model_name if isinstance(self.model_name, str) else None
+        known = reranker_for_name(name) or reranker_for_name(self.path)
+        if known is not None and known[0] in _UNSUPPORTED_KINDS:
+            ref, opts = _UNSUPPORTED_KINDS[known[0]]
+            raise ModelLoadError(
+                f"{self.model_name!r} is a {known[0]} LLM reranker: FlagEmbedding runs it with {ref}, which needs the "
+                f"model's own remote modelling code and its {opts} options. bgem3 does not run that code and will not "
+                f"approximate it; use FlagEmbedding's {ref} for this model, or bge-reranker-v2-m3 / "
+                "bge-reranker-v2-gemma with bgem3.Reranker")
+        if kind is not None:
+            if kind not in RERANKER_KINDS:
+                if kind in _UNSUPPORTED_KINDS:
+                    raise ValueError(f"kind={kind!r} rerankers need remote code bgem3 does not run; "
+                                     f"use FlagEmbedding's {_UNSUPPORTED_KINDS[kind][0]}")
+                raise ValueError(f"kind must be one of {RERANKER_KINDS} (or None: detected); got {kind!r}")
+            if known is not None and known[0] != kind:
+                raise ValueError(f"kind={kind!r} contradicts {self.model_name!r}, a known {known[0]} reranker "
+                                 f"({known[1]}); leave kind out")
+        self._check_not_embedder(known)
+        archs = folder_architectures(self.path)
+        if kind is None:
+            if known is not None:
+                kind = known[0]
+            elif is_cross_encoder_folder(self.path):
+                kind = "encoder"
+            elif any(a.endswith("ForCausalLM") for a in archs):
+                raise ModelLoadError(
+                    f"{self.model_name!r} is a causal LM ({', '.join(archs)}) that bgem3 does not know as a reranker; "
+                    "if it is an LLM reranker scored by its 'Yes' logit (as bge-reranker-v2-gemma), pass kind='llm'")
+            else:
+                raise ModelLoadError(
+                    f"{self.model_name!r} is not a reranker: its config declares {archs or 'no architectures'}, and a "
+                    "cross-encoder declares a *ForSequenceClassification with one label. "
+                    "Pass a reranker (e.g. BAAI/bge-reranker-v2-m3), or kind='encoder' / 'llm' if you know better")
+        if kind == "encoder" and archs and not is_cross_encoder_folder(self.path):
+            raise ModelLoadError(f"kind='encoder' needs a *ForSequenceClassification folder; {self.path!r} declares "
+                                 f"{', '.join(archs)}")
+        if kind == "llm" and archs and not any(a.endswith("ForCausalLM") for a in archs):
+            raise ModelLoadError(f"kind='llm' needs a causal LM (*ForCausalLM) folder; {self.path!r} declares "
+                                 f"{', '.join(archs)}")
+        return kind
+
+    def _check_not_embedder(self, known: Any) -> None:
+        if known is not None:
+            return
+        name = self.model_name if isinstance(self.model_name, str) else None
+        fam = family_for_name(name) or family_for_name(self.path)
+        heads = all(os.path.isfile(os.path.join(self.path, f)) for f in M3_HEAD_FILES)
+        st = os.path.isfile(os.path.join(self.path, "modules.json")) and not is_cross_encoder_folder(self.path)
+        if fam is not None or heads or st:
+            what = f"the {fam.hub_id} embedding model" if fam is not None else (
+                "a BGE-M3 embedding checkpoint" if heads else "a sentence-transformers embedding model")
+            raise ModelLoadError(
+                f"{self.model_name!r} is {what}, not a reranker: it embeds texts, it does not score query-passage "
+                "pairs. Load it with bgem3.Encoder(...) (or rerank with its channels: bgem3.HybridReranker), "
+                "and pass a cross-encoder such as BAAI/bge-reranker-v2-m3 to bgem3.Reranker")
+
+    def _load_tokenizer(self, trust_remote_code: bool):
+        from transformers import AutoTokenizer
+
+        from .encoder import TOKENIZER_FILES
+
+        present = set(os.listdir(self.path))
+        if not (present & set(TOKENIZER_FILES)):
+            raise ModelLoadError(f"{self.path!r} has no tokenizer file (one of {', '.join(TOKENIZER_FILES)}); copy the "
+                                 "model's tokenizer files into the folder")
+        try:
+            return AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load a tokenizer from {self.path!r} ({type(exc).__name__}: {exc})") from None
+
+    def _load_model(self, trust_remote_code: bool) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        cls = AutoModelForSequenceClassification if self.kind == "encoder" else AutoModelForCausalLM
+        try:
+            model = cls.from_pretrained(self.path, dtype=self.dtype, trust_remote_code=trust_remote_code)
+        except Exception as exc:
+            known = reranker_for_name(self.model_name if isinstance(self.model_name, str) else None)
+            hint = (" This model ships its own modelling code: pass trust_remote_code=True if you trust it."
+                    if known is not None and known[2] and not trust_remote_code else "")
+            raise ModelLoadError(f"cannot load reranker weights from {self.path!r} ({type(exc).__name__}: {exc}). "
+                                 "Check that the folder holds a complete checkpoint (config.json + model.safetensors)."
+                                 + hint) from None
+        model.to(self.device)
+        model.eval()
+        model.requires_grad_(False)
+        return model
+
+    def __repr__(self) -> str:
+        return (f"Reranker({self.model_name!r}, kind={self.kind!r}, device='{self.device}', "
+                f"dtype={str(self.dtype).replace('torch.', '')}, max_length={self.max_length})")
+
+    # ------------------------------------------------------------------ public API
+    def compute_score(
+        self,
+        sentence_pairs: Union[Sequence[Sequence[str]], Sequence[str]],
+        *,
+        normalize: Optional[bool] = None,
+        batch_size: Optional[int] = None,
+        max_length: Optional[int] = None,
+        query_max_length: Optional[int] = None,
+        show_progress: Optional[bool] = None,
+    ) -> list[float]:
+        """Scores of ``(query, passage)`` pairs, in input order: what FlagEmbedding 1.4.2's
+        ``compute_score`` returns for the same checkpoint (a list of floats; one ``(query, passage)``
+        pair gives a list of one).
+
+        Args:
+            sentence_pairs: a list of ``(query, passage)`` pairs, or one pair.
+            normalize: the sigmoid of the logits (default: the reranker's ``normalize``).
+            batch_size / max_length / query_max_length: per-call overrides.
+            show_progress: a tqdm bar; ``None`` shows it for multi-batch work on a TTY.
+        """
+        pairs = _check_pairs(sentence_pairs)
+        return self._scores(pairs, normalize, batch_size, max_length, query_max_length, show_progress).tolist()
+
+    def score(self, query: str, texts: Sequence[str], *, normalize: Optional[bool] = None,
+              batch_size: Optional[int] = None, max_length: Optional[int] = None,
+              show_progress: Optional[bool] = None) -> np.ndarray:
+        """``float64 [N]``: the score of each of ``texts`` for ``query``, in input order."""
+        query = check_query(query)
+        texts = check_texts(texts)
+        return self._scores([(query, t) for t in texts], normalize, batch_size, max_length, None, show_progress)
+
+    def rerank(self, query: str, texts: Sequence[str], top_n: Optional[int] = None, *,
+               normalize: Optional[bool] = None, batch_size: Optional[int] = None,
+               max_length: Optional[int] = None, show_progress: Optional[bool] = None) -> list[RankedText]:
+        """``texts`` best first (ties keep the input order), at most ``top_n`` (``None``: all).
+
+        Example::
+
+            >>> [h.index for h in rr.rerank("panda", ["cars", "pandas eat bamboo"])]   # doctest: +SKIP
+            [1, 0]
+        """
+        from .rerank import check_top_n
+
+        top_n = check_top_n(top_n)
+        s = self.score(query, texts, normalize=normalize, batch_size=batch_size, max_length=max_length,
+                       show_progress=show_progress)
+        order = np.argsort(-s, kind="stable")
+        if top_n is not None:
+            order = order[:top_n]
+        return [RankedText(int(i), float(s[i])) for i in order]
+
+    async def acompute_score(self, sentence_pairs: Any, **kwargs: Any) -> list[float]:
+        """:meth:`compute_score`, awaitable (the model runs in a worker thread)."""
+        return await asyncio.to_thread(functools.partial(self.compute_score, sentence_pairs, **kwargs))
+
+    async def arerank(self, query: str, texts: Sequence[str], top_n: Optional[int] = None, **kwargs: Any) -> list[RankedText]:
+        """:meth:`rerank`, awaitable (the model runs in a worker thread)."""
+        return await asyncio.to_thread(functools.partial(self.rerank, query, texts, top_n, **kwargs))
+
+    # ------------------------------------------------------------------ tokenization
+    def _instruct(self, pairs: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+        qi, pi = self.query_instruction, self.passage_instruction
+        queries = [q if qi is None else self.query_instruction_format.format(qi, q) for q, _ in pairs]
+        passages = [p if pi is None else self.passage_instruction_format.format(pi, p) for _, p in pairs]
+        return queries, passages
+
+    def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], max_length: Optional[int] = None,
+                       query_max_length: Optional[int] = None) -> tuple[list[list[int]], Optional[list[list[int]]]]:
+        """The token ids (and token type ids, ``None`` where the model takes none) of each pair, as
+        the reference builds them (see the module docs), truncation included."""
+        ml = self.max_length if max_length is None else _check_positive_int(max_length, "max_length")
+        qml = query_max_length if query_max_length is not None else self.query_max_length
+        qml = ml * 3 // 4 if qml is None else _check_positive_int(qml, "query_max_length")
+        queries, passages = self._instruct(list(pairs))
+        tok = self.tokenizer
+        with self._lock:
+            q_ids = tok(queries, add_special_tokens=False, max_length=qml, truncation=True)["input_ids"]
+            p_ids = tok(passages, add_special_tokens=False, max_length=ml, truncation=True)["input_ids"]
+            if self.kind == "encoder":
+                return self._encoder_pairs(q_ids, p_ids, ml)
+            return self._llm_pairs(q_ids, p_ids, ml), None
+
+    def _encoder_pairs(self, q_ids, p_ids, ml):
+        tok = self.tokenizer
+        want_tt = "token_type_ids" in getattr(tok, "model_input_names", [])
+        legacy = getattr(tok, "prepare_for_model", None)
+        ids, tts = [], []
+        if callable(legacy):  # Transformers 4: the reference pairs the id lists directly
+            for q, p in zip(q_ids, p_ids):
+                item = legacy(list(q), list(p), truncation="only_second", max_length=ml, padding=False)
+                ids.append(list(item["input_ids"]))
+                tts.append(list(item.get("token_type_ids") or [0] * len(item["input_ids"])))
+        else:  # Transformers 5: decoded (specials kept) and tokenized again as a pair, as the reference does
+            dq = tok.batch_decode(q_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            dp = tok.batch_decode(p_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            try:
+                enc = tok(dq, dp, truncation="only_second", max_length=ml, padding=False,
+                          return_token_type_ids=want_tt)
+            except Exception as exc:
+                raise ValueError(f"a pair cannot be cut to max_length={ml} tokens by shortening the passage alone "
+                                 f"({exc}); use a larger max_length or a smaller query_max_length") from None
+            ids = [list(x) for x in enc["input_ids"]]
+            tts = [list(x) for x in enc["token_type_ids"]] if want_tt else []
+        return ids, (tts if want_tt else None)
+
+    def _llm_pairs(self, q_ids, p_ids, ml):
+        tok = self.tokenizer
+        prompt_ids = tok(self.prompt, add_special_tokens=False)["input_ids"]
+        sep_ids = tok("\n", add_special_tokens=False)["input_ids"]
+        room = ml + len(sep_ids) + len(prompt_ids)
+        bos = tok.bos_token_id
+        lead = [bos] if bos is not None and bos != tok.pad_token_id else []
+        left = getattr(tok, "truncation_side", "right") == "left"
+        out = []
+        for q, p in zip(q_ids, p_ids):
+            first = lead + list(q)
+            second = list(sep_ids) + list(p)
+            cut = len(first) + len(second) - room
+            if 0 < cut < len(second):  # only the passage is cut; if it cannot absorb the cut, nothing is
+                second = second[cut:] if left else second[:-cut]
+            out.append(first + second + list(sep_ids) + list(prompt_ids))
+        return out
+
+    # ------------------------------------------------------------------ scoring
+    def _scores(self, pairs, normalize, batch_size, max_length, query_max_length, show_progress) -> np.ndarray:
+        normalize = self.normalize if normalize is None else normalize
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True or False; got {normalize!r}")
+        bs = self.batch_size if batch_size is None else _check_positive_int(batch_size, "batch_size")
+        n = len(pairs)
+        if n == 0:
+            return np.zeros(0, dtype=np.float64)
+        ids, tts = self.tokenize_pairs(pairs, max_length, query_max_length)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+        order = np.argsort(-lengths, kind="stable")
+        batches, i = [], 0
+        while i < n:
+            cap = max(1, min(bs, self.max_tokens_per_batch // max(int(lengths[order[i]]), 1)))
+            batches.append((i, min(i + cap, n)))
+            i += cap
+        out = np.empty(n, dtype=np.float64)
+        if show_progress is None:
+            show_progress = len(batches) > 1 and sys.stderr.isatty()
+        bar = tqdm(total=n, desc="Reranking", unit="pair", disable=not show_progress)
+        try:
+            queue = list(batches)
+            while queue:
+                start, end = queue.pop(0)
+                idx = order[start:end]
+                try:
+                    res = self._forward([ids[j] for j in idx], None if tts is None else [tts[j] for j in idx])
+                except Exception as exc:  # only CUDA OOM is retried, with half the batch
+                    if not _is_oom(exc) or end - start == 1:
+                        raise
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    mid = start + (end - start) // 2
+                    queue[:0] = [(start, mid), (mid, end)]
+                    continue
+                out[idx] = res
+                bar.update(end - start)
+        finally:
+            bar.close()
+        return _sigmoid(out) if normalize else out
+
+    def _pad(self, rows: list[list[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        arr = np.full((len(rows), width), fill, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, row in enumerate(rows):
+            arr[r, : len(row)] = row
+            mask[r, : len(row)] = 1
+        return torch.from_numpy(arr).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    def _forward(self, batch_ids: list[list[int]], batch_tts: Optional[list[list[int]]]) -> np.ndarray:
+        with torch.inference_mode():
+            if self.kind == "llm":
+                return self._forward_llm(batch_ids)
+            if self._packed:
+                return self._forward_packed(batch_ids, batch_tts)
+            input_ids, mask = self._pad(batch_ids, self.pad_token_id)
+            kw = {}
+            if batch_tts is not None:
+                kw["token_type_ids"] = self._pad(batch_tts, 0)[0]
+            logits = self.model(input_ids=input_ids, attention_mask=mask, **kw).logits
+            return logits.view(-1).float().cpu().numpy().astype(np.float64)
+
+    def _forward_llm(self, batch_ids: list[list[int]]) -> np.ndarray:
+        """Right-padded (causal attention never sees the pads, so each row is scored as if alone), the
+        base model's hidden state at each row's last token through ``lm_head``; the "Yes" logit."""
+        input_ids, mask = self._pad(batch_ids, self.pad_token_id)
+        model = self.model
+        hidden = model.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        last = mask.sum(dim=1) - 1
+        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        logits = model.lm_head(h)
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits[:, self.yes_loc].float().cpu().numpy().astype(np.float64)
+
+    # the encoder's unpadded layer code, shared (same modules, same op order as the HF forward)
+    _packed_layer = Encoder._packed_layer
+    _layer_rows = Encoder._layer_rows
+
+    def _forward_packed(self, batch_ids: list[list[int]], batch_tts: Optional[list[list[int]]]) -> np.ndarray:
+        """The unpadded path of :class:`~bgem3.Encoder` (every linear layer on the real tokens only;
+        attention per text), keeping only the CLS rows at the last layer, then the model's own head."""
+        dev = self.device
+        b = len(batch_ids)
+        lens_np = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=b)
+        total = int(lens_np.sum())
+        width = int(lens_np.max())
+        flat = np.fromiter((t for row in batch_ids for t in row), dtype=np.int64, count=total)
+        starts_np = np.cumsum(lens_np) - lens_np
+        local_np = np.arange(total, dtype=np.int64) - np.repeat(starts_np, lens_np)
+        ids = torch.from_numpy(flat).to(dev)
+        local = torch.from_numpy(local_np).to(dev)
+        starts = torch.from_numpy(starts_np).to(dev)
+        lens = torch.from_numpy(lens_np).to(dev)
+        base = self.model.base_model
+        if self._packed == "roberta":
+            pad_idx = base.embeddings.padding_idx
+            nonpad = ids.ne(pad_idx).to(torch.int64)
+            c = torch.cumsum(nonpad, 0)
+            first = (c[starts] - nonpad[starts]).repeat_interleave(lens)
+            pos = (c - first) * nonpad + pad_idx
+        else:
+            pos = local
+        tt = None
+        if batch_tts is not None:
+            tt = torch.from_numpy(np.fromiter((t for row in batch_tts for t in row), dtype=np.int64,
+                                              count=total)).to(dev).unsqueeze(0)
+        hidden = base.embeddings(input_ids=ids.unsqueeze(0), token_type_ids=tt, position_ids=pos.unsqueeze(0)).squeeze(0)
+        slot = None
+        attn_mask = None
+        if b > 1 and width * b != total:
+            seg = torch.from_numpy(np.repeat(np.arange(b, dtype=np.int64), lens_np)).to(dev)
+            slot = seg * width + local
+            key_mask = torch.arange(width, device=dev).unsqueeze(0) < lens.unsqueeze(1)
+            attn_mask = key_mask[:, None, None, :]
+        layers = list(base.encoder.layer)
+        for li, layer in enumerate(layers):
+            hidden = self._packed_layer(layer, hidden, b, width, slot, attn_mask,
+                                        starts if li == len(layers) - 1 else None)
+        cls = hidden.unsqueeze(1)  # [B, 1, H]: the heads read features[:, 0]
+        if self._head == "BertForSequenceClassification":
+            logits = self.model.classifier(self.model.dropout(base.pooler(cls)))
+        else:
+            logits = self.model.classifier(cls)
+        return logits.view(-1).float().cpu().numpy().astype(np.float64)
+
+
+# --------------------------------------------------------------------------- input checks
+
+def check_query(query: Any) -> str:
+    """``query`` if it is a non-blank string; ``TypeError`` / ``ValueError`` naming the problem."""
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a string; got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("query is empty; reranking needs a query to score the texts against")
+    return query
+
+
+def check_texts(texts: Any, name: str = "texts") -> list[str]:
+    """``texts`` as a list of strings; a single string is refused (never split into characters)."""
+    if isinstance(texts, str):
+        raise TypeError(f"{name} must be a list of strings, not one string (wrap it: [text])")
+    if texts is None or isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"{name} must be a list of strings; got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{name}[{i}] is {type(t).__name__}, not str; every item must be a string")
+    return texts
+
+
+def _check_pairs(pairs: Any) -> list[tuple[str, str]]:
+    if isinstance(pairs, str) or pairs is None or isinstance(pairs, (bytes, dict)) or not hasattr(pairs, "__iter__"):
+        raise TypeError("sentence_pairs must be a list of (query, passage) pairs (or one pair); got "
+                        f"{type(pairs).__name__}")
+    pairs = list(pairs)
+    if len(pairs) == 2 and all(isinstance(x, str) for x in pairs):  # one (query, passage) pair, as FlagEmbedding
+        pairs = [tuple(pairs)]
+    out = []
+    for i, p in enumerate(pairs):
+        if isinstance(p, str) or not isinstance(p, (tuple, list)) or len(p) != 2:
+            raise TypeError(f"sentence_pairs[{i}] must be a (query, passage) pair of strings; got {p!r:.80}")
+        q, d = p
+        if not isinstance(q, str) or not isinstance(d, str):
+            raise TypeError(f"sentence_pairs[{i}] must hold two strings; got ({type(q).__name__}, {type(d).__name__})")
+        if not q.strip():
+            raise ValueError(f"sentence_pairs[{i}] has an empty query; reranking needs a query to score against")
+        out.append((q, d))
+    return out
