@@ -10,8 +10,14 @@ Routes:
 ``POST /v1/embeddings``      OpenAI embeddings (``float`` or ``base64``)
 ``GET /v1/models``           OpenAI model list
 ``POST /encode``             ours: dense + lexical + ColBERT in one call, query/document side
+``POST /rerank``             TEI rerank (``--reranker``): ``[{"index", "score"}]``, best first
+``POST /v1/rerank``          Cohere / Jina / infinity rerank (``--reranker``): ``{"results": [...]}``
 ``GET /metrics``             Prometheus text format
 =========================  ===================================================================
+
+With a reranker (``create_app(encoder, config, reranker=...)``; ``encoder`` may be ``None`` for a
+reranker-only server) the rerank routes get their own batcher with the same bounds; the routes of the
+model that is not served answer 404 saying how to serve it.
 
 The event loop never runs the model: texts are tokenised in a thread pool and encoded by
 the :class:`~bgem3.serve.scheduler.Batcher` worker thread. Each request is bounded (texts,
@@ -52,6 +58,8 @@ from starlette.routing import Route
 
 from .metrics import Metrics
 from .scheduler import Batcher, BatchResult, QueueFull, ShuttingDown
+from .rerank import (RerankBackend, cohere_answer, finite_or_500, parse_cohere_rerank, parse_tei_rerank,
+                     tei_answer)
 from .shapes import (ApiError, encode_array, openai_error, parse_encode, parse_openai, parse_tei, tei_error)
 
 try:  # fast JSON (in the `serve` extra); the stdlib otherwise (~15x slower on a batch of vectors)
@@ -84,6 +92,13 @@ class ServeConfig:
         max_batch_tokens / max_batch_size: one forward pass.
         max_queued_tokens / max_queued_texts: the queue bound (429 beyond).
         request_timeout: seconds a request may wait for its vectors (504 beyond).
+        served_reranker_name: the reranker's name in ``/info`` and ``/v1/models``, accepted as
+            ``/v1/rerank``'s ``model`` (default: the reranker's model argument; with no embedder served,
+            ``served_model_name`` names the reranker).
+        reranker_max_length: most tokens of one (query, passage) pair (default: the reranker's
+            ``max_length``, FlagEmbedding's 512); longer pairs are cut as FlagEmbedding cuts them (query
+            kept up to 3/4 of it, passage cut), or refused (413) when the request says ``truncate: false``
+            or ``auto_truncate`` is off.
     """
 
     api_key: Optional[str] = None
@@ -98,6 +113,8 @@ class ServeConfig:
     max_queued_tokens: int = 262144
     max_queued_texts: int = 4096
     request_timeout: float = 60.0
+    served_reranker_name: Optional[str] = None
+    reranker_max_length: Optional[int] = None
 
 
 def _dumps(obj: Any) -> bytes:
@@ -138,21 +155,43 @@ async def _wait_disconnect(request: Request) -> None:
 class _Server:
     """State of one app: encoder, config, batcher, metrics."""
 
-    def __init__(self, encoder: Any, config: ServeConfig) -> None:
+    def __init__(self, encoder: Any, config: ServeConfig, reranker: Any = None) -> None:
+        if encoder is None and reranker is None:
+            raise ValueError("nothing to serve: give an encoder, a reranker, or both")
         self.encoder = encoder
         self.config = config
         self.metrics = Metrics()
-        self.batcher = Batcher(encoder, max_batch_tokens=config.max_batch_tokens, max_batch_size=config.max_batch_size,
-                               max_queued_tokens=config.max_queued_tokens, max_queued_texts=config.max_queued_texts,
-                               metrics=self.metrics)
-        self.name = config.served_model_name or str(encoder.model_name)
-        self.max_input_length = min(config.max_input_length or encoder.max_length, encoder.model_max_length)
-        self.aliases = {self.name, os.path.basename(os.path.normpath(self.name)), str(encoder.model_name),
-                        os.path.basename(os.path.normpath(str(encoder.model_name)))}
         self._key = config.api_key.encode() if config.api_key else None
         self.draining = False
-        tok = getattr(encoder, "tokenizer", None)
-        self._loop_tokenizer = copy.deepcopy(tok) if tok is not None else None
+        self.batcher: Optional[Batcher] = None
+        self._loop_tokenizer = None
+        if encoder is not None:
+            self.batcher = Batcher(encoder, max_batch_tokens=config.max_batch_tokens,
+                                   max_batch_size=config.max_batch_size, max_queued_tokens=config.max_queued_tokens,
+                                   max_queued_texts=config.max_queued_texts, metrics=self.metrics)
+            self.name = config.served_model_name or str(encoder.model_name)
+            self.max_input_length = min(config.max_input_length or encoder.max_length, encoder.model_max_length)
+            self.aliases = _aliases(self.name, encoder.model_name)
+            tok = getattr(encoder, "tokenizer", None)
+            self._loop_tokenizer = copy.deepcopy(tok) if tok is not None else None
+        self.reranker = reranker
+        self.rerank_batcher: Optional[Batcher] = None
+        if reranker is not None:
+            self.rerank_backend = RerankBackend(reranker)
+            self.rerank_batcher = Batcher(self.rerank_backend, max_batch_tokens=config.max_batch_tokens,
+                                          max_batch_size=config.max_batch_size,
+                                          max_queued_tokens=config.max_queued_tokens,
+                                          max_queued_texts=config.max_queued_texts, metrics=self.metrics)
+            self.rerank_name = (config.served_reranker_name
+                                or (config.served_model_name if encoder is None else None) or str(reranker.model_name))
+            self.rerank_aliases = _aliases(self.rerank_name, reranker.model_name)
+            self.rerank_max_length = int(config.reranker_max_length or reranker.max_length)
+            if encoder is None:
+                self.name, self.aliases = self.rerank_name, self.rerank_aliases
+                self.max_input_length = self.rerank_max_length
+
+    def batchers(self) -> list[Batcher]:
+        return [b for b in (self.batcher, self.rerank_batcher) if b is not None]
 
     # ------------------------------------------------------------------ plumbing
     def start_draining(self) -> None:
@@ -224,12 +263,15 @@ class _Server:
                                 f"{self.config.max_request_tokens} per request (--max-request-tokens): split it")
         return ids
 
-    async def run(self, request: Request, ids: list, *, dense: bool, sparse: bool, colbert: bool) -> BatchResult:
-        """Submit to the batcher; give up on client disconnect or timeout."""
+    async def run(self, request: Request, ids: list, *, dense: bool, sparse: bool, colbert: bool,
+                  batcher: Optional[Batcher] = None) -> BatchResult:
+        """Submit to the batcher (the embedder's unless ``batcher`` is given); give up on client
+        disconnect or timeout."""
         if (sparse or colbert) and not self.encoder.has_heads:
             raise ApiError(422, f"lexical / ColBERT output needs BGE-M3's head files, which the served model "
                                 f"{self.name!r} does not have; ask for dense only", kind="Validation")
-        work = asyncio.ensure_future(self.batcher.submit(ids, dense=dense, sparse=sparse, colbert=colbert))
+        batcher = batcher or self.batcher
+        work = asyncio.ensure_future(batcher.submit(ids, dense=dense, sparse=sparse, colbert=colbert))
         gone = asyncio.ensure_future(_wait_disconnect(request))
         try:
             done, _ = await asyncio.wait({work, gone}, timeout=self.config.request_timeout,
@@ -335,10 +377,83 @@ class _Server:
                 out["colbert"] = [np.ascontiguousarray(v.astype(req.colbert_dtype), dtype=np.float32) for v in vecs]
         return _json(out)
 
+    # ------------------------------------------------------------------ rerank routes
+    async def rerank_pairs(self, request: Request, query: str, texts: list[str],
+                           truncate: Optional[bool]) -> tuple[np.ndarray, int]:
+        """The raw scores of ``(query, text)`` for each text, through the rerank batcher; and the tokens."""
+        ml = self.rerank_max_length
+        truncate = self.config.auto_truncate if truncate is None else truncate
+        ids = await asyncio.to_thread(self.rerank_backend.tokenize, query, texts, ml)
+        if not truncate:
+            cut = await asyncio.to_thread(self.rerank_backend.was_cut, query, texts, ids)
+            for i, was_cut in enumerate(cut):
+                if was_cut:
+                    raise ApiError(413, f"the pair (query, texts[{i}]) is longer than {ml} tokens; send shorter text "
+                                        "or \"truncate\": true (the passage is cut, the query kept, as FlagEmbedding "
+                                        "does)")
+        total = sum(len(r) for r in ids)
+        if total > self.config.max_request_tokens:
+            raise ApiError(413, f"the request has {total} tokens (query + passage, per candidate); this server takes at "
+                                f"most {self.config.max_request_tokens} per request (--max-request-tokens): send "
+                                "fewer candidates per request")
+        res = await self.run(request, ids, dense=True, sparse=False, colbert=False, batcher=self.rerank_batcher)
+        return finite_or_500(res.dense[:, 0]), total
+
+    def _no_reranker(self) -> ApiError:
+        return ApiError(404, f"this server serves no reranker (only the embedder {self.name!r}); start it with "
+                             "`bgem3 serve --reranker MODEL` (beside --model, or alone)", kind="NotFound")
+
+    async def tei_rerank(self, request: Request) -> Response:
+        if self.reranker is None:
+            raise self._no_reranker()
+        body = await self.read_json(request)
+        if isinstance(body, dict) and "documents" in body and "texts" not in body:
+            return await self._cohere(body, request, "/rerank")  # infinity's shape on the same path
+        req = parse_tei_rerank(body, max_texts=self.config.max_client_batch_size)
+        raw, _ = await self.rerank_pairs(request, req.query, req.texts, req.truncate)
+        return _json(tei_answer(req, raw))
+
+    async def cohere_rerank(self, request: Request) -> Response:
+        if self.reranker is None:
+            raise self._no_reranker()
+        return await self._cohere(await self.read_json(request), request, "/v1/rerank")
+
+    async def _cohere(self, body: Any, request: Request, where: str) -> Response:
+        req = parse_cohere_rerank(body, max_texts=self.config.max_client_batch_size, where=where)
+        if req.model is not None and req.model not in self.rerank_aliases:
+            raise ApiError(404, f"model {req.model!r} is not served here; this server's reranker is "
+                                f"{self.rerank_name!r} (GET /v1/models)", param="model", kind="NotFound")
+        raw, tokens = await self.rerank_pairs(request, req.query, req.texts, req.truncate)
+        return _json(cohere_answer(req, raw, model=self.rerank_name, tokens=tokens))
+
+    def reranker_info(self) -> dict:
+        rr, c = self.reranker, self.config
+        return {"model_id": self.rerank_name, "model": str(rr.model_name), "kind": str(getattr(rr, "kind", "encoder")),
+                "max_input_length": self.rerank_max_length, "dtype": str(rr.dtype).replace("torch.", ""),
+                "device": str(rr.device), "max_client_batch_size": c.max_client_batch_size,
+                "max_request_tokens": c.max_request_tokens, "max_body_bytes": c.max_body_bytes,
+                "auto_truncate": c.auto_truncate, "normalize": "sigmoid",
+                "routes": ["/rerank", "/v1/rerank"]}
+
+    def no_embedder(self) -> ApiError:
+        return ApiError(404, f"this server serves only the reranker {self.rerank_name!r}; for embeddings start "
+                             "`bgem3 serve --model MODEL` (with --reranker to serve both)", kind="NotFound")
+
     async def info(self, request: Request) -> Response:
         enc = self.encoder
-        prof = enc.profile
         c = self.config
+        if enc is None:  # a reranker-only server: TEI's info for a reranker
+            return _json({
+                "model_id": self.rerank_name, "model_sha": None,
+                "model_dtype": str(self.reranker.dtype).replace("torch.", ""),
+                "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
+                "max_concurrent_requests": c.max_queued_texts, "max_input_length": self.rerank_max_length,
+                "max_batch_tokens": c.max_batch_tokens, "max_batch_requests": c.max_batch_size,
+                "max_client_batch_size": c.max_client_batch_size, "auto_truncate": c.auto_truncate,
+                "tokenization_workers": 1, "version": _version(), "sha": None, "docker_label": None,
+                "bgem3": {"reranker": self.reranker_info(), "embedder": None},
+            })
+        prof = enc.profile
         body = {
             "model_id": self.name, "model_sha": None, "model_dtype": str(enc.dtype).replace("torch.", ""),
             "model_type": {"embedding": {"pooling": prof.pooling}},
@@ -354,21 +469,30 @@ class _Server:
                 "max_body_bytes": c.max_body_bytes, "device": str(enc.device),
             },
         }
+        if self.reranker is not None:
+            body["bgem3"]["reranker"] = self.reranker_info()
         return _json(body)
 
     async def health(self, request: Request) -> Response:
-        if self.batcher.alive and not self.batcher.closing and not self.draining:
+        if all(b.alive and not b.closing for b in self.batchers()) and not self.draining:
             return Response(b"", status_code=200)
         return Response(b"", status_code=503, headers={"Retry-After": "1"})
 
     async def models(self, request: Request) -> Response:
-        return _json({"object": "list", "data": [{"id": self.name, "object": "model", "created": 0,
-                                                  "owned_by": "bgem3"}]})
+        names = ([self.name] if self.encoder is not None else []) + ([self.rerank_name] if self.reranker else [])
+        return _json({"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "bgem3"}
+                                                 for n in names]})
 
     async def metrics_route(self, request: Request) -> Response:
-        texts, tokens = self.batcher.depth()
-        text = self.metrics.render(queue_texts=texts, queue_tokens=tokens, in_flight=self.batcher.in_flight)
+        depths = [b.depth() for b in self.batchers()]  # both queues together (embedder + reranker)
+        text = self.metrics.render(queue_texts=sum(d[0] for d in depths), queue_tokens=sum(d[1] for d in depths),
+                                   in_flight=sum(b.in_flight for b in self.batchers()))
         return Response(text, media_type="text/plain; version=0.0.4")
+
+
+def _aliases(name: str, model: Any) -> set:
+    """The names a request may use for a served model: the served name, the model argument, their last path parts."""
+    return {name, os.path.basename(os.path.normpath(name)), str(model), os.path.basename(os.path.normpath(str(model)))}
 
 
 class _ClientGone(Exception):
@@ -401,23 +525,32 @@ def _wrap(server: _Server, route: str, handler: Callable[[Request], Awaitable[Re
     return endpoint
 
 
-def create_app(encoder: Any, config: Optional[ServeConfig] = None) -> Starlette:
+def create_app(encoder: Any, config: Optional[ServeConfig] = None, *, reranker: Any = None) -> Starlette:
     """The ASGI app serving ``encoder`` (a loaded :class:`~bgem3.Encoder`) with ``config``'s limits.
 
+    ``reranker`` (a loaded :class:`bgem3.Reranker`) adds ``POST /rerank`` (TEI) and ``POST /v1/rerank``
+    (Cohere / Jina / infinity); ``encoder`` may then be ``None`` (a reranker-only server).
     Run it with any ASGI server (``uvicorn.run(app)``); ``bgem3 serve`` does that for you.
     """
-    server = _Server(encoder, config or ServeConfig())
+    server = _Server(encoder, config or ServeConfig(), reranker)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        server.batcher.start()
+        for b in server.batchers():
+            b.start()
         try:
             yield
         finally:  # uvicorn has already waited for in-flight requests; finish whatever is queued
-            server.batcher.close()
-            await asyncio.to_thread(server.batcher.stop, 30.0)
+            for b in server.batchers():
+                b.close()
+            for b in server.batchers():
+                await asyncio.to_thread(b.stop, 30.0)
 
     s = server
+    if encoder is None:  # reranker only: the embedding routes say how to get embeddings
+        async def _none(request: Request) -> Response:
+            raise s.no_embedder()
+        s.tei_embed = s.tei_embed_sparse = s.openai_embeddings = s.encode = _none  # type: ignore[method-assign]
     routes = [
         Route("/embed", _wrap(s, "/embed", s.tei_embed), methods=["POST"]),
         Route("/", _wrap(s, "/", s.tei_embed), methods=["POST"]),
@@ -428,6 +561,8 @@ def create_app(encoder: Any, config: Optional[ServeConfig] = None) -> Starlette:
         Route("/v1/models", _wrap(s, "/v1/models", s.models, openai=True), methods=["GET"]),
         Route("/encode", _wrap(s, "/encode", s.encode), methods=["POST"]),
         Route("/metrics", _wrap(s, "/metrics", s.metrics_route), methods=["GET"]),
+        Route("/rerank", _wrap(s, "/rerank", s.tei_rerank), methods=["POST"]),
+        Route("/v1/rerank", _wrap(s, "/v1/rerank", s.cohere_rerank, openai=True), methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = server

@@ -3,6 +3,8 @@
 Example::
 
     bgem3 serve --model BAAI/bge-m3 --port 8080                 # loopback only
+    bgem3 serve --model BAAI/bge-m3 --reranker BAAI/bge-reranker-v2-m3   # embedder + /rerank, /v1/rerank
+    bgem3 serve --reranker BAAI/bge-reranker-v2-m3              # a reranker-only server
     BGEM3_API_KEY=s3cret bgem3 serve --model BAAI/bge-m3 --host 0.0.0.0
 """
 
@@ -30,6 +32,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
         "serve", parents=[common], help="serve an encoder over HTTP (TEI, OpenAI and bgem3 APIs)",
         description="One shared encoder for many processes and machines: TEI's /embed, /embed_sparse, /info, "
                     "/health; OpenAI's /v1/embeddings; bgem3's /encode (dense + lexical + ColBERT); /metrics. "
+                    "With --reranker: TEI's /rerank and the Cohere/Jina/infinity-style /v1/rerank (beside the "
+                    "embedder, or alone when --model is not given). "
                     "Requests from concurrent clients are batched together. Stateless: run N replicas behind "
                     "any HTTP load balancer. Needs: pip install 'bgem3[serve]'.")
     g = p.add_argument_group("network")
@@ -41,6 +45,18 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                         "none = open)")
     g.add_argument("--served-model-name", default=None, metavar="NAME",
                    help="model name in /info and accepted as OpenAI's `model` (default: --model as given)")
+    g = p.add_argument_group("reranker")
+    g.add_argument("--reranker", default=None, metavar="MODEL",
+                   help="also serve this cross-encoder / LLM reranker (hub id or folder, e.g. BAAI/bge-reranker-v2-m3) "
+                        "on POST /rerank (TEI) and POST /v1/rerank (Cohere/Jina/infinity); without --model the server "
+                        "serves the reranker only. --device / --dtype apply to it too")
+    g.add_argument("--served-reranker-name", default=None, metavar="NAME",
+                   help="the reranker's name in /info and /v1/models, accepted as /v1/rerank's `model` (default: "
+                        "--reranker as given; --served-model-name when no embedder is served)")
+    g.add_argument("--reranker-max-length", type=_positive, default=None, metavar="N",
+                   help="most tokens of one (query, passage) pair (default: the reranker's, 512 as FlagEmbedding); "
+                        "longer pairs are cut as FlagEmbedding cuts them (passage cut, query kept), or refused with "
+                        "413 when a request says truncate=false / with --no-auto-truncate")
     g = p.add_argument_group("limits")
     g.add_argument("--max-client-batch-size", type=_positive, default=256, metavar="N",
                    help="most texts in one request (default 256)")
@@ -151,12 +167,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..encoder import Encoder
     from .app import ServeConfig, create_app
 
-    model = args.model or "BAAI/bge-m3"
+    reranker_name = getattr(args, "reranker", None)
+    model = args.model or (None if reranker_name else "BAAI/bge-m3")
     _set_threads(args.threads, args.device)
-    options: dict = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length}
-    if args.batch_size:
-        options["batch_size"] = args.batch_size
-    encoder = Encoder(model, **options)
+    encoder = reranker = None
+    if model is not None:
+        options: dict = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length}
+        if args.batch_size:
+            options["batch_size"] = args.batch_size
+        encoder = Encoder(model, **options)
+    elif args.max_length is not None:
+        raise SystemExit("bgem3 serve: --max-length applies to the embedder (--model), which is not served; use "
+                         "--reranker-max-length for the reranker")
+    if reranker_name:
+        from .. import Reranker
+
+        ropts: dict = {"device": args.device, "dtype": args.dtype}
+        if args.reranker_max_length:
+            ropts["max_length"] = args.reranker_max_length
+        reranker = Reranker(reranker_name, **ropts)
     config = ServeConfig(
         api_key=args.api_key or None, served_model_name=args.served_model_name,
         max_client_batch_size=args.max_client_batch_size, max_input_length=args.max_length,
@@ -164,15 +193,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auto_truncate=args.auto_truncate, max_batch_tokens=args.max_batch_tokens,
         max_batch_size=args.batch_size or 64, max_queued_tokens=args.max_queue_tokens,
         max_queued_texts=args.max_queue_texts, request_timeout=args.request_timeout,
+        served_reranker_name=getattr(args, "served_reranker_name", None),
+        reranker_max_length=getattr(args, "reranker_max_length", None),
     )
-    app = create_app(encoder, config)
+    app = create_app(encoder, config, reranker=reranker)
 
     sock, family = listen_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     if not args.quiet:
         auth = "bearer key required" if config.api_key else "no API key (open)"
-        print(f"bgem3 serve: {model} on {encoder.device}, {auth}", file=sys.stderr)
+        served = [f"{model} on {encoder.device}"] if encoder is not None else []
+        served += [f"reranker {reranker_name} on {reranker.device}"] if reranker is not None else []
+        print(f"bgem3 serve: {', '.join(served)}, {auth}", file=sys.stderr)
     # one parseable line on stdout, for scripts and tests that start the server on port 0
     print(f"bgem3 serve: listening on http://{shown}:{port}", flush=True)
     uconfig = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=int(args.shutdown_timeout),
