@@ -173,6 +173,7 @@ class RemoteReranker:
         self.normalize = normalize
         self.url = url.strip().rstrip("/")
         self.path = self.url
+        self.model_name: Optional[str] = None  # from /info
         key = api_key if api_key is not None else os.environ.get("BGEM3_API_KEY")
         self._headers = {"accept": "application/json", **(headers or {})}
         if key:

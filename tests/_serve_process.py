@@ -17,15 +17,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class ServerProcess:
     """A `bgem3 serve --port 0` child process; ``url`` once it answers /health."""
 
-    def __init__(self, model: str, *args: str, env: Optional[dict] = None, startup_timeout: float = 120.0) -> None:
+    def __init__(self, model: Optional[str], *args: str, env: Optional[dict] = None,
+                 startup_timeout: float = 120.0) -> None:
+        """``model`` None: no ``--model`` (e.g. a ``--reranker``-only server)."""
         e = dict(os.environ)
         e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
         e.setdefault("HF_HUB_OFFLINE", "1")
         e.setdefault("TOKENIZERS_PARALLELISM", "false")
         e.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bgem3", "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
-             "--device", "cpu", "-q", *args],
+            [sys.executable, "-m", "bgem3", "serve", *(["--model", model] if model else []), "--host", "127.0.0.1",
+             "--port", "0", "--device", "cpu", "-q", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT)
         self.stderr: list[str] = []
         threading.Thread(target=self._drain_err, daemon=True).start()

@@ -169,6 +169,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     reranker_name = getattr(args, "reranker", None)
     model = args.model or (None if reranker_name else "BAAI/bge-m3")
+    if model is None and args.max_length is not None:
+        from ..cli import _UsageError
+
+        raise _UsageError("bgem3 serve: --max-length applies to the embedder (--model), which is not served; use "
+                         "--reranker-max-length for the reranker")
     _set_threads(args.threads, args.device)
     encoder = reranker = None
     if model is not None:
@@ -176,9 +181,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.batch_size:
             options["batch_size"] = args.batch_size
         encoder = Encoder(model, **options)
-    elif args.max_length is not None:
-        raise SystemExit("bgem3 serve: --max-length applies to the embedder (--model), which is not served; use "
-                         "--reranker-max-length for the reranker")
     if reranker_name:
         from .. import Reranker
 
