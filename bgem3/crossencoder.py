@@ -248,6 +248,11 @@ class Reranker:
         if kind == "encoder" and archs and not is_cross_encoder_folder(self.path):
             raise ModelLoadError(f"kind='encoder' needs a *ForSequenceClassification folder; {self.path!r} declares "
                                  f"{', '.join(archs)}")
+        if kind == "encoder":
+            n_labels = _num_labels(self.path)
+            if n_labels is not None and n_labels != 1:
+                raise ModelLoadError(f"{self.path!r} is a sequence classifier with {n_labels} labels; a reranker has one "
+                                     "(its logit is the relevance score). Use a one-label cross-encoder.")
         if kind == "llm" and archs and not any(a.endswith("ForCausalLM") for a in archs):
             raise ModelLoadError(f"kind='llm' needs a causal LM (*ForCausalLM) folder; {self.path!r} declares "
                                  f"{', '.join(archs)}")
@@ -556,6 +561,21 @@ class Reranker:
         else:
             logits = self.model.classifier(cls)
         return logits.view(-1).float().cpu().numpy().astype(np.float64)
+
+
+def _num_labels(folder: str) -> Optional[int]:
+    """Labels the folder's config declares (``id2label``, else ``num_labels``, else Transformers' default 2)."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    if isinstance(cfg.get("id2label"), dict) and cfg["id2label"]:
+        return len(cfg["id2label"])
+    n = cfg.get("num_labels", 2)
+    return n if isinstance(n, int) else None
 
 
 # --------------------------------------------------------------------------- input checks

@@ -109,7 +109,14 @@ def resolve_encoder(encoder: Union[Encoder, str, os.PathLike], **encoder_kwargs:
             )
         return encoder
     if isinstance(encoder, (str, os.PathLike)):
+        from .families import reranker_for_name
         from .remote import is_url, remote_encoder_for
+
+        if reranker_for_name(os.fspath(encoder)) is not None:
+            raise ValueError(
+                f"{os.fspath(encoder)!r} is a cross-encoder reranker; this class re-scores with an embedding model's "
+                "dense/lexical/ColBERT channels. Use bgem3.Reranker (LangChain: langchain_bgem3.BGERerankerCrossEncoder "
+                "/ BGECrossEncoderReranker; LlamaIndex: llama_index_bgem3.BGERerank) for cross-encoders")
 
         if is_url(encoder):  # a `bgem3 serve` server
             return remote_encoder_for(encoder, **encoder_kwargs)

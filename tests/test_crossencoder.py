@@ -1,0 +1,230 @@
+"""bgem3.Reranker: BGE cross-encoder / LLM rerankers, checked against FlagEmbedding 1.4.2 on tiny offline checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from bgem3 import Encoder, ModelLoadError, RankedText, Reranker
+from bgem3.testing import make_reranker_checkpoint
+
+QUERIES = ["what is bm25?", "capital of France", "LangChain 에 대해서 알려주세요."]
+PASSAGES = (["BM25 is a bag-of-words retrieval function that ranks documents by term frequency. " * k for k in (1, 3, 12)]
+            + ["Paris is the capital and most populous city of France.", "짧은", "The quick brown fox.",
+               "北京是中华人民共和国的首都。" * 20])
+PAIRS = [(q, p) for q in QUERIES for p in PASSAGES]
+ARCHS = ["xlmr", "bert", "gemma"]
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    return {a: make_reranker_checkpoint(str(tmp_path_factory.mktemp(f"rr-{a}")), a) for a in ARCHS}
+
+
+def _ours(paths, arch, **kw):
+    if arch == "gemma":
+        kw.setdefault("kind", "llm")
+    return Reranker(paths[arch], device="cpu", **kw)
+
+
+def _ref(path, arch, **kw):
+    FlagEmbedding = pytest.importorskip("FlagEmbedding")
+    cls = FlagEmbedding.FlagLLMReranker if arch == "gemma" else FlagEmbedding.FlagReranker
+    return cls(path, devices="cpu", **kw)
+
+
+def _same_ranking(a, b, tol=1e-5):
+    """Every pair the reference orders by more than ``tol`` is ordered the same way by ours."""
+    a, b = np.asarray(a), np.asarray(b)
+    gap = b[:, None] - b[None, :]
+    sure = np.abs(gap) > tol
+    return bool(np.all(np.sign(a[:, None] - a[None, :])[sure] == np.sign(gap)[sure]))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("max_length", [512, 24])
+def test_parity_with_flagembedding(paths, arch, max_length):
+    ours = _ours(paths, arch, max_length=max_length, batch_size=4)
+    ref = _ref(paths[arch], arch, max_length=max_length, batch_size=4)
+    for normalize in (False, True):
+        a = ours.compute_score(PAIRS, normalize=normalize)
+        b = ref.compute_score(PAIRS, normalize=normalize)
+        assert isinstance(a, list) and all(isinstance(x, float) for x in a)
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-5, (arch, max_length, normalize)
+        assert _same_ranking(a, b)
+    raw = np.asarray(ours.compute_score(PAIRS))
+    assert raw.std() > 1e-3  # the scores differ, so parity and ranking prove something
+    np.testing.assert_allclose(ours.compute_score(PAIRS, normalize=True), 1 / (1 + np.exp(-raw)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["xlmr", "bert"])
+def test_truncation_matches_the_reference_tokens(paths, arch):
+    """Query kept (cut to 3/4 of max_length first), passage cut so the pair fits: the reference's token ids."""
+    from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+    ml = 20
+    ours = _ours(paths, arch, max_length=ml)
+    tok = ours.tokenizer
+    ids, _ = ours.tokenize_pairs(PAIRS)
+    for (q, p), got in zip(PAIRS, ids):
+        qi = tok(q, add_special_tokens=False, max_length=ml * 3 // 4, truncation=True)["input_ids"]
+        pi = tok(p, add_special_tokens=False, max_length=ml, truncation=True)["input_ids"]
+        want = prepare_for_model_compat(tok, qi, pi, truncation="only_second", max_length=ml, padding=False)["input_ids"]
+        assert got == list(want)
+        assert len(got) <= ml
+    long_pair = ids[PAIRS.index((QUERIES[0], PASSAGES[2]))]
+    q_only = tok(QUERIES[0], add_special_tokens=False)["input_ids"]
+    assert len(long_pair) == ml and all(t in long_pair for t in q_only)  # the passage was cut, the query kept
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_llm_prompt_truncation_and_padding_side(tmp_path, side):
+    """FlagLLMReranker's layout: <bos> 'A: q' '\\n' 'B: p' (cut, on the tokenizer's side) '\\n' prompt; scored by 'Yes'."""
+    path = make_reranker_checkpoint(str(tmp_path / "g"), "gemma", padding_side=side, truncation_side=side)
+    ours = Reranker(path, device="cpu", kind="llm", max_length=16, batch_size=3)
+    ref = _ref(path, "gemma", max_length=16, batch_size=3)
+    a, b = ours.compute_score(PAIRS), ref.compute_score(PAIRS)
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-5
+    tok = ours.tokenizer
+    ids, _ = ours.tokenize_pairs([("capital of France", "Paris is the capital and most populous city of France.")])
+    prompt = tok(ours.prompt, add_special_tokens=False)["input_ids"]
+    assert ids[0][0] == tok.bos_token_id and ids[0][-len(prompt):] == prompt
+    text = tok.decode(ids[0][1:])
+    if side == "right":  # the passage's end is cut
+        assert text.startswith("A: capital of France\nB: Paris")
+    else:  # left truncation cuts the passage's start ("\nB: " included, as the reference does)
+        assert text.startswith("A: capital of France\n") and "B: Paris" not in text and "of France.\nGiven" in text
+    assert ours.yes_loc == tok("Yes", add_special_tokens=False)["input_ids"][0]
+    # a custom prompt changes the score, as FlagLLMReranker's prompt= does
+    custom = Reranker(path, device="cpu", kind="llm", max_length=16, prompt="Is B relevant to A?")
+    c = custom.compute_score(PAIRS[:3])
+    np.testing.assert_allclose(c, ref.compute_score(PAIRS[:3], prompt="Is B relevant to A?"), atol=1e-5)
+    assert np.abs(np.asarray(c) - np.asarray(a[:3])).max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["xlmr", "bert"])
+def test_unpadded_path_and_token_budget_give_the_same_scores(paths, arch):
+    fast = _ours(paths, arch, batch_size=5)
+    assert fast._packed in ("roberta", "bert")
+    a = np.asarray(fast.compute_score(PAIRS))
+    slow = _ours(paths, arch, batch_size=5)
+    slow._packed = None  # the Hugging Face model's own padded forward
+    np.testing.assert_allclose(a, slow.compute_score(PAIRS), atol=1e-5)
+    tight = _ours(paths, arch, batch_size=64, max_tokens_per_batch=40)
+    np.testing.assert_allclose(a, tight.compute_score(PAIRS), atol=1e-5)
+    one = [fast.compute_score([pair])[0] for pair in PAIRS[:5]]
+    np.testing.assert_allclose(a[:5], one, atol=1e-5)
+
+
+def test_rerank_score_and_top_n(paths):
+    rr = _ours(paths, "xlmr")
+    texts = PASSAGES
+    s = rr.score(QUERIES[1], texts)
+    assert s.dtype == np.float64 and s.shape == (len(texts),)
+    np.testing.assert_allclose(s, rr.compute_score([(QUERIES[1], t) for t in texts]))
+    hits = rr.rerank(QUERIES[1], texts)
+    assert [h.index for h in hits] == list(np.argsort(-s, kind="stable"))
+    assert all(isinstance(h, RankedText) for h in hits)
+    top = rr.rerank(QUERIES[1], texts, top_n=2, normalize=True)
+    assert [h.index for h in top] == [h.index for h in hits[:2]] and 0 < top[0].score < 1
+    # identical texts tie: input order kept
+    tied = rr.rerank(QUERIES[1], ["same text", "other", "same text"])
+    pos = [h.index for h in tied]
+    assert pos.index(0) < pos.index(2)
+    assert rr.rerank(QUERIES[1], []) == []
+    assert rr.compute_score((QUERIES[0], PASSAGES[0])) == rr.compute_score([(QUERIES[0], PASSAGES[0])])
+    assert asyncio.run(rr.arerank(QUERIES[1], texts, 2)) == hits[:2]
+    np.testing.assert_allclose(asyncio.run(rr.acompute_score(PAIRS[:3])), rr.compute_score(PAIRS[:3]))
+
+
+def test_bad_input_is_refused_by_name(paths):
+    rr = _ours(paths, "bert")
+    with pytest.raises(ValueError, match="query is empty"):
+        rr.rerank("  ", ["a"])
+    with pytest.raises(TypeError, match="not one string"):
+        rr.rerank("q", "a passage")
+    with pytest.raises(TypeError, match=r"texts\[1\] is int"):
+        rr.rerank("q", ["a", 3])
+    with pytest.raises(TypeError, match="sentence_pairs"):
+        rr.compute_score("q")
+    with pytest.raises(TypeError, match=r"sentence_pairs\[0\]"):
+        rr.compute_score(["q", "p", "r"])
+    with pytest.raises(ValueError, match="empty query"):
+        rr.compute_score([("", "p")])
+    with pytest.raises(ValueError, match="top_n"):
+        rr.rerank("q", ["a"], top_n=0)
+
+
+def test_options_honoured_or_refused(paths):
+    with pytest.raises(TypeError, match="use_fp16.*dtype"):
+        Reranker(paths["xlmr"], device="cpu", use_fp16=True)
+    with pytest.raises(ValueError, match="cutoff_layers"):
+        Reranker(paths["xlmr"], device="cpu", cutoff_layers=[28])
+    with pytest.raises(ValueError, match="prompt= is for LLM rerankers"):
+        Reranker(paths["xlmr"], device="cpu", prompt="x")
+    with pytest.raises(ValueError, match="int8"):
+        Reranker(paths["xlmr"], device="cpu", dtype="int8")
+    with pytest.raises(ValueError, match="fp16 on CPU"):
+        Reranker(paths["xlmr"], device="cpu", dtype="fp16")
+    # a query instruction is applied as FlagReranker applies it
+    ref = _ref(paths["xlmr"], "xlmr", query_instruction_for_rerank="query: ")
+    ours = _ours(paths, "xlmr", query_instruction_for_rerank="query: ")
+    np.testing.assert_allclose(ours.compute_score(PAIRS), ref.compute_score(PAIRS), atol=1e-5)
+    assert np.abs(np.asarray(ours.compute_score(PAIRS)) - np.asarray(_ours(paths, "xlmr").compute_score(PAIRS))).max() > 1e-4
+
+
+def test_folders_and_names_are_checked(paths, m3_path, tmp_path):
+    # an embedding folder given as a reranker, and a reranker folder given as an embedder
+    with pytest.raises(ModelLoadError, match="BGE-M3 embedding checkpoint.*bgem3.Encoder"):
+        Reranker(m3_path, device="cpu")
+    with pytest.raises(ModelLoadError, match="cross-encoder.*bgem3.Reranker"):
+        Encoder(paths["xlmr"], device="cpu")
+    # a causal LM folder is an LLM reranker only when the name says so or kind='llm' is given
+    with pytest.raises(ModelLoadError, match="kind='llm'"):
+        Reranker(paths["gemma"], device="cpu")
+    with pytest.raises(ModelLoadError, match="kind='llm' needs a causal LM"):
+        Reranker(paths["xlmr"], device="cpu", kind="llm")
+    # a registry name decides the kind (a folder named like the hub model)
+    named = tmp_path / "bge-reranker-v2-gemma"
+    shutil.copytree(paths["gemma"], named)
+    assert Reranker(str(named), device="cpu").kind == "llm"
+    for name in ("bge-reranker-v2-minicpm-layerwise", "bge-reranker-v2.5-gemma2-lightweight"):
+        folder = tmp_path / name
+        shutil.copytree(paths["gemma"], folder)
+        with pytest.raises(ModelLoadError, match="remote modelling code.*FlagEmbedding"):
+            Reranker(str(folder), device="cpu")
+    named_embedder = tmp_path / "bge-reranker-v2-m3"
+    shutil.copytree(paths["xlmr"], named_embedder)
+    with pytest.raises(ModelLoadError, match="is a reranker.*bgem3.Reranker"):
+        Encoder(str(named_embedder), device="cpu")
+    # more than one label is not a reranker
+    multi = tmp_path / "multi"
+    shutil.copytree(paths["xlmr"], multi)
+    cfg = json.loads((multi / "config.json").read_text())
+    cfg["id2label"] = {"0": "a", "1": "b", "2": "c"}
+    cfg["label2id"] = {"a": 0, "b": 1, "c": 2}
+    (multi / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="3 labels"):
+        Reranker(str(multi), device="cpu")
+
+
+def test_m3_channel_rerankers_point_cross_encoder_names_at_reranker():
+    from bgem3.rerank import HybridReranker
+
+    with pytest.raises(ValueError, match="bgem3.Reranker"):
+        HybridReranker("BAAI/bge-reranker-v2-m3")
+
+
+def test_bf16_scores_stay_close(paths):
+    import torch
+
+    rr = _ours(paths, "xlmr", dtype="bf16")
+    assert rr.dtype == torch.bfloat16
+    a = np.asarray(rr.compute_score(PAIRS))
+    b = np.asarray(_ours(paths, "xlmr").compute_score(PAIRS))
+    assert np.abs(a - b).max() < 0.1
