@@ -2,8 +2,11 @@
 
 Speaks text-embeddings-inference's API (``/embed``, ``/embed_sparse``, ``/info``, ``/health``),
 OpenAI's (``/v1/embeddings``) and its own ``/encode`` (dense + lexical + ColBERT), with
-dynamic batching across concurrent requests. Clients: :class:`bgem3.remote.RemoteEncoder`,
-or any TEI / OpenAI client. Needs the ``serve`` extra: ``pip install 'bgem3[serve]'``.
+dynamic batching across concurrent requests. With ``--reranker MODEL`` it also serves a
+:class:`bgem3.Reranker` on TEI's ``/rerank`` and the Cohere / Jina / infinity-style ``/v1/rerank``
+(beside the embedder or alone). Clients: :class:`bgem3.remote.RemoteEncoder`,
+:class:`bgem3.remote_rerank.RemoteReranker`, or any TEI / OpenAI / Cohere-style client. Needs the
+``serve`` extra: ``pip install 'bgem3[serve]'``.
 
 Example (a shell)::
 
