@@ -461,3 +461,49 @@ def test_llama_index_tei_rerank_client(server, local_rr):
     order = [int(i) for i in np.argsort(-np.asarray(norm), kind="stable")[:3]]
     assert [n.node.text for n in out] == [TEXTS[i] for i in order]
     assert max(abs(n.score - norm[i]) for n, i in zip(out, order)) <= 1e-6
+
+
+# --------------------------------------------------------------------------- backpressure (in process)
+
+class _SlowReranker:
+    """A local Reranker whose forward pass takes at least ``delay`` seconds (to fill the rerank queue)."""
+
+    def __init__(self, rr, delay: float) -> None:
+        self.rr, self.delay = rr, delay
+        self.model_name, self.max_length, self.kind = rr.model_name, rr.max_length, rr.kind
+        self.device, self.dtype = rr.device, rr.dtype
+
+    def tokenize_pairs(self, *a, **kw):
+        return self.rr.tokenize_pairs(*a, **kw)
+
+    def _forward(self, *a, **kw):
+        time.sleep(self.delay)
+        return self.rr._forward(*a, **kw)
+
+
+def test_rerank_queue_full_is_429_with_retry_after_and_embedder_unaffected(m3_encoder, local_rr):
+    from bgem3.serve import ServeConfig, create_app
+
+    app = create_app(m3_encoder, ServeConfig(max_queued_texts=6, max_batch_size=2),
+                     reranker=_SlowReranker(local_rr, 0.3))
+    server = app.state.server
+    for b in server.batchers():
+        b.start()
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
+            reranks = [c.post("/rerank", json={"query": QUERY, "texts": TEXTS[1:4]}) for _ in range(6)]
+            embed = c.post("/embed", json={"inputs": ["hello"]})
+            return await asyncio.gather(embed, *reranks)
+
+    try:
+        embed, *rs = asyncio.run(go())
+    finally:
+        for b in server.batchers():
+            b.stop(30)
+    codes = sorted(r.status_code for r in rs)
+    assert 200 in codes and 429 in codes, codes
+    refused = next(r for r in rs if r.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1 and "overloaded" in refused.json()["error"]
+    assert embed.status_code == 200  # the embedder's queue is its own
