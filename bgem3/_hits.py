@@ -227,3 +227,59 @@ def store_builder_args(owner: str, positional: Any, kwargs: dict, retriever_fiel
         raise unknown_options_error(owner, unknown, valid | set(retriever_fields) | {"model_name", "encoder"},
                                     hints)
     return model, kwargs
+
+
+# ------------------------------------------------------------------------------ cross-encoder rerank
+
+#: Keyword arguments :class:`bgem3.Reranker` accepts besides the model name.
+def reranker_options() -> frozenset:
+    from .crossencoder import Reranker
+
+    return frozenset(n for n in inspect.signature(Reranker.__init__).parameters
+                     if n not in ("self", "model_name_or_path", "kwargs"))
+
+
+def load_reranker(owner: str, model: Any, model_kwargs: Optional[Mapping[str, Any]] = None) -> Any:
+    """The reranker an adapter uses: ``model`` as is when it already is one (a :class:`bgem3.Reranker`, a
+    ``RemoteReranker``, any object with ``compute_score`` and ``rerank``; ``model_kwargs`` must then be empty),
+    else loaded from a name / folder / ``bgem3 serve`` URL with ``model_kwargs`` (each checked by name)."""
+    from .crossencoder import is_reranker, resolve_reranker
+
+    opts = dict(model_kwargs or {})
+    if is_reranker(model):
+        if opts:
+            raise ValueError(f"{owner}: model_kwargs {sorted(opts)} are only used when the reranker is loaded by name; "
+                             "a reranker was given: configure it with bgem3.Reranker(...) instead")
+        return model
+    if isinstance(model, Encoder):
+        raise TypeError(f"{owner}: a bgem3.Encoder is an embedding model, not a cross-encoder; pass a reranker "
+                        "(e.g. 'BAAI/bge-reranker-v2-m3'), or use BGEM3Reranker to re-score with the encoder's channels")
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"{owner}: model must be a reranker model name / folder, a bgem3 serve URL or a bgem3.Reranker; "
+                        f"got {type(model).__name__}")
+    valid = reranker_options()
+    unknown = [k for k in opts if k not in valid]
+    if unknown:
+        from ._shared import unknown_options_error
+
+        raise unknown_options_error(f"{owner} model_kwargs", unknown, valid,
+                                    {"use_fp16": "use dtype='fp16' (GPU)", "devices": "use device='cuda:0'",
+                                     "top_k": "top_n is the reranker's own field"}, exc=ValueError)
+    return resolve_reranker(model, **opts)
+
+
+def reranker_name(reranker: Any) -> str:
+    """The model name a reranker reports (for configs and reprs)."""
+    return str(getattr(reranker, "model_name", None) or type(reranker).__name__)
+
+
+def rerank_hits(reranker: Any, query: str, hits: Sequence[Any], top_n: Optional[int],
+                text: Any = None) -> list[tuple[Any, float]]:
+    """``(hit, rerank score)`` best first (ties keep the retrieval order), at most ``top_n``: the store's
+    candidates scored by a cross-encoder. ``text(hit)`` gives the text scored (default ``hit.text``)."""
+    hits = list(hits)
+    if not hits:
+        return []
+    texts = [text(h) if text is not None else h.text for h in hits]
+    ranked = reranker.rerank(query, texts, top_n=top_n)
+    return [(hits[r.index], float(r.score)) for r in ranked]

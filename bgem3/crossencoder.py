@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
 import os
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
@@ -55,7 +57,8 @@ from .profiles import M3_HEAD_FILES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RankedText", "Reranker", "DEFAULT_LLM_PROMPT", "RERANKER_KINDS"]
+__all__ = ["RankedText", "Reranker", "DEFAULT_LLM_PROMPT", "RERANKER_KINDS", "check_query", "check_texts",
+           "is_reranker", "resolve_reranker", "shared_reranker"]
 
 #: FlagLLMReranker's default prompt.
 DEFAULT_LLM_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the "
@@ -136,6 +139,18 @@ class Reranker:
         **kwargs: Any,
     ) -> None:
         self._refuse_options(kwargs, model_name_or_path)
+        #: how to load this reranker again (pickling, :func:`shared_reranker`)
+        self._load_options = {k: v for k, v in dict(
+            device=None if device is None else str(device), dtype=dtype, kind=kind, max_length=max_length,
+            query_max_length=query_max_length, batch_size=batch_size, max_tokens_per_batch=max_tokens_per_batch,
+            normalize=normalize, prompt=prompt, query_instruction_for_rerank=query_instruction_for_rerank,
+            query_instruction_format=query_instruction_format,
+            passage_instruction_for_rerank=passage_instruction_for_rerank,
+            passage_instruction_format=passage_instruction_format, trust_remote_code=trust_remote_code,
+            local_files_only=local_files_only, cache_dir=cache_dir, revision=revision).items()
+            if v is not ... and not (isinstance(v, torch.dtype))}
+        if isinstance(dtype, torch.dtype):
+            self._load_options["dtype"] = str(dtype).replace("torch.", "")
         self.max_length = _check_positive_int(max_length, "max_length")
         self.query_max_length = None if query_max_length is None else _check_positive_int(query_max_length, "query_max_length")
         self.batch_size = _check_positive_int(batch_size, "batch_size")
@@ -511,6 +526,21 @@ class Reranker:
             logits = torch.tanh(logits / cap) * cap
         return logits[:, self.yes_loc].float().cpu().numpy().astype(np.float64)
 
+    def forward_tokenized(self, batch_ids: list[list[int]], batch_tts: Optional[list[list[int]]] = None) -> np.ndarray:
+        """Raw scores (logits, no sigmoid) of already tokenized pairs (:meth:`tokenize_pairs`), one forward pass,
+        in the given order. For servers that batch pairs from many requests."""
+        return self._forward(batch_ids, batch_tts)
+
+    def __reduce__(self) -> tuple:
+        """Pickled as how to load it again; in the process that holds it, unpickling gives the same object."""
+        token = getattr(self, "_bgem3_token", None)
+        if token is None:
+            token = f"{_PROCESS}-{next(_TOKENS)}"
+            self._bgem3_token = token
+        _LIVE[token] = self
+        where = self.path if os.path.isdir(self.path) else os.fspath(self.model_name)
+        return _restore_reranker, (token, where, dict(self._load_options))
+
     # the encoder's unpadded layer code, shared (same modules, same op order as the HF forward)
     _packed_layer = Encoder._packed_layer
     _layer_rows = Encoder._layer_rows
@@ -561,6 +591,67 @@ class Reranker:
         else:
             logits = self.model.classifier(cls)
         return logits.view(-1).float().cpu().numpy().astype(np.float64)
+
+
+# --------------------------------------------------------------------------- sharing, pickling, resolving
+
+_LIVE: "weakref.WeakValueDictionary[str, Reranker]" = weakref.WeakValueDictionary()
+_TOKENS = itertools.count()
+_PROCESS = f"{os.getpid()}-{id(_LIVE)}"
+_CACHE: "weakref.WeakValueDictionary[Any, Reranker]" = weakref.WeakValueDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def _restore_reranker(token: str, where: str, options: dict) -> "Reranker":
+    live = _LIVE.get(token)
+    if live is not None:
+        return live
+    return shared_reranker(where, **options)
+
+
+def shared_reranker(model_name_or_path: Union[str, os.PathLike], **options: Any) -> Reranker:
+    """The loaded :class:`Reranker` for this model and options, loaded once per process (weakly cached:
+    two adapters over the same model share its weights)."""
+    name = os.fspath(model_name_or_path)
+    where = os.path.realpath(os.path.expanduser(name)) if os.path.isdir(os.path.expanduser(name)) else name
+    try:
+        key = (where, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    except Exception:  # pragma: no cover - repr never fails on plain options
+        return Reranker(model_name_or_path, **options)
+    with _CACHE_LOCK:
+        rr = _CACHE.get(key)
+        if rr is None:
+            rr = Reranker(model_name_or_path, **options)
+            _CACHE[key] = rr
+        return rr
+
+
+def is_reranker(obj: Any) -> bool:
+    """Whether ``obj`` scores like a reranker: a :class:`Reranker`, a ``RemoteReranker``, or any object with
+    ``compute_score(pairs)`` and ``rerank(query, texts, top_n)``."""
+    return isinstance(obj, Reranker) or (callable(getattr(obj, "compute_score", None))
+                                         and callable(getattr(obj, "rerank", None)))
+
+
+def resolve_reranker(reranker: Any, **options: Any) -> Any:
+    """A reranker from what a user passed: a :class:`Reranker` (or ``RemoteReranker``, or any object with
+    ``compute_score`` and ``rerank``) as is; a ``bgem3 serve`` URL -> ``RemoteReranker``; a model name or
+    folder -> a shared :class:`Reranker` loaded with ``options``."""
+    if is_reranker(reranker):
+        if options:
+            raise TypeError(f"reranker options {sorted(options)} were given with an already-built reranker; pass them "
+                            "to Reranker(...) instead, or pass a model name")
+        return reranker
+    if isinstance(reranker, (str, os.PathLike)):
+        from .remote import is_url
+
+        if is_url(os.fspath(reranker)):
+            from .remote_rerank import remote_reranker_for
+
+            return remote_reranker_for(os.fspath(reranker), **options)
+        return shared_reranker(reranker, **options)
+    raise TypeError(f"reranker must be a bgem3.Reranker, a RemoteReranker, a model name / folder or a bgem3 serve URL; "
+                    f"got {type(reranker).__name__}")
 
 
 def _num_labels(folder: str) -> Optional[int]:

@@ -12,6 +12,7 @@ Example::
     Settings.embed_model = BGEM3Embedding(model_name="BAAI/bge-m3")
 """
 
+from llama_index_bgem3.crossencoders import BGERerank
 from llama_index_bgem3.embeddings import BGEM3Embedding, E5Embedding
 from llama_index_bgem3.postprocessors import BGEM3Reranker
 from llama_index_bgem3.retrievers import BGEM3HybridRetriever
@@ -22,6 +23,7 @@ __all__ = [
     "BGEM3HybridRetriever",
     "BGEM3Reranker",
     "BGEM3SparseEmbedding",
+    "BGERerank",
     "E5Embedding",
     "qdrant_sparse_fns",
 ]
