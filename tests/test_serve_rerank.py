@@ -507,3 +507,25 @@ def test_rerank_queue_full_is_429_with_retry_after_and_embedder_unaffected(m3_en
     refused = next(r for r in rs if r.status_code == 429)
     assert int(refused.headers["retry-after"]) >= 1 and "overloaded" in refused.json()["error"]
     assert embed.status_code == 200  # the embedder's queue is its own
+
+
+def test_llm_reranker_served_equals_local(tmp_path):
+    """bge-reranker-v2-gemma's shape (a causal LM scored by its "Yes" logit, FlagLLMReranker's prompt)."""
+    from starlette.testclient import TestClient
+
+    from bgem3 import Reranker
+    from bgem3.serve import ServeConfig, create_app
+    from bgem3.testing import make_reranker_checkpoint
+
+    rr = Reranker(make_reranker_checkpoint(str(tmp_path / "gemma"), arch="gemma"), device="cpu", max_length=48,
+                  kind="llm")
+    assert rr.kind == "llm"
+    texts = [LONG, "pandas eat bamboo", "cars have wheels", "BM25 ranks documents by term frequency."]
+    want = rr.compute_score([(QUERY, t) for t in texts])
+    with TestClient(create_app(None, ServeConfig(), reranker=rr)) as c:
+        r = c.post("/rerank", json={"query": QUERY, "texts": texts, "raw_scores": True})
+        got = {row["index"]: row["score"] for row in r.json()}
+        assert max(abs(got[i] - want[i]) for i in range(len(texts))) <= 1e-5
+        assert c.get("/info").json()["bgem3"]["reranker"]["kind"] == "llm"
+        r = c.post("/rerank", json={"query": QUERY, "texts": [LONG], "truncate": False})
+        assert r.status_code == 413
