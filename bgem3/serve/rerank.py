@@ -220,11 +220,12 @@ class RerankBackend:
     hidden_size = 1
 
     def __init__(self, reranker: Any) -> None:
-        for name in ("tokenize_pairs", "_forward"):
-            if not callable(getattr(reranker, name, None)):
-                raise TypeError(f"{type(reranker).__name__} cannot be served: it has no {name}() "
-                                "(bgem3 serve --reranker takes a local bgem3.Reranker)")
+        forward = getattr(reranker, "forward_tokenized", None) or getattr(reranker, "_forward", None)
+        if not callable(getattr(reranker, "tokenize_pairs", None)) or not callable(forward):
+            raise TypeError(f"{type(reranker).__name__} cannot be served: it has no tokenize_pairs() / "
+                            "forward_tokenized() (bgem3 serve --reranker takes a local bgem3.Reranker)")
         self.reranker = reranker
+        self._score = forward
 
     def tokenize(self, query: str, texts: list[str], max_length: int) -> list:
         """Each pair's model input, cut at ``max_length`` as the reference cuts it."""
@@ -245,7 +246,7 @@ class RerankBackend:
 
     def _forward(self, items: list, dense: bool, sparse: bool, colbert: bool):
         tts = None if items[0].tts is None else [it.tts for it in items]
-        scores = np.asarray(self.reranker._forward(items, tts), dtype=np.float64)
+        scores = np.asarray(self._score(items, tts), dtype=np.float64)
         if scores.shape != (len(items),):
             raise RuntimeError(f"the reranker returned {scores.shape} scores for {len(items)} pairs")
         return scores.astype(np.float32).reshape(-1, 1), None, None
