@@ -12,7 +12,7 @@ from langchain_core.indexing.base import DeleteResponse, DocumentIndex, UpsertRe
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from bgem3._hits import check_hybrid_store, store_builder_args, store_fusion_mode
+from bgem3._hits import check_hybrid_store, load_reranker, rerank_hits, store_builder_args, store_fusion_mode
 from bgem3._shared import check_list_arg, unknown_options_error
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
@@ -70,6 +70,11 @@ class BGEM3HybridRetriever(DocumentIndex):
         search_kwargs: ``VectorStoreRetriever``'s spelling, e.g. ``{"k": 1, "filter": {...}}``;
             keys ``k``, ``filter``, ``weights``, ``candidates``, ``mode`` set those fields.
         metadata_key_prefix: prefix for the score keys in the returned metadata.
+        reranker: an optional cross-encoder (a :class:`bgem3.Reranker`, a ``RemoteReranker``, a model name
+            such as ``"BAAI/bge-reranker-v2-m3"`` or a ``bgem3 serve`` URL): the store's best
+            ``max(k, rerank_candidates)`` hits are rescored by it and the ``k`` best returned, each with
+            metadata ``rerank_score`` beside the store's ``score`` (fused) and channel scores.
+        rerank_candidates: how many store hits the reranker sees (default 50).
 
     It is a LangChain ``DocumentIndex`` (``upsert`` / ``delete`` / ``get``), so
     ``langchain_core.indexing.index(docs, record_manager, retriever, ...)`` keeps it in sync.
@@ -96,6 +101,8 @@ class BGEM3HybridRetriever(DocumentIndex):
     filter: Optional[Union[dict[str, Any], Callable[..., bool]]] = None
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
     metadata_key_prefix: str = ""
+    reranker: Any = None
+    rerank_candidates: int = Field(default=50, gt=0)
 
     def __init__(self, **data: Any) -> None:
         # DocumentIndex is marked beta and warns on every construction; this class is stable API
@@ -129,6 +136,16 @@ class BGEM3HybridRetriever(DocumentIndex):
     def _validate_filter(cls, v: Any) -> Any:
         try:
             return _check_filter(v)
+        except TypeError as exc:  # pydantic reports ValueError
+            raise ValueError(str(exc)) from None
+
+    @field_validator("reranker", mode="before")
+    @classmethod
+    def _load_reranker(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        try:
+            return load_reranker("BGEM3HybridRetriever", v)
         except TypeError as exc:  # pydantic reports ValueError
             raise ValueError(str(exc)) from None
 
@@ -281,22 +298,27 @@ class BGEM3HybridRetriever(DocumentIndex):
             filter = self.filter
         elif isinstance(filter, Mapping):
             filter = dict(filter) or None  # {} lifts the retriever's filter
+        k = self.k if k is None else k
         hits = self.store.search(
             query,
-            k=self.k if k is None else k,
+            k=k if self.reranker is None else max(k, self.rerank_candidates),
             weights=tuple(self.weights if weights is None else check_weights(weights)),
             filter=filter,
             candidates=self.candidates if candidates is None else candidates,
             mode=store_fusion_mode(self.store, self.mode if mode is None else mode),
         )
+        if self.reranker is None:
+            ranked = [(h, None) for h in hits]
+        else:  # the store's candidates, rescored by the cross-encoder; the channel scores stay beside
+            ranked = rerank_hits(self.reranker, query, hits, k)
         return [
             scored_document(
                 Document(page_content=h.text, metadata=dict(h.metadata or {}), id=h.id),
                 {"score": h.score, "dense_score": h.dense_score, "sparse_score": h.sparse_score,
-                 "colbert_score": h.colbert_score},
+                 "colbert_score": h.colbert_score, "rerank_score": rs},
                 self.metadata_key_prefix, warn_on_collision=True, owner="BGEM3HybridRetriever",
             )
-            for h in hits
+            for h, rs in ranked
         ]
 
     async def _aget_relevant_documents(

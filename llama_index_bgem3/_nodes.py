@@ -116,13 +116,16 @@ def with_channel_scores(
     *,
     warn_on_collision: bool,
     owner: str,
+    retrieval_score: bool = False,
 ) -> NodeWithScore:
-    """``NodeWithScore(score=fused)`` over a copy of ``node`` whose metadata has the channel scores.
+    """``NodeWithScore(score=fused)`` over a copy of ``node`` whose metadata has the channel scores
+    (and, with ``retrieval_score``, the fused score as ``retrieval_score``: a reranker's score replaces it).
 
     The score keys are added to the node's ``excluded_llm_metadata_keys`` and
     ``excluded_embed_metadata_keys`` so they never reach a prompt or an embedding.
     """
-    meta, keys = merge_scores(node.metadata, zip(CHANNEL_KEYS, (dense, sparse, colbert)), prefix,
+    named = list(zip(CHANNEL_KEYS, (dense, sparse, colbert))) + ([("retrieval_score", fused)] if retrieval_score else [])
+    meta, keys = merge_scores(node.metadata, named, prefix,
                               warn_on_collision=warn_on_collision, owner=owner, noun="node", returned="node",
                               verb="Pass")
     node = scored_copy(node, meta, keys)

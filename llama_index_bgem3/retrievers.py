@@ -13,7 +13,8 @@ from llama_index.core.settings import Settings
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from bgem3._filters import store_filter
-from bgem3._hits import check_hybrid_store, search_many, store_builder_args, store_fusion_mode
+from bgem3._hits import (check_hybrid_store, load_reranker, rerank_hits, search_many, store_builder_args,
+                         store_fusion_mode)
 from bgem3._shared import check_list_arg, unknown_options_error
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
@@ -22,7 +23,7 @@ from ._nodes import filters_to_where, hit_to_node, node_to_store, with_channel_s
 __all__ = ["BGEM3HybridRetriever"]
 
 _RETRIEVER_KWARGS = ("similarity_top_k", "weights", "candidates", "mode", "filters", "metadata_key_prefix",
-                     "callback_manager", "verbose")
+                     "reranker", "rerank_candidates", "callback_manager", "verbose")
 
 
 _HINTS = {
@@ -72,6 +73,12 @@ class BGEM3HybridRetriever(BaseRetriever):
             :class:`bgem3.stores.qdrant.QdrantHybridStore` they become a Qdrant filter (number
             ranges only; TEXT_MATCH_INSENSITIVE is refused there).
         metadata_key_prefix: prefix for the channel-score metadata keys.
+        reranker: an optional cross-encoder (a :class:`bgem3.Reranker`, a ``RemoteReranker``, a model
+            name such as ``"BAAI/bge-reranker-v2-m3"`` or a ``bgem3 serve`` URL): the store's best
+            ``max(similarity_top_k, rerank_candidates)`` hits are rescored by it and the best
+            ``similarity_top_k`` returned; ``score`` is then the rerank score, and the fused score is kept
+            in metadata as ``retrieval_score`` beside the channel scores.
+        rerank_candidates: how many store hits the reranker sees (default 50).
 
     ``QueryBundle.custom_embedding_strs`` (HyDE, ``HyDEQueryTransform``) are honoured: each string
     is encoded as a query and the channels are averaged (see :func:`bgem3._hits.encode_query_group`).
@@ -99,6 +106,8 @@ class BGEM3HybridRetriever(BaseRetriever):
         mode: str = "auto",
         filters: Optional[MetadataFilters] = None,
         metadata_key_prefix: str = "",
+        reranker: Any = None,
+        rerank_candidates: int = 50,
         callback_manager: Optional[CallbackManager] = None,
         verbose: bool = False,
         **kwargs: Any,
@@ -121,6 +130,8 @@ class BGEM3HybridRetriever(BaseRetriever):
         self._where = filters_to_where(filters)
         store_filter(store, self._where)  # bad filters fail here, not at the first query
         self.metadata_key_prefix = metadata_key_prefix
+        self.reranker = None if reranker is None else load_reranker("BGEM3HybridRetriever", reranker)
+        self.rerank_candidates = _positive_int(rerank_candidates, "rerank_candidates")
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     # ------------------------------------------------------------------ construction
@@ -216,19 +227,31 @@ class BGEM3HybridRetriever(BaseRetriever):
     # ------------------------------------------------------------------ reading
     def _retrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
         queries = list(query_bundle.custom_embedding_strs or []) or [query_bundle.query_str]
+        k = self.similarity_top_k
         hits = search_many(
             self.store, queries,
-            k=self.similarity_top_k,
+            k=k if self.reranker is None else max(k, self.rerank_candidates),
             weights=self.weights,
             filter=store_filter(self.store, self._where),  # per query: a Qdrant scan sees the current data
             candidates=self.candidates,
             mode=store_fusion_mode(self.store, self.mode),
         )
-        return [
-            with_channel_scores(hit_to_node(h), h.dense_score, h.sparse_score, h.colbert_score, h.score,
-                                self.metadata_key_prefix, warn_on_collision=True, owner="BGEM3HybridRetriever")
-            for h in hits
-        ]
+        if self.reranker is None:
+            return [
+                with_channel_scores(hit_to_node(h), h.dense_score, h.sparse_score, h.colbert_score, h.score,
+                                    self.metadata_key_prefix, warn_on_collision=True, owner="BGEM3HybridRetriever")
+                for h in hits
+            ]
+        # the store's candidates rescored by the cross-encoder (on the query string; the stored text); the
+        # node's score is the rerank score, the fused score stays beside it as retrieval_score
+        out = []
+        for h, rs in rerank_hits(self.reranker, query_bundle.query_str, hits, k):
+            nws = with_channel_scores(hit_to_node(h), h.dense_score, h.sparse_score, h.colbert_score, h.score,
+                                      self.metadata_key_prefix, warn_on_collision=True, owner="BGEM3HybridRetriever",
+                                      retrieval_score=True)
+            nws.score = rs
+            out.append(nws)
+        return out
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
         # the store's search is synchronous CPU/GPU work: keep it off the event loop
