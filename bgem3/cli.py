@@ -671,8 +671,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     filt = _parse_filter(args.filter)
     index = _load_index(args, folder)
     mode = _fusion_mode(args, index)
-    hits = index.search(args.query, k=args.k, weights=args.weights, filter=filt, candidates=args.candidates,
+    reranker = _load_reranker(args) if args.rerank else None
+    pool = args.k if reranker is None else max(args.k, args.rerank_candidates)
+    hits = index.search(args.query, k=pool, weights=args.weights, filter=filt, candidates=args.candidates,
                         mode=mode, exhaustive=args.exhaustive)
+    rerank_scores = None
+    if reranker is not None:  # the index's candidates rescored by the cross-encoder; channel scores kept
+        from ._hits import rerank_hits
+
+        ranked = rerank_hits(reranker, args.query, hits, args.k)
+        hits = [h for h, _ in ranked]
+        rerank_scores = [s for _, s in ranked]
     explanations = bm25_terms = None
     if args.explain and hits:
         explanations, bm25_terms = _explain_hits(index, args.query, hits)
@@ -680,10 +689,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         out = {"query": args.query, "index": folder, "model": index.model_name, "channels": list(index.channels),
                "lexical": _lexical_kind(index), "mode": mode, "weights": list(args.weights), "hits": []}
+        if reranker is not None:
+            out["reranker"] = str(getattr(reranker, "model_name", args.rerank))
+            out["rerank_candidates"] = pool
         for rank, h in enumerate(hits, start=1):
             row = {"rank": rank, "id": h.id, "score": h.score, "dense_score": h.dense_score,
                    "sparse_score": h.sparse_score, "colbert_score": h.colbert_score,
                    "source": h.metadata.get("source"), "text": h.text, "metadata": h.metadata}
+            if rerank_scores is not None:
+                row["rerank_score"] = rerank_scores[rank - 1]
             if explanations is not None or bm25_terms is not None:
                 ex = explanations[rank - 1].to_dict(top=args.explain_top) if explanations is not None else {}
                 if bm25_terms is not None:
@@ -698,10 +712,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not hits:
         print("no results" + (" (the index is empty)" if len(index) == 0 else " (nothing matches the filter)" if filt else ""))
         return EXIT_OK
-    _print_table(hits, args.query, explanations, bm25_terms, args.explain_top, sys.stdout)
+    _print_table(hits, args.query, explanations, bm25_terms, args.explain_top, sys.stdout, rerank_scores)
     if not args.quiet:
-        print(f"model {_display_path(index.model_name)} · channels {_channels_label(index)} · {mode} fusion")
+        tail = "" if reranker is None else (f" · reranked top {pool} by "
+                                            f"{_display_path(str(getattr(reranker, 'model_name', args.rerank)))}")
+        print(f"model {_display_path(index.model_name)} · channels {_channels_label(index)} · {mode} fusion{tail}")
     return EXIT_OK
+
+
+def _load_reranker(args: argparse.Namespace) -> Any:
+    """The cross-encoder of ``--rerank`` (a model name, folder or ``bgem3 serve`` URL), on ``--device`` /
+    ``--dtype``, truncating pairs at ``--rerank-max-length``."""
+    from .crossencoder import resolve_reranker
+    from .remote import is_url
+
+    opts: dict[str, Any] = {"max_length": args.rerank_max_length}
+    if not is_url(args.rerank):
+        opts.update(device=args.device, dtype=args.dtype)
+    return resolve_reranker(args.rerank, **{k: v for k, v in opts.items() if v is not None})
 
 
 def _lexical_kind(index: Any) -> Optional[str]:
@@ -738,20 +766,23 @@ def _fmt(value: Optional[float], width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"
 
 
-def _print_table(hits, query: str, explanations, bm25_terms, top: int, out: TextIO) -> None:
+def _print_table(hits, query: str, explanations, bm25_terms, top: int, out: TextIO,
+                 rerank_scores: Optional[list] = None) -> None:
     from .explain import display_token
 
     width = shutil.get_terminal_size((120, 24)).columns
     sources = [_printable(_source_label(h.metadata)) for h in hits]
     src_w = min(max(len("source"), *(len(s) for s in sources)), 40)
-    head = f"{'#':>3}  {'score':>6}  {'dense':>6}  {'lexical':>7}  {'colbert':>7}  {'source':<{src_w}}  "
+    rr_head = "" if rerank_scores is None else f"{'rerank':>7}  "
+    head = f"{'#':>3}  {rr_head}{'score':>6}  {'dense':>6}  {'lexical':>7}  {'colbert':>7}  {'source':<{src_w}}  "
     snip_w = max(20, width - len(head))
     digits = 4 if max(abs(h.score) for h in hits) < 0.1 else 3  # RRF scores are small: keep them apart
     print(head + "snippet", file=out)
     for rank, (h, src) in enumerate(zip(hits, sources), start=1):
         if len(src) > src_w:
             src = "…" + src[-(src_w - 1):]
-        _println(f"{rank:>3}  {h.score:6.{digits}f}  {_fmt(h.dense_score, 6)}  {_fmt(h.sparse_score, 7)}  "
+        rr_col = "" if rerank_scores is None else f"{rerank_scores[rank - 1]:7.3f}  "
+        _println(f"{rank:>3}  {rr_col}{h.score:6.{digits}f}  {_fmt(h.dense_score, 6)}  {_fmt(h.sparse_score, 7)}  "
               f"{_fmt(h.colbert_score, 7)}  {src:<{src_w}}  {_snippet(h.text, query, snip_w)}", file=out)
         if bm25_terms is not None:
             terms = bm25_terms[rank - 1][:top]
@@ -1039,6 +1070,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the query tokens with the largest lexical contributions and, for ColBERT, the "
                         "document token each query token matched")
     p.add_argument("--explain-top", type=_positive, default=5, metavar="N", help="tokens shown by --explain (default 5)")
+    p.add_argument("--rerank", default=None, metavar="MODEL",
+                   help="rescore the best --rerank-candidates hits with a cross-encoder (e.g. BAAI/bge-reranker-v2-m3, "
+                        "a local reranker folder, or a `bgem3 serve --reranker` URL) and show the best -k; the "
+                        "channel scores stay beside the rerank score. Runs on --device / --dtype")
+    p.add_argument("--rerank-candidates", type=_positive, default=50, metavar="N",
+                   help="how many hits the reranker rescores (default 50)")
+    p.add_argument("--rerank-max-length", type=_positive, default=None, metavar="TOKENS",
+                   help="longest query+passage pair the reranker reads (default 512, as FlagReranker)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_search)
 
