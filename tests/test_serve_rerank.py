@@ -529,3 +529,31 @@ def test_llm_reranker_served_equals_local(tmp_path):
         assert c.get("/info").json()["bgem3"]["reranker"]["kind"] == "llm"
         r = c.post("/rerank", json={"query": QUERY, "texts": [LONG], "truncate": False})
         assert r.status_code == 413
+
+
+# --------------------------------------------------------------------------- the adapters take the URL
+
+def test_adapters_take_a_serve_url_and_score_as_local(server, local_rr, monkeypatch):
+    """'RemoteReranker is accepted wherever a reranker is': the LangChain cross-encoder and the LlamaIndex
+    postprocessor given the server's URL score exactly as the local Reranker."""
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+
+    from bgem3.remote_rerank import RemoteReranker
+    from langchain_bgem3.crossencoders import BGERerankerCrossEncoder
+    from llama_index_bgem3.crossencoders import BGERerank
+
+    monkeypatch.setenv("BGEM3_API_KEY", KEY)
+    pairs = [(QUERY, t) for t in TEXTS]
+    ce = BGERerankerCrossEncoder(model_name=server.url)
+    assert isinstance(ce.reranker, RemoteReranker)
+    want = local_rr.compute_score(pairs)
+    assert max(abs(a - b) for a, b in zip(ce.score(pairs), want)) <= 1e-5
+
+    post = BGERerank(model=server.url, top_n=3, metadata_mode=MetadataMode.NONE)
+    assert isinstance(post.reranker, RemoteReranker)
+    nodes = [NodeWithScore(node=TextNode(text=t), score=0.0) for t in TEXTS]
+    out = post.postprocess_nodes(nodes, QueryBundle(QUERY))
+    order = [h.index for h in local_rr.rerank(QUERY, TEXTS, top_n=3)]
+    assert [n.node.text for n in out] == [TEXTS[i] for i in order]
