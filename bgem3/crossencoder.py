@@ -197,8 +197,9 @@ class Reranker:
             self._packed = _packed_kind(self.model.base_model)
             self._head = type(self.model).__name__
             if self._head not in ("XLMRobertaForSequenceClassification", "RobertaForSequenceClassification",
-                                  "BertForSequenceClassification", "CamembertForSequenceClassification"):
-                self._packed = None  # unknown head: the model's own forward
+                                  "BertForSequenceClassification", "CamembertForSequenceClassification") \
+                    or not type(self.model).__module__.startswith("transformers."):
+                self._packed = None  # another head, or the model's own remote code: the model's own forward
         else:
             self._packed = None
             self.yes_loc = int(self.tokenizer("Yes", add_special_tokens=False)["input_ids"][0])

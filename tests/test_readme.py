@@ -51,10 +51,14 @@ def test_readme_python_blocks_run(tmp_path, m3_path):
     pytest.importorskip("langchain_core")
     pytest.importorskip("llama_index.core")
     pytest.importorskip("qdrant_client")
+    from bgem3.testing import make_reranker_checkpoint
+
+    reranker_path = make_reranker_checkpoint(str(tmp_path / "tiny-reranker"), "xlmr")
     blocks = readme_blocks("python")
     script = ["import sys"]
     for i, code in enumerate(blocks):
         code = code.replace('"BAAI/bge-m3"', repr(m3_path))
+        code = code.replace('"BAAI/bge-reranker-v2-m3"', repr(reranker_path))
         script.append(f"print('--- README python block {i + 1}', flush=True)")
         script.append(code)
     path = tmp_path / "readme_blocks.py"
