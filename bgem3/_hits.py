@@ -104,8 +104,12 @@ def reranker_aliases(data: Any, owner: str, fields: Any, *, type_error: type[Exc
                 raise ValueError(f"model={model!r} and model_name={data['model_name']!r} disagree; set one")
             data["model_name"] = model
         else:
+            cross = " A cross-encoder reranker goes to" if callable(getattr(model, "compute_score", None)) else " For a " \
+                "cross-encoder use"
             raise type_error(f"{owner}: model= must be a model name or a bgem3.Encoder; got {type(model).__name__} "
-                             "(bgem3 scores with BGE-M3's own three channels, not a cross-encoder)")
+                             f"({owner} re-scores with an embedding model's three BGE-M3 channels.{cross} "
+                             "langchain_bgem3.BGECrossEncoderReranker / BGERerankerCrossEncoder or "
+                             "llama_index_bgem3.BGERerank)")
     unknown = [k for k in data if k not in fields]
     if unknown:
         hints = {"top_k": "use top_n= for how many to keep", "k": "use top_n= for how many to keep",

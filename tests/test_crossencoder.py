@@ -228,3 +228,46 @@ def test_bf16_scores_stay_close(paths):
     a = np.asarray(rr.compute_score(PAIRS))
     b = np.asarray(_ours(paths, "xlmr").compute_score(PAIRS))
     assert np.abs(a - b).max() < 0.1
+
+
+def test_channel_rerankers_point_at_the_cross_encoder_classes(paths):
+    from langchain_bgem3 import BGEM3Reranker as LCChannels
+    from llama_index_bgem3 import BGEM3Reranker as LIChannels
+
+    with pytest.raises(Exception, match="cross-encoder reranker.*BGECrossEncoderReranker"):
+        LCChannels(model_name="BAAI/bge-reranker-v2-m3")
+    with pytest.raises(ValueError, match="cross-encoder reranker.*BGERerank"):
+        LIChannels(model_name="BAAI/bge-reranker-v2-m3")
+    rr = _ours(paths, "xlmr")
+    with pytest.raises(Exception, match="A cross-encoder reranker goes to.*BGECrossEncoderReranker"):
+        LCChannels(model=rr)
+
+
+def test_doctests():
+    import doctest
+
+    import bgem3.families
+    import bgem3.testing
+
+    assert doctest.testmod(bgem3.families).failed == 0
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner()
+    for test in finder.find(bgem3.testing.make_reranker_checkpoint, "make_reranker_checkpoint",
+                            globs={"__name__": "bgem3.testing"}):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0
+
+
+def test_pickled_reranker_loads_again_elsewhere(paths):
+    import pickle
+
+    from bgem3 import crossencoder
+
+    rr = crossencoder.shared_reranker(paths["bert"], device="cpu", max_length=64)
+    assert pickle.loads(pickle.dumps(rr)) is rr  # same process: the same object
+    fn, args = rr.__reduce__()
+    crossencoder._LIVE.pop(args[0])  # as in another process: loaded again from the folder with the same options
+    crossencoder._CACHE.clear()
+    again = fn(*args)
+    assert again is not rr and again.max_length == 64 and again.kind == "encoder"
+    np.testing.assert_allclose(again.compute_score(PAIRS[:4]), rr.compute_score(PAIRS[:4]), atol=1e-6)
