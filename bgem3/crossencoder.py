@@ -95,7 +95,8 @@ class Reranker:
         model_name_or_path: a hub id (``"BAAI/bge-reranker-v2-m3"``) or a local folder.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default cuda > mps > cpu.
         dtype: ``"fp32"``, ``"fp16"`` (GPU), ``"bf16"``; default fp16 on CUDA/MPS, fp32 on CPU
-            (the policy of :class:`~bgem3.Encoder`). ``"int8"`` is refused for rerankers.
+            (the policy of :class:`~bgem3.Encoder`); ``"int8"`` on CPU for cross-encoders (:mod:`bgem3.quant`,
+            checked by the int8 fidelity gates; docs/rerank.md).
         kind: ``"encoder"`` or ``"llm"``; default from the name (FlagEmbedding's reranker mapping) or
             the folder (a ``*ForSequenceClassification`` with one label is an encoder reranker).
         max_length: longest pair in tokens (FlagEmbedding's ``max_length``, default 512).
@@ -182,9 +183,11 @@ class Reranker:
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        if self.dtype == torch.qint8:
-            raise ValueError("dtype='int8' is not available for rerankers (no fidelity gate measured for them yet); "
-                             "use dtype='fp32' (exact, the CPU default) or dtype='bf16'")
+        if self.dtype == torch.qint8 and self.kind != "encoder":
+            raise ValueError("dtype='int8' is for cross-encoder rerankers (bgem3.quant quantises an encoder stack); "
+                             f"{self.model_name!r} is an LLM reranker: use dtype='bf16' or the fp32 default on CPU")
+        #: the int8 report (bgem3.quant) when dtype='int8'
+        self.quantization: Optional[dict] = None
         self._lock = threading.Lock()
         self.tokenizer = self._load_tokenizer(trust_remote_code)
         self.model = self._load_model(trust_remote_code)
@@ -207,6 +210,28 @@ class Reranker:
         if pad is None:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         self.pad_token_id = int(pad)
+        if self.dtype == torch.qint8:
+            self._quantize()
+
+    def _quantize(self) -> None:
+        """``dtype='int8'``: the encoder stack's linear layers in int8, calibrated and measured by
+        :mod:`bgem3.quant` as for :class:`~bgem3.Encoder` (the most sensitive layers stay fp32; embeddings,
+        LayerNorm, attention, GELU and the classification head stay fp32)."""
+        from .quant import CALIBRATION_TEXTS, has_vnni, quantize_linear_layers, select_engine, warn_if_slow
+
+        select_engine()
+        warn_if_slow()
+        texts = list(CALIBRATION_TEXTS)
+
+        def run(batch):  # calibration pairs: each text as a query against the next one as the passage
+            b = list(batch)
+            self.compute_score([(q, b[(i + 1) % len(b)]) for i, q in enumerate(b)], show_progress=False)
+
+        report = quantize_linear_layers(self.model.base_model, run, texts=texts)
+        report["vnni"] = has_vnni()
+        self.quantization = report
+        logger.info("reranker int8: %d linear layers quantised, %d kept fp32", report["int8_layers"],
+                    len(report["fp32_layers"]))
 
     # ------------------------------------------------------------------ loading
     @staticmethod
@@ -307,8 +332,9 @@ class Reranker:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         cls = AutoModelForSequenceClassification if self.kind == "encoder" else AutoModelForCausalLM
+        load_dtype = torch.float32 if self.dtype == torch.qint8 else self.dtype
         try:
-            model = cls.from_pretrained(self.path, dtype=self.dtype, trust_remote_code=trust_remote_code)
+            model = cls.from_pretrained(self.path, dtype=load_dtype, trust_remote_code=trust_remote_code)
         except Exception as exc:
             known = reranker_for_name(self.model_name if isinstance(self.model_name, str) else None)
             hint = (" This model ships its own modelling code: pass trust_remote_code=True if you trust it."
@@ -518,10 +544,10 @@ class Reranker:
         base model's hidden state at each row's last token through ``lm_head``; the "Yes" logit."""
         input_ids, mask = self._pad(batch_ids, self.pad_token_id)
         model = self.model
-        hidden = model.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        hidden = model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         last = mask.sum(dim=1) - 1
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        logits = model.lm_head(h)
+        logits = model.get_output_embeddings()(h)
         cap = getattr(model.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

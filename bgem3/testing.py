@@ -585,3 +585,39 @@ def _make_gemma_reranker(path: str, padding_side: str, truncation_side: str, siz
     with torch.no_grad():
         model.model.embed_tokens.weight.normal_(0, 1.0)
     return model
+
+
+def make_trained_reranker_checkpoint(path: str, *, seed: int = 0) -> str:
+    """A ``BertForSequenceClassification`` (one label) over the real all-MiniLM-L6-v2 transformer and
+    pooler (trained weights) with a random classification head: real hidden states for the rerankers'
+    precision checks (int8, bf16), where random-weight toys are numerically chaotic. Its scores mean
+    nothing for relevance.
+
+    Example::
+
+        >>> import tempfile
+        >>> from bgem3 import Reranker
+        >>> Reranker(make_trained_reranker_checkpoint(tempfile.mkdtemp()), device="cpu").kind
+        'encoder'
+    """
+    import shutil
+
+    import torch
+    from transformers import BertForSequenceClassification
+
+    src = minilm_path()
+    os.makedirs(path, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(path, name))
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification.from_pretrained(src, num_labels=1)
+        with torch.no_grad():
+            model.classifier.weight.normal_(0, 0.5)
+            model.classifier.bias.zero_()
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        torch.random.set_rng_state(state)
+    return path
