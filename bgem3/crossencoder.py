@@ -161,6 +161,12 @@ class Reranker:
         self.normalize = normalize
         self.model_name = os.fspath(model_name_or_path) if isinstance(model_name_or_path, (str, os.PathLike)) \
             else model_name_or_path
+        if isinstance(self.model_name, str):  # refused by name before anything is downloaded
+            known = reranker_for_name(self.model_name)
+            if known is not None and known[0] in _UNSUPPORTED_KINDS:
+                self._refuse_kind(known)
+            if known is None and family_for_name(self.model_name) is not None:
+                self._check_not_embedder(None, folder=False)
         self.path = resolve_model_path(model_name_or_path, cache_dir=cache_dir, revision=revision,
                                        local_files_only=local_files_only)
         self.kind = self._detect_kind(kind)
@@ -255,12 +261,7 @@ class Reranker:
         name = self.model_name if isinstance(self.model_name, str) else None
         known = reranker_for_name(name) or reranker_for_name(self.path)
         if known is not None and known[0] in _UNSUPPORTED_KINDS:
-            ref, opts = _UNSUPPORTED_KINDS[known[0]]
-            raise ModelLoadError(
-                f"{self.model_name!r} is a {known[0]} LLM reranker: FlagEmbedding runs it with {ref}, which needs the "
-                f"model's own remote modelling code and its {opts} options. bgem3 does not run that code and will not "
-                f"approximate it; use FlagEmbedding's {ref} for this model, or bge-reranker-v2-m3 / "
-                "bge-reranker-v2-gemma with bgem3.Reranker")
+            self._refuse_kind(known)
         if kind is not None:
             if kind not in RERANKER_KINDS:
                 if kind in _UNSUPPORTED_KINDS:
@@ -299,13 +300,21 @@ class Reranker:
                                  f"{', '.join(archs)}")
         return kind
 
-    def _check_not_embedder(self, known: Any) -> None:
+    def _refuse_kind(self, known: tuple) -> None:
+        ref, opts = _UNSUPPORTED_KINDS[known[0]]
+        raise ModelLoadError(
+            f"{self.model_name!r} is a {known[0]} LLM reranker: FlagEmbedding runs it with {ref}, which needs the "
+            f"model's own remote modelling code and its {opts} options. bgem3 does not run that code and will not "
+            f"approximate it; use FlagEmbedding's {ref} for this model, or bge-reranker-v2-m3 / "
+            "bge-reranker-v2-gemma with bgem3.Reranker")
+
+    def _check_not_embedder(self, known: Any, folder: bool = True) -> None:
         if known is not None:
             return
         name = self.model_name if isinstance(self.model_name, str) else None
-        fam = family_for_name(name) or family_for_name(self.path)
-        heads = all(os.path.isfile(os.path.join(self.path, f)) for f in M3_HEAD_FILES)
-        st = os.path.isfile(os.path.join(self.path, "modules.json")) and not is_cross_encoder_folder(self.path)
+        fam = family_for_name(name) or (family_for_name(self.path) if folder else None)
+        heads = folder and all(os.path.isfile(os.path.join(self.path, f)) for f in M3_HEAD_FILES)
+        st = folder and os.path.isfile(os.path.join(self.path, "modules.json")) and not is_cross_encoder_folder(self.path)
         if fam is not None or heads or st:
             what = f"the {fam.hub_id} embedding model" if fam is not None else (
                 "a BGE-M3 embedding checkpoint" if heads else "a sentence-transformers embedding model")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .families import check_runnable, family_for_name
+from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
 from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
 
@@ -254,6 +254,9 @@ class Encoder:
         _check_positive_int(batch_size, "batch_size")
         _check_positive_int(max_tokens_per_batch, "max_tokens_per_batch")
         self.model_name = os.fspath(model_name_or_path) if isinstance(model_name_or_path, (str, os.PathLike)) else model_name_or_path
+        if isinstance(self.model_name, str) and reranker_for_name(self.model_name) is not None:  # before any download
+            raise ModelLoadError(f"{self.model_name!r} is a reranker (it scores query-passage pairs, it does not embed "
+                                 "texts); load it with bgem3.Reranker(...), not as an embedding model")
         self.path = resolve_model_path(model_name_or_path, cache_dir=cache_dir, revision=revision,
                                        local_files_only=local_files_only)
         self.device = resolve_device(device)

@@ -26,7 +26,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional, Sequence
 
-from langchain_core.callbacks import Callbacks
+try:
+    from langchain_core.callbacks import Callbacks
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
+    from bgem3._shared import missing_framework
+
+    raise missing_framework("langchain_bgem3", "langchain-core", "LangChain", "langchain") from _exc
 from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator

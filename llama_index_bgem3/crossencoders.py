@@ -18,7 +18,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, List, Optional
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+try:
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
+    from bgem3._shared import missing_framework
+
+    raise missing_framework("llama_index_bgem3", "llama-index-core", "LlamaIndex", "llama-index") from _exc
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle

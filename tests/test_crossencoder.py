@@ -213,6 +213,21 @@ def test_folders_and_names_are_checked(paths, m3_path, tmp_path):
         Reranker(str(multi), device="cpu")
 
 
+def test_hub_names_are_checked_before_any_download(monkeypatch):
+    import huggingface_hub
+
+    def no_download(*a, **k):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
+    with pytest.raises(ModelLoadError, match="bgem3.Reranker"):
+        Encoder("BAAI/bge-reranker-v2-m3")
+    with pytest.raises(ModelLoadError, match="the BAAI/bge-m3 embedding model.*bgem3.Encoder"):
+        Reranker("BAAI/bge-m3")
+    with pytest.raises(ModelLoadError, match="LayerWiseFlagLLMReranker"):
+        Reranker("BAAI/bge-reranker-v2-minicpm-layerwise", trust_remote_code=True)
+
+
 def test_m3_channel_rerankers_point_cross_encoder_names_at_reranker():
     from bgem3.rerank import HybridReranker
 

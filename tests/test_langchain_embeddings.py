@@ -283,8 +283,9 @@ def test_missing_langchain_qdrant_names_the_extra():
 def test_all_lists_exactly_the_public_classes():
     from langchain_qdrant import SparseEmbeddings
 
-    assert sorted(langchain_bgem3.__all__) == ["BGEM3Embeddings", "BGEM3HybridRetriever", "BGEM3Reranker",
-                                               "BGEM3SparseEmbeddings", "E5Embeddings"]
+    assert sorted(langchain_bgem3.__all__) == ["BGECrossEncoderReranker", "BGEM3Embeddings", "BGEM3HybridRetriever",
+                                               "BGEM3Reranker", "BGEM3SparseEmbeddings", "BGERerankerCrossEncoder",
+                                               "E5Embeddings"]
     for name in langchain_bgem3.__all__:
         obj = getattr(langchain_bgem3, name)
         assert isinstance(obj, type) and obj.__name__ == name

@@ -267,7 +267,8 @@ def test_missing_llama_index_names_the_extra():
 
 def test_all_lists_exactly_the_public_names():
     assert sorted(llama_index_bgem3.__all__) == ["BGEM3Embedding", "BGEM3HybridRetriever", "BGEM3Reranker",
-                                                 "BGEM3SparseEmbedding", "E5Embedding", "qdrant_sparse_fns"]
+                                                 "BGEM3SparseEmbedding", "BGERerank", "E5Embedding",
+                                                 "qdrant_sparse_fns"]
     for name in llama_index_bgem3.__all__:
         obj = getattr(llama_index_bgem3, name)
         assert obj.__name__ == name
