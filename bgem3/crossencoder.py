@@ -216,8 +216,39 @@ class Reranker:
         if pad is None:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         self.pad_token_id = int(pad)
+        #: the most tokens the model takes in one sequence (its position table)
+        self.model_max_length = self._model_limit()
+        self._check_length(self.max_length, "max_length")
         if self.dtype == torch.qint8:
             self._quantize()
+
+    def _model_limit(self) -> int:
+        cfg = self.model.config
+        limits = []
+        max_pos = getattr(cfg, "max_position_embeddings", None)
+        if max_pos:
+            offset = (cfg.pad_token_id + 1) if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert") \
+                else 0
+            limits.append(int(max_pos) - int(offset or 0))
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if self.kind == "encoder" and tok_max and tok_max < 1_000_000:
+            limits.append(int(tok_max))
+        return min(limits) if limits else 1 << 30
+
+    def _longest(self, max_length: int) -> int:
+        """The longest sequence ``max_length`` allows: the pair itself (encoders), or the pair plus the
+        separator and prompt FlagLLMReranker adds after it (LLM rerankers)."""
+        if self.kind == "encoder":
+            return max_length
+        tok = self.tokenizer
+        extra = 2 * len(tok("\n", add_special_tokens=False)["input_ids"]) + len(tok(self.prompt, add_special_tokens=False)["input_ids"]) + 1
+        return max_length + extra
+
+    def _check_length(self, max_length: int, name: str) -> int:
+        if self._longest(max_length) > self.model_max_length:
+            raise ValueError(f"{name}={max_length} is longer than {self.model_name!r} takes ({self.model_max_length} "
+                             f"positions{'' if self.kind == 'encoder' else ', prompt included'}); use a smaller {name}")
+        return max_length
 
     def _quantize(self) -> None:
         """``dtype='int8'``: the encoder stack's linear layers in int8, calibrated and measured by
@@ -430,7 +461,8 @@ class Reranker:
     def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], max_length: Optional[int] = None,
                        query_max_length: Optional[int] = None) -> tuple[list[list[int]], Optional[list[list[int]]]]:
         """The token ids (and token type ids, ``None`` where the model takes none) of each pair, as
-        the reference builds them (see the module docs), truncation included."""
+        the reference builds them (see the module docs), truncation included. ``max_length`` is not checked
+        against the model here (a server may tokenize uncut to see whether a pair would be cut)."""
         ml = self.max_length if max_length is None else _check_positive_int(max_length, "max_length")
         qml = query_max_length if query_max_length is not None else self.query_max_length
         qml = ml * 3 // 4 if qml is None else _check_positive_int(qml, "query_max_length")
@@ -490,6 +522,8 @@ class Reranker:
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be True or False; got {normalize!r}")
         bs = self.batch_size if batch_size is None else _check_positive_int(batch_size, "batch_size")
+        if max_length is not None:
+            self._check_length(_check_positive_int(max_length, "max_length"), "max_length")
         n = len(pairs)
         if n == 0:
             return np.zeros(0, dtype=np.float64)

@@ -310,3 +310,16 @@ def test_int8_on_real_hidden_states_passes_the_gates(tmp_path):
     assert topk_agreement(a, b, 10) >= TOP10_AGREEMENT_GATE  # measured 0.958 (VNNI CPU)
     assert min(np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1] for x, y in zip(a, b)) >= 0.98
     assert np.abs(a - b).max() < 0.5 * a.std()  # measured 0.050 against a spread of 0.285
+
+
+def test_max_length_beyond_the_model_is_refused_and_progress_is_shown(paths, capsys):
+    rr = _ours(paths, "xlmr")
+    assert rr.model_max_length == 512  # 514 positions less XLM-R's padding offset
+    with pytest.raises(ValueError, match="max_length=600 is longer than"):
+        Reranker(paths["xlmr"], device="cpu", max_length=600)
+    with pytest.raises(ValueError, match="max_length=513"):
+        rr.compute_score(PAIRS[:1], max_length=513)
+    rr.compute_score(PAIRS, batch_size=2, show_progress=True)
+    assert "Reranking" in capsys.readouterr().err
+    rr.compute_score(PAIRS, batch_size=2, show_progress=False)
+    assert "Reranking" not in capsys.readouterr().err
