@@ -206,3 +206,16 @@ def test_retrievers_take_a_reranker_by_name_and_refuse_an_encoder(index, rr_path
         LC(store=index, reranker=rt_encoder)
     with pytest.raises(TypeError, match="embedding model, not a cross-encoder"):
         LI(index, reranker=rt_encoder)
+
+
+def test_retrievers_with_a_reranker_pickle_and_deep_copy(index, rr):
+    from langchain_bgem3 import BGEM3HybridRetriever as LC
+    from llama_index_bgem3 import BGEM3HybridRetriever as LI
+
+    lc = LC(store=index, k=2, reranker=rr)
+    for again in (pickle.loads(pickle.dumps(lc)), copy.deepcopy(lc)):
+        assert again.reranker is rr  # in-process: the same model
+        assert [d.page_content for d in again.invoke(QUERY)] == [d.page_content for d in lc.invoke(QUERY)]
+    li = LI(index, similarity_top_k=2, reranker=rr)
+    again = pickle.loads(pickle.dumps(li))
+    assert again.reranker is rr and [n.score for n in again.retrieve(QUERY)] == [n.score for n in li.retrieve(QUERY)]
