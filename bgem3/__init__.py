@@ -1,12 +1,14 @@
-"""bgem3: BGE-M3 and multilingual E5 embeddings (dense, lexical, ColBERT) for RAG pipelines.
+"""bgem3: BGE-M3 and multilingual E5 embeddings (dense, lexical, ColBERT) and the BGE rerankers for RAG pipelines.
 
 Core, framework-free. Adapters live in ``langchain_bgem3`` and ``llama_index_bgem3``.
 
 Example::
 
-    from bgem3 import Encoder
+    from bgem3 import Encoder, Reranker
     enc = Encoder("BAAI/bge-m3")
     out = enc.encode(["hello"], dense=True, sparse=True, colbert=True)
+    rr = Reranker("BAAI/bge-reranker-v2-m3")          # FlagReranker's scores (docs/rerank.md)
+    rr.rerank("hello", ["hi there", "goodbye"], top_n=1)
 """
 
 from __future__ import annotations
