@@ -28,7 +28,9 @@ SETUP_NOTE = """
 > **Running this notebook.** It downloads `BAAI/bge-m3` (about 2.3 GB) the first time, unless it
 > is in your Hugging Face cache. To use a local copy, or another model, set environment variables
 > before starting Jupyter: `BGEM3_MODEL=/path/to/bge-m3`, `BGEM3_E5_MODEL=/path/to/multilingual-e5-large`
-> (or `intfloat/multilingual-e5-large-instruct`), and optionally `BGEM3_DEVICE=cuda`.
+> (or `intfloat/multilingual-e5-large-instruct`), `BGEM3_RERANKER_MODEL=/path/to/bge-reranker-v2-m3` (the
+> cross-encoder of the reranking sections of the LangChain and LlamaIndex notebooks; else it is downloaded,
+> about 2.3 GB), and optionally `BGEM3_DEVICE=cuda`.
 > The test suite runs this notebook with a tiny random-weight model, so any numbers you see in a
 > copy produced by the tests are meaningless; with the real models they are the real scores.
 """
@@ -230,6 +232,24 @@ for doc in reranker.compress_documents(candidates, query):
     print(f"{doc.metadata['score']:.3f}  {doc.page_content}")
 """),
         md("""
+### A BGE cross-encoder: `BGECrossEncoderReranker`
+
+A cross-encoder reads the query and each candidate *together*: slower than the channels above, sharper.
+`BGECrossEncoderReranker` runs `BAAI/bge-reranker-v2-m3` (or `-large`, `-base`, the LLM reranker
+`bge-reranker-v2-gemma`) with the scores FlagEmbedding's `FlagReranker` computes, and writes each kept
+document's score into `metadata["relevance_score"]`. `BGERerankerCrossEncoder` is the same model as a
+LangChain `BaseCrossEncoder`, for `CrossEncoderReranker(model=..., top_n=...)`; the hybrid retriever takes
+`reranker=` too. More: `docs/rerank.md`.
+"""),
+        code("""
+from langchain_bgem3 import BGECrossEncoderReranker
+
+RERANKER_MODEL = os.environ.get("BGEM3_RERANKER_MODEL", "BAAI/bge-reranker-v2-m3")
+cross = BGECrossEncoderReranker(model_name=RERANKER_MODEL, model_kwargs={"device": DEVICE}, top_n=2)
+for doc in cross.compress_documents(candidates, query):
+    print(f"cross-encoder {doc.metadata['relevance_score']:.3f}  {doc.page_content}")
+"""),
+        md("""
 ## 7. Multilingual E5: `E5Embeddings`
 
 `intfloat/multilingual-e5-large` was trained with prefixes: `"query: "` before questions and
@@ -395,6 +415,21 @@ channels, keep the best.
         code("""
 dense_engine = dense_index.as_query_engine(similarity_top_k=6, node_postprocessors=[BGEM3Reranker(encoder=encoder, top_n=2)])
 print([n.node.get_content()[:50] for n in dense_engine.query(query).source_nodes])
+"""),
+        md("""
+Or rerank with a BGE cross-encoder, which reads the question and each node together: `BGERerank` runs
+`BAAI/bge-reranker-v2-m3` (FlagEmbedding's `FlagReranker` scores) and takes the argument names of
+LlamaIndex's `FlagEmbeddingReranker` and `SentenceTransformerRerank` (`model`, `top_n`, `use_fp16`, `device`,
+`keep_retrieval_score`). More: `docs/rerank.md`.
+"""),
+        code("""
+from llama_index_bgem3 import BGERerank
+
+RERANKER_MODEL = os.environ.get("BGEM3_RERANKER_MODEL", "BAAI/bge-reranker-v2-m3")
+cross = BGERerank(model=RERANKER_MODEL, top_n=2, device=DEVICE, keep_retrieval_score=True)
+cross_engine = dense_index.as_query_engine(similarity_top_k=6, node_postprocessors=[cross])
+for n in cross_engine.query(query).source_nodes:
+    print(f"cross-encoder {n.score:.3f} (retrieval {n.node.metadata['retrieval_score']:.3f})  {n.node.get_content()[:50]}")
 """),
         md("""
 ## 6. Multilingual E5: `E5Embedding`

@@ -35,6 +35,13 @@ def nb_models(tmp_path_factory):
     return make_m3_checkpoint(str(tmp_path_factory.mktemp("nb_m3") / "tiny-m3")), minilm_path()
 
 
+@pytest.fixture(scope="module")
+def nb_reranker(tmp_path_factory):
+    from bgem3.testing import make_reranker_checkpoint
+
+    return make_reranker_checkpoint(str(tmp_path_factory.mktemp("nb_rr") / "tiny-reranker"), "xlmr")
+
+
 def test_committed_notebooks_match_generator_and_have_no_outputs(tmp_path):
     written = _generator().main(str(tmp_path))
     assert sorted(os.path.basename(p) for p in written) == NOTEBOOKS
@@ -48,9 +55,10 @@ def test_committed_notebooks_match_generator_and_have_no_outputs(tmp_path):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs(name, nb_models, monkeypatch, tmp_path):
+def test_notebook_runs(name, nb_models, nb_reranker, monkeypatch, tmp_path):
     m3, e5 = nb_models
     monkeypatch.setenv("BGEM3_MODEL", m3)
+    monkeypatch.setenv("BGEM3_RERANKER_MODEL", nb_reranker)
     monkeypatch.setenv("BGEM3_E5_MODEL", e5)
     monkeypatch.setenv("BGEM3_DEVICE", "cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -76,6 +84,8 @@ def test_notebook_runs(name, nb_models, monkeypatch, tmp_path):
         assert "Question: What is BGE M3?" in text  # the echo LLM received the RAG prompt
         assert "embed_query(question) is the encoding of that string: True" in text  # E5 prefix applied
         assert "'query: Which city is the capital of France?'" in text
+    if name in ("01_langchain.ipynb", "02_llamaindex.ipynb"):
+        assert text.count("cross-encoder ") == 2  # the BGE cross-encoder kept its top 2
     if name == "02_llamaindex.ipynb":
         assert "sources:" in text
         assert "get_query_embedding(query) is the encoding of that string: True" in text
