@@ -236,13 +236,15 @@ class Reranker:
         return min(limits) if limits else 1 << 30
 
     def _longest(self, max_length: int) -> int:
-        """The longest sequence ``max_length`` allows: the pair itself (encoders), or the pair plus the
-        separator and prompt FlagLLMReranker adds after it (LLM rerankers)."""
+        """The longest sequence ``max_length`` allows: the pair itself (encoders); for LLM rerankers the pair
+        may take ``max_length + len(sep) + len(prompt)`` tokens (FlagLLMReranker's budget), then the separator
+        and the prompt follow it."""
         if self.kind == "encoder":
             return max_length
         tok = self.tokenizer
-        extra = 2 * len(tok("\n", add_special_tokens=False)["input_ids"]) + len(tok(self.prompt, add_special_tokens=False)["input_ids"]) + 1
-        return max_length + extra
+        sep = len(tok("\n", add_special_tokens=False)["input_ids"])
+        prompt = len(tok(self.prompt, add_special_tokens=False)["input_ids"])
+        return max_length + 2 * (sep + prompt)
 
     def _check_length(self, max_length: int, name: str) -> int:
         if self._longest(max_length) > self.model_max_length:
