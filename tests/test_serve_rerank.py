@@ -557,3 +557,13 @@ def test_adapters_take_a_serve_url_and_score_as_local(server, local_rr, monkeypa
     out = post.postprocess_nodes(nodes, QueryBundle(QUERY))
     order = [h.index for h in local_rr.rerank(QUERY, TEXTS, top_n=3)]
     assert [n.node.text for n in out] == [TEXTS[i] for i in order]
+
+
+def test_doctests_of_the_rerank_modules():
+    import doctest
+
+    import bgem3.remote_rerank
+    import bgem3.serve.rerank
+
+    for mod in (bgem3.serve.rerank, bgem3.remote_rerank):
+        assert doctest.testmod(mod, optionflags=doctest.ELLIPSIS).failed == 0, mod.__name__
