@@ -35,6 +35,7 @@ _LAZY = {
     "Hit": "types",
     "BM25": "bm25",
     "RemoteEncoder": "remote",
+    "RemoteReranker": "remote_rerank",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .profiles import Profile, detect_profile, get_profile
     from .bm25 import BM25
     from .remote import RemoteEncoder
+    from .remote_rerank import RemoteReranker
     from .crossencoder import RankedText, Reranker
     from .rerank import HybridReranker
     from .types import Hit
@@ -75,6 +77,7 @@ __all__ = [
     "EncodeOutput",
     "ModelLoadError",
     "RemoteEncoder",
+    "RemoteReranker",
     "RankedText",
     "Reranker",
     "Profile",
