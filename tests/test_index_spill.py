@@ -89,6 +89,9 @@ def test_a_killed_first_run_leaves_a_folder_the_next_save_reuses(tmp_path):
     _add(dead, rng, ["x"])
     dead.spill(folder)  # ... and the process dies here: no manifest
     assert holds_only_uncommitted_segments(folder)
+    from bgem3.index.persistence import _release_pending
+
+    _release_pending(dead, list(dead._pending_fds))  # what the kernel does when the process dies
     index = HybridIndex(None, dim=8)
     _add(index, rng, ["y"])
     index.save(folder)

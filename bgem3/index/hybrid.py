@@ -247,6 +247,8 @@ class HybridIndex(StoreBase):
         self._codec_dir: Optional[str] = None
         self._spilled: dict[str, Path] = {}  # segments spill() wrote that no save committed yet
         self._spill_created: set[Path] = set()
+        self._pending_fds: dict[str, int] = {}  # shared flocks on the spilled segment folders
+        self._base: Optional[dict] = None  # the commit this handle last loaded / saved (see persistence)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -273,11 +275,18 @@ class HybridIndex(StoreBase):
     def _id_map(self) -> dict[str, tuple[Segment, int]]:
         if self._idmap is None:
             m: dict[str, tuple[Segment, int]] = {}
+            rows = 0
             for seg in self._all_segments():
                 ids = seg.ids_list()
                 dead = seg.dead
-                for r in np.flatnonzero(~dead[: seg.n]).tolist():
+                live = np.flatnonzero(~dead[: seg.n]).tolist()
+                rows += len(live)
+                for r in live:
                     m[ids[r]] = (seg, r)
+                if len(m) != rows:  # an id live in two rows: never made by add/upsert
+                    raise IndexFormatError(
+                        f"the index at {str(self._home)!r} is inconsistent (a document id is live in more than one "
+                        f"row, segment {seg.name}; a segment may be listed twice); rebuild it or restore a backup")
             self._idmap = m
         return self._idmap
 
@@ -985,7 +994,11 @@ class HybridIndex(StoreBase):
                           allow_model_mismatch=allow_model_mismatch, verify=verify, **encoder_kwargs)
 
     def verify(self) -> None:
-        """Check every saved segment's SHA-256 checksums and values (reads the whole index)."""
+        """Check every saved segment's SHA-256 checksums and values, and that every live id is in
+        exactly one row across the segments (reads the whole index)."""
+        from .persistence import check_unique_ids
+
         with self._lock:
             for seg in self._segments:
                 seg.verify()
+            check_unique_ids(self._home, self._segments + ([self._tail] if self._tail.n else []))

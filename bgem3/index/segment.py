@@ -447,12 +447,16 @@ def gather_rows(seg: Segment, rows: np.ndarray, *, codec: Optional[ColbertCodec]
     return batch
 
 
-def write_segment(root: Path, seg: MemSegment) -> dict:
+def write_segment(root: Path, seg: MemSegment, name: Optional[str] = None) -> dict:
     """Write the tail as a new segment folder under ``root/segments``; returns its manifest record
-    (the segment is not part of the index until a manifest naming it is committed)."""
-    name = new_name("seg")
+    (the segment is not part of the index until a manifest naming it is committed). ``name``: a
+    segment folder the caller created (empty) for it."""
+    if name is None:
+        name = new_name("seg")
+        (root / SEGMENT_DIR / name).mkdir(parents=True)
     folder = root / SEGMENT_DIR / name
-    folder.mkdir(parents=True)
+    if not folder.is_dir() or folder.is_symlink():
+        raise FileNotFoundError(f"the segment folder {str(folder)!r} is not there")
     arrays: dict[str, np.ndarray] = {}
     for key, buf in seg.bufs.items():
         arrays[key] = buf.view

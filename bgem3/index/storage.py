@@ -306,14 +306,19 @@ def is_saved_index(folder: Any) -> bool:
 
 def holds_only_uncommitted_segments(folder: Any) -> bool:
     """True for a folder whose only content is ``segments/`` holding only segment folders of ours
-    (``seg-<16 hex>`` with ``.npy`` files): what ``HybridIndex.spill`` wrote into a new folder
-    before any manifest was committed (a run killed before its save). Such a folder may be
-    saved into (its segments are then removed as leftovers); anything else is not ours."""
+    (``seg-<16 hex>`` with ``.npy`` files), and the writer lock file: what ``HybridIndex.spill``
+    wrote into a new folder before any manifest was committed (a run killed before its save).
+    Such a folder may be saved into (its segments are then removed as leftovers); anything else
+    is not ours."""
+    from .locking import LOCK_NAME
+
     root = Path(folder)
     try:
         if not root.is_dir() or root.is_symlink():
             return False
-        entries = list(root.iterdir())
+        entries = [p for p in root.iterdir() if not (p.name == LOCK_NAME and p.is_file() and not p.is_symlink())]
+        if not entries:
+            return True
         if [p.name for p in entries] != [SEGMENT_DIR] or not entries[0].is_dir() or entries[0].is_symlink():
             return False
         for seg in entries[0].iterdir():
@@ -327,14 +332,23 @@ def holds_only_uncommitted_segments(folder: Any) -> bool:
         return False
 
 
+_ATTACH_RE = re.compile(r"^attach-[0-9a-f]{16}\.json$")
+
+
 def our_leftovers(root: Path, manifest: Optional[dict]) -> list[Path]:
     """Files and folders inside ``root`` that a save of ours wrote and no committed manifest
-    names: interrupted-save segments, replaced tombstones and codec folders, stale manifest temp
-    files, and (after a v2 commit over a v1 index) the v1 files. Only our own names qualify."""
+    names: interrupted-save segments, replaced tombstones, codec folders and attachments, stale
+    manifest temp files, and (after a v2 commit over a v1 index) the v1 files. Only our own
+    names qualify; never anything reached through a symlink; never an uncommitted segment that
+    a live process still holds (a spill of another writer: it keeps a shared ``flock`` on the
+    segment folder until its save commits it). Call with the folder's writer lock held."""
+    from .locking import try_lock_dir
+
     out: list[Path] = []
     keep_segments: set[str] = set()
     keep_files: dict[str, set[str]] = {}
     keep_codec: set[str] = set()
+    keep_attach: set[str] = set()
     if manifest is not None and manifest.get("format_version") == FORMAT_VERSION:
         for seg in manifest.get("segments") or []:
             keep_segments.add(seg["name"])
@@ -342,30 +356,45 @@ def our_leftovers(root: Path, manifest: Optional[dict]) -> list[Path]:
         codec = manifest.get("codec")
         if isinstance(codec, dict) and isinstance(codec.get("dir"), str):
             keep_codec.add(codec["dir"])
+        for rec in (manifest.get("attachments") or {}).values():
+            if isinstance(rec, dict) and isinstance(rec.get("file"), str):
+                keep_attach.add(rec["file"])
         for name in V1_FILES:
-            if (root / name).is_file():
+            if (root / name).is_file() and not (root / name).is_symlink():
                 out.append(root / name)
     for p in root.glob(f"{MANIFEST}.tmp-*"):
         out.append(p)
+    for p in root.glob("attach-*.json"):
+        if _ATTACH_RE.match(p.name) and p.name not in keep_attach and p.is_file() and not p.is_symlink():
+            out.append(p)
     for p in root.glob("codec-*"):
-        if p.is_dir() and _NAME_RE.match(p.name) and p.name not in keep_codec:
+        if p.is_dir() and not p.is_symlink() and _NAME_RE.match(p.name) and p.name not in keep_codec:
             out.append(p)
     segdir = root / SEGMENT_DIR
-    if segdir.is_dir():
+    if segdir.is_dir() and not segdir.is_symlink():
         for p in segdir.iterdir():
-            if not (p.is_dir() and _NAME_RE.match(p.name) and p.name.startswith("seg-")):
+            if not (p.is_dir() and not p.is_symlink() and _NAME_RE.match(p.name) and p.name.startswith("seg-")):
                 continue
             if p.name not in keep_segments:
+                try:
+                    fd = try_lock_dir(p, shared=False)
+                except OSError:
+                    continue
+                if fd is None:
+                    continue  # another live writer's uncommitted segment
+                if fd >= 0:
+                    os.close(fd)  # nobody can take it meanwhile: new segments are locked under the writer lock
                 out.append(p)
                 continue
             for f in p.iterdir():
-                if f.name.startswith("deleted-") and f.name not in keep_files[p.name]:
+                if f.name.startswith("deleted-") and f.name not in keep_files[p.name] and not f.is_symlink():
                     out.append(f)
     return out
 
 
 def remove_ours(paths: Iterable[Path]) -> None:
-    """Delete what :func:`our_leftovers` found (files, and folders holding only our files)."""
+    """Delete what :func:`our_leftovers` found (files, and folders holding only our files);
+    never follows a symlink."""
     import shutil
 
     for p in paths:
