@@ -34,6 +34,7 @@ import codecs
 import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -632,10 +633,30 @@ class Manifest:
         os.replace(tmp, path)
         return path
 
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8")
+
+    @staticmethod
+    def committed_path(folder: str) -> Optional[str]:
+        """The source list committed WITH the index: the file the index's ``manifest.json`` names
+        (``attachments.sources``, written by ``bgem3 index`` in the same atomic commit as the
+        passages), or ``None`` for an index without one (then ``sources.json`` is the list)."""
+        try:
+            with open(os.path.join(folder, "manifest.json"), "rb") as fh:
+                index_manifest = json.loads(fh.read(64 << 20).decode("utf-8"))
+            rec = index_manifest.get("attachments", {}).get("sources")
+        except (OSError, ValueError, AttributeError):
+            return None
+        name = rec.get("file") if isinstance(rec, dict) else None
+        if not isinstance(name, str) or not re.fullmatch(r"attach-[0-9a-f]{16}\.json", name):
+            return None
+        return os.path.join(folder, name)
+
     @classmethod
     def load(cls, folder: str) -> "Manifest":
-        """Read ``folder/sources.json``; an empty manifest if there is none."""
-        path = os.path.join(folder, MANIFEST_NAME)
+        """Read the source list committed with the index in ``folder`` (see :meth:`committed_path`),
+        else ``folder/sources.json``; an empty manifest if there is none."""
+        path = cls.committed_path(folder) or os.path.join(folder, MANIFEST_NAME)
         if not os.path.exists(path):
             return cls()
         try:
