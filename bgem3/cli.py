@@ -535,6 +535,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .index.locking import writer_lock
     from .index.persistence import _remove_created
 
+    if os.path.isdir(folder) and not _is_hybrid_index(folder) and not _is_unfinished(folder):
+        raise CLIError(f"--index {args.index!r} is a non-empty folder that is not a bgem3 index; "
+                       "pass a new or empty folder")  # checked before the lock file is written into it
     created = not os.path.exists(folder)
     os.makedirs(folder, exist_ok=True)
     try:

@@ -302,3 +302,20 @@ def test_writer_processes_and_a_reader_lose_nothing_and_never_fail(tmp_path):
     final.verify()
     assert len(got) == 3 * 12 * 3 and set(got) <= set(final.ids)
     assert sorted(final.ids) == sorted(got + ["seed"])
+
+
+# --------------------------------------------------------------------------- big segments at the default open
+def test_a_big_segments_unsorted_term_list_is_caught_at_the_default_open(tmp_path, monkeypatch):
+    """Segments over VERIFY_AT_OPEN_BYTES are not checksummed at the default open; their term list
+    (searched by binary search: out of order it silently loses terms) is checked structurally."""
+    import bgem3.index.segment as segment_mod
+    from test_index_breaks import rewrite_array, seg_file
+
+    folder = tmp_path / "idx"
+    new_index([f"d{i}" for i in range(12)]).save(folder)
+    terms = np.load(seg_file(folder, "lex_terms.npy"))
+    assert len(terms) > 2
+    rewrite_array(folder, "lex_terms.npy", terms[::-1].copy())
+    monkeypatch.setattr(segment_mod, "VERIFY_AT_OPEN_BYTES", 0)  # "a big segment"
+    with pytest.raises(IndexFormatError, match="lex_terms are not increasing"):
+        load(folder)  # before: loaded, and lexical scores changed silently

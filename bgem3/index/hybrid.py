@@ -47,7 +47,7 @@ from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, den
 from .dense_lists import DEFAULT_PROBE, CentroidTable
 from .errors import IndexFormatError
 from .lexical import LearnedSparse, LexicalBlock, LexicalChannel, QueryTerms, joined
-from .search import (CHANNELS, DEFAULT_COLBERT_RERANK, check_finite, colbert_pruned, colbert_scores, dense_candidates,
+from .search import (CHANNELS, DEFAULT_COLBERT_RERANK, adaptive_rerank, check_finite, colbert_pruned, colbert_scores, dense_candidates,
                      beside, dense_exact, effective_weights, fuse, one_blas_thread, top_positive)
 from .segment import DiskSegment, MemSegment, Segment, gather_rows
 
@@ -745,9 +745,13 @@ class HybridIndex(StoreBase):
         ``shortlist``: rows (over all segments) rescored exactly after the Hamming prefilter (default
         ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows).
         ``colbert_rerank``: with a quantised ColBERT codec and weighted fusion, when there are more
-        candidates than this (default 32, at least ``k``), all are ranked by an estimated fused score
-        (a MaxSim estimate from an eighth of the coded coordinates) and only this many get the full
-        MaxSim and are ranked; ``0`` = full MaxSim on every candidate.
+        candidates than this (at least ``k``), all are ranked by an estimated fused score (a MaxSim
+        estimate from an eighth of the coded coordinates) and only this many get the full MaxSim and
+        are ranked; ``0`` = full MaxSim on every candidate. Default: 32 while ColBERT weighs at most
+        half of the fused weight, more above it (``32 * share / (1 - share)``), every candidate when
+        ColBERT alone is weighted (:func:`bgem3.index.search.adaptive_rerank`); an explicit value is
+        used as given. An index (or a query) with no dense or lexical channel takes every eligible
+        row as a candidate: a ColBERT-only index answers every query.
         ``dense_probe``: share of each saved segment's dense inverted lists whose rows the Hamming
         prefilter scans (default ``index.dense_probe``, 0.2; see :mod:`bgem3.index.dense_lists`);
         ``1.0`` scans every row."""
@@ -759,7 +763,7 @@ class HybridIndex(StoreBase):
         dq, qt, cq = self._check_queries(dense_q, sparse_q, colbert_q)
         short = _positive_int(shortlist, "shortlist") if shortlist is not None else max(1000, 10 * candidates)
         if colbert_rerank is None:
-            rerank = DEFAULT_COLBERT_RERANK
+            rerank = adaptive_rerank(DEFAULT_COLBERT_RERANK, w)
         elif isinstance(colbert_rerank, bool) or not isinstance(colbert_rerank, (int, np.integer)) or colbert_rerank < 0:
             raise ValueError(f"colbert_rerank must be an int >= 0 (0 = full MaxSim on every candidate); "
                              f"got {colbert_rerank!r}")
@@ -779,6 +783,9 @@ class HybridIndex(StoreBase):
                 return []
             el_all = np.concatenate(eligible)
             every_row = exhaustive or total <= candidates  # scored like exhaustive=True: no estimate shortcut
+            # no dense or lexical query to draw candidates from (a ColBERT-only index): every eligible
+            # row is a candidate, ranked by the MaxSim estimate and then exactly (never an empty answer)
+            colbert_only = dq is None and qt is None
             scan = dq is not None and not every_row and total > self.exact_dense_rows
 
             def lexical_and_query() -> tuple:
@@ -799,7 +806,7 @@ class HybridIndex(StoreBase):
                                                          self._centroids) if scan else (None, None))
             finally:
                 lex_all, prepared = side.result()
-            if every_row:
+            if every_row or colbert_only:
                 cand = np.flatnonzero(el_all)
             else:
                 parts = []

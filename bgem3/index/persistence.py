@@ -160,10 +160,7 @@ def spill_tail(index: Any, directory: Any, *, lock_timeout: Optional[float] = DE
     second write). A process that dies before that leaves files no manifest names; the next save
     into the folder removes them. While this process lives, other writers' saves leave the
     segment alone (it holds a shared ``flock`` on its folder). Returns the number of rows written."""
-    target = _target(directory)
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"cannot spill the index to {str(target)!r}: it is a file; pass a folder path")
-    _refuse_symlinked_segments(target, "spill")
+    target, _ = _writable_target(directory, "spill")  # refused before anything is written (again under the lock)
     with index._lock:
         tail = index._tail
         if not tail.n:
@@ -328,10 +325,7 @@ def _current_codec(index: Any, target: Path, current: dict, adding: bool) -> Any
 
 def save_index(index: Any, directory: Any, *, attachments: Optional[dict] = None,
                lock_timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> None:
-    target = _target(directory)
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"cannot save the index to {str(target)!r}: it is a file; pass a folder path")
-    _refuse_symlinked_segments(target, "save")
+    target, _ = _writable_target(directory, "save")  # refused before anything is written (again under the lock)
     created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     try:

@@ -582,6 +582,10 @@ def open_segment(root: Path, rec: Any, *, dense: Optional[tuple[int, str]], lexi
     if lexical_extras is not None:
         check_blob_offsets(folder, "lex_indptr", arrays["lex_indptr"], len(arrays["lex_indices"]))
         check_blob_offsets(folder, "lex_term_ptr", arrays["lex_term_ptr"], len(arrays["lex_post_rows"]))
+        terms = arrays["lex_terms"]  # O(distinct terms): a query finds its terms by binary search in it
+        if len(terms) and (int(terms[0]) < 0 or (len(terms) > 1 and bool((np.diff(terms) <= 0).any()))
+                           or (vocab_size is not None and int(terms[-1]) >= vocab_size)):
+            raise bad(folder, "lex_terms are not increasing term ids of the vocabulary")
     if codec is not None:
         check_blob_offsets(folder, "col_offsets", arrays["col_offsets"], len(arrays["col_codes"]))
     if "dense_list_ptr" in arrays:

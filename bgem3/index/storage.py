@@ -295,13 +295,21 @@ def is_saved_index(folder: Any) -> bool:
     size it records. A folder that merely contains some ``manifest.json`` is NOT an index (it
     is never replaced or deleted)."""
     root = Path(folder)
-    try:
-        if not root.is_dir():
+    for _ in range(5):  # a commit that replaced the manifest (and removed old files) meanwhile: look again
+        try:
+            if not root.is_dir():
+                return False
+            manifest = read_manifest(root)
+        except (IndexFormatError, OSError):
             return False
-        manifest = read_manifest(root)
-    except (IndexFormatError, OSError):
-        return False
-    return _lists_only_existing_files(root, manifest)
+        if _lists_only_existing_files(root, manifest):
+            return True
+        try:
+            if read_manifest(root) == manifest:
+                return False
+        except (IndexFormatError, OSError):
+            return False
+    return False
 
 
 def holds_only_uncommitted_segments(folder: Any) -> bool:
