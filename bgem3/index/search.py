@@ -63,7 +63,7 @@ def adaptive_rerank(base: int, weights: Sequence[float]) -> int:
         return base
     if share >= 1.0:
         return 0
-    return int(math.ceil(base * share / (1.0 - share)))
+    return int(math.ceil(round(base * share / (1.0 - share), 6)))
 
 def _cores() -> int:
     try:
