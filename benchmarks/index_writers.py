@@ -124,8 +124,13 @@ def main() -> None:
     writers = [start_writer() for _ in range(args.writers)]
     kills = 0
     t_end = time.monotonic() + args.seconds
+    writer_failures = 0
     while time.monotonic() < t_end:
         time.sleep(rnd.uniform(0.5, 1.5) * args.kill_every)
+        for j, p in enumerate(writers):  # a writer that died by itself (an exception) is a failure
+            if p.exitcode is not None:
+                writer_failures += 1
+                writers[j] = start_writer()
         i = rnd.randrange(len(writers))
         os.kill(writers[i].pid, signal.SIGKILL)
         writers[i].join()
@@ -154,6 +159,7 @@ def main() -> None:
         "writers_at_once": args.writers, "writer_processes": n_started, "sigkills": kills,
         "seconds": args.seconds, "rows_per_save": args.rows, "acknowledged_rows": len(acked),
         "rows_in_index": len(present), "lost_rows": len(acked - present), "conflicts": conflicts,
+        "writer_failures": writer_failures,
         "reader_loads": sum(r["loads"] for r in rstats), "reader_failures": sum(r["failures"] for r in rstats),
         "reader_errors": [e for r in rstats for e in r["errors"]][:5],
         "verify": "ok", "uncommitted_segments_left": len(leftovers), "load": os.getloadavg(),
@@ -162,7 +168,7 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))
-    if summary["lost_rows"] or summary["reader_failures"] or conflicts:
+    if summary["lost_rows"] or summary["reader_failures"] or conflicts or writer_failures:
         sys.exit(1)
 
 

@@ -388,7 +388,12 @@ class DiskSegment(Segment):
         if self.record.get("deleted"):
             files[self.record["deleted"]["file"]] = self.record["deleted"]
         for fname, rec in files.items():
-            if sha256_file(self.folder / fname) != rec["sha256"]:
+            try:
+                digest = sha256_file(self.folder / fname)
+            except FileNotFoundError:  # removed by a later commit's cleanup while this one was read
+                raise IndexFormatError(f"{str(self.folder / fname)!r} is missing; the index is incomplete: rebuild "
+                                       "it or restore a backup") from None
+            if digest != rec["sha256"]:
                 raise IndexFormatError(f"{str(self.folder / fname)!r} does not match its SHA-256 checksum in the "
                                        "manifest: the file is corrupted; rebuild the index or restore a backup")
         check_values(self)

@@ -208,11 +208,15 @@ def open_npy(path: Path, rec: Mapping[str, Any], *, root: Any, shape: Optional[t
                                "the file is truncated or corrupted: rebuild the index or restore a backup")
     if nbytes == 0:
         return np.zeros(want_shape, dtype=want_dtype)
-    if load:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return np.frombuffer(f.read(nbytes), dtype=want_dtype).reshape(want_shape).copy()
-    return np.memmap(path, dtype=want_dtype, mode="r", offset=offset, shape=want_shape)
+    try:
+        if load:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return np.frombuffer(f.read(nbytes), dtype=want_dtype).reshape(want_shape).copy()
+        return np.memmap(path, dtype=want_dtype, mode="r", offset=offset, shape=want_shape)
+    except FileNotFoundError:  # removed since it was checked (a commit's cleanup raced this open)
+        raise IndexFormatError(f"{str(path)!r} is missing; the index is incomplete: rebuild it or restore a "
+                               "backup") from None
 
 
 def check_blob_offsets(root: Any, name: str, offsets: np.ndarray, total: int) -> None:
