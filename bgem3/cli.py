@@ -1183,9 +1183,10 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         if debug:
             raise
         from .encoder import ModelLoadError
-        from .index import IndexFormatError
+        from .index import IndexFormatError, SaveConflict
 
-        known = (CLIError, ModelLoadError, IndexFormatError, IngestError, OSError, ValueError, KeyError, TypeError)
+        known = (CLIError, ModelLoadError, IndexFormatError, IngestError, OSError, ValueError, KeyError, TypeError,
+                 SaveConflict)
         if isinstance(exc, known):
             _err(f"bgem3: error: {_one_line(exc)}")
         else:

@@ -960,8 +960,15 @@ class HybridIndex(StoreBase):
         new: the rows added since (one new segment) and the tombstones of segments that lost rows.
         The commit is one atomic rename of ``manifest.json``, so a crash at any moment leaves the
         previous or the new state loadable. ``save`` refuses a non-empty folder that is not a saved
-        index, writes through a symlinked path into its target, and removes only files its own
-        earlier saves left behind.
+        index (and a ``segments/`` that is a symlink), writes through a symlinked path into its
+        target, and removes only files its own earlier saves left behind.
+
+        Several processes (or handles) may save to one folder: each commit holds the folder's
+        writer lock (``write.lock``, an OS file lock; waits up to 10 minutes, then
+        ``IndexLockTimeout`` naming the holder). If others committed since this handle was loaded
+        or last saved, its own changes (added rows, deletes) are replayed onto their commit; if both
+        changed the same id, :class:`~bgem3.index.persistence.SaveConflict` names it and nothing is
+        written (load again, redo, save). See docs/index.md, "Several writers, one folder".
         """
         from .persistence import save_index
 

@@ -135,12 +135,6 @@ def writer_lock(folder: Any, *, timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT,
         held.mutex.release()
 
 
-def holds_lock(folder: Any) -> bool:
-    """True while this thread holds the writer lock of ``folder``."""
-    held = _registry.get(os.path.realpath(Path(folder)))
-    return bool(held is not None and held.depth and held.mutex._is_owned())  # type: ignore[attr-defined]
-
-
 def try_lock_dir(path: Path, shared: bool) -> Optional[int]:
     """``flock`` a directory (``LOCK_SH`` or ``LOCK_EX``, never waiting); returns the open fd
     (close it to release) or ``None`` if another process holds a conflicting lock. On

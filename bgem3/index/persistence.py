@@ -34,7 +34,7 @@ import numpy as np
 from .. import __version__
 from .._store import same_model_name
 from .codecs import COLBERT_CODECS, DENSE_CODECS, ColbertCodec
-from .errors import IndexFormatError
+from .errors import IndexFormatError, SaveConflict
 from .lexical import LexicalChannel, lexical_channel_from_config
 from .search import CHANNELS
 from .segment import DiskSegment, MemSegment, gather_rows, open_segment, write_segment, write_tombstones
@@ -121,12 +121,28 @@ def _spilled(index: Any) -> dict:
     return sp
 
 
+def _close_all(fds: dict) -> None:
+    for fd in fds.values():
+        if fd is not None and fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    fds.clear()
+
+
 def _pending_locks(index: Any) -> dict:
     """``{segment name: fd}``: a shared ``flock`` on each uncommitted segment folder this handle
-    wrote, so that another writer's cleanup leaves it alone while this process lives."""
+    wrote, so that another writer's cleanup leaves it alone while this process lives (and while
+    the handle does: a handle dropped without a save releases them, and the next save removes
+    the segments)."""
     d = getattr(index, "_pending_fds", None)
     if d is None:
         d = index._pending_fds = {}
+    if not getattr(index, "_pending_finalizer", None):
+        import weakref
+
+        index._pending_finalizer = weakref.finalize(index, _close_all, d)
     return d
 
 
@@ -219,10 +235,6 @@ def discard_spilled(index: Any) -> None:
         for folder in folders & getattr(index, "_spill_created", set()):
             _remove_created(folder)
         index._spill_created = set()
-
-
-class SaveConflict(RuntimeError):
-    """A save from a handle opened before other commits changed the same documents."""
 
 
 def _mark_base(index: Any, generation: int) -> None:
