@@ -36,9 +36,9 @@ from .._store import same_model_name
 from .codecs import COLBERT_CODECS, DENSE_CODECS, ColbertCodec
 from .errors import IndexFormatError, SaveConflict
 from .lexical import LexicalChannel, lexical_channel_from_config
+from .locking import DEFAULT_LOCK_TIMEOUT, LOCK_NAME, try_lock_dir, writer_lock
 from .search import CHANNELS
 from .segment import DiskSegment, MemSegment, gather_rows, open_segment, write_segment, write_tombstones
-from .locking import DEFAULT_LOCK_TIMEOUT, LOCK_NAME, try_lock_dir, writer_lock
 from .storage import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SEGMENT_DIR, _NAME_RE, _check_record, bad,
                       commit_manifest, fsync_dir, holds_only_uncommitted_segments, is_saved_index, new_name, open_npy,
                       our_leftovers, read_manifest, remove_ours, write_bytes_durably, write_npy)

@@ -10,13 +10,16 @@
       segments/seg-<hex>/*.npy   one immutable segment: dense, lexical CSR + postings, ColBERT
                                  codes + offsets, documents (ids, texts, metadata as UTF-8 blobs)
       segments/seg-<hex>/deleted-<hex>.npy   rows deleted since the segment was written
+      attach-<hex>.json          a file committed with the index (``bgem3 index``'s source list)
+      write.lock                 the writer lock (:mod:`bgem3.index.locking`); never deleted
 
 A save writes only what is new (new segments, changed tombstone files), fsyncs them, then
 writes ``manifest.json.tmp-<hex>`` and renames it over ``manifest.json``: that one rename is the
 commit, so a crash at any moment leaves either the previous or the new manifest, and every file
 a manifest names was complete before it was written. Files no manifest names (segments of an
-interrupted save, replaced tombstones) are removed by the next save. Nothing outside the
-names above is ever deleted.
+interrupted save, replaced tombstones) are removed by the next save, except an uncommitted
+segment a live process holds (its ``spill``). Nothing outside the names above is ever deleted,
+and nothing through a symlink.
 
 Opening memory-maps every array (``np.memmap``, read-only) after checking each ``.npy`` header
 against the manifest (shape, dtype, exact file size) before anything is mapped; offsets and
