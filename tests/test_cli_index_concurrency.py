@@ -103,3 +103,25 @@ def test_embed_input_lines_are_bounded_and_the_limit_is_named(tmp_path, monkeypa
 def test_embed_from_dev_zero_stops_at_the_limit(capsys):
     assert main(["embed", "--input", "/dev/zero"]) == 1
     assert "MAX_INPUT_LINE_CHARS" in capsys.readouterr().err
+
+
+def test_the_committed_source_list_is_checked_against_the_index_manifest(tmp_path, model, capsys):
+    from bgem3.ingest import IngestError, Manifest
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Paris is the capital of France.\n", encoding="utf-8")
+    idx = tmp_path / "idx"
+    assert main(["index", str(docs), "--index", str(idx), "--model", model, "-q"]) == 0
+    committed = Manifest.committed_path(str(idx))
+    assert committed and os.path.basename(committed).startswith("attach-")
+    assert list(Manifest.load(str(idx)).files) == [str(docs / "a.txt")]
+    (idx / "sources.json").write_text("{}", encoding="utf-8")  # the copy for older versions is not read
+    assert list(Manifest.load(str(idx)).files) == [str(docs / "a.txt")]
+    with open(committed, "a", encoding="utf-8") as f:
+        f.write(" ")
+    with pytest.raises(IngestError, match="does not match its SHA-256"):
+        Manifest.load(str(idx))
+    os.unlink(committed)
+    with pytest.raises(IngestError, match="is missing"):
+        Manifest.load(str(idx))
