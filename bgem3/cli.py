@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -34,7 +35,7 @@ import signal
 import shutil
 import sys
 import uuid
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Iterator, Optional, Sequence, TextIO
 
 from . import __version__
 from ._argtypes import finite_float as _finite_float
@@ -213,11 +214,24 @@ def _resolve_model_for_index(args: argparse.Namespace, folder: str, manifest: Ma
     return args.model or _default_model()
 
 
+def _check_link(folder: str) -> None:
+    """A symlink that leads nowhere (a loop, or a missing target) is named as such."""
+    if os.path.islink(folder) and not os.path.exists(folder):
+        try:
+            os.stat(folder)
+            why = "a missing target"
+        except OSError as exc:
+            why = "a symlink loop" if exc.errno == errno.ELOOP else "a missing target"
+        raise CLIError(f"--index {_display_path(folder)} is a symlink to {os.readlink(folder)!r} that leads nowhere "
+                       f"({why}); point it at a real folder or pass another --index")
+
+
 def _load_index(args: argparse.Namespace, folder: str, manifest: Optional[Manifest] = None):
     """Load the index at ``folder`` with ``--model`` if given (checked to be the model it was built
     with), else with the model it was built with."""
     from .index import HybridIndex
 
+    _check_link(folder)
     _recover(folder)
     if not os.path.exists(folder):
         raise CLIError(f"index folder {folder!r} does not exist; build it with `bgem3 index PATH... --index {folder}`")
@@ -351,23 +365,19 @@ def _check_lexical_unchanged(args: argparse.Namespace, index: Any, folder: str) 
 
 
 def _save_atomically(index, manifest: Manifest, folder: str) -> None:
-    """Commit the index into ``folder`` (one atomic manifest rename, incremental; it never
-    replaces a folder that is not verifiably a saved index), then the source list (temp file +
-    rename). A crash between the two leaves the new index with the old source list: the next
-    ``bgem3 index`` re-reads the files it does not list and upserts their passages (same ids).
-    The source list is written first to a staging folder, so a failure there changes nothing."""
-    folder = os.path.abspath(folder)
-    parent, name = os.path.dirname(folder), os.path.basename(folder)
-    os.makedirs(parent, exist_ok=True)
-    stage = os.path.join(parent, f".{name}.sources-{uuid.uuid4().hex[:8]}")
-    os.mkdir(stage)
-    try:
-        staged = manifest.save(stage)
-        with _commit_section():  # a Ctrl-C now waits for the commit, then says it happened
-            index.save(folder)  # the commit of the index (it refuses a folder that is not an index)
-            os.replace(staged, os.path.join(folder, os.path.basename(staged)))
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    """Commit the index into ``folder`` together with its source list: the list is a file the
+    index's ``manifest.json`` names, written before and committed by the same atomic manifest
+    rename (incremental; it never replaces a folder that is not verifiably a saved index). A
+    crash at any moment leaves the old index with the old list or the new index with the new
+    list. ``sources.json`` is then rewritten as a copy for readers of earlier versions."""
+    from .index.persistence import save_index
+
+    with _commit_section():  # a Ctrl-C now waits for the commit, then says it happened
+        save_index(index, folder, attachments={"sources": manifest.to_bytes()})
+        try:
+            manifest.save(folder)
+        except OSError:
+            pass  # the committed copy is the one bgem3 reads
 
 
 class _InterruptedAfterCommit(KeyboardInterrupt):
@@ -516,11 +526,36 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     bound_heap_growth()  # memory bounded by a batch, not by the input (see bgem3/_malloc.py)
     folder = os.path.abspath(os.path.expanduser(args.index))
+    _check_link(folder)
     _recover(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise CLIError(f"--index {args.index!r} is a file; pass a folder for the index")
+    # one `bgem3 index` (or other writer) at a time on a folder: the run holds the folder's writer lock
+    # from reading the source list to the commit (a second run waits, saying for whom)
+    from .index.locking import writer_lock
+    from .index.persistence import _remove_created
+
+    if os.path.isdir(folder) and not _is_hybrid_index(folder) and not _is_unfinished(folder):
+        raise CLIError(f"--index {args.index!r} is a non-empty folder that is not a bgem3 index; "
+                       "pass a new or empty folder")  # checked before the lock file is written into it
+    created = not os.path.exists(folder)
+    os.makedirs(folder, exist_ok=True)
+    try:
+        with writer_lock(folder, timeout=None,
+                         on_wait=lambda who: _note(args, f"bgem3: waiting for {who}, which is writing the index "
+                                                         f"{_display_path(folder)}")):
+            return _index_locked(args, folder)
+    except BaseException:
+        if created:
+            from pathlib import Path
+
+            _remove_created(Path(folder))
+        raise
+
+
+def _index_locked(args: argparse.Namespace, folder: str) -> int:
     existing = os.path.isdir(folder) and _is_hybrid_index(folder) and not args.rebuild
-    if os.path.isdir(folder) and os.listdir(folder) and not _is_hybrid_index(folder) and not _is_unfinished(folder):
+    if os.path.isdir(folder) and not _is_hybrid_index(folder) and not _is_unfinished(folder):
         raise CLIError(f"--index {args.index!r} is a non-empty folder that is not a bgem3 index; "
                        "pass a new or empty folder")
 
@@ -823,11 +858,30 @@ def _print_parts(label: str, parts: list[str], width: int, out: TextIO, indent: 
 
 # --------------------------------------------------------------------------- bgem3 embed
 
+#: ``bgem3 embed``: the longest input line read (characters); a longer one (a file with no newline,
+#: ``/dev/zero``) is refused before it fills memory. A model reads at most a few thousand tokens.
+MAX_INPUT_LINE_CHARS = 1 << 22
+
+
+def _bounded_lines(fh: Any, source: str) -> Iterator[str]:
+    """The non-blank lines of ``fh`` (newline stripped), each read with a bound."""
+    while True:
+        line = fh.readline(MAX_INPUT_LINE_CHARS + 1)
+        if not line:
+            return
+        if len(line) > MAX_INPUT_LINE_CHARS and not line.endswith("\n"):
+            raise CLIError(f"{source} has a line longer than {MAX_INPUT_LINE_CHARS} characters "
+                           "(bgem3.cli.MAX_INPUT_LINE_CHARS); pass one text per line, or index long documents "
+                           "with `bgem3 index`, which cuts them into passages")
+        if line.strip():
+            yield line.rstrip("\n")
+
+
 def _read_inputs(args: argparse.Namespace) -> list[str]:
     texts = list(args.texts)
     if args.input:
         if args.input == "-":
-            texts.extend(line.rstrip("\n") for line in sys.stdin if line.strip())
+            texts.extend(_bounded_lines(sys.stdin, "stdin"))
         else:
             if not os.path.exists(args.input):
                 raise CLIError(f"--input {args.input!r} does not exist")
@@ -837,13 +891,13 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
             else:
                 try:
                     with open(args.input, "r", encoding="utf-8-sig") as fh:
-                        texts.extend(line.rstrip("\n") for line in fh if line.strip())
+                        texts.extend(_bounded_lines(fh, f"--input {args.input!r}"))
                 except UnicodeDecodeError:
                     raise CLIError(f"cannot read --input {args.input!r}: it is not UTF-8 text") from None
                 except OSError as exc:
                     raise CLIError(f"cannot read --input {args.input!r} ({exc.strerror or exc})") from None
     elif not texts and not sys.stdin.isatty():
-        texts.extend(line.rstrip("\n") for line in sys.stdin if line.strip())
+        texts.extend(_bounded_lines(sys.stdin, "stdin"))
     if not texts:
         raise CLIError("no input texts: pass texts as arguments, --input FILE (one text per line, or .jsonl "
                        "with a \"text\" field), or pipe them on stdin")
@@ -1168,9 +1222,10 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         if debug:
             raise
         from .encoder import ModelLoadError
-        from .index import IndexFormatError
+        from .index import IndexFormatError, SaveConflict
 
-        known = (CLIError, ModelLoadError, IndexFormatError, IngestError, OSError, ValueError, KeyError, TypeError)
+        known = (CLIError, ModelLoadError, IndexFormatError, IngestError, OSError, ValueError, KeyError, TypeError,
+                 SaveConflict)
         if isinstance(exc, known):
             _err(f"bgem3: error: {_one_line(exc)}")
         else:

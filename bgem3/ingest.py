@@ -34,6 +34,7 @@ import codecs
 import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -632,16 +633,70 @@ class Manifest:
         os.replace(tmp, path)
         return path
 
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8")
+
+    @staticmethod
+    def _committed(folder: str) -> Optional[tuple[str, Optional[str]]]:
+        """``(path, sha256)`` of the source list the index's ``manifest.json`` names, or ``None``."""
+        try:
+            with open(os.path.join(folder, "manifest.json"), "rb") as fh:
+                index_manifest = json.loads(fh.read(64 << 20).decode("utf-8"))
+            rec = index_manifest.get("attachments", {}).get("sources")
+        except (OSError, ValueError, AttributeError):
+            return None
+        name = rec.get("file") if isinstance(rec, dict) else None
+        if not isinstance(name, str) or not re.fullmatch(r"attach-[0-9a-f]{16}\.json", name):
+            return None
+        sha = rec.get("sha256")
+        return os.path.join(folder, name), sha if isinstance(sha, str) else None
+
+    @classmethod
+    def committed_path(cls, folder: str) -> Optional[str]:
+        """The source list committed WITH the index: the file the index's ``manifest.json`` names
+        (``attachments.sources``, written by ``bgem3 index`` in the same atomic commit as the
+        passages), or ``None`` for an index without one (then ``sources.json`` is the list)."""
+        c = cls._committed(folder)
+        return c[0] if c else None
+
     @classmethod
     def load(cls, folder: str) -> "Manifest":
-        """Read ``folder/sources.json``; an empty manifest if there is none."""
-        path = os.path.join(folder, MANIFEST_NAME)
-        if not os.path.exists(path):
-            return cls()
+        """Read the source list committed with the index in ``folder`` (see :meth:`committed_path`),
+        else ``folder/sources.json``; an empty manifest if there is none."""
+        committed = cls._committed(folder)
+        for _ in range(5):  # a commit that replaced the list meanwhile: read the new one
+            path = committed[0] if committed else os.path.join(folder, MANIFEST_NAME)
+            problem = None
+            if committed is not None and not os.path.exists(path):
+                problem = (f"the source list {path!r} that the index's manifest.json names is missing; the index "
+                           "folder is incomplete: restore it, or rebuild with --rebuild")
+            elif not os.path.exists(path):
+                return cls()
+            else:
+                try:
+                    with open(path, "rb") as fh:
+                        raw = fh.read()
+                except FileNotFoundError:
+                    raw = None
+                    problem = f"the source list {path!r} is missing"
+                except OSError as exc:
+                    raise IngestError(f"the source manifest {path!r} is unreadable ({exc}); rebuild the index into "
+                                      "a new folder") from None
+                if raw is not None and committed is not None and committed[1] is not None \
+                        and hashlib.sha256(raw).hexdigest() != committed[1]:
+                    problem = (f"the source list {path!r} does not match its SHA-256 in the index's manifest.json: "
+                               "it is corrupted; rebuild with --rebuild")
+            if problem is None:
+                break
+            again = cls._committed(folder)
+            if again == committed:
+                raise IngestError(problem)
+            committed = again
+        else:
+            raise IngestError(f"the index at {folder!r} changed five times while its source list was read; retry")
         try:
-            with open(path, "r", encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
             raise IngestError(f"the source manifest {path!r} is unreadable ({exc}); rebuild the index into a new folder") from None
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("files"), dict):
             raise IngestError(f"the source manifest {path!r} has an unknown format; rebuild the index into a new folder")

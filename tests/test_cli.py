@@ -473,10 +473,12 @@ def test_crash_mid_save_keeps_previous_index(capsys, tmp_path, corpus, fd_model,
     before = snapshot(idx)
     (corpus / "sub" / "new.txt").write_text(EIFFEL, encoding="utf-8")
 
-    def boom(self, folder):
+    def boom(*args, **kwargs):  # the disk fills up while the source list (committed with the index) is written
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Manifest, "save", boom)
+    import bgem3.index.persistence as persistence
+
+    monkeypatch.setattr(persistence, "write_bytes_durably", boom)
     code, _, err = run(capsys, "index", corpus, "--index", idx)
     assert code == 1
     assert_one_error_line(err, "No space left")

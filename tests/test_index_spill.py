@@ -89,6 +89,9 @@ def test_a_killed_first_run_leaves_a_folder_the_next_save_reuses(tmp_path):
     _add(dead, rng, ["x"])
     dead.spill(folder)  # ... and the process dies here: no manifest
     assert holds_only_uncommitted_segments(folder)
+    from bgem3.index.persistence import _release_pending
+
+    _release_pending(dead, list(dead._pending_fds))  # what the kernel does when the process dies
     index = HybridIndex(None, dim=8)
     _add(index, rng, ["y"])
     index.save(folder)
@@ -256,18 +259,20 @@ def test_ctrl_c_during_the_save_finishes_the_commit_and_says_so(monkeypatch, cap
     src.mkdir()
     (src / "a.txt").write_text("Paris is the capital of France.\n", encoding="utf-8")
     idx = tmp_path / "idx"
-    save = HybridIndex.save
+    import bgem3.index.persistence as persistence
+
+    save = persistence.save_index
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a process started in the background
 
-    def save_with_ctrl_c(self, directory):
+    def save_with_ctrl_c(index, directory, **kw):
         os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while the index is written
-        return save(self, directory)
+        return save(index, directory, **kw)
 
-    monkeypatch.setattr(HybridIndex, "save", save_with_ctrl_c)
+    monkeypatch.setattr(persistence, "save_index", save_with_ctrl_c)
     assert cli.main(["index", str(src), "--index", str(idx), "--model", m3_path, "-q"]) == 130
     err = capsys.readouterr().err
     assert "after the index was saved" in err and "nothing was changed" not in err
-    monkeypatch.setattr(HybridIndex, "save", save)
+    monkeypatch.setattr(persistence, "save_index", save)
     assert len(HybridIndex.load(str(idx), load_encoder=False, verify=True)) == 1
     assert cli.main(["index", str(src), "--index", str(idx), "-q"]) == 0  # sources list committed too: up to date
     assert signal.getsignal(signal.SIGINT) is before  # the CLI put the handler back

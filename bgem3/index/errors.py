@@ -13,3 +13,9 @@ class IndexFormatError(ValueError):
     >>> issubclass(IndexFormatError, ValueError)
     True
     """
+
+
+class SaveConflict(RuntimeError):
+    """A save from a handle opened before other commits that changed the same document ids (or
+    replaced the folder's index): nothing was written; load the folder again and redo the change.
+    See docs/index.md, "Several writers, one folder"."""

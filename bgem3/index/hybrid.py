@@ -47,7 +47,7 @@ from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, den
 from .dense_lists import DEFAULT_PROBE, CentroidTable
 from .errors import IndexFormatError
 from .lexical import LearnedSparse, LexicalBlock, LexicalChannel, QueryTerms, joined
-from .search import (CHANNELS, DEFAULT_COLBERT_RERANK, check_finite, colbert_pruned, colbert_scores, dense_candidates,
+from .search import (CHANNELS, DEFAULT_COLBERT_RERANK, adaptive_rerank, check_finite, colbert_pruned, colbert_scores, dense_candidates,
                      beside, dense_exact, effective_weights, fuse, one_blas_thread, top_positive)
 from .segment import DiskSegment, MemSegment, Segment, gather_rows
 
@@ -247,6 +247,8 @@ class HybridIndex(StoreBase):
         self._codec_dir: Optional[str] = None
         self._spilled: dict[str, Path] = {}  # segments spill() wrote that no save committed yet
         self._spill_created: set[Path] = set()
+        self._pending_fds: dict[str, int] = {}  # shared flocks on the spilled segment folders
+        self._base: Optional[dict] = None  # the commit this handle last loaded / saved (see persistence)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -273,11 +275,18 @@ class HybridIndex(StoreBase):
     def _id_map(self) -> dict[str, tuple[Segment, int]]:
         if self._idmap is None:
             m: dict[str, tuple[Segment, int]] = {}
+            rows = 0
             for seg in self._all_segments():
                 ids = seg.ids_list()
                 dead = seg.dead
-                for r in np.flatnonzero(~dead[: seg.n]).tolist():
+                live = np.flatnonzero(~dead[: seg.n]).tolist()
+                rows += len(live)
+                for r in live:
                     m[ids[r]] = (seg, r)
+                if len(m) != rows:  # an id live in two rows: never made by add/upsert
+                    raise IndexFormatError(
+                        f"the index at {str(self._home)!r} is inconsistent (a document id is live in more than one "
+                        f"row, segment {seg.name}; a segment may be listed twice); rebuild it or restore a backup")
             self._idmap = m
         return self._idmap
 
@@ -736,9 +745,13 @@ class HybridIndex(StoreBase):
         ``shortlist``: rows (over all segments) rescored exactly after the Hamming prefilter (default
         ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows).
         ``colbert_rerank``: with a quantised ColBERT codec and weighted fusion, when there are more
-        candidates than this (default 32, at least ``k``), all are ranked by an estimated fused score
-        (a MaxSim estimate from an eighth of the coded coordinates) and only this many get the full
-        MaxSim and are ranked; ``0`` = full MaxSim on every candidate.
+        candidates than this (at least ``k``), all are ranked by an estimated fused score (a MaxSim
+        estimate from an eighth of the coded coordinates) and only this many get the full MaxSim and
+        are ranked; ``0`` = full MaxSim on every candidate. Default: 32 while ColBERT weighs at most
+        half of the fused weight, more above it (``32 * share / (1 - share)``), every candidate when
+        ColBERT alone is weighted (:func:`bgem3.index.search.adaptive_rerank`); an explicit value is
+        used as given. An index (or a query) with no dense or lexical channel takes every eligible
+        row as a candidate: a ColBERT-only index answers every query.
         ``dense_probe``: share of each saved segment's dense inverted lists whose rows the Hamming
         prefilter scans (default ``index.dense_probe``, 0.2; see :mod:`bgem3.index.dense_lists`);
         ``1.0`` scans every row."""
@@ -750,7 +763,7 @@ class HybridIndex(StoreBase):
         dq, qt, cq = self._check_queries(dense_q, sparse_q, colbert_q)
         short = _positive_int(shortlist, "shortlist") if shortlist is not None else max(1000, 10 * candidates)
         if colbert_rerank is None:
-            rerank = DEFAULT_COLBERT_RERANK
+            rerank = adaptive_rerank(DEFAULT_COLBERT_RERANK, w)
         elif isinstance(colbert_rerank, bool) or not isinstance(colbert_rerank, (int, np.integer)) or colbert_rerank < 0:
             raise ValueError(f"colbert_rerank must be an int >= 0 (0 = full MaxSim on every candidate); "
                              f"got {colbert_rerank!r}")
@@ -770,6 +783,9 @@ class HybridIndex(StoreBase):
                 return []
             el_all = np.concatenate(eligible)
             every_row = exhaustive or total <= candidates  # scored like exhaustive=True: no estimate shortcut
+            # no dense or lexical query to draw candidates from (a ColBERT-only index): every eligible
+            # row is a candidate, ranked by the MaxSim estimate and then exactly (never an empty answer)
+            colbert_only = dq is None and qt is None
             scan = dq is not None and not every_row and total > self.exact_dense_rows
 
             def lexical_and_query() -> tuple:
@@ -790,7 +806,7 @@ class HybridIndex(StoreBase):
                                                          self._centroids) if scan else (None, None))
             finally:
                 lex_all, prepared = side.result()
-            if every_row:
+            if every_row or colbert_only:
                 cand = np.flatnonzero(el_all)
             else:
                 parts = []
@@ -944,8 +960,15 @@ class HybridIndex(StoreBase):
         new: the rows added since (one new segment) and the tombstones of segments that lost rows.
         The commit is one atomic rename of ``manifest.json``, so a crash at any moment leaves the
         previous or the new state loadable. ``save`` refuses a non-empty folder that is not a saved
-        index, writes through a symlinked path into its target, and removes only files its own
-        earlier saves left behind.
+        index (and a ``segments/`` that is a symlink), writes through a symlinked path into its
+        target, and removes only files its own earlier saves left behind.
+
+        Several processes (or handles) may save to one folder: each commit holds the folder's
+        writer lock (``write.lock``, an OS file lock; waits up to 10 minutes, then
+        ``IndexLockTimeout`` naming the holder). If others committed since this handle was loaded
+        or last saved, its own changes (added rows, deletes) are replayed onto their commit; if both
+        changed the same id, :class:`~bgem3.index.persistence.SaveConflict` names it and nothing is
+        written (load again, redo, save). See docs/index.md, "Several writers, one folder".
         """
         from .persistence import save_index
 
@@ -985,7 +1008,11 @@ class HybridIndex(StoreBase):
                           allow_model_mismatch=allow_model_mismatch, verify=verify, **encoder_kwargs)
 
     def verify(self) -> None:
-        """Check every saved segment's SHA-256 checksums and values (reads the whole index)."""
+        """Check every saved segment's SHA-256 checksums and values, and that every live id is in
+        exactly one row across the segments (reads the whole index)."""
+        from .persistence import check_unique_ids
+
         with self._lock:
             for seg in self._segments:
                 seg.verify()
+            check_unique_ids(self._home, self._segments + ([self._tail] if self._tail.n else []))

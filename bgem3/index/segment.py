@@ -388,7 +388,12 @@ class DiskSegment(Segment):
         if self.record.get("deleted"):
             files[self.record["deleted"]["file"]] = self.record["deleted"]
         for fname, rec in files.items():
-            if sha256_file(self.folder / fname) != rec["sha256"]:
+            try:
+                digest = sha256_file(self.folder / fname)
+            except FileNotFoundError:  # removed by a later commit's cleanup while this one was read
+                raise IndexFormatError(f"{str(self.folder / fname)!r} is missing; the index is incomplete: rebuild "
+                                       "it or restore a backup") from None
+            if digest != rec["sha256"]:
                 raise IndexFormatError(f"{str(self.folder / fname)!r} does not match its SHA-256 checksum in the "
                                        "manifest: the file is corrupted; rebuild the index or restore a backup")
         check_values(self)
@@ -447,12 +452,16 @@ def gather_rows(seg: Segment, rows: np.ndarray, *, codec: Optional[ColbertCodec]
     return batch
 
 
-def write_segment(root: Path, seg: MemSegment) -> dict:
+def write_segment(root: Path, seg: MemSegment, name: Optional[str] = None) -> dict:
     """Write the tail as a new segment folder under ``root/segments``; returns its manifest record
-    (the segment is not part of the index until a manifest naming it is committed)."""
-    name = new_name("seg")
+    (the segment is not part of the index until a manifest naming it is committed). ``name``: a
+    segment folder the caller created (empty) for it."""
+    if name is None:
+        name = new_name("seg")
+        (root / SEGMENT_DIR / name).mkdir(parents=True)
     folder = root / SEGMENT_DIR / name
-    folder.mkdir(parents=True)
+    if not folder.is_dir() or folder.is_symlink():
+        raise FileNotFoundError(f"the segment folder {str(folder)!r} is not there")
     arrays: dict[str, np.ndarray] = {}
     for key, buf in seg.bufs.items():
         arrays[key] = buf.view
@@ -578,6 +587,10 @@ def open_segment(root: Path, rec: Any, *, dense: Optional[tuple[int, str]], lexi
     if lexical_extras is not None:
         check_blob_offsets(folder, "lex_indptr", arrays["lex_indptr"], len(arrays["lex_indices"]))
         check_blob_offsets(folder, "lex_term_ptr", arrays["lex_term_ptr"], len(arrays["lex_post_rows"]))
+        terms = arrays["lex_terms"]  # O(distinct terms): a query finds its terms by binary search in it
+        if len(terms) and (int(terms[0]) < 0 or (len(terms) > 1 and bool((np.diff(terms) <= 0).any()))
+                           or (vocab_size is not None and int(terms[-1]) >= vocab_size)):
+            raise bad(folder, "lex_terms are not increasing term ids of the vocabulary")
     if codec is not None:
         check_blob_offsets(folder, "col_offsets", arrays["col_offsets"], len(arrays["col_codes"]))
     if "dense_list_ptr" in arrays:

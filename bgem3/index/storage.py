@@ -10,13 +10,16 @@
       segments/seg-<hex>/*.npy   one immutable segment: dense, lexical CSR + postings, ColBERT
                                  codes + offsets, documents (ids, texts, metadata as UTF-8 blobs)
       segments/seg-<hex>/deleted-<hex>.npy   rows deleted since the segment was written
+      attach-<hex>.json          a file committed with the index (``bgem3 index``'s source list)
+      write.lock                 the writer lock (:mod:`bgem3.index.locking`); never deleted
 
 A save writes only what is new (new segments, changed tombstone files), fsyncs them, then
 writes ``manifest.json.tmp-<hex>`` and renames it over ``manifest.json``: that one rename is the
 commit, so a crash at any moment leaves either the previous or the new manifest, and every file
 a manifest names was complete before it was written. Files no manifest names (segments of an
-interrupted save, replaced tombstones) are removed by the next save. Nothing outside the
-names above is ever deleted.
+interrupted save, replaced tombstones) are removed by the next save, except an uncommitted
+segment a live process holds (its ``spill``). Nothing outside the names above is ever deleted,
+and nothing through a symlink.
 
 Opening memory-maps every array (``np.memmap``, read-only) after checking each ``.npy`` header
 against the manifest (shape, dtype, exact file size) before anything is mapped; offsets and
@@ -208,11 +211,15 @@ def open_npy(path: Path, rec: Mapping[str, Any], *, root: Any, shape: Optional[t
                                "the file is truncated or corrupted: rebuild the index or restore a backup")
     if nbytes == 0:
         return np.zeros(want_shape, dtype=want_dtype)
-    if load:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return np.frombuffer(f.read(nbytes), dtype=want_dtype).reshape(want_shape).copy()
-    return np.memmap(path, dtype=want_dtype, mode="r", offset=offset, shape=want_shape)
+    try:
+        if load:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return np.frombuffer(f.read(nbytes), dtype=want_dtype).reshape(want_shape).copy()
+        return np.memmap(path, dtype=want_dtype, mode="r", offset=offset, shape=want_shape)
+    except FileNotFoundError:  # removed since it was checked (a commit's cleanup raced this open)
+        raise IndexFormatError(f"{str(path)!r} is missing; the index is incomplete: rebuild it or restore a "
+                               "backup") from None
 
 
 def check_blob_offsets(root: Any, name: str, offsets: np.ndarray, total: int) -> None:
@@ -295,25 +302,38 @@ def is_saved_index(folder: Any) -> bool:
     size it records. A folder that merely contains some ``manifest.json`` is NOT an index (it
     is never replaced or deleted)."""
     root = Path(folder)
-    try:
-        if not root.is_dir():
+    for _ in range(5):  # a commit that replaced the manifest (and removed old files) meanwhile: look again
+        try:
+            if not root.is_dir():
+                return False
+            manifest = read_manifest(root)
+        except (IndexFormatError, OSError):
             return False
-        manifest = read_manifest(root)
-    except (IndexFormatError, OSError):
-        return False
-    return _lists_only_existing_files(root, manifest)
+        if _lists_only_existing_files(root, manifest):
+            return True
+        try:
+            if read_manifest(root) == manifest:
+                return False
+        except (IndexFormatError, OSError):
+            return False
+    return False
 
 
 def holds_only_uncommitted_segments(folder: Any) -> bool:
     """True for a folder whose only content is ``segments/`` holding only segment folders of ours
-    (``seg-<16 hex>`` with ``.npy`` files): what ``HybridIndex.spill`` wrote into a new folder
-    before any manifest was committed (a run killed before its save). Such a folder may be
-    saved into (its segments are then removed as leftovers); anything else is not ours."""
+    (``seg-<16 hex>`` with ``.npy`` files), and the writer lock file: what ``HybridIndex.spill``
+    wrote into a new folder before any manifest was committed (a run killed before its save).
+    Such a folder may be saved into (its segments are then removed as leftovers); anything else
+    is not ours."""
+    from .locking import LOCK_NAME
+
     root = Path(folder)
     try:
         if not root.is_dir() or root.is_symlink():
             return False
-        entries = list(root.iterdir())
+        entries = [p for p in root.iterdir() if not (p.name == LOCK_NAME and p.is_file() and not p.is_symlink())]
+        if not entries:
+            return True
         if [p.name for p in entries] != [SEGMENT_DIR] or not entries[0].is_dir() or entries[0].is_symlink():
             return False
         for seg in entries[0].iterdir():
@@ -327,14 +347,23 @@ def holds_only_uncommitted_segments(folder: Any) -> bool:
         return False
 
 
+_ATTACH_RE = re.compile(r"^attach-[0-9a-f]{16}\.json$")
+
+
 def our_leftovers(root: Path, manifest: Optional[dict]) -> list[Path]:
     """Files and folders inside ``root`` that a save of ours wrote and no committed manifest
-    names: interrupted-save segments, replaced tombstones and codec folders, stale manifest temp
-    files, and (after a v2 commit over a v1 index) the v1 files. Only our own names qualify."""
+    names: interrupted-save segments, replaced tombstones, codec folders and attachments, stale
+    manifest temp files, and (after a v2 commit over a v1 index) the v1 files. Only our own
+    names qualify; never anything reached through a symlink; never an uncommitted segment that
+    a live process still holds (a spill of another writer: it keeps a shared ``flock`` on the
+    segment folder until its save commits it). Call with the folder's writer lock held."""
+    from .locking import try_lock_dir
+
     out: list[Path] = []
     keep_segments: set[str] = set()
     keep_files: dict[str, set[str]] = {}
     keep_codec: set[str] = set()
+    keep_attach: set[str] = set()
     if manifest is not None and manifest.get("format_version") == FORMAT_VERSION:
         for seg in manifest.get("segments") or []:
             keep_segments.add(seg["name"])
@@ -342,30 +371,45 @@ def our_leftovers(root: Path, manifest: Optional[dict]) -> list[Path]:
         codec = manifest.get("codec")
         if isinstance(codec, dict) and isinstance(codec.get("dir"), str):
             keep_codec.add(codec["dir"])
+        for rec in (manifest.get("attachments") or {}).values():
+            if isinstance(rec, dict) and isinstance(rec.get("file"), str):
+                keep_attach.add(rec["file"])
         for name in V1_FILES:
-            if (root / name).is_file():
+            if (root / name).is_file() and not (root / name).is_symlink():
                 out.append(root / name)
     for p in root.glob(f"{MANIFEST}.tmp-*"):
         out.append(p)
+    for p in root.glob("attach-*.json"):
+        if _ATTACH_RE.match(p.name) and p.name not in keep_attach and p.is_file() and not p.is_symlink():
+            out.append(p)
     for p in root.glob("codec-*"):
-        if p.is_dir() and _NAME_RE.match(p.name) and p.name not in keep_codec:
+        if p.is_dir() and not p.is_symlink() and _NAME_RE.match(p.name) and p.name not in keep_codec:
             out.append(p)
     segdir = root / SEGMENT_DIR
-    if segdir.is_dir():
+    if segdir.is_dir() and not segdir.is_symlink():
         for p in segdir.iterdir():
-            if not (p.is_dir() and _NAME_RE.match(p.name) and p.name.startswith("seg-")):
+            if not (p.is_dir() and not p.is_symlink() and _NAME_RE.match(p.name) and p.name.startswith("seg-")):
                 continue
             if p.name not in keep_segments:
+                try:
+                    fd = try_lock_dir(p, shared=False)
+                except OSError:
+                    continue
+                if fd is None:
+                    continue  # another live writer's uncommitted segment
+                if fd >= 0:
+                    os.close(fd)  # nobody can take it meanwhile: new segments are locked under the writer lock
                 out.append(p)
                 continue
             for f in p.iterdir():
-                if f.name.startswith("deleted-") and f.name not in keep_files[p.name]:
+                if f.name.startswith("deleted-") and f.name not in keep_files[p.name] and not f.is_symlink():
                     out.append(f)
     return out
 
 
 def remove_ours(paths: Iterable[Path]) -> None:
-    """Delete what :func:`our_leftovers` found (files, and folders holding only our files)."""
+    """Delete what :func:`our_leftovers` found (files, and folders holding only our files);
+    never follows a symlink."""
     import shutil
 
     for p in paths:

@@ -141,6 +141,17 @@ def _payload_key(key: Any) -> str:
     return f"metadata.{key}" if plain else f'metadata."{key}"'
 
 
+#: Qdrant stores and matches integers as signed 64-bit
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_int64(v: Any, key: str) -> None:
+    if isinstance(v, int) and not isinstance(v, bool) and not _INT64[0] <= v <= _INT64[1]:
+        raise ValueError(f"filter value for {key!r} is {v}, outside the signed 64-bit range Qdrant stores integers "
+                         f"in ([{_INT64[0]}, {_INT64[1]}]); no stored document can match it. Pass a value in that "
+                         "range (or a str)")
+
+
 def _condition(path: str, value: Any, key: str):
     from qdrant_client import models
 
@@ -148,6 +159,7 @@ def _condition(path: str, value: Any, key: str):
         return models.IsEmptyCondition(is_empty=models.PayloadField(key=path))
     if isinstance(value, (bool, str)) or (isinstance(value, (int, np.integer)) and not isinstance(value, bool)):
         v = value.item() if isinstance(value, np.generic) else value
+        _check_int64(v, key)
         return models.FieldCondition(key=path, match=models.MatchValue(value=v))
     if isinstance(value, (float, np.floating)):
         v = float(value)
@@ -196,6 +208,8 @@ def to_qdrant_filter(filter: Optional[Mapping[str, Any]]):
                 isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values
             ):
                 vals = [v.item() if isinstance(v, np.generic) else v for v in values]
+                for v in vals:
+                    _check_int64(v, key)
                 must.append(models.FieldCondition(key=path, match=models.MatchAny(any=vals)))
             else:
                 must.append(models.Filter(should=[_condition(path, v, key) for v in values]))
@@ -659,7 +673,7 @@ class QdrantHybridStore(StoreBase):
         encoder's batch size; upserts go ``self.batch_size`` points at a time.
         """
         encoder = self._require_encoder("add")
-        texts, ids, metadatas = check_documents(texts, ids, metadatas, store="Qdrant", nonempty_ids=True)
+        texts, ids, metadatas = check_documents(texts, ids, metadatas, store="Qdrant")
         if not texts:
             return []
         chunk = max(self.batch_size, 256)
@@ -707,7 +721,7 @@ class QdrantHybridStore(StoreBase):
         colbert: Sequence[np.ndarray],
     ) -> list[str]:
         """Upsert documents whose vectors were computed already (``Encoder.encode_documents``)."""
-        texts, ids, metadatas = check_documents(texts, ids, metadatas, store="Qdrant", nonempty_ids=True)
+        texts, ids, metadatas = check_documents(texts, ids, metadatas, store="Qdrant")
         n = len(texts)
         dense = np.asarray(dense, dtype=np.float32)
         if dense.ndim != 2 or dense.shape[0] != n:
@@ -857,6 +871,10 @@ class QdrantHybridStore(StoreBase):
     @readable_errors
     def __contains__(self, doc_id: object) -> bool:
         if not isinstance(doc_id, str):
+            return False
+        try:
+            doc_id.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: never an id of a stored document (add refuses it)
             return False
         return bool(self.client.retrieve(self.collection_name, ids=[point_id(doc_id)], with_payload=False))
 
