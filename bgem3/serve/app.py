@@ -9,7 +9,9 @@ Routes:
 ``GET /health``              200 while the batcher runs, 503 once shutdown began (never needs a key)
 ``POST /v1/embeddings``      OpenAI embeddings (``float`` or ``base64``)
 ``GET /v1/models``           OpenAI model list
-``POST /encode``             ours: dense + lexical + ColBERT in one call, query/document side
+``POST /encode``             ours: dense + lexical + ColBERT in one call, query/document side;
+                             ColBERT is float16 unless ``"colbert_dtype": "float32"`` (``/info``
+                             says so under ``bgem3.encode_defaults``; RemoteEncoder asks float32)
 ``GET /metrics``             Prometheus text format
 =========================  ===================================================================
 
@@ -46,12 +48,13 @@ from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .metrics import Metrics
 from .scheduler import Batcher, BatchResult, QueueFull, ShuttingDown
+from .textcut import cut_texts
 from .shapes import (ApiError, encode_array, openai_error, parse_encode, parse_openai, parse_tei, tei_error)
 
 try:  # fast JSON (in the `serve` extra); the stdlib otherwise (~15x slower on a batch of vectors)
@@ -65,6 +68,21 @@ __all__ = ["ServeConfig", "create_app"]
 
 #: requests of at most this many characters are tokenised on the event loop; longer ones in a thread
 _INLINE_TOKENIZE_CHARS = 4096
+#: longer requests are tokenised this many characters at a time (after the cut), so the running token
+#: total and the deadline are checked between slices
+_SLICE_CHARS = 65536
+
+
+def _slices(texts: list[str], chars: int) -> list[tuple[int, int]]:
+    """``(start, end)`` runs of ``texts`` of about ``chars`` characters each (at least one text)."""
+    out, start, size = [], 0, 0
+    for i, t in enumerate(texts):
+        if i > start and size + len(t) > chars:
+            out.append((start, i))
+            start, size = i, 0
+        size += len(t)
+    out.append((start, len(texts)))
+    return out
 
 
 @dataclass
@@ -139,6 +157,7 @@ class _Server:
     """State of one app: encoder, config, batcher, metrics."""
 
     def __init__(self, encoder: Any, config: ServeConfig) -> None:
+        self._key = check_api_key(config.api_key).encode("ascii") if config.api_key else None
         self.encoder = encoder
         self.config = config
         self.metrics = Metrics()
@@ -149,7 +168,6 @@ class _Server:
         self.max_input_length = min(config.max_input_length or encoder.max_length, encoder.model_max_length)
         self.aliases = {self.name, os.path.basename(os.path.normpath(self.name)), str(encoder.model_name),
                         os.path.basename(os.path.normpath(str(encoder.model_name)))}
-        self._key = config.api_key.encode() if config.api_key else None
         self.draining = False
         tok = getattr(encoder, "tokenizer", None)
         self._loop_tokenizer = copy.deepcopy(tok) if tok is not None else None
@@ -165,12 +183,24 @@ class _Server:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._key):
+        # header values arrive latin-1 decoded: back to their bytes, compared with the (ASCII) key's
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1", "replace"),
+                                                                 self._key):
             raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>' with the "
                                 "key the server was started with (--api-key)", kind="Unauthorized",
                            headers={"WWW-Authenticate": "Bearer"})
 
     async def read_json(self, request: Request) -> Any:
+        """The request's JSON body, within ``--max-body-bytes``. The body must be declared
+        ``Content-Type: application/json`` (415 otherwise): a browser's cross-site "simple" POST
+        (``text/plain``, form types) cannot send that without a CORS preflight, which this server
+        never grants. Every route reading a body goes through here."""
+        ctype = request.headers.get("content-type", "")
+        media = ctype.split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            shown = repr(ctype) if ctype else "none"
+            raise ApiError(415, f"the request body must be JSON sent with 'Content-Type: application/json' "
+                                f"(got {shown})", kind="Validation")
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -200,29 +230,62 @@ class _Server:
             return [prof.format_passage(t) for t in texts]
         return texts
 
-    async def tokenize(self, texts: list[str], truncate: Optional[bool], max_length: Optional[int]) -> list:
+    def deadline(self, request: Request) -> float:
+        """The request's deadline (``time.monotonic()``): ``--request-timeout`` seconds after its
+        body was read, set on the first call. Tokenising and queueing both spend from it."""
+        return request.scope.setdefault("bgem3.deadline", time.monotonic() + self.config.request_timeout)
+
+    def timed_out(self) -> ApiError:
+        return ApiError(504, f"the request did not finish within {self.config.request_timeout:g} s "
+                             "(--request-timeout); the server is busy: retry, or send fewer texts",
+                        kind="Timeout", headers={"Retry-After": "1"})
+
+    async def tokenize(self, texts: list[str], truncate: Optional[bool], max_length: Optional[int],
+                       request: Optional[Request] = None) -> list:
+        """Token ids of ``texts`` under the request's limits. Each long text is first cut to what the
+        model can read (:func:`~bgem3.serve.textcut.cut_texts`: the tokens kept are unchanged);
+        texts are then tokenised a slice at a time, so a request over ``--max-request-tokens`` is
+        refused as soon as its running total passes the limit, and one past its deadline gets 504."""
         ml = min(max_length or self.max_input_length, self.max_input_length)
         truncate = self.config.auto_truncate if truncate is None else truncate
         check = ml if truncate else ml + 1
         if not texts:
             return []
+        deadline = self.deadline(request) if request is not None else time.monotonic() + self.config.request_timeout
+        limit = self.config.max_request_tokens
         if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS and self._loop_tokenizer is not None:
             # short requests: tokenise right here with the event loop's own tokenizer copy (no lock
             # shared with other threads, no thread hop: under CPU contention each hop costs a time slice)
             ids = self._loop_tokenizer(list(texts), truncation=True, max_length=check, padding=False,
                                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            total = sum(len(r) for r in ids)
         else:
-            ids = await asyncio.to_thread(self.encoder.tokenize, texts, check)
+            ids, total = [], 0
+            for a, b in _slices(texts, _SLICE_CHARS):
+                if time.monotonic() > deadline:
+                    raise self.timed_out()
+                part = await asyncio.to_thread(self._tokenize_slice, texts[a:b], check)
+                ids.extend(part)
+                total += sum(len(r) for r in part)
+                if total > limit:
+                    break
         if not truncate:
             for i, row in enumerate(ids):
                 if len(row) > ml:
                     raise ApiError(413, f"input {i} is longer than {ml} tokens; send shorter text or "
                                         "\"truncate\": true (the server truncates on the right)")
-        total = sum(len(r) for r in ids)
-        if total > self.config.max_request_tokens:
-            raise ApiError(413, f"the request has {total} tokens; this server takes at most "
-                                f"{self.config.max_request_tokens} per request (--max-request-tokens): split it")
+        if total > limit:
+            more = "" if len(ids) == len(texts) else f" in its first {len(ids)} of {len(texts)} texts"
+            raise ApiError(413, f"the request has {total} tokens{more}; this server takes at most "
+                                f"{limit} per request (--max-request-tokens): split it")
         return ids
+
+    def _tokenize_slice(self, texts: list[str], max_length: int) -> list:
+        """Cut, then tokenise (in a worker thread)."""
+        enc = self.encoder
+        lock = getattr(enc, "_tokenizer_lock", None)
+        cut = cut_texts(enc.tokenizer, texts, max_length, lock=lock)
+        return enc.tokenize(cut, max_length)
 
     async def run(self, request: Request, ids: list, *, dense: bool, sparse: bool, colbert: bool) -> BatchResult:
         """Submit to the batcher; give up on client disconnect or timeout."""
@@ -232,8 +295,8 @@ class _Server:
         work = asyncio.ensure_future(self.batcher.submit(ids, dense=dense, sparse=sparse, colbert=colbert))
         gone = asyncio.ensure_future(_wait_disconnect(request))
         try:
-            done, _ = await asyncio.wait({work, gone}, timeout=self.config.request_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            left = max(0.0, self.deadline(request) - time.monotonic())
+            done, _ = await asyncio.wait({work, gone}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
         if work in done:
@@ -254,9 +317,7 @@ class _Server:
             await work
         if gone in done:
             raise _ClientGone()
-        raise ApiError(504, f"the request did not finish within {self.config.request_timeout:g} s "
-                            "(--request-timeout); the server is busy: retry, or send fewer texts",
-                       kind="Timeout", headers={"Retry-After": "1"})
+        raise self.timed_out()
 
     def check_dims(self, dims: Optional[int]) -> None:
         if dims is not None and dims != self.encoder.hidden_size:
@@ -283,14 +344,14 @@ class _Server:
         req = parse_tei(body, sparse=False, max_texts=self.config.max_client_batch_size)
         self.check_dims(req.dimensions)
         self.check_normalize(req.normalize)
-        ids = await self.tokenize(self.template(req.texts, req.side), req.truncate, None)
+        ids = await self.tokenize(self.template(req.texts, req.side), req.truncate, None, request)
         res = await self.run(request, ids, dense=True, sparse=False, colbert=False)
         return _json(np.ascontiguousarray(self.dense_rows(res, req.normalize), dtype=np.float32))
 
     async def tei_embed_sparse(self, request: Request) -> Response:
         body = await self.read_json(request)
         req = parse_tei(body, sparse=True, max_texts=self.config.max_client_batch_size)
-        ids = await self.tokenize(self.template(req.texts, req.side), req.truncate, None)
+        ids = await self.tokenize(self.template(req.texts, req.side), req.truncate, None, request)
         res = await self.run(request, ids, dense=False, sparse=True, colbert=False)
         return _json([[{"index": int(i), "value": float(w[i])} for i in sorted(w)] for w in res.sparse])
 
@@ -301,7 +362,7 @@ class _Server:
             raise ApiError(404, f"model {req.model!r} is not served here; this server serves {self.name!r} "
                                 "(GET /v1/models)", param="model")
         self.check_dims(req.dimensions)
-        ids = await self.tokenize(req.texts, None, None)
+        ids = await self.tokenize(req.texts, None, None, request)
         res = await self.run(request, ids, dense=True, sparse=False, colbert=False)
         dense = np.ascontiguousarray(self.dense_rows(res, True), dtype=np.float32)
         data = [{"object": "embedding", "index": i,
@@ -313,7 +374,8 @@ class _Server:
     async def encode(self, request: Request) -> Response:
         body = await self.read_json(request)
         req = parse_encode(body, max_texts=self.config.max_client_batch_size)
-        ids = await self.tokenize(self.template(req.texts, req.side, req.task), req.truncate, req.max_length)
+        ids = await self.tokenize(self.template(req.texts, req.side, req.task), req.truncate, req.max_length,
+                                  request)
         res = await self.run(request, ids, dense=req.dense, sparse=req.sparse, colbert=req.colbert)
         h = int(self.encoder.hidden_size)
         out: dict[str, Any] = {"model": self.name, "dim": h, "count": len(ids),
@@ -352,6 +414,8 @@ class _Server:
                 "profile": asdict(prof), "vocab_size": int(enc.vocab_size),
                 "model_max_length": int(enc.model_max_length), "max_request_tokens": c.max_request_tokens,
                 "max_body_bytes": c.max_body_bytes, "device": str(enc.device),
+                # POST /encode sends ColBERT rows as float16 unless the request says "colbert_dtype": "float32"
+                "encode_defaults": {"colbert_dtype": "float16", "encoding": "base64", "side": "raw"},
             },
         }
         return _json(body)
@@ -369,6 +433,21 @@ class _Server:
         texts, tokens = self.batcher.depth()
         text = self.metrics.render(queue_texts=texts, queue_tokens=tokens, in_flight=self.batcher.in_flight)
         return Response(text, media_type="text/plain; version=0.0.4")
+
+
+def check_api_key(key: str) -> str:
+    """``key`` if it can be sent in an HTTP header and matched; else a ``ValueError`` saying why.
+
+    Header values travel as bytes that servers read as latin-1, while clients encode a ``str``
+    key in ways that differ (ASCII-only in httpx and requests, UTF-8 elsewhere): a key with
+    non-ASCII characters, spaces or control characters would never match reliably."""
+    if not isinstance(key, str) or not key:
+        raise ValueError("--api-key must be a non-empty string")
+    bad = [c for c in key if not (33 <= ord(c) <= 126)]
+    if bad:
+        raise ValueError(f"--api-key contains {bad[0]!r}, which an HTTP header cannot carry reliably; use printable "
+                         "ASCII without spaces (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    return key
 
 
 class _ClientGone(Exception):
@@ -390,7 +469,7 @@ def _wrap(server: _Server, route: str, handler: Callable[[Request], Awaitable[Re
             response = await handler(request)
         except ApiError as err:
             response = _json(openai_error(err) if openai else tei_error(err), err.status, err.headers)
-        except _ClientGone:
+        except (_ClientGone, ClientDisconnect):
             response = Response(b"", status_code=499)
         except Exception as exc:  # a bug: say so in the API's shape, keep serving
             logger.exception("unexpected error on %s", route)
