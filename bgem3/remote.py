@@ -34,6 +34,7 @@ import random
 import threading
 import time
 import weakref
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -141,6 +142,9 @@ class RemoteEncoder(Encoder):
             self._has_heads = bool(ours["has_heads"])
             self.colbert_dim = int(ours["colbert_dim"]) if ours.get("colbert_dim") else None
             self.profile = Profile(**prof)
+            if self.profile.examples is not None:
+                self.profile = replace(self.profile, examples=tuple(self.profile.examples))
+            self._server_profile = self.profile  # templates the server applies itself (see _side)
             self.model_max_length = int(info["max_input_length"])
             self.vocab_size = int(ours["vocab_size"])
             self.device = str(ours.get("device", "remote"))
@@ -219,7 +223,97 @@ class RemoteEncoder(Encoder):
                colbert: bool = False, batch_size: Optional[int] = None, max_length: Optional[int] = None,
                show_progress: Optional[bool] = None) -> EncodeOutput:
         """Encode texts as they are (no template) on the server; same output as :meth:`Encoder.encode`."""
-        texts, chunks, body = self._prepare(texts, dense, sparse, colbert, batch_size, max_length)
+        return self._send(_check_texts(texts), None, dense, sparse, colbert, batch_size, max_length, show_progress)
+
+    async def aencode(self, texts: Union[str, Sequence[str]], *, dense: bool = True, sparse: bool = False,
+                      colbert: bool = False, batch_size: Optional[int] = None, max_length: Optional[int] = None,
+                      show_progress: Optional[bool] = None) -> EncodeOutput:
+        """Async :meth:`encode` (requests in flight ``concurrency`` at a time)."""
+        return await self._asend(_check_texts(texts), None, dense, sparse, colbert, batch_size, max_length)
+
+    def encode_queries(self, texts: Union[str, Sequence[str]], *, task: Optional[str] = None,  # type: ignore[override]
+                       examples: Optional[Sequence[dict]] = None, **kwargs: Any) -> EncodeOutput:
+        """:meth:`Encoder.encode_queries` on the server: with the server's own profile the server applies
+        the template (``"side": "query"``, with ``task`` and bge-en-icl ``examples``), exactly as a local
+        encoder of the same folder would (prompt left out of pooling, few-shot layout included)."""
+        texts = _check_texts(texts)
+        side = self._side("query", texts, task, examples)
+        if side is None:  # a facade's own templates on a plain profile: applied here, sent raw
+            return super().encode_queries(texts, task=task, examples=examples, **kwargs)
+        return self._send(texts, side, **_encode_kwargs(kwargs))
+
+    def encode_documents(self, texts: Union[str, Sequence[str]], *, task: Optional[str] = None,  # type: ignore[override]
+                         **kwargs: Any) -> EncodeOutput:
+        """:meth:`Encoder.encode_documents` on the server (``"side": "document"``; see :meth:`encode_queries`)."""
+        texts = _check_texts(texts)
+        side = self._side("document", texts, task, None)
+        if side is None:
+            return super().encode_documents(texts, task=task, **kwargs)
+        return self._send(texts, side, **_encode_kwargs(kwargs))
+
+    async def aencode_queries(self, texts: Union[str, Sequence[str]], *, task: Optional[str] = None,
+                              examples: Optional[Sequence[dict]] = None, **kwargs: Any) -> EncodeOutput:
+        """Async :meth:`encode_queries`."""
+        texts = _check_texts(texts)
+        side = self._side("query", texts, task, examples)
+        if side is None:
+            formatted = [self.profile.format_query(t, task) for t in texts]
+            return await self.aencode(formatted, **kwargs)
+        kw = _encode_kwargs(kwargs)
+        kw.pop("show_progress", None)
+        return await self._asend(texts, side, **kw)
+
+    async def aencode_documents(self, texts: Union[str, Sequence[str]], *, task: Optional[str] = None,
+                                **kwargs: Any) -> EncodeOutput:
+        """Async :meth:`encode_documents`."""
+        texts = _check_texts(texts)
+        side = self._side("document", texts, task, None)
+        if side is None:
+            return await self.aencode([self.profile.format_passage(t, task) for t in texts], **kwargs)
+        kw = _encode_kwargs(kwargs)
+        kw.pop("show_progress", None)
+        return await self._asend(texts, side, **kw)
+
+    # ------------------------------------------------------------------ internals
+    def _side(self, side: str, texts: list[str], task: Optional[str], examples: Any) -> Optional[dict]:
+        """The request fields that let the server template ``texts`` (``None``: template them here).
+
+        The server templates whenever this encoder's profile is the server's (the usual case): one
+        templating path, the server's, with its tokenizer (which a prompt left out of pooling and
+        bge-en-icl's few-shot layout need). A view with a facade's own templates is templated here
+        when its profile needs no tokenizer for that, and refused otherwise."""
+        prof = self.profile
+        server = self.__dict__.get("_server_profile", prof)
+        if examples is not None and not prof.icl:
+            raise ValueError(f"examples= is for in-context-learning profiles (bge-en-icl); the {prof.name!r} profile "
+                             "takes none")
+        same = replace(prof, normalize=server.normalize) == server
+        if not same:
+            if prof.icl or not prof.include_prompt:
+                raise ValueError(f"custom templates on the {prof.name!r} profile need the model's tokenizer (the "
+                                 "prompt is left out of pooling, or few-shot examples are laid out by tokens), which "
+                                 f"is on the server at {self.url}: start `bgem3 serve` with those templates instead")
+            return None
+        # the same checks as a local encoder, before anything is sent
+        if side == "query" and task is not None and not prof.icl and prof.task_instructions is None and \
+                not (prof.query_template and "{task}" in prof.query_template):
+            raise ValueError(f"task={task!r} was given but the {prof.name!r} profile's query template "
+                             f"({prof.query_template!r}) has no {{task}}; use an instruct profile")
+        fmt = prof.format_query if side == "query" else prof.format_passage
+        est = [fmt(t, task) for t in texts]  # raises like a local encoder for a task the profile lacks
+        fields: dict = {"side": side}
+        if task is not None:
+            fields["task"] = task
+        if examples is not None:
+            from .encoder import _check_examples
+
+            fields["examples"] = [dict(e) for e in _check_examples(examples)]
+        return {"fields": fields, "est": est}
+
+    def _send(self, texts: list[str], side: Optional[dict], dense: bool = True, sparse: bool = False,
+              colbert: bool = False, batch_size: Optional[int] = None, max_length: Optional[int] = None,
+              show_progress: Optional[bool] = None) -> EncodeOutput:
+        chunks, body = self._prepare(texts, side, dense, sparse, colbert, batch_size, max_length)
         if len(chunks) <= 1 or self.concurrency == 1:
             parts = [self._request_sync("POST", "/encode", dict(body, inputs=texts[a:b])) for a, b in
                      self._progress(chunks, show_progress)]
@@ -230,11 +324,10 @@ class RemoteEncoder(Encoder):
                 parts = [f.result() for f in self._progress(futures, show_progress)]
         return self._assemble(parts, [b - a for a, b in chunks], dense, sparse, colbert, texts, body["max_length"])
 
-    async def aencode(self, texts: Union[str, Sequence[str]], *, dense: bool = True, sparse: bool = False,
-                      colbert: bool = False, batch_size: Optional[int] = None, max_length: Optional[int] = None,
-                      show_progress: Optional[bool] = None) -> EncodeOutput:
-        """Async :meth:`encode` (requests in flight ``concurrency`` at a time)."""
-        texts, chunks, body = self._prepare(texts, dense, sparse, colbert, batch_size, max_length)
+    async def _asend(self, texts: list[str], side: Optional[dict], dense: bool = True, sparse: bool = False,
+                     colbert: bool = False, batch_size: Optional[int] = None, max_length: Optional[int] = None,
+                     ) -> EncodeOutput:
+        chunks, body = self._prepare(texts, side, dense, sparse, colbert, batch_size, max_length)
         sem = asyncio.Semaphore(self.concurrency)
 
         async def one(a: int, b: int) -> dict:
@@ -245,20 +338,7 @@ class RemoteEncoder(Encoder):
         return self._assemble(list(parts), [b - a for a, b in chunks], dense, sparse, colbert, texts,
                               body["max_length"])
 
-    async def aencode_queries(self, texts: Union[str, Sequence[str]], *, task: Optional[str] = None,
-                              **kwargs: Any) -> EncodeOutput:
-        """Async :meth:`encode_queries` (the profile's query template, applied here as the server would)."""
-        texts = _check_texts(texts)
-        return await self.aencode([self.profile.format_query(t, task) for t in texts], **kwargs)
-
-    async def aencode_documents(self, texts: Union[str, Sequence[str]], **kwargs: Any) -> EncodeOutput:
-        """Async :meth:`encode_documents` (the profile's passage template)."""
-        texts = _check_texts(texts)
-        return await self.aencode([self.profile.format_passage(t) for t in texts], **kwargs)
-
-    # ------------------------------------------------------------------ internals
-    def _prepare(self, texts, dense, sparse, colbert, batch_size, max_length):
-        texts = _check_texts(texts)
+    def _prepare(self, texts, side, dense, sparse, colbert, batch_size, max_length):
         if (sparse or colbert) and not self.has_heads:
             wanted = [n for n, on in (("sparse", sparse), ("colbert", colbert)) if on]
             raise ValueError(f"{' and '.join(wanted)} output needs BGE-M3's heads, which the model served at "
@@ -271,13 +351,18 @@ class RemoteEncoder(Encoder):
                                                              self.model_max_length)
         body = {"dense": bool(dense), "sparse": bool(sparse), "colbert": bool(colbert), "side": "raw",
                 "encoding": "base64", "colbert_dtype": self.colbert_dtype, "max_length": ml, "truncate": True}
-        return texts, self._chunks(texts, bs, ml), body
+        if side is not None:
+            body.update(side["fields"])
+        est = side["est"] if side is not None else texts
+        return self._chunks(est, bs, ml, extra_bytes=len(repr(body))), body
 
-    def _chunks(self, texts: list[str], batch_size: int, max_length: int) -> list[tuple[int, int]]:
-        """Cut ``texts`` into requests the server accepts: <= batch_size texts, a token bound
-        (a text has at most ``len(chars) + 2`` tokens, and at most ``max_length``) and a byte bound."""
+    def _chunks(self, texts: list[str], batch_size: int, max_length: int, extra_bytes: int = 0
+                ) -> list[tuple[int, int]]:
+        """Cut ``texts`` (as the server will tokenise them: templated) into requests the server
+        accepts: <= batch_size texts, a token bound (a text has at most ``len(chars) + 2`` tokens,
+        and at most ``max_length``) and a byte bound (``extra_bytes``: the rest of the body)."""
         chunks, start, tokens, size = [], 0, 0, 0
-        byte_cap = int(self.max_body_bytes * 0.8)
+        byte_cap = max(1, int(self.max_body_bytes * 0.8) - 2 * extra_bytes)
         for i, t in enumerate(texts):
             tok = min(len(t) + 2, max_length)
             nbytes = len(t.encode("utf-8", "surrogatepass")) * 2 + 8  # JSON escaping headroom
@@ -500,6 +585,14 @@ class RemoteEncoder(Encoder):
 
 async def _one(content: bytes) -> Any:
     yield content
+
+
+def _encode_kwargs(kwargs: dict) -> dict:
+    allowed = ("dense", "sparse", "colbert", "batch_size", "max_length", "show_progress")
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown}; encode takes {', '.join(allowed)}")
+    return dict(kwargs)
 
 
 #: answers other than /encode's (/info, errors) are read up to this many bytes

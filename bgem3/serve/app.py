@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import hmac
 import json
 import logging
@@ -222,13 +223,57 @@ class _Server:
             raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON object with "
                                 "'Content-Type: application/json'") from None
 
-    def template(self, texts: list[str], side: str, task: Optional[str] = None) -> list[str]:
+    def template(self, texts: list[str], side: str, task: Optional[str] = None,
+                 examples: Optional[list] = None) -> list[str]:
+        """The texts as the model's templates make them (what limits are counted on), with the
+        checks a local ``Encoder.encode_queries`` / ``encode_documents`` makes (422 instead of ``ValueError``)."""
         prof = self.encoder.profile
-        if side == "query":
-            return [prof.format_query(t, task) for t in texts]
-        if side == "document":
-            return [prof.format_passage(t) for t in texts]
+        if examples is not None and not prof.icl:
+            raise ApiError(422, f"`examples` are for in-context-learning models (bge-en-icl); {self.name!r} takes none",
+                           param="examples")
+        try:
+            if side == "query":
+                tmpl = prof.query_template
+                if task is not None and not prof.icl and prof.task_instructions is None and \
+                        not (tmpl and "{task}" in tmpl):
+                    raise ValueError(f"`task` {task!r} was given but the {prof.name!r} profile's query template "
+                                     f"({tmpl!r}) has no {{task}}")
+                return [prof.format_query(t, task) for t in texts]
+            if side == "document":
+                return [prof.format_passage(t, task) for t in texts]
+        except ValueError as exc:
+            raise ApiError(422, str(exc), param="task") from None
         return texts
+
+    def whole_request(self, side: str) -> bool:
+        """Whether ``side`` needs the encoder's own query / document path (not token-level batching):
+        bge-en-icl queries (few-shot layout by tokens) and profiles that leave the prompt out of pooling."""
+        prof = self.encoder.profile
+        return side != "raw" and ((side == "query" and prof.icl) or not prof.include_prompt)
+
+    async def encode_texts(self, request: Request, texts: list[str], side: str, *, task: Optional[str] = None,
+                           examples: Optional[list] = None, truncate: Optional[bool] = None,
+                           max_length: Optional[int] = None, dense: bool = True, sparse: bool = False,
+                           colbert: bool = False) -> BatchResult:
+        """Template, check the limits, encode: the one way every route turns texts into rows, so a
+        text gets the vector a local ``Encoder`` gives it (``encode`` / ``encode_queries`` /
+        ``encode_documents`` by ``side``) whichever route it came by."""
+        ids = await self.tokenize(self.template(texts, side, task, examples), truncate, max_length, request)
+        if not self.whole_request(side):
+            return await self.run(request, ids, dense=dense, sparse=sparse, colbert=colbert)
+        enc = self.encoder
+        ml = min(max_length or self.max_input_length, self.max_input_length)
+        lock = getattr(enc, "_tokenizer_lock", None)
+        cut = await asyncio.to_thread(cut_texts, enc.tokenizer, texts, ml, lock=lock)
+        kwargs: dict = dict(task=task, dense=dense, sparse=sparse, colbert=colbert, max_length=ml, show_progress=False)
+        if side == "query":
+            fn = functools.partial(enc.encode_queries, cut, examples=examples, **kwargs)
+        else:
+            fn = functools.partial(enc.encode_documents, cut, **kwargs)
+        tokens = sum(len(r) for r in ids)
+        out = await self.run(request, None, dense=dense, sparse=sparse, colbert=colbert,
+                             call=(fn, len(texts), tokens))
+        return BatchResult(out.dense, out.sparse, out.colbert, np.asarray(out.token_counts, dtype=np.int64))
 
     def deadline(self, request: Request) -> float:
         """The request's deadline (``time.monotonic()``): ``--request-timeout`` seconds after its
@@ -287,12 +332,18 @@ class _Server:
         cut = cut_texts(enc.tokenizer, texts, max_length, lock=lock)
         return enc.tokenize(cut, max_length)
 
-    async def run(self, request: Request, ids: list, *, dense: bool, sparse: bool, colbert: bool) -> BatchResult:
-        """Submit to the batcher; give up on client disconnect or timeout."""
+    async def run(self, request: Request, ids: Optional[list], *, dense: bool, sparse: bool, colbert: bool,
+                  call: Optional[tuple] = None) -> Any:
+        """Submit to the batcher (token ids, or ``call`` = ``(fn, texts, tokens)`` for
+        :meth:`Batcher.submit_call`); give up on client disconnect or the request's deadline."""
         if (sparse or colbert) and not self.encoder.has_heads:
             raise ApiError(422, f"lexical / ColBERT output needs BGE-M3's head files, which the served model "
                                 f"{self.name!r} does not have; ask for dense only", kind="Validation")
-        work = asyncio.ensure_future(self.batcher.submit(ids, dense=dense, sparse=sparse, colbert=colbert))
+        if call is not None:
+            fn, n, tokens = call
+            work = asyncio.ensure_future(self.batcher.submit_call(fn, texts=n, tokens=tokens))
+        else:
+            work = asyncio.ensure_future(self.batcher.submit(ids, dense=dense, sparse=sparse, colbert=colbert))
         gone = asyncio.ensure_future(_wait_disconnect(request))
         try:
             left = max(0.0, self.deadline(request) - time.monotonic())
@@ -344,15 +395,13 @@ class _Server:
         req = parse_tei(body, sparse=False, max_texts=self.config.max_client_batch_size)
         self.check_dims(req.dimensions)
         self.check_normalize(req.normalize)
-        ids = await self.tokenize(self.template(req.texts, req.side), req.truncate, None, request)
-        res = await self.run(request, ids, dense=True, sparse=False, colbert=False)
+        res = await self.encode_texts(request, req.texts, req.side, truncate=req.truncate)
         return _json(np.ascontiguousarray(self.dense_rows(res, req.normalize), dtype=np.float32))
 
     async def tei_embed_sparse(self, request: Request) -> Response:
         body = await self.read_json(request)
         req = parse_tei(body, sparse=True, max_texts=self.config.max_client_batch_size)
-        ids = await self.tokenize(self.template(req.texts, req.side), req.truncate, None, request)
-        res = await self.run(request, ids, dense=False, sparse=True, colbert=False)
+        res = await self.encode_texts(request, req.texts, req.side, truncate=req.truncate, dense=False, sparse=True)
         return _json([[{"index": int(i), "value": float(w[i])} for i in sorted(w)] for w in res.sparse])
 
     async def openai_embeddings(self, request: Request) -> Response:
@@ -362,8 +411,7 @@ class _Server:
             raise ApiError(404, f"model {req.model!r} is not served here; this server serves {self.name!r} "
                                 "(GET /v1/models)", param="model")
         self.check_dims(req.dimensions)
-        ids = await self.tokenize(req.texts, None, None, request)
-        res = await self.run(request, ids, dense=True, sparse=False, colbert=False)
+        res = await self.encode_texts(request, req.texts, "raw")
         dense = np.ascontiguousarray(self.dense_rows(res, True), dtype=np.float32)
         data = [{"object": "embedding", "index": i,
                  "embedding": encode_array(row) if req.base64 else row} for i, row in enumerate(dense)]
@@ -374,14 +422,15 @@ class _Server:
     async def encode(self, request: Request) -> Response:
         body = await self.read_json(request)
         req = parse_encode(body, max_texts=self.config.max_client_batch_size)
-        ids = await self.tokenize(self.template(req.texts, req.side, req.task), req.truncate, req.max_length,
-                                  request)
-        res = await self.run(request, ids, dense=req.dense, sparse=req.sparse, colbert=req.colbert)
+        res = await self.encode_texts(request, req.texts, req.side, task=req.task, examples=req.examples,
+                                      truncate=req.truncate, max_length=req.max_length, dense=req.dense,
+                                      sparse=req.sparse, colbert=req.colbert)
         h = int(self.encoder.hidden_size)
-        out: dict[str, Any] = {"model": self.name, "dim": h, "count": len(ids),
+        n = len(req.texts)
+        out: dict[str, Any] = {"model": self.name, "dim": h, "count": n,
                                "token_counts": [int(x) for x in res.token_counts]}
         if req.dense:
-            out["dense"] = ({"dtype": "float32", "shape": [len(ids), h], "data": encode_array(res.dense)}
+            out["dense"] = ({"dtype": "float32", "shape": [n, h], "data": encode_array(res.dense)}
                             if req.encoding == "base64" else np.ascontiguousarray(res.dense, dtype=np.float32))
         if req.sparse:
             out["sparse"] = [{"indices": [int(i) for i in sorted(w)], "values": [float(w[i]) for i in sorted(w)]}
