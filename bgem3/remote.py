@@ -10,8 +10,10 @@ classes also accept the URL itself where they take a model name.
 
 Transport: one pooled ``httpx`` client (keep-alive), bounded retries with exponential
 backoff on 429 / 502 / 503 / 504 and connection errors (``Retry-After`` honoured, capped),
-a timeout per request, long lists split into requests under the server's limits and sent
-``concurrency`` at a time. Async twins (``aencode``, ``aencode_queries``,
+a total deadline per request (``timeout``: connect to last byte, however the server paces its
+bytes), answers checked field by field against what was asked and ``/info`` and bounded in size
+while they stream (:func:`check_encode_answer`, :func:`answer_bytes_bound`), long lists split into
+requests under the server's limits and sent ``concurrency`` at a time. Async twins (``aencode``, ``aencode_queries``,
 ``aencode_documents``) for the frameworks' ``aembed_*``.
 
 Example::
@@ -81,7 +83,7 @@ class RemoteEncoder(Encoder):
     Args:
         url: the server, e.g. ``"http://127.0.0.1:8080"`` (a path prefix behind a proxy is kept).
         api_key: the server's ``--api-key`` (default: ``$BGEM3_API_KEY``), sent as a bearer token.
-        timeout: seconds for one HTTP request (connect + wait + read).
+        timeout: seconds one HTTP request may take in all, connect to last byte (each retry gets its own).
         max_retries: retries after the first try on 429/502/503/504 and connection errors.
         backoff: first retry delay in seconds, doubled each retry (with jitter), capped at ``max_backoff``.
         batch_size: most texts per request (default and cap: the server's ``max_client_batch_size``).

@@ -20,6 +20,16 @@ the :class:`~bgem3.serve.scheduler.Batcher` worker thread. Each request is bound
 tokens per text and per request, body bytes, time); the queue is bounded (429 + Retry-After
 when full); a client that goes away has its queued texts dropped.
 
+Limits every route gets, and how a new route gets them: the connection-level ones (header and
+body deadlines, keep-alive, the connection cap, the header size; :mod:`bgem3.serve.protocol`) act
+before any route runs, so they need nothing. A route that reads a body calls
+:meth:`_Server.read_json` (``Content-Type: application/json`` or 415, ``--max-body-bytes`` or 413);
+one that tokenises texts calls :meth:`_Server.tokenize` (each text cut to what the model reads,
+``--max-request-tokens`` counted as it goes) or :meth:`_Server.encode_texts` (templates too); one
+that runs a model goes through :meth:`_Server.run` (the batcher, ``--request-timeout`` counted
+from the end of the body: :meth:`_Server.deadline`), and is wrapped with :func:`_wrap` (auth,
+errors in the API's shape, a client gone = 499, metrics).
+
 Example::
 
     >>> import tempfile
