@@ -191,6 +191,16 @@ def test_server_with_128_descriptors_survives_140_half_sent_requests(m3_path):
         assert srv.stop() == 0, "".join(srv.stderr)[-2000:]
 
 
+def test_a_request_head_growing_past_the_size_bound_is_a_400(server):
+    # 20 KB of header and no end in sight: refused at --max-header-bytes (16 KiB), not at the deadline
+    s = _open(server.url, 1, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000)[0]
+    try:
+        got = _until_closed([s], 3)
+        assert got[s][1].startswith(b"HTTP/1.1 400") and got[s][0] < HEADER_T
+    finally:
+        s.close()
+
+
 # --------------------------------------------------------------------------- requests
 
 @pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])

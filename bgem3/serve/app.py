@@ -255,11 +255,17 @@ class _Server:
             raise ApiError(422, str(exc), param="task") from None
         return texts
 
-    def whole_request(self, side: str) -> bool:
+    def whole_request(self, side: str, task: Optional[str] = None) -> bool:
         """Whether ``side`` needs the encoder's own query / document path (not token-level batching):
-        bge-en-icl queries (few-shot layout by tokens) and profiles that leave the prompt out of pooling."""
+        bge-en-icl queries (few-shot layout by tokens) and profiles that leave a prompt out of pooling."""
         prof = self.encoder.profile
-        return side != "raw" and ((side == "query" and prof.icl) or not prof.include_prompt)
+        if side == "raw":
+            return False
+        if side == "query" and prof.icl:
+            return True
+        if prof.include_prompt:
+            return False
+        return bool(prof.query_prefix(task) if side == "query" else prof.passage_prefix(task))
 
     async def encode_texts(self, request: Request, texts: list[str], side: str, *, task: Optional[str] = None,
                            examples: Optional[list] = None, truncate: Optional[bool] = None,
@@ -269,7 +275,7 @@ class _Server:
         text gets the vector a local ``Encoder`` gives it (``encode`` / ``encode_queries`` /
         ``encode_documents`` by ``side``) whichever route it came by."""
         ids = await self.tokenize(self.template(texts, side, task, examples), truncate, max_length, request)
-        if not self.whole_request(side):
+        if not self.whole_request(side, task):
             return await self.run(request, ids, dense=dense, sparse=sparse, colbert=colbert)
         enc = self.encoder
         ml = min(max_length or self.max_input_length, self.max_input_length)

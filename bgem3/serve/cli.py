@@ -73,7 +73,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
                         "Lowered to what the file-descriptor limit allows (the soft RLIMIT_NOFILE is raised towards "
                         "the hard one at start-up) (default 1024)")
     g.add_argument("--max-header-bytes", type=_positive, default=16384, metavar="N",
-                   help="most bytes of a request line + headers; beyond it 400 + close (default 16384)")
+                   help="most bytes of a request line + headers not yet complete; beyond it 400 + close (default 16384)")
     g = p.add_argument_group("shutdown")
     g.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="S",
                    help="on SIGTERM/Ctrl-C, seconds to finish in-flight requests (default 30)")
