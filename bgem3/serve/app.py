@@ -112,7 +112,8 @@ class ServeConfig:
             does not say (TEI's ``truncate``); when false such texts get a 413.
         max_batch_tokens / max_batch_size: one forward pass.
         max_queued_tokens / max_queued_texts: the queue bound (429 beyond).
-        request_timeout: seconds a request may wait for its vectors (504 beyond).
+        request_timeout: seconds from the end of a request's body to its vectors, tokenising and
+            queueing included (504 beyond).
     """
 
     api_key: Optional[str] = None

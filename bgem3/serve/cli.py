@@ -58,7 +58,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
     g.add_argument("--max-queue-texts", type=_positive, default=4096, metavar="N",
                    help="texts allowed to wait; beyond it requests get 429 + Retry-After (default 4096)")
     g.add_argument("--request-timeout", type=_seconds, default=60.0, metavar="S",
-                   help="seconds a request may wait for its vectors before a 504 (default 60)")
+                   help="seconds from the end of a request's body to its vectors (tokenising and queueing included) "
+                        "before a 504 (default 60)")
     g = p.add_argument_group("connections (slow or hostile clients)")
     g.add_argument("--header-timeout", type=_seconds, default=10.0, metavar="S",
                    help="seconds from a connection's opening (or a request's first byte) to the end of the request "
