@@ -739,6 +739,24 @@ def answer_bytes_bound(n: int, *, dense: bool, sparse: bool, colbert: bool, dim:
     return int(size * 1.5) + 65536
 
 
+def _decode_array(data: str, dtype: str, shape: tuple) -> np.ndarray:
+    """Little-endian ``dtype`` rows of ``shape`` from base64 ``data``, as float32 (the server's
+    ``encode_array`` format; kept here so the client imports nothing from the server package).
+    Refuses a payload whose size does not match ``shape``."""
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not base64 ({exc})") from None
+    dt = np.dtype(dtype).newbyteorder("<")
+    want = int(np.prod(shape)) * dt.itemsize
+    if len(raw) != want:
+        raise ValueError(f"array payload has {len(raw)} bytes; shape {tuple(shape)} of {dtype} needs {want}")
+    return np.frombuffer(raw, dtype=dt).reshape(shape).astype(np.float32)
+
+
 def check_encode_answer(doc: Any, *, where: str, n: int, dense: bool, sparse: bool, colbert: bool, dim: int,
                         colbert_dim: Optional[int], colbert_dtype: str, vocab_size: int, max_length: int,
                         empty: Optional[list] = None) -> dict:
@@ -748,8 +766,6 @@ def check_encode_answer(doc: Any, *, where: str, n: int, dense: bool, sparse: bo
     empty text), ColBERT lengths equal to the token counts less the CLS and summing to the rows
     sent. Returns ``{"token_counts", "dense", "sparse", "colbert"}``; raises :class:`RemoteError`
     naming the field that is wrong."""
-    from .serve.shapes import decode_array
-
     def bad(what: str) -> RemoteError:
         return RemoteError(f"{where} is wrong: {what}; refused (is it a bgem3 server of the same version, "
                            "or is something between you and it changing answers?)", 200)
@@ -779,7 +795,7 @@ def check_encode_answer(doc: Any, *, where: str, n: int, dense: bool, sparse: bo
             shown = {k: d.get(k) for k in ("dtype", "shape")} if isinstance(d, dict) else type(d).__name__
             raise bad(f"`dense` is {shown}; expected float32 of shape [{n}, {dim}] (base64)")
         try:
-            arr = decode_array(d["data"], "float32", (n, dim))
+            arr = _decode_array(d["data"], "float32", (n, dim))
         except ValueError as exc:
             raise bad(f"`dense.data`: {exc}") from None
         if not np.isfinite(arr).all():
@@ -829,7 +845,7 @@ def check_encode_answer(doc: Any, *, where: str, n: int, dense: bool, sparse: bo
         if not isinstance(c.get("data"), str):
             raise bad("`colbert.data` is not a base64 string")
         try:
-            flat = decode_array(c["data"], colbert_dtype, (int(sum(lens)), cd))
+            flat = _decode_array(c["data"], colbert_dtype, (int(sum(lens)), cd))
         except ValueError as exc:
             raise bad(f"`colbert.data`: {exc}") from None
         if not np.isfinite(flat).all():
