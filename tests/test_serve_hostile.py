@@ -138,8 +138,11 @@ def test_stalled_or_dripped_body_is_cut_at_the_body_deadline(server, drip):
     assert r.status_code == 200 and len(r.json()) == 1
 
 
+STALLED = b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+
+
 def test_connections_beyond_the_cap_are_refused_at_once_and_health_recovers(server):
-    socks = _open(server.url, CAP)  # the cap's worth of silent connections
+    socks = _open(server.url, CAP, STALLED)  # the cap's worth of requests in progress (bodies stalled)
     try:
         time.sleep(0.2)
         extra = _open(server.url, 5)
@@ -150,6 +153,22 @@ def test_connections_beyond_the_cap_are_refused_at_once_and_health_recovers(serv
     finally:
         _close(socks)
     assert _health_within(server.url, HEADER_T + 3) < HEADER_T + 3
+
+
+def test_at_the_cap_slow_header_connections_make_room_for_new_ones(server):
+    # the cap's worth of slowloris connections cannot keep an honest client out: each new
+    # connection takes the place of the one that has waited longest without a request
+    socks = _open(server.url, CAP, b"GET /hea")
+    try:
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert httpx.get(server.url + "/health", timeout=5).status_code == 200
+        assert time.monotonic() - t0 < HEADER_T  # in, long before any deadline frees a place
+        got = _until_closed(socks, 0.5)  # the first probe took the oldest one's place; it has been told
+        assert len(got) == 1 and all(d.startswith(b"HTTP/1.1 503") for _, d in got.values())
+    finally:
+        _close(socks)
 
 
 def test_declared_huge_body_is_refused_and_the_connection_not_held(server):

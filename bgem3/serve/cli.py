@@ -70,7 +70,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
     g.add_argument("--keep-alive-timeout", type=_seconds, default=5.0, metavar="S",
                    help="seconds an idle kept-alive connection stays open between requests (default 5)")
     g.add_argument("--max-connections", type=_positive, default=1024, metavar="N",
-                   help="most open client connections; beyond it a new one gets 503 + Retry-After and is closed. "
+                   help="most open client connections; at the cap a new one takes the place of the oldest connection "
+                        "with no request in progress (slow headers, idle), else it gets 503 + Retry-After and is closed. "
                         "Lowered to what the file-descriptor limit allows (the soft RLIMIT_NOFILE is raised towards "
                         "the hard one at start-up) (default 1024)")
     g.add_argument("--max-header-bytes", type=_positive, default=16384, metavar="N",

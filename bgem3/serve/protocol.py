@@ -13,9 +13,12 @@ connection before any route runs, so a new endpoint gets them without doing anyt
 * **body deadline** (``body_timeout``): from the end of the headers to the end of the body, total.
   On expiry: ``408`` + close if no response has started, else close; the route sees the client
   as gone (``http.disconnect``).
-* **connection cap** (``max_connections``): a connection beyond it is answered ``503`` +
-  ``Retry-After: 1`` + ``Connection: close`` at once and closed, so the descriptors held never
-  exceed the cap (pick it below the soft ``RLIMIT_NOFILE``; :func:`raise_fd_limit` raises that).
+* **connection cap** (``max_connections``): at the cap, a new connection takes the place of the
+  oldest one that has no request in progress (one still sending its headers, or idle between
+  requests), which is closed; when every connection has a request in progress, the new one is
+  answered ``503`` + ``Retry-After: 1`` + ``Connection: close`` at once and closed. So the
+  descriptors held never exceed the cap (pick it below the soft ``RLIMIT_NOFILE``;
+  :func:`raise_fd_limit` raises that), and slow-header clients cannot keep others out.
 
 Example::
 
@@ -58,9 +61,12 @@ def hardened_h11(*, header_timeout: float, body_timeout: float, max_connections:
         _deadline: Optional[asyncio.TimerHandle] = None
         _phase: Optional[str] = None  # "header" / "body" while a deadline runs
 
+        _since: float = 0.0  # when the connection began waiting for a request (for eviction)
+
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if max_connections is not None and len(self.connections) > max_connections:
+            self._since = self.loop.time()
+            if max_connections is not None and len(self.connections) > max_connections and not self._evict():
                 self.connections.discard(self)
                 logger.warning("connection cap reached (%d, --max-connections): refusing a connection",
                                max_connections)
@@ -81,7 +87,32 @@ def hardened_h11(*, header_timeout: float, body_timeout: float, max_connections:
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            self._since = self.loop.time()
             self._track()
+
+        def _waiting(self) -> bool:
+            """No request in progress: headers not complete yet, or idle between two requests."""
+            if self.transport is None or self.transport.is_closing():
+                return False
+            return self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
+
+        def _evict(self) -> bool:
+            """Close the connection that has waited longest without a request in progress; ``False`` if none."""
+            oldest = None
+            for other in self.connections:
+                if other is not self and isinstance(other, HardenedH11Protocol) and other._waiting() and \
+                        (oldest is None or other._since < oldest._since):
+                    oldest = other
+            if oldest is None:
+                return False
+            logger.info("connection cap reached (%d): closing the longest-waiting connection from %s",
+                        max_connections, oldest.client)
+            oldest._disarm()
+            oldest.connections.discard(oldest)
+            msg = "the server is at its connection cap and this connection sent no request in time; reconnect"
+            oldest.transport.write(_raw(_503, msg, "Overloaded"))
+            oldest.transport.close()
+            return True
 
         # -------------------------------------------------------------- deadlines
         def _track(self) -> None:
