@@ -347,6 +347,11 @@ class RemoteEncoder(Encoder):
                              f"{self.url} ({self.model_name!r}) does not have; ask for dense only")
         if not (dense or sparse or colbert):
             raise ValueError("nothing to compute: set at least one of dense=True, sparse=True, colbert=True")
+        server = self.__dict__.get("_server_profile", self.profile)
+        if dense and server.normalize and not self.profile.normalize:
+            raise ValueError(f"normalize=False: the model served at {self.url} L2-normalises its dense vectors and the "
+                             "server does not send the raw pooled vector, so unnormalised vectors cannot be had "
+                             "remotely; drop normalize=False (or use a local bgem3.Encoder)")
         bs = self.batch_size if batch_size is None else min(_check_positive_int(batch_size, "batch_size"),
                                                              self.server_batch_size)
         ml = self.max_length if max_length is None else min(_check_positive_int(max_length, "max_length"),
@@ -411,6 +416,10 @@ class RemoteEncoder(Encoder):
         out.token_counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
         if dense:
             out.dense = np.concatenate(dense_rows, axis=0) if dense_rows else np.zeros((0, self.hidden_size), np.float32)
+            server = self.__dict__.get("_server_profile", self.profile)
+            if self.profile.normalize and not server.normalize:  # a view asking normalised rows of a raw model
+                out.dense = out.dense / np.maximum(np.linalg.norm(out.dense, axis=1, keepdims=True), 1e-12)
+                out.dense = out.dense.astype(np.float32, copy=False)
         out.sparse = sparse_rows if sparse else None
         out.colbert = colbert_rows if colbert else None
         return out

@@ -133,3 +133,21 @@ def test_bge_en_icl_with_examples(tmp_path):
     path = make_decoder_checkpoint(str(tmp_path / "bge-en-icl"), "mistral", padding_side="left", seed=4)
     assert Encoder(path, device="cpu").profile.icl
     _check_three_ways(path, query_kw={"examples": EXAMPLES})
+
+
+def test_a_normalize_choice_the_server_cannot_honour_is_refused(minilm):
+    # a view with normalize=False of a server that normalises: refused by name, never normalised rows
+    from bgem3._shared import encoder_view
+
+    srv = ServerProcess(minilm)
+    try:
+        remote = RemoteEncoder(srv.url, max_retries=0)
+        assert remote.profile.normalize
+        with pytest.raises(ValueError, match="normalize=False"):
+            encoder_view(remote, False).encode_queries(["hello world"])
+        # the view that keeps the server's normalisation still equals local
+        local = Encoder(minilm, device="cpu")
+        _close(encoder_view(remote, True).encode(["hello world"]).dense, local.encode(["hello world"]).dense, "dense")
+        remote.close()
+    finally:
+        srv.stop()
