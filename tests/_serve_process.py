@@ -14,12 +14,19 @@ import httpx
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _limit_files(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 class ServerProcess:
     """A `bgem3 serve --port 0` child process; ``url`` once it answers /health."""
 
-    def __init__(self, model: Optional[str], *args: str, env: Optional[dict] = None,
-                 startup_timeout: float = 120.0) -> None:
-        """``model`` None: no ``--model`` (e.g. a ``--reranker``-only server)."""
+    def __init__(self, model: Optional[str], *args: str, env: Optional[dict] = None, startup_timeout: float = 120.0,
+                 nofile: Optional[int] = None) -> None:
+        """``model`` None: no ``--model`` (e.g. a ``--reranker``-only server). ``nofile``: the child's soft and
+        hard ``RLIMIT_NOFILE`` (as ``ulimit -n`` would set them)."""
         e = dict(os.environ)
         e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
         e.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,7 +35,8 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bgem3", "serve", *(["--model", model] if model else []), "--host", "127.0.0.1",
              "--port", "0", "--device", "cpu", "-q", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT,
+            preexec_fn=(lambda: _limit_files(nofile)) if nofile else None)
         self.stderr: list[str] = []
         threading.Thread(target=self._drain_err, daemon=True).start()
         self.url = self._wait_url(startup_timeout)

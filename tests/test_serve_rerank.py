@@ -567,3 +567,41 @@ def test_doctests_of_the_rerank_modules():
 
     for mod in (bgem3.serve.rerank, bgem3.remote_rerank):
         assert doctest.testmod(mod, optionflags=doctest.ELLIPSIS).failed == 0, mod.__name__
+
+
+def test_rerank_tokenizer_never_reads_past_the_cut(xlmr_path, local_rr):
+    """A huge passage or query costs the rerank route no more tokenizer work than the pair can read (the sibling
+    of /embed's cut, issue 21): the tokenizer never sees the whole text, and the scores are the uncut ones."""
+    from bgem3.serve.app import ServeConfig, _Server
+    from bgem3.serve.textcut import CHARS_PER_TOKEN
+
+    class Recording:
+        def __init__(self, tok):
+            self.tok, self.longest = tok, 0
+
+        def __call__(self, texts, *a, **kw):
+            seq = [texts] if isinstance(texts, str) else list(texts)
+            self.longest = max([self.longest] + [len(t) if isinstance(t, str) else 0 for t in seq])
+            return self.tok(texts, *a, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.tok, name)
+
+    huge = "dense and lexical retrieval of long passages " * 40000  # ~1.8 MB
+    pairs = [(QUERY, huge), (huge, TEXTS[0])]
+    want = local_rr.compute_score(pairs)
+    from bgem3 import Reranker
+
+    rr = Reranker(xlmr_path, device="cpu", max_length=RMAX)
+    server = _Server(None, ServeConfig(), reranker=rr)
+    rec = Recording(rr.tokenizer)
+    rr.tokenizer = rec
+    q, texts = server.rerank_backend.cut(QUERY, [huge], RMAX)
+    assert len(texts[0]) < len(huge) and q == QUERY
+    items = server.rerank_backend.tokenize(q, texts, RMAX)
+    assert server.rerank_backend.was_cut(q, texts, items) == [True]
+    assert rec.longest <= RMAX * CHARS_PER_TOKEN * 4, rec.longest
+    for (query, text), score in zip(pairs, want):
+        q, texts = server.rerank_backend.cut(query, [text], RMAX)
+        got = rr.forward_tokenized(server.rerank_backend.tokenize(q, texts, RMAX))[0]
+        assert abs(got - score) <= 1e-5

@@ -9,7 +9,9 @@ Routes:
 ``GET /health``              200 while the batcher runs, 503 once shutdown began (never needs a key)
 ``POST /v1/embeddings``      OpenAI embeddings (``float`` or ``base64``)
 ``GET /v1/models``           OpenAI model list
-``POST /encode``             ours: dense + lexical + ColBERT in one call, query/document side
+``POST /encode``             ours: dense + lexical + ColBERT in one call, query/document side;
+                             ColBERT is float16 unless ``"colbert_dtype": "float32"`` (``/info``
+                             says so under ``bgem3.encode_defaults``; RemoteEncoder asks float32)
 ``POST /rerank``             TEI rerank (``--reranker``): ``[{"index", "score"}]``, best first
 ``POST /v1/rerank``          Cohere / Jina / infinity rerank (``--reranker``): ``{"results": [...]}``
 ``GET /metrics``             Prometheus text format
@@ -23,6 +25,16 @@ The event loop never runs the model: texts are tokenised in a thread pool and en
 the :class:`~bgem3.serve.scheduler.Batcher` worker thread. Each request is bounded (texts,
 tokens per text and per request, body bytes, time); the queue is bounded (429 + Retry-After
 when full); a client that goes away has its queued texts dropped.
+
+Limits every route gets, and how a new route gets them: the connection-level ones (header and
+body deadlines, keep-alive, the connection cap, the header size; :mod:`bgem3.serve.protocol`) act
+before any route runs, so they need nothing. A route that reads a body calls
+:meth:`_Server.read_json` (``Content-Type: application/json`` or 415, ``--max-body-bytes`` or 413);
+one that tokenises texts calls :meth:`_Server.tokenize` (each text cut to what the model reads,
+``--max-request-tokens`` counted as it goes) or :meth:`_Server.encode_texts` (templates too); one
+that runs a model goes through :meth:`_Server.run` (the batcher, ``--request-timeout`` counted
+from the end of the body: :meth:`_Server.deadline`), and is wrapped with :func:`_wrap` (auth,
+errors in the API's shape, a client gone = 499, metrics).
 
 Example::
 
@@ -42,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import hmac
 import json
 import logging
@@ -52,7 +65,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -60,6 +73,7 @@ from .metrics import Metrics
 from .scheduler import Batcher, BatchResult, QueueFull, ShuttingDown
 from .rerank import (RerankBackend, cohere_answer, finite_or_500, parse_cohere_rerank, parse_tei_rerank,
                      tei_answer)
+from .textcut import cut_texts
 from .shapes import (ApiError, encode_array, openai_error, parse_encode, parse_openai, parse_tei, tei_error)
 
 try:  # fast JSON (in the `serve` extra); the stdlib otherwise (~15x slower on a batch of vectors)
@@ -73,6 +87,21 @@ __all__ = ["ServeConfig", "create_app"]
 
 #: requests of at most this many characters are tokenised on the event loop; longer ones in a thread
 _INLINE_TOKENIZE_CHARS = 4096
+#: longer requests are tokenised this many characters at a time (after the cut), so the running token
+#: total and the deadline are checked between slices
+_SLICE_CHARS = 65536
+
+
+def _slices(texts: list[str], chars: int) -> list[tuple[int, int]]:
+    """``(start, end)`` runs of ``texts`` of about ``chars`` characters each (at least one text)."""
+    out, start, size = [], 0, 0
+    for i, t in enumerate(texts):
+        if i > start and size + len(t) > chars:
+            out.append((start, i))
+            start, size = i, 0
+        size += len(t)
+    out.append((start, len(texts)))
+    return out
 
 
 @dataclass
@@ -91,7 +120,8 @@ class ServeConfig:
             does not say (TEI's ``truncate``); when false such texts get a 413.
         max_batch_tokens / max_batch_size: one forward pass.
         max_queued_tokens / max_queued_texts: the queue bound (429 beyond).
-        request_timeout: seconds a request may wait for its vectors (504 beyond).
+        request_timeout: seconds from the end of a request's body to its vectors, tokenising and
+            queueing included (504 beyond).
         served_reranker_name: the reranker's name in ``/info`` and ``/v1/models``, accepted as
             ``/v1/rerank``'s ``model`` (default: the reranker's model argument; with no embedder served,
             ``served_model_name`` names the reranker).
@@ -161,7 +191,7 @@ class _Server:
         self.encoder = encoder
         self.config = config
         self.metrics = Metrics()
-        self._key = config.api_key.encode() if config.api_key else None
+        self._key = check_api_key(config.api_key).encode("ascii") if config.api_key else None
         self.draining = False
         self.batcher: Optional[Batcher] = None
         self._loop_tokenizer = None
@@ -204,12 +234,24 @@ class _Server:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._key):
+        # header values arrive latin-1 decoded: back to their bytes, compared with the (ASCII) key's
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1", "replace"),
+                                                                 self._key):
             raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>' with the "
                                 "key the server was started with (--api-key)", kind="Unauthorized",
                            headers={"WWW-Authenticate": "Bearer"})
 
     async def read_json(self, request: Request) -> Any:
+        """The request's JSON body, within ``--max-body-bytes``. The body must be declared
+        ``Content-Type: application/json`` (415 otherwise): a browser's cross-site "simple" POST
+        (``text/plain``, form types) cannot send that without a CORS preflight, which this server
+        never grants. Every route reading a body goes through here."""
+        ctype = request.headers.get("content-type", "")
+        media = ctype.split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            shown = repr(ctype) if ctype else "none"
+            raise ApiError(415, f"the request body must be JSON sent with 'Content-Type: application/json' "
+                                f"(got {shown})", kind="Validation")
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -231,51 +273,139 @@ class _Server:
             raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON object with "
                                 "'Content-Type: application/json'") from None
 
-    def template(self, texts: list[str], side: str, task: Optional[str] = None) -> list[str]:
+    def template(self, texts: list[str], side: str, task: Optional[str] = None,
+                 examples: Optional[list] = None) -> list[str]:
+        """The texts as the model's templates make them (what limits are counted on), with the
+        checks a local ``Encoder.encode_queries`` / ``encode_documents`` makes (422 instead of ``ValueError``)."""
         prof = self.encoder.profile
-        if side == "query":
-            return [prof.format_query(t, task) for t in texts]
-        if side == "document":
-            return [prof.format_passage(t) for t in texts]
+        if examples is not None and not prof.icl:
+            raise ApiError(422, f"`examples` are for in-context-learning models (bge-en-icl); {self.name!r} takes none",
+                           param="examples")
+        try:
+            if side == "query":
+                tmpl = prof.query_template
+                if task is not None and not prof.icl and prof.task_instructions is None and \
+                        not (tmpl and "{task}" in tmpl):
+                    raise ValueError(f"`task` {task!r} was given but the {prof.name!r} profile's query template "
+                                     f"({tmpl!r}) has no {{task}}")
+                return [prof.format_query(t, task) for t in texts]
+            if side == "document":
+                return [prof.format_passage(t, task) for t in texts]
+        except ValueError as exc:
+            raise ApiError(422, str(exc), param="task") from None
         return texts
 
-    async def tokenize(self, texts: list[str], truncate: Optional[bool], max_length: Optional[int]) -> list:
+    def whole_request(self, side: str, task: Optional[str] = None) -> bool:
+        """Whether ``side`` needs the encoder's own query / document path (not token-level batching):
+        bge-en-icl queries (few-shot layout by tokens) and profiles that leave a prompt out of pooling."""
+        prof = self.encoder.profile
+        if side == "raw":
+            return False
+        if side == "query" and prof.icl:
+            return True
+        if prof.include_prompt:
+            return False
+        return bool(prof.query_prefix(task) if side == "query" else prof.passage_prefix(task))
+
+    async def encode_texts(self, request: Request, texts: list[str], side: str, *, task: Optional[str] = None,
+                           examples: Optional[list] = None, truncate: Optional[bool] = None,
+                           max_length: Optional[int] = None, dense: bool = True, sparse: bool = False,
+                           colbert: bool = False) -> BatchResult:
+        """Template, check the limits, encode: the one way every route turns texts into rows, so a
+        text gets the vector a local ``Encoder`` gives it (``encode`` / ``encode_queries`` /
+        ``encode_documents`` by ``side``) whichever route it came by."""
+        ids = await self.tokenize(self.template(texts, side, task, examples), truncate, max_length, request)
+        if not self.whole_request(side, task):
+            return await self.run(request, ids, dense=dense, sparse=sparse, colbert=colbert)
+        enc = self.encoder
+        ml = min(max_length or self.max_input_length, self.max_input_length)
+        lock = getattr(enc, "_tokenizer_lock", None)
+        cut = await asyncio.to_thread(cut_texts, enc.tokenizer, texts, ml, lock=lock)
+        kwargs: dict = dict(task=task, dense=dense, sparse=sparse, colbert=colbert, max_length=ml, show_progress=False)
+        if side == "query":
+            fn = functools.partial(enc.encode_queries, cut, examples=examples, **kwargs)
+        else:
+            fn = functools.partial(enc.encode_documents, cut, **kwargs)
+        tokens = sum(len(r) for r in ids)
+        out = await self.run(request, None, dense=dense, sparse=sparse, colbert=colbert,
+                             call=(fn, len(texts), tokens))
+        return BatchResult(out.dense, out.sparse, out.colbert, np.asarray(out.token_counts, dtype=np.int64))
+
+    def deadline(self, request: Request) -> float:
+        """The request's deadline (``time.monotonic()``): ``--request-timeout`` seconds after its
+        body was read, set on the first call. Tokenising and queueing both spend from it."""
+        return request.scope.setdefault("bgem3.deadline", time.monotonic() + self.config.request_timeout)
+
+    def timed_out(self) -> ApiError:
+        return ApiError(504, f"the request did not finish within {self.config.request_timeout:g} s "
+                             "(--request-timeout); the server is busy: retry, or send fewer texts",
+                        kind="Timeout", headers={"Retry-After": "1"})
+
+    async def tokenize(self, texts: list[str], truncate: Optional[bool], max_length: Optional[int],
+                       request: Optional[Request] = None) -> list:
+        """Token ids of ``texts`` under the request's limits. Each long text is first cut to what the
+        model can read (:func:`~bgem3.serve.textcut.cut_texts`: the tokens kept are unchanged);
+        texts are then tokenised a slice at a time, so a request over ``--max-request-tokens`` is
+        refused as soon as its running total passes the limit, and one past its deadline gets 504."""
         ml = min(max_length or self.max_input_length, self.max_input_length)
         truncate = self.config.auto_truncate if truncate is None else truncate
         check = ml if truncate else ml + 1
         if not texts:
             return []
+        deadline = self.deadline(request) if request is not None else time.monotonic() + self.config.request_timeout
+        limit = self.config.max_request_tokens
         if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS and self._loop_tokenizer is not None:
             # short requests: tokenise right here with the event loop's own tokenizer copy (no lock
             # shared with other threads, no thread hop: under CPU contention each hop costs a time slice)
             ids = self._loop_tokenizer(list(texts), truncation=True, max_length=check, padding=False,
                                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            total = sum(len(r) for r in ids)
         else:
-            ids = await asyncio.to_thread(self.encoder.tokenize, texts, check)
+            ids, total = [], 0
+            for a, b in _slices(texts, _SLICE_CHARS):
+                if time.monotonic() > deadline:
+                    raise self.timed_out()
+                part = await asyncio.to_thread(self._tokenize_slice, texts[a:b], check)
+                ids.extend(part)
+                total += sum(len(r) for r in part)
+                if total > limit:
+                    break
         if not truncate:
             for i, row in enumerate(ids):
                 if len(row) > ml:
                     raise ApiError(413, f"input {i} is longer than {ml} tokens; send shorter text or "
                                         "\"truncate\": true (the server truncates on the right)")
-        total = sum(len(r) for r in ids)
-        if total > self.config.max_request_tokens:
-            raise ApiError(413, f"the request has {total} tokens; this server takes at most "
-                                f"{self.config.max_request_tokens} per request (--max-request-tokens): split it")
+        if total > limit:
+            more = "" if len(ids) == len(texts) else f" in its first {len(ids)} of {len(texts)} texts"
+            raise ApiError(413, f"the request has {total} tokens{more}; this server takes at most "
+                                f"{limit} per request (--max-request-tokens): split it")
         return ids
 
-    async def run(self, request: Request, ids: list, *, dense: bool, sparse: bool, colbert: bool,
-                  batcher: Optional[Batcher] = None) -> BatchResult:
-        """Submit to the batcher (the embedder's unless ``batcher`` is given); give up on client
-        disconnect or timeout."""
+    def _tokenize_slice(self, texts: list[str], max_length: int) -> list:
+        """Cut, then tokenise (in a worker thread)."""
+        enc = self.encoder
+        lock = getattr(enc, "_tokenizer_lock", None)
+        cut = cut_texts(enc.tokenizer, texts, max_length, lock=lock)
+        return enc.tokenize(cut, max_length)
+
+    async def run(self, request: Request, ids: Optional[list], *, dense: bool, sparse: bool, colbert: bool,
+                  call: Optional[tuple] = None, batcher: Optional[Batcher] = None) -> Any:
+        """Submit to the batcher (the embedder's unless ``batcher`` is given) token ids, or ``call`` =
+        ``(fn, texts, tokens)`` for :meth:`Batcher.submit_call`; give up on client disconnect or the
+        request's deadline."""
         if (sparse or colbert) and not self.encoder.has_heads:
             raise ApiError(422, f"lexical / ColBERT output needs BGE-M3's head files, which the served model "
                                 f"{self.name!r} does not have; ask for dense only", kind="Validation")
         batcher = batcher or self.batcher
-        work = asyncio.ensure_future(batcher.submit(ids, dense=dense, sparse=sparse, colbert=colbert))
+        if call is not None:
+            fn, n, tokens = call
+            work = asyncio.ensure_future(batcher.submit_call(fn, texts=n, tokens=tokens))
+        else:
+            work = asyncio.ensure_future(batcher.submit(ids, dense=dense, sparse=sparse, colbert=colbert))
         gone = asyncio.ensure_future(_wait_disconnect(request))
         try:
-            done, _ = await asyncio.wait({work, gone}, timeout=self.config.request_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            left = max(0.0, self.deadline(request) - time.monotonic())
+            done, _ = await asyncio.wait({work, gone}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
         if work in done:
@@ -296,9 +426,7 @@ class _Server:
             await work
         if gone in done:
             raise _ClientGone()
-        raise ApiError(504, f"the request did not finish within {self.config.request_timeout:g} s "
-                            "(--request-timeout); the server is busy: retry, or send fewer texts",
-                       kind="Timeout", headers={"Retry-After": "1"})
+        raise self.timed_out()
 
     def check_dims(self, dims: Optional[int]) -> None:
         if dims is not None and dims != self.encoder.hidden_size:
@@ -325,15 +453,13 @@ class _Server:
         req = parse_tei(body, sparse=False, max_texts=self.config.max_client_batch_size)
         self.check_dims(req.dimensions)
         self.check_normalize(req.normalize)
-        ids = await self.tokenize(self.template(req.texts, req.side), req.truncate, None)
-        res = await self.run(request, ids, dense=True, sparse=False, colbert=False)
+        res = await self.encode_texts(request, req.texts, req.side, truncate=req.truncate)
         return _json(np.ascontiguousarray(self.dense_rows(res, req.normalize), dtype=np.float32))
 
     async def tei_embed_sparse(self, request: Request) -> Response:
         body = await self.read_json(request)
         req = parse_tei(body, sparse=True, max_texts=self.config.max_client_batch_size)
-        ids = await self.tokenize(self.template(req.texts, req.side), req.truncate, None)
-        res = await self.run(request, ids, dense=False, sparse=True, colbert=False)
+        res = await self.encode_texts(request, req.texts, req.side, truncate=req.truncate, dense=False, sparse=True)
         return _json([[{"index": int(i), "value": float(w[i])} for i in sorted(w)] for w in res.sparse])
 
     async def openai_embeddings(self, request: Request) -> Response:
@@ -343,8 +469,7 @@ class _Server:
             raise ApiError(404, f"model {req.model!r} is not served here; this server serves {self.name!r} "
                                 "(GET /v1/models)", param="model")
         self.check_dims(req.dimensions)
-        ids = await self.tokenize(req.texts, None, None)
-        res = await self.run(request, ids, dense=True, sparse=False, colbert=False)
+        res = await self.encode_texts(request, req.texts, "raw")
         dense = np.ascontiguousarray(self.dense_rows(res, True), dtype=np.float32)
         data = [{"object": "embedding", "index": i,
                  "embedding": encode_array(row) if req.base64 else row} for i, row in enumerate(dense)]
@@ -355,13 +480,15 @@ class _Server:
     async def encode(self, request: Request) -> Response:
         body = await self.read_json(request)
         req = parse_encode(body, max_texts=self.config.max_client_batch_size)
-        ids = await self.tokenize(self.template(req.texts, req.side, req.task), req.truncate, req.max_length)
-        res = await self.run(request, ids, dense=req.dense, sparse=req.sparse, colbert=req.colbert)
+        res = await self.encode_texts(request, req.texts, req.side, task=req.task, examples=req.examples,
+                                      truncate=req.truncate, max_length=req.max_length, dense=req.dense,
+                                      sparse=req.sparse, colbert=req.colbert)
         h = int(self.encoder.hidden_size)
-        out: dict[str, Any] = {"model": self.name, "dim": h, "count": len(ids),
+        n = len(req.texts)
+        out: dict[str, Any] = {"model": self.name, "dim": h, "count": n,
                                "token_counts": [int(x) for x in res.token_counts]}
         if req.dense:
-            out["dense"] = ({"dtype": "float32", "shape": [len(ids), h], "data": encode_array(res.dense)}
+            out["dense"] = ({"dtype": "float32", "shape": [n, h], "data": encode_array(res.dense)}
                             if req.encoding == "base64" else np.ascontiguousarray(res.dense, dtype=np.float32))
         if req.sparse:
             out["sparse"] = [{"indices": [int(i) for i in sorted(w)], "values": [float(w[i]) for i in sorted(w)]}
@@ -383,6 +510,7 @@ class _Server:
         """The raw scores of ``(query, text)`` for each text, through the rerank batcher; and the tokens."""
         ml = self.rerank_max_length
         truncate = self.config.auto_truncate if truncate is None else truncate
+        query, texts = await asyncio.to_thread(self.rerank_backend.cut, query, texts, ml)
         ids = await asyncio.to_thread(self.rerank_backend.tokenize, query, texts, ml)
         if not truncate:
             cut = await asyncio.to_thread(self.rerank_backend.was_cut, query, texts, ids)
@@ -467,6 +595,8 @@ class _Server:
                 "profile": asdict(prof), "vocab_size": int(enc.vocab_size),
                 "model_max_length": int(enc.model_max_length), "max_request_tokens": c.max_request_tokens,
                 "max_body_bytes": c.max_body_bytes, "device": str(enc.device),
+                # POST /encode sends ColBERT rows as float16 unless the request says "colbert_dtype": "float32"
+                "encode_defaults": {"colbert_dtype": "float16", "encoding": "base64", "side": "raw"},
             },
         }
         if self.reranker is not None:
@@ -495,6 +625,21 @@ def _aliases(name: str, model: Any) -> set:
     return {name, os.path.basename(os.path.normpath(name)), str(model), os.path.basename(os.path.normpath(str(model)))}
 
 
+def check_api_key(key: str) -> str:
+    """``key`` if it can be sent in an HTTP header and matched; else a ``ValueError`` saying why.
+
+    Header values travel as bytes that servers read as latin-1, while clients encode a ``str``
+    key in ways that differ (ASCII-only in httpx and requests, UTF-8 elsewhere): a key with
+    non-ASCII characters, spaces or control characters would never match reliably."""
+    if not isinstance(key, str) or not key:
+        raise ValueError("--api-key must be a non-empty string")
+    bad = [c for c in key if not (33 <= ord(c) <= 126)]
+    if bad:
+        raise ValueError(f"--api-key contains {bad[0]!r}, which an HTTP header cannot carry reliably; use printable "
+                         "ASCII without spaces (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    return key
+
+
 class _ClientGone(Exception):
     """The client disconnected: nothing is sent."""
 
@@ -514,7 +659,7 @@ def _wrap(server: _Server, route: str, handler: Callable[[Request], Awaitable[Re
             response = await handler(request)
         except ApiError as err:
             response = _json(openai_error(err) if openai else tei_error(err), err.status, err.headers)
-        except _ClientGone:
+        except (_ClientGone, ClientDisconnect):
             response = Response(b"", status_code=499)
         except Exception as exc:  # a bug: say so in the API's shape, keep serving
             logger.exception("unexpected error on %s", route)

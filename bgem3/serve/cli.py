@@ -23,7 +23,7 @@ from .._argtypes import port as _port
 from .._argtypes import positive as _positive
 from .._argtypes import positive_seconds as _seconds
 
-__all__ = ["add_parser", "cmd_serve", "listen_socket"]
+__all__ = ["add_parser", "cmd_serve", "connection_cap", "listen_socket", "uvicorn_config"]
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -74,7 +74,25 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
     g.add_argument("--max-queue-texts", type=_positive, default=4096, metavar="N",
                    help="texts allowed to wait; beyond it requests get 429 + Retry-After (default 4096)")
     g.add_argument("--request-timeout", type=_seconds, default=60.0, metavar="S",
-                   help="seconds a request may wait for its vectors before a 504 (default 60)")
+                   help="seconds from the end of a request's body to its vectors (tokenising and queueing included) "
+                        "before a 504 (default 60)")
+    g = p.add_argument_group("connections (slow or hostile clients)")
+    g.add_argument("--header-timeout", type=_seconds, default=10.0, metavar="S",
+                   help="seconds from a connection's opening (or a request's first byte) to the end of the request "
+                        "headers, in total; beyond it 408 + close (slowloris) (default 10)")
+    g.add_argument("--body-timeout", type=_seconds, default=30.0, metavar="S",
+                   help="seconds from the end of the headers to the end of the body, in total; beyond it 408 + "
+                        "close (a stalled or dripped body) (default 30)")
+    g.add_argument("--keep-alive-timeout", type=_seconds, default=5.0, metavar="S",
+                   help="seconds an idle kept-alive connection stays open between requests (default 5)")
+    g.add_argument("--max-connections", type=_positive, default=1024, metavar="N",
+                   help="most open client connections; at the cap a new one takes the place of the oldest connection "
+                        "with no request in progress (slow headers, idle), else it gets 503 + Retry-After and is closed. "
+                        "Lowered to what the file-descriptor limit allows (the soft RLIMIT_NOFILE is raised towards "
+                        "the hard one at start-up) (default 1024)")
+    g.add_argument("--max-header-bytes", type=_positive, default=16384, metavar="N",
+                   help="most bytes of a request line + headers not yet complete; beyond it 400 + close (default 16384)")
+    g = p.add_argument_group("shutdown")
     g.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="S",
                    help="on SIGTERM/Ctrl-C, seconds to finish in-flight requests (default 30)")
     g.add_argument("--drain-seconds", type=_non_negative_seconds, default=0.0, metavar="S",
@@ -123,6 +141,39 @@ def listen_socket(host: str, port: int) -> "tuple[socket.socket, int]":
     return sock, family
 
 
+def connection_cap(wanted: int, *, quiet: bool = False) -> int:
+    """``wanted`` connections, or fewer when the file-descriptor limit cannot hold them: the soft
+    ``RLIMIT_NOFILE`` is first raised towards the hard limit (as much as this process may)."""
+    from .protocol import fd_budget, raise_fd_limit
+
+    soft, hard = raise_fd_limit(wanted + 256)
+    budget = fd_budget(soft)
+    if budget is not None and budget < wanted:
+        if not quiet:
+            print(f"bgem3 serve: the file-descriptor limit ({soft}, hard {hard}) holds only {budget} connections; "
+                  f"--max-connections lowered from {wanted} to {budget} (raise `ulimit -n` for more)", file=sys.stderr)
+        return budget
+    return wanted
+
+
+def uvicorn_config(app: Any, *, header_timeout: float = 10.0, body_timeout: float = 30.0,
+                   keep_alive_timeout: float = 5.0, max_connections: Optional[int] = 1024,
+                   max_header_bytes: int = 16384, log_level: str = "warning",
+                   timeout_graceful_shutdown: Optional[int] = 30) -> Any:
+    """The ``uvicorn.Config`` ``bgem3 serve`` runs ``app`` with: the h11 protocol with header / body
+    deadlines and the connection cap (:mod:`bgem3.serve.protocol`), the keep-alive timeout, the
+    header size bound. Embedders running the app under their own uvicorn can use it too."""
+    import uvicorn
+
+    from .protocol import hardened_h11
+
+    proto = hardened_h11(header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections)
+    return uvicorn.Config(app, http=proto, log_level=log_level, timeout_graceful_shutdown=timeout_graceful_shutdown,
+                          access_log=log_level in ("info", "debug"), lifespan="on", limit_concurrency=None,
+                          backlog=2048, timeout_keep_alive=keep_alive_timeout,
+                          h11_max_incomplete_event_size=max_header_bytes)
+
+
 def draining_server(config: Any, on_drain: Callable[[], None], drain_seconds: float) -> Any:
     """A ``uvicorn.Server`` whose first SIGTERM / SIGINT starts a drain instead of closing at once.
 
@@ -165,8 +216,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ImportError("bgem3 serve needs starlette and uvicorn, which are not installed: "
                           "pip install 'bgem3[serve]'") from None
     from ..encoder import Encoder
-    from .app import ServeConfig, create_app
+    from .app import ServeConfig, check_api_key, create_app
 
+    if args.api_key:
+        check_api_key(args.api_key)  # before the model loads: a key that can never match is refused at once
     reranker_name = getattr(args, "reranker", None)
     model = args.model or (None if reranker_name else "BAAI/bge-m3")
     if model is None and args.max_length is not None:
@@ -199,6 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reranker_max_length=getattr(args, "reranker_max_length", None),
     )
     app = create_app(encoder, config, reranker=reranker)
+    max_connections = connection_cap(args.max_connections, quiet=args.quiet)
 
     sock, family = listen_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
@@ -210,9 +264,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"bgem3 serve: {', '.join(served)}, {auth}", file=sys.stderr)
     # one parseable line on stdout, for scripts and tests that start the server on port 0
     print(f"bgem3 serve: listening on http://{shown}:{port}", flush=True)
-    uconfig = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=int(args.shutdown_timeout),
-                             access_log=args.log_level in ("info", "debug"), lifespan="on",
-                             limit_concurrency=None, backlog=2048)
+    uconfig = uvicorn_config(app, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                             keep_alive_timeout=args.keep_alive_timeout, max_connections=max_connections,
+                             max_header_bytes=args.max_header_bytes, log_level=args.log_level,
+                             timeout_graceful_shutdown=int(args.shutdown_timeout))
     server = draining_server(uconfig, app.state.server.start_draining, args.drain_seconds)
     # uvicorn re-raises the signal it caught once it has shut down gracefully; a SIGTERM that
     # was handled (in-flight work finished) ends the process with status 0, not "killed".

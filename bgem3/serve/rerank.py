@@ -34,6 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .shapes import ApiError
+from .textcut import cut_texts
 
 __all__ = ["RerankBackend", "RerankRequest", "parse_cohere_rerank", "parse_tei_rerank", "sigmoid", "ranked"]
 
@@ -226,6 +227,18 @@ class RerankBackend:
                             "forward_tokenized() (bgem3 serve --reranker takes a local bgem3.Reranker)")
         self.reranker = reranker
         self._score = forward
+
+    def cut(self, query: str, texts: list[str], max_length: int) -> tuple[str, list[str]]:
+        """The query and texts cut to a character bound that leaves their first ``max_length`` tokens as
+        they are (:func:`~bgem3.serve.textcut.cut_texts`): a pair never reads more than ``max_length``
+        tokens of either side, so the scores do not change, and a huge text does not cost the tokenizer
+        its whole length. A text that was cut still has more than ``max_length`` tokens, so
+        :meth:`was_cut` still sees it as cut."""
+        tok = getattr(self.reranker, "tokenizer", None)
+        if tok is None:
+            return query, texts
+        cut = cut_texts(tok, [query, *texts], max_length)
+        return cut[0], cut[1:]
 
     def tokenize(self, query: str, texts: list[str], max_length: int) -> list:
         """Each pair's model input, cut at ``max_length`` as the reference cuts it."""

@@ -87,6 +87,16 @@ class _Request:
 
 
 @dataclass(eq=False)
+class _Call:
+    fn: Any
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    tokens: int
+    texts: int
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
 class _Item:
     request: _Request
     row: int
@@ -115,6 +125,7 @@ class Batcher:
         self.max_queued_texts = int(max_queued_texts)
         self.metrics = metrics or Metrics()
         self._items: collections.deque[_Item] = collections.deque()
+        self._calls: collections.deque[_Call] = collections.deque()  # whole requests run by the worker (submit_call)
         self._queued_tokens = 0
         self._in_flight = 0  # requests submitted and not yet answered
         self._cond = threading.Condition()
@@ -209,6 +220,51 @@ class Batcher:
             with self._cond:
                 self._in_flight -= 1
 
+    async def submit_call(self, fn: Any, *, texts: int, tokens: int) -> Any:
+        """Run ``fn()`` (a whole request's encoding through the encoder's public API) in the worker
+        thread, between two passes, and return its result. For what the token-level batching
+        cannot express (a prompt left out of pooling, bge-en-icl's few-shot queries): such a
+        request is not batched with others, but the model is still only ever run by the worker.
+        ``texts`` / ``tokens`` count against the queue bound like :meth:`submit`'s."""
+        loop = asyncio.get_running_loop()
+        call = _Call(fn=fn, loop=loop, future=loop.create_future(), tokens=int(tokens), texts=int(texts))
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down and takes no new requests; retry on another replica")
+            queued = len(self._items) + sum(c.texts for c in self._calls)
+            if queued and (self._queued_tokens + tokens > self.max_queued_tokens
+                           or queued + texts > self.max_queued_texts):
+                self.metrics.rejected += 1
+                raise QueueFull(
+                    f"the server is overloaded: {queued} texts / {self._queued_tokens} tokens are queued "
+                    f"(limits {self.max_queued_texts} texts, {self.max_queued_tokens} tokens); retry later",
+                    retry_after=self.retry_after())
+            self._calls.append(call)
+            self._queued_tokens += call.tokens
+            self._in_flight += 1
+            self._cond.notify()
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            call.cancelled = True
+            self.metrics.cancelled += 1
+            raise
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+
+    def _run_call(self, call: "_Call") -> None:
+        if call.cancelled:
+            return
+        t0 = time.perf_counter()
+        try:
+            result = call.fn()
+        except Exception as exc:
+            call.loop.call_soon_threadsafe(_set_exception, call.future, exc)
+            return
+        self.metrics.observe_batch(call.texts, call.tokens, time.perf_counter() - t0)
+        call.loop.call_soon_threadsafe(_set_result, call.future, result)
+
     def _cancel(self, req: _Request) -> None:
         with self._cond:
             if req.cancelled:
@@ -261,11 +317,17 @@ class Batcher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._items and not self._stopped:
+                while not self._items and not self._calls and not self._stopped:
                     self._cond.wait(timeout=1.0)
-                if not self._items and self._stopped:
+                if not self._items and not self._calls and self._stopped:
                     return
-                items = self._take()
+                call = self._calls.popleft() if self._calls else None
+                if call is not None:
+                    self._queued_tokens -= call.tokens
+                items = self._take() if call is None else []
+            if call is not None:
+                self._run_call(call)
+                continue
             for batch in self._plan(items):
                 batch = [it for it in batch if not it.request.cancelled and not it.request.failed]
                 if batch:

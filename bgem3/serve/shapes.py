@@ -128,9 +128,10 @@ class EncodeRequest(TextsRequest):
     dense: bool = True
     sparse: bool = False
     colbert: bool = False
-    colbert_dtype: str = "float16"
+    colbert_dtype: str = "float16"  # the default: half the bytes; RemoteEncoder asks float32 (exact)
     encoding: str = "base64"
     max_length: Optional[int] = None
+    examples: Optional[list] = None
 
 
 _TEI_EMBED = frozenset({"inputs", "normalize", "truncate", "truncation_direction", "prompt_name", "dimensions"})
@@ -189,13 +190,14 @@ def parse_openai(body: Any, *, max_texts: int) -> TextsRequest:
     return req
 
 
-_ENCODE = frozenset({"inputs", "side", "task", "dense", "sparse", "colbert", "colbert_dtype", "encoding",
+_ENCODE = frozenset({"inputs", "side", "task", "examples", "dense", "sparse", "colbert", "colbert_dtype", "encoding",
                      "truncate", "max_length"})
 
 
 def parse_encode(body: Any, *, max_texts: int) -> EncodeRequest:
-    """``POST /encode`` body: ``inputs``, ``side`` (raw/query/document), ``task``, output flags,
-    ``colbert_dtype`` (float16/float32), ``encoding`` (base64/float), ``truncate``, ``max_length``."""
+    """``POST /encode`` body: ``inputs``, ``side`` (raw/query/document), ``task``, ``examples`` (bge-en-icl
+    queries), output flags, ``colbert_dtype`` (float16 by default, or float32), ``encoding`` (base64/float),
+    ``truncate``, ``max_length``."""
     body = _check_fields(body, _ENCODE, "/encode")
     req = EncodeRequest(texts=_texts(body.get("inputs"), "inputs", max_texts, allow_empty=True))
     side = body.get("side", "raw")
@@ -206,10 +208,22 @@ def parse_encode(body: Any, *, max_texts: int) -> EncodeRequest:
     task = body.get("task")
     if task is not None:
         if not isinstance(task, str):
-            raise ApiError(422, "`task` must be a string (the e5-instruct instruction)", param="task")
-        if side != "query":
-            raise ApiError(422, "`task` only applies to queries: send it with \"side\": \"query\"", param="task")
+            raise ApiError(422, "`task` must be a string (the instruction, or an LLM-Embedder task name)", param="task")
+        if side == "raw":
+            raise ApiError(422, "`task` applies to templated texts: send it with \"side\": \"query\" (or "
+                                "\"document\" for LLM-Embedder's key instructions)", param="task")
         req.task = task
+    examples = body.get("examples")
+    if examples is not None:
+        if side != "query":
+            raise ApiError(422, "`examples` (bge-en-icl few-shot examples) apply to queries: send them with "
+                                "\"side\": \"query\"", param="examples")
+        if not isinstance(examples, list) or not all(
+                isinstance(e, dict) and set(e) <= {"instruct", "query", "response"}
+                and all(isinstance(v, str) for v in e.values()) for e in examples):
+            raise ApiError(422, "`examples` must be a list of objects with string fields \"query\", \"response\" "
+                                "and optionally \"instruct\"", param="examples")
+        req.examples = examples
     req.dense = bool(_bool(body, "dense", True))
     req.sparse = bool(_bool(body, "sparse", False))
     req.colbert = bool(_bool(body, "colbert", False))
