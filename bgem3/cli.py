@@ -1098,6 +1098,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _ignore_sigint()
 
 
+#: top-level modules of the optional extras (pyproject.toml), for an ImportError that does not name its extra
+_EXTRA_OF_MODULE = {"starlette": "serve", "uvicorn": "serve", "orjson": "serve", "httpx": "remote",
+                    "qdrant_client": "qdrant", "qdrant_edge": "qdrant-edge", "faiss": "scale", "threadpoolctl": "scale",
+                    "langchain_core": "langchain", "llama_index": "llama-index"}
+
+
+def _extra_for(exc: ImportError) -> Optional[str]:
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    return _EXTRA_OF_MODULE.get(name)
+
+
 def _run(argv: Optional[Sequence[str]]) -> int:
     debug = os.environ.get("BGEM3_DEBUG", "").lower() in ("1", "true", "yes")
     try:
@@ -1131,8 +1142,12 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         from .encoder import ModelLoadError
         from .index import IndexFormatError
 
-        known = (CLIError, ModelLoadError, IndexFormatError, IngestError, OSError, ValueError, KeyError, TypeError)
-        if isinstance(exc, known):
+        # ImportError: an optional extra is missing (its message names `pip install 'bgem3[extra]'`)
+        known = (CLIError, ModelLoadError, IndexFormatError, IngestError, OSError, ValueError, KeyError, TypeError,
+                 ImportError)
+        if isinstance(exc, ImportError) and "bgem3[" not in str(exc) and _extra_for(exc):
+            _err(f"bgem3: error: {_one_line(exc)}: install the extra that provides it: pip install 'bgem3[{_extra_for(exc)}]'")
+        elif isinstance(exc, known):
             _err(f"bgem3: error: {_one_line(exc)}")
         else:
             _err(f"bgem3: error: unexpected {type(exc).__name__}: {_one_line(exc)} "

@@ -1,0 +1,122 @@
+"""Issue 23, a newcomer's first run: a broken transformers install and a missing extra are explained
+(not "unexpected ImportError ... please report it"), and transformers' LOAD REPORT is shown only when
+it says something (a pooler bgem3 leaves out on purpose is not news)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bgem3 import Encoder
+from bgem3._hf import _report_keys
+from bgem3.cli import _extra_for
+
+from _adapter_fixtures import ROOT, minilm_path, tiny_m3_path
+
+
+def _run(code: str, extra_path: str = "") -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in (extra_path, ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_transformers_that_cannot_import_is_explained_at_load(tmp_path):
+    # what `pip install langchain-huggingface` after bgem3 did: huggingface_hub 1.33 under a transformers needing 2.4
+    fake = tmp_path / "site" / "transformers"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "raise ImportError('huggingface-hub>=2.4.0,<3.0 is required for a normal functioning of this module, "
+        "but found huggingface-hub==1.33.0.')\n")
+    model = tiny_m3_path()
+    code = ("import sys\nfrom bgem3 import Encoder\nfrom bgem3.encoder import ModelLoadError\n"
+            f"try:\n    Encoder({model!r}, device='cpu')\nexcept ModelLoadError as e:\n    print('ERR', e)\n")
+    out = _run(code, str(tmp_path / "site"))
+    assert out.returncode == 0, out.stderr
+    msg = out.stdout
+    assert msg.startswith("ERR transformers cannot be imported here"), msg
+    assert "huggingface-hub==1.33.0" in msg and "installed: transformers" in msg
+    assert "one command" in msg and "transformers<5.25" in msg
+    # the CLI says the same, not "unexpected ImportError ... please report it"
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("hello world")
+    cli = _run(f"import sys\nfrom bgem3.cli import main\nsys.exit(main(['index', {str(docs)!r}, '--index', "
+               f"{str(tmp_path / 'ix')!r}, '--model', {model!r}]))", str(tmp_path / "site"))
+    assert cli.returncode == 1
+    assert "transformers cannot be imported here" in cli.stderr and "please report" not in cli.stderr
+
+
+def test_serve_without_the_serve_extra_names_the_extra():
+    code = ("import sys\nsys.modules['uvicorn'] = None\nfrom bgem3.cli import main\n"
+            f"sys.exit(main(['serve', '--model', {tiny_m3_path()!r}]))")
+    out = _run(code)
+    assert out.returncode == 1
+    assert "pip install 'bgem3[serve]'" in out.stderr and "please report" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("module,extra", [("starlette", "serve"), ("uvicorn", "serve"), ("orjson", "serve"),
+                                          ("httpx", "remote"), ("qdrant_client", "qdrant"),
+                                          ("qdrant_edge", "qdrant-edge"), ("faiss", "scale"),
+                                          ("langchain_core", "langchain"), ("llama_index.core", "llama-index")])
+def test_every_extra_module_maps_to_its_extra(module, extra):
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        extras = tomllib.load(fh)["project"]["optional-dependencies"]
+    assert extra in extras
+    assert _extra_for(ModuleNotFoundError(f"No module named {module!r}", name=module)) == extra
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def hf_log():
+    logger = logging.getLogger("transformers.modeling_utils")
+    handler = _Capture()
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+def test_load_report_for_the_unused_pooler_is_not_shown(hf_log):
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(minilm_path(), "model.safetensors"), "pt") as fh:
+        assert any(k.startswith("pooler.") for k in fh.keys())  # the checkpoint has a pooler bgem3 leaves out
+    Encoder(minilm_path(), device="cpu")
+    assert not [m for m in hf_log.messages if "LOAD REPORT" in m]
+
+
+def test_load_report_with_a_missing_weight_is_kept(hf_log, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = str(tmp_path / "m")
+    shutil.copytree(tiny_m3_path(), broken)
+    state = load_file(os.path.join(broken, "model.safetensors"))
+    dropped = next(k for k in state if "encoder.layer.0.attention" in k)
+    del state[dropped]
+    save_file(state, os.path.join(broken, "model.safetensors"), metadata={"format": "pt"})
+    Encoder(broken, device="cpu")
+    reports = [m for m in hf_log.messages if "LOAD REPORT" in m]
+    assert reports and dropped.split(".", 1)[-1] in reports[0] or dropped in reports[0]
+
+
+def test_report_parser_reads_keys_and_statuses():
+    table = ("\x1b[1mXLMRobertaModel LOAD REPORT\x1b[0m from: x\nKey                 | Status     |  | \n"
+             "--------------------+------------+--+-\npooler.dense.weight | \x1b[33mUNEXPECTED\x1b[0m |  | \n"
+             "encoder.layer.0.x   | MISSING    |  | \n\nNotes:\n- UNEXPECTED:\tcan be ignored")
+    assert _report_keys(table) == [("pooler.dense.weight", "UNEXPECTED"), ("encoder.layer.0.x", "MISSING")]
+    json.dumps(_report_keys(table))
