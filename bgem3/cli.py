@@ -493,6 +493,45 @@ def _err(msg: str) -> None:
 INDEX_BATCH = 256
 #: while indexing, rows held in memory are written to (uncommitted) segment files past this size
 SPILL_BYTES = 64 << 20
+#: passages per encode call inside a step: the progress bar moves at least this often
+PROGRESS_STEP = 64
+
+
+class _PassageProgress:
+    """The indexing bar: passages encoded, with a rate, and an ETA against the passages expected (estimated
+    from the bytes split so far, exact once every file is split). Shown from the start, before the first
+    passage is encoded."""
+
+    def __init__(self, total_bytes: int, disable: Optional[bool]) -> None:
+        from tqdm.auto import tqdm
+
+        self.unit = "passage"
+        self.total_bytes = max(int(total_bytes), 1)
+        self.split_bytes = 0
+        self.split_passages = 0
+        self.bar = tqdm(total=None, unit=self.unit, desc="encoding passages", disable=disable, leave=False,
+                        dynamic_ncols=True, mininterval=0.5)
+        self.bar.refresh()
+
+    def file_split(self, nbytes: int, passages: int, last: bool) -> None:
+        self.split_bytes += int(nbytes)
+        self.split_passages += int(passages)
+        if last:
+            total = self.split_passages
+        elif self.split_passages:
+            total = max(self.split_passages, round(self.split_passages * self.total_bytes / max(self.split_bytes, 1)))
+        else:
+            return
+        total = max(total, self.bar.n)
+        if total != self.bar.total:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def encoded(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
 #: ColBERT codecs of bgem3.index.codecs (listed here so the parser does not import numpy)
 _COLBERT_CODECS = ("float32", "float16", "int8", "2bit", "1bit")
 
@@ -613,18 +652,19 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     def flush() -> None:
         if batch:
-            index.add([p.text for p in batch], [p.id for p in batch], [p.metadata for p in batch],
-                      show_progress=False)
+            batch.sort(key=lambda p: len(p.text))  # similar lengths per encode call: little padding
+            for i in range(0, len(batch), PROGRESS_STEP):
+                part = batch[i:i + PROGRESS_STEP]
+                index.add([p.text for p in part], [p.id for p in part], [p.metadata for p in part],
+                          show_progress=False)
+                bar.encoded(len(part))
             batch.clear()
             if index.pending_bytes > SPILL_BYTES:  # memory bounded by a spill, not by the input
                 index.spill(folder)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=sum(os.path.getsize(p) for p in plan.to_read), unit="B", unit_scale=True, desc="indexing",
-               disable=args.quiet or None, leave=False)
+    bar = _PassageProgress(sum(os.path.getsize(p) for p in plan.to_read), disable=args.quiet or None)
     try:
-        for path in plan.to_read:
+        for n_read, path in enumerate(plan.to_read, start=1):
             ids = []
             for p in iter_passages(path, settings["chunk_size"], settings["chunk_overlap"], length):
                 if p.id in owners:
@@ -637,7 +677,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                     flush()
             total += len(ids)
             manifest.set(path, plan.hashes[path], ids)
-            bar.update(os.path.getsize(path))
+            bar.file_split(os.path.getsize(path), len(ids), last=n_read == len(plan.to_read))
         flush()
         if len(index) == 0:
             raise CLIError("nothing to index: the files hold no text")
@@ -701,7 +741,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     _print_table(hits, args.query, explanations, bm25_terms, args.explain_top, sys.stdout)
     if not args.quiet:
         print(f"model {_display_path(index.model_name)} · channels {_channels_label(index)} · {mode} fusion")
+        print(_columns_legend(index, mode, args.weights))
     return EXIT_OK
+
+
+def _columns_legend(index: Any, mode: str, weights: Sequence[float]) -> str:
+    """One line saying what each score column of ``bgem3 search`` is (docs/cli.md has the same)."""
+    if mode == "rrf":
+        score = "reciprocal-rank fusion, sum of w/(60+rank) over the channels (small numbers: only the order counts)"
+    else:
+        score = "weighted mean of the channel scores (weights " + " ".join(f"{w:g}" for w in weights) + ")"
+    parts = [f"score = {score}"]
+    if "dense" in index.channels:
+        parts.append("dense = cosine similarity (-1..1)")
+    if "lexical" in index.channels:
+        parts.append("lexical = BM25 score (unbounded, not on the cosine scale)" if _lexical_kind(index) == "bm25"
+                     else "lexical = BGE-M3 lexical match (sum over shared tokens of query x document weight)")
+    if "colbert" in index.channels:
+        parts.append("colbert = ColBERT MaxSim (mean over query tokens of the best cosine, -1..1)")
+    return "columns: " + " · ".join(parts) + "; - = channel not in the index"
 
 
 def _lexical_kind(index: Any) -> Optional[str]:
@@ -755,7 +813,7 @@ def _print_table(hits, query: str, explanations, bm25_terms, top: int, out: Text
               f"{_fmt(h.colbert_score, 7)}  {src:<{src_w}}  {_snippet(h.text, query, snip_w)}", file=out)
         if bm25_terms is not None:
             terms = bm25_terms[rank - 1][:top]
-            parts = [f"{t.term} {t.contribution:.3f} (tf {t.tf}, df {t.df}, idf {t.idf:.2f})" for t in terms]
+            parts = [f"{t.label} {t.contribution:.3f} (tf {t.tf}, df {t.df}, idf {t.idf:.2f})" for t in terms]
             _print_parts("bm25:", parts or ["no query term in this passage"], width, out)
         if explanations is None:
             continue

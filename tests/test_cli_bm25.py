@@ -87,7 +87,9 @@ def test_explain_shows_bm25_terms(capsys, minilm_index):
     bm25_line = next(ln for ln in out.splitlines() if ln.strip().startswith("bm25:"))
     assert "tf " in bm25_line and "idf " in bm25_line
     assert "colbert:" not in out
-    assert out.splitlines()[-1].startswith("model ") and "lexical (BM25)" in out.splitlines()[-1]
+    assert out.splitlines()[-2].startswith("model ") and "lexical (BM25)" in out.splitlines()[-2]
+    assert "lexical = BM25 score" in out.splitlines()[-1] and "rrf" not in out.splitlines()[-1] or \
+        "reciprocal-rank fusion" in out.splitlines()[-1]
 
 
 def test_lexical_choice_and_bm25_parameters(capsys, tmp_path, docs, minilm, m3_path):

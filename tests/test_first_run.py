@@ -120,3 +120,41 @@ def test_report_parser_reads_keys_and_statuses():
              "encoder.layer.0.x   | MISSING    |  | \n\nNotes:\n- UNEXPECTED:\tcan be ignored")
     assert _report_keys(table) == [("pooler.dense.weight", "UNEXPECTED"), ("encoder.layer.0.x", "MISSING")]
     json.dumps(_report_keys(table))
+
+
+def test_index_progress_counts_passages_encoded_from_the_start(tmp_path, monkeypatch):
+    """The bar exists before the first passage is encoded, counts passages (not bytes), moves at least
+    every PROGRESS_STEP passages, and ends with the exact total (so rate and ETA are about passages)."""
+    from bgem3 import HybridIndex, cli
+
+    events = []
+
+    class Recorded(cli._PassageProgress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            events.append(("bar", self.unit))
+
+        def encoded(self, n):
+            super().encoded(n)
+            events.append(("encoded", n, self.bar.total))
+
+    orig_add = HybridIndex.add
+
+    def add(self, texts, *a, **kw):
+        events.append(("add", len(texts)))
+        return orig_add(self, texts, *a, **kw)
+
+    monkeypatch.setattr(cli, "_PassageProgress", Recorded)
+    monkeypatch.setattr(HybridIndex, "add", add)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"f{i}.md").write_text("\n\n".join(f"Paragraph {i}.{j}: topic {j % 7}. " + "more words here " * 12
+                                                  for j in range(60)))
+    assert cli.main(["index", str(docs), "--index", str(tmp_path / "ix"), "--model", tiny_m3_path(),
+                     "--chunk-size", "32", "--chunk-overlap", "4"]) == 0
+    assert events[0] == ("bar", "passage")  # before the first encode call
+    adds = [e[1] for e in events if e[0] == "add"]
+    steps = [e for e in events if e[0] == "encoded"]
+    assert len(adds) > 3 and max(adds) <= cli.PROGRESS_STEP and [e[1] for e in steps] == adds
+    assert steps[-1][2] == sum(adds)  # the exact total once every file is split
