@@ -158,3 +158,35 @@ def test_index_progress_counts_passages_encoded_from_the_start(tmp_path, monkeyp
     steps = [e for e in events if e[0] == "encoded"]
     assert len(adds) > 3 and max(adds) <= cli.PROGRESS_STEP and [e[1] for e in steps] == adds
     assert steps[-1][2] == sum(adds)  # the exact total once every file is split
+
+
+def test_ctrl_c_on_serve_says_the_server_stopped(monkeypatch, capsys):
+    uvicorn = pytest.importorskip("uvicorn")
+    from bgem3.cli import main
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt  # what uvicorn re-raises after its graceful shutdown on Ctrl-C
+
+    monkeypatch.setattr(uvicorn.Server, "run", interrupted)
+    code = main(["serve", "--model", tiny_m3_path(), "--port", "0", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 130 and "bgem3 serve: stopped (Ctrl-C)" in err
+    assert "index" not in err.split("stopped", 1)[1]  # not the indexing command's message
+
+
+def test_a_missing_extra_skips_with_the_reason_and_a_real_import_bug_still_fails(tmp_path):
+    tests_dir = os.path.join(ROOT, "tests")
+    (tmp_path / "conftest.py").write_text(
+        f"import sys\nsys.path.insert(0, {tests_dir!r})\n"
+        "from _extras_skip import pytest_make_collect_report, pytest_runtest_makereport\n")
+    (tmp_path / "test_needs_extra_module.py").write_text(
+        "raise ImportError(\"QdrantHybridStore needs the qdrant-client package: pip install 'bgem3[langchain-qdrant]'\")\n")
+    (tmp_path / "test_runtime.py").write_text(
+        "def test_needs_faiss():\n    raise ModuleNotFoundError(\"No module named 'faiss'\", name='faiss')\n\n"
+        "def test_real_bug():\n    from bgem3 import no_such_name\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)],
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    tail = out.stdout
+    assert "1 failed" in tail and "2 skipped" in tail, tail
+    assert "pip install 'bgem3[langchain-qdrant]'" in tail and "pip install 'bgem3[scale]'" in tail
