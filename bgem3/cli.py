@@ -1005,11 +1005,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = {"index": folder, "model": meta["model"], "model_fingerprint": sources.model.get("fingerprint"),
             "passages": meta["passages"],
             "dim": meta["dim"], "channels": meta["channels"], "lexical": meta.get("lexical"),
-            "colbert_codec": meta["colbert_codec"],
-            "colbert_dtype": meta["colbert_codec"], "segments": meta["segments"],
+            "segments": meta["segments"],
             "format_version": meta["format_version"],
             "files": len(sources.files), "chunking": sources.settings,
             "bytes_on_disk": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)}
+    if "colbert" in (meta["channels"] or ()):  # a codec is only news when there are ColBERT vectors to store
+        info["colbert_codec"] = info["colbert_dtype"] = meta["colbert_codec"]
     if getattr(args, "verify", False):
         from .index import HybridIndex
 
@@ -1169,6 +1170,7 @@ def _extra_for(exc: ImportError) -> Optional[str]:
 
 def _run(argv: Optional[Sequence[str]]) -> int:
     debug = os.environ.get("BGEM3_DEBUG", "").lower() in ("1", "true", "yes")
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -1183,6 +1185,9 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         _err("bgem3: interrupted after the index was saved: it is complete and consistent; nothing else was done")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
+        if getattr(args, "command", None) == "serve":  # uvicorn re-raises the Ctrl-C once it has shut down
+            _err("bgem3 serve: stopped (Ctrl-C)")
+            return EXIT_INTERRUPTED
         _err("bgem3: interrupted: nothing was changed (an index or output file is only written when complete)")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `bgem3 search ... | head`

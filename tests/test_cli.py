@@ -277,6 +277,7 @@ def test_rebuild_and_info(capsys, tmp_path, corpus, fd_model):
     info = json.loads(out)
     assert code == 0 and info["passages"] == 1 and info["files"] == 1 and info["model"] == fd_model
     assert list(info["sources"].values()) == [1]
+    assert info["channels"] == ["dense", "lexical", "colbert"] and info["colbert_codec"]  # shown with a ColBERT channel
 
 
 def test_two_folders_share_one_index(capsys, tmp_path, corpus, fd_model):

@@ -71,6 +71,9 @@ def test_index_and_search_with_a_dense_only_model(capsys, minilm_index, minilm):
     code, out, _ = run(capsys, "info", "--index", minilm_index, "--json")
     info = json.loads(out)
     assert info["model"] == minilm and info["channels"] == ["dense", "lexical"]
+    assert "colbert_codec" not in info and "colbert_dtype" not in info  # no ColBERT channel, no codec (issue 23)
+    code, out, _ = run(capsys, "info", "--index", minilm_index)
+    assert code == 0 and "colbert" not in out
 
 
 def test_explain_shows_bm25_terms(capsys, minilm_index):
