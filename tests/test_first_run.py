@@ -65,7 +65,7 @@ def test_serve_without_the_serve_extra_names_the_extra():
                                           ("qdrant_edge", "qdrant-edge"), ("faiss", "scale"),
                                           ("langchain_core", "langchain"), ("llama_index.core", "llama-index")])
 def test_every_extra_module_maps_to_its_extra(module, extra):
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
         extras = tomllib.load(fh)["project"]["optional-dependencies"]
