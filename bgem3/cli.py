@@ -495,6 +495,8 @@ INDEX_BATCH = 256
 SPILL_BYTES = 64 << 20
 #: passages per encode call inside a step: the progress bar moves at least this often
 PROGRESS_STEP = 64
+#: the first encode call of a run: the bar's first passages appear within seconds on a CPU
+PROGRESS_FIRST_STEP = 16
 
 
 class _PassageProgress:
@@ -509,6 +511,7 @@ class _PassageProgress:
         self.total_bytes = max(int(total_bytes), 1)
         self.split_bytes = 0
         self.split_passages = 0
+        self.done = 0
         self.bar = tqdm(total=None, unit=self.unit, desc="encoding passages", disable=disable, leave=False,
                         dynamic_ncols=True, mininterval=0.5)
         self.bar.refresh()
@@ -528,6 +531,7 @@ class _PassageProgress:
             self.bar.refresh()
 
     def encoded(self, n: int) -> None:
+        self.done += int(n)
         self.bar.update(n)
 
     def close(self) -> None:
@@ -653,11 +657,15 @@ def cmd_index(args: argparse.Namespace) -> int:
     def flush() -> None:
         if batch:
             batch.sort(key=lambda p: len(p.text))  # similar lengths per encode call: little padding
-            for i in range(0, len(batch), PROGRESS_STEP):
-                part = batch[i:i + PROGRESS_STEP]
+            i = 0
+            while i < len(batch):
+                # the run's first call is small: the first passages show up within seconds of encoding
+                step = PROGRESS_FIRST_STEP if bar.done == 0 else PROGRESS_STEP
+                part = batch[i:i + step]
                 index.add([p.text for p in part], [p.id for p in part], [p.metadata for p in part],
                           show_progress=False)
                 bar.encoded(len(part))
+                i += step
             batch.clear()
             if index.pending_bytes > SPILL_BYTES:  # memory bounded by a spill, not by the input
                 index.spill(folder)

@@ -157,6 +157,7 @@ def test_index_progress_counts_passages_encoded_from_the_start(tmp_path, monkeyp
     adds = [e[1] for e in events if e[0] == "add"]
     steps = [e for e in events if e[0] == "encoded"]
     assert len(adds) > 3 and max(adds) <= cli.PROGRESS_STEP and [e[1] for e in steps] == adds
+    assert adds[0] == cli.PROGRESS_FIRST_STEP  # the first passages show up quickly
     assert steps[-1][2] == sum(adds)  # the exact total once every file is split
 
 
