@@ -191,3 +191,20 @@ def test_a_missing_extra_skips_with_the_reason_and_a_real_import_bug_still_fails
     tail = out.stdout
     assert "1 failed" in tail and "2 skipped" in tail, tail
     assert "pip install 'bgem3[langchain-qdrant]'" in tail and "pip install 'bgem3[scale]'" in tail
+
+
+def test_hybrid_index_add_and_the_adapters_bulk_calls_show_texts_encoded_with_a_rate(capsys):
+    from bgem3 import HybridIndex
+    from langchain_bgem3 import BGEM3Embeddings
+    from llama_index_bgem3 import BGEM3Embedding
+
+    enc = Encoder(tiny_m3_path(), device="cpu", batch_size=4)
+    texts = [f"passage number {i} about cats" for i in range(12)]
+    HybridIndex(enc).add(texts, show_progress=True)
+    BGEM3Embeddings(encoder=enc, show_progress=True).embed_documents(texts)
+    BGEM3Embeddings(encoder=enc, encode_kwargs={"show_progress_bar": True}).embed_documents(texts)
+    BGEM3Embedding(encoder=enc, show_progress_bar=True, embed_batch_size=12).get_text_embedding_batch(texts)
+    err = capsys.readouterr().err
+    bars = [ln for ln in err.replace("\r", "\n").splitlines() if "12/12" in ln]
+    assert len({b.split("|")[0] for b in bars}) >= 1 and len(bars) >= 4, err[-2000:]
+    assert all("text/s" in b or "s/text" in b for b in bars)  # a rate, as sentence-transformers shows
