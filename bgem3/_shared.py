@@ -36,6 +36,7 @@ import copyreg
 import difflib
 import inspect
 import itertools
+import logging
 import os
 import threading
 import weakref
@@ -48,6 +49,8 @@ from .encoder import Encoder, resolve_device, resolve_dtype, resolve_model_path
 from ._store import check_str_list
 from .profiles import Profile, _escape, detect_profile, get_profile
 from .remote import is_url, remote_encoder_for
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ENCODER_OPTIONS",
@@ -446,7 +449,8 @@ def encoder_view(encoder: Encoder, normalize: Optional[bool] = None, profile: Op
 
 def truncate_dense(vectors: np.ndarray, truncate_dim: Optional[int], normalize: bool) -> np.ndarray:
     """Matryoshka truncation: the first ``truncate_dim`` numbers of each row, L2-normalised again
-    when ``normalize`` (so cosine = dot product still holds)."""
+    when ``normalize`` (sentence-transformers' ``encode(truncate_dim=..., normalize_embeddings=True)``:
+    the model's own ``Normalize`` module runs before the truncation, ``normalize_embeddings`` after it)."""
     if truncate_dim is None or truncate_dim >= vectors.shape[1]:
         return vectors
     out = np.ascontiguousarray(vectors[:, :truncate_dim])
@@ -601,6 +605,28 @@ def sparse_to_lists(weights: dict) -> tuple[list[int], list[float]]:
     return [int(i) for i in ids], [float(weights[i]) for i in ids]
 
 
+def folder_normalizes(encoder: Any) -> bool:
+    """The model folder's sentence-transformers pipeline ends with a ``Normalize`` module."""
+    st = getattr(encoder, "st_pipeline", None)
+    return bool(st is not None and st.normalize and encoder.profile.normalize)
+
+
+_noted_normalize: set = set()
+
+
+def _note_declared_normalize(encoder: Any) -> None:
+    key = getattr(encoder, "path", None)
+    if key in _noted_normalize:
+        return
+    _noted_normalize.add(key)
+    logger.warning(
+        "normalize=False / normalize_embeddings=False: the model folder %r ends its sentence-transformers "
+        "pipeline with a Normalize module, so its vectors stay unit length (as sentence-transformers, "
+        "HuggingFaceEmbeddings and HuggingFaceEmbedding return them). For the raw pooled vectors pass "
+        "encoder=bgem3.Encoder(path, profile=bgem3.Profile(name='raw', pooling=%r, normalize=False))",
+        key, encoder.st_pipeline.pooling)
+
+
 class TextEncoder:
     """One :class:`~bgem3.Encoder` seen through a facade's own prefixes and call options.
 
@@ -654,6 +680,12 @@ class TextEncoder:
         self.show_progress = show_progress
         if normalize is not None and not isinstance(normalize, bool):
             raise TypeError(f"normalize must be True, False or None (the model's own); got {normalize!r}")
+        #: what the caller asked for: True re-normalises after truncate_dim (sentence-transformers'
+        #: normalize_embeddings=True); None / False do not
+        self.renormalize = normalize is True
+        if normalize is False and folder_normalizes(encoder):
+            _note_declared_normalize(encoder)
+            normalize = None  # the folder's Normalize module runs, as in sentence-transformers
         self.normalize = normalize
         if truncate_dim is not None:
             if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)) or truncate_dim <= 0:
@@ -689,8 +721,9 @@ class TextEncoder:
         return getattr(view, method)(texts, **kwargs)
 
     def _finish_dense(self, vecs: np.ndarray) -> np.ndarray:
-        normalized = self.profile.normalize if self.normalize is None else self.normalize
-        return truncate_dense(vecs, self.truncate_dim, normalized)
+        # as sentence-transformers: truncation after the model's own pipeline (its Normalize module
+        # included), a new L2 normalisation only when normalize=True was asked for
+        return truncate_dense(vecs, self.truncate_dim, self.renormalize)
 
     # ---------------------------------------------------------------- dense
     def dense_queries(self, texts: Sequence[str], *, batch_size: Optional[int] = None,

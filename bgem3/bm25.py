@@ -94,9 +94,17 @@ class BM25Term:
     df: int
     idf: float
     contribution: float
+    #: the query word the term comes from, as written (case folded); ``term`` is its stem
+    word: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return {"term": self.term, "tf": self.tf, "df": self.df, "idf": self.idf, "contribution": self.contribution}
+        return {"term": self.term, "word": self.word if self.word is not None else self.term, "tf": self.tf,
+                "df": self.df, "idf": self.idf, "contribution": self.contribution}
+
+    @property
+    def label(self) -> str:
+        """``word (stem)`` when stemming changed the word, else the term: what a reader recognises."""
+        return self.term if self.word in (None, self.term) else f"{self.word} ({self.term})"
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -170,6 +178,19 @@ class BM25Tokenizer:
                 out = self._stemmer.stemWord(x) if self._stemmer is not None else x
             if len(self._cache) < 1_000_000:
                 self._cache[w] = out
+        return out
+
+    def words(self, text: str) -> dict[str, str]:
+        """Each word term of ``text`` -> the first word it comes from, case folded (``"herebi"`` ->
+        ``"hereby"``): how to show a stem to the person who typed the word."""
+        out: dict[str, str] = {}
+        for m in _TOKEN_RE.finditer(unicodedata.normalize("NFKC", text)):
+            word = m.group("word")
+            if word is None:
+                continue
+            term = self._word(word)
+            if term and term not in out:
+                out[term] = word.casefold() if self.lowercase else word
         return out
 
     def __call__(self, text: str) -> list[str]:
@@ -340,6 +361,7 @@ class BM25(LexicalChannel):
         index just searched with). They sum to the hit's lexical score."""
         qrow = self.query_row(query)
         qterms = list(dict.fromkeys(self.tokenizer(query)))
+        words = self.tokenizer.words(query)
         key = tuple(sorted(set(qrow)))
         if self._last is None or self._last[0] != key:
             raise ValueError("explain_text explains the last search: search the index with this query first")
@@ -359,7 +381,7 @@ class BM25(LexicalChannel):
                 continue
             i = pos[tid]
             c = float(idf[i]) * tf / (tf + self.k1 * (1 - self.b + self.b * dl / max(avgdl, 1e-9)))
-            out.append(BM25Term(t, int(tf), int(df[i]), float(idf[i]), c))
+            out.append(BM25Term(t, int(tf), int(df[i]), float(idf[i]), c, words.get(t, t)))
         out.sort(key=lambda m: (-m.contribution, m.term))
         return out
 

@@ -503,6 +503,49 @@ def _err(msg: str) -> None:
 INDEX_BATCH = 256
 #: while indexing, rows held in memory are written to (uncommitted) segment files past this size
 SPILL_BYTES = 64 << 20
+#: passages per encode call inside a step: the progress bar moves at least this often
+PROGRESS_STEP = 64
+#: the first encode call of a run: the bar's first passages appear within seconds on a CPU
+PROGRESS_FIRST_STEP = 16
+
+
+class _PassageProgress:
+    """The indexing bar: passages encoded, with a rate, and an ETA against the passages expected (estimated
+    from the bytes split so far, exact once every file is split). Shown from the start, before the first
+    passage is encoded."""
+
+    def __init__(self, total_bytes: int, disable: Optional[bool]) -> None:
+        from tqdm.auto import tqdm
+
+        self.unit = "passage"
+        self.total_bytes = max(int(total_bytes), 1)
+        self.split_bytes = 0
+        self.split_passages = 0
+        self.done = 0
+        self.bar = tqdm(total=None, unit=self.unit, desc="encoding passages", disable=disable, leave=False,
+                        dynamic_ncols=True, mininterval=0.5)
+        self.bar.refresh()
+
+    def file_split(self, nbytes: int, passages: int, last: bool) -> None:
+        self.split_bytes += int(nbytes)
+        self.split_passages += int(passages)
+        if last:
+            total = self.split_passages
+        elif self.split_passages:
+            total = max(self.split_passages, round(self.split_passages * self.total_bytes / max(self.split_bytes, 1)))
+        else:
+            return
+        total = max(total, self.bar.n)
+        if total != self.bar.total:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def encoded(self, n: int) -> None:
+        self.done += int(n)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
 #: ColBERT codecs of bgem3.index.codecs (listed here so the parser does not import numpy)
 _COLBERT_CODECS = ("float32", "float16", "int8", "2bit", "1bit")
 
@@ -648,18 +691,23 @@ def _index_locked(args: argparse.Namespace, folder: str) -> int:
 
     def flush() -> None:
         if batch:
-            index.add([p.text for p in batch], [p.id for p in batch], [p.metadata for p in batch],
-                      show_progress=False)
+            batch.sort(key=lambda p: len(p.text))  # similar lengths per encode call: little padding
+            i = 0
+            while i < len(batch):
+                # the run's first call is small: the first passages show up within seconds of encoding
+                step = PROGRESS_FIRST_STEP if bar.done == 0 else PROGRESS_STEP
+                part = batch[i:i + step]
+                index.add([p.text for p in part], [p.id for p in part], [p.metadata for p in part],
+                          show_progress=False)
+                bar.encoded(len(part))
+                i += step
             batch.clear()
             if index.pending_bytes > SPILL_BYTES:  # memory bounded by a spill, not by the input
                 index.spill(folder)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=sum(os.path.getsize(p) for p in plan.to_read), unit="B", unit_scale=True, desc="indexing",
-               disable=args.quiet or None, leave=False)
+    bar = _PassageProgress(sum(os.path.getsize(p) for p in plan.to_read), disable=args.quiet or None)
     try:
-        for path in plan.to_read:
+        for n_read, path in enumerate(plan.to_read, start=1):
             ids = []
             for p in iter_passages(path, settings["chunk_size"], settings["chunk_overlap"], length):
                 if p.id in owners:
@@ -672,7 +720,7 @@ def _index_locked(args: argparse.Namespace, folder: str) -> int:
                     flush()
             total += len(ids)
             manifest.set(path, plan.hashes[path], ids)
-            bar.update(os.path.getsize(path))
+            bar.file_split(os.path.getsize(path), len(ids), last=n_read == len(plan.to_read))
         flush()
         if len(index) == 0:
             raise CLIError("nothing to index: the files hold no text")
@@ -752,6 +800,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         tail = "" if reranker is None else (f" · reranked top {pool} by "
                                             f"{_display_path(str(getattr(reranker, 'model_name', args.rerank)))}")
         print(f"model {_display_path(index.model_name)} · channels {_channels_label(index)} · {mode} fusion{tail}")
+        print(_columns_legend(index, mode, args.weights, reranked=reranker is not None))
     return EXIT_OK
 
 
@@ -765,6 +814,26 @@ def _load_reranker(args: argparse.Namespace) -> Any:
     if not is_url(args.rerank):
         opts.update(device=args.device, dtype=args.dtype)
     return resolve_reranker(args.rerank, **{k: v for k, v in opts.items() if v is not None})
+
+
+
+def _columns_legend(index: Any, mode: str, weights: Sequence[float], *, reranked: bool = False) -> str:
+    """One line saying what each score column of ``bgem3 search`` is (docs/cli.md has the same)."""
+    if mode == "rrf":
+        score = "reciprocal-rank fusion, sum of w/(60+rank) over the channels (small numbers: only the order counts)"
+    else:
+        score = "weighted mean of the channel scores (weights " + " ".join(f"{w:g}" for w in weights) + ")"
+    parts = [f"score = {score}"]
+    if reranked:
+        parts.insert(0, "rerank = the cross-encoder's score (--rerank; the hits are ordered by it)")
+    if "dense" in index.channels:
+        parts.append("dense = cosine similarity (-1..1)")
+    if "lexical" in index.channels:
+        parts.append("lexical = BM25 score (unbounded, not on the cosine scale)" if _lexical_kind(index) == "bm25"
+                     else "lexical = BGE-M3 lexical match (sum over shared tokens of query x document weight)")
+    if "colbert" in index.channels:
+        parts.append("colbert = ColBERT MaxSim (mean over query tokens of the best cosine, -1..1)")
+    return "columns: " + " · ".join(parts) + "; - = channel not in the index"
 
 
 def _lexical_kind(index: Any) -> Optional[str]:
@@ -821,7 +890,7 @@ def _print_table(hits, query: str, explanations, bm25_terms, top: int, out: Text
               f"{_fmt(h.colbert_score, 7)}  {src:<{src_w}}  {_snippet(h.text, query, snip_w)}", file=out)
         if bm25_terms is not None:
             terms = bm25_terms[rank - 1][:top]
-            parts = [f"{t.term} {t.contribution:.3f} (tf {t.tf}, df {t.df}, idf {t.idf:.2f})" for t in terms]
+            parts = [f"{t.label} {t.contribution:.3f} (tf {t.tf}, df {t.df}, idf {t.idf:.2f})" for t in terms]
             _print_parts("bm25:", parts or ["no query term in this passage"], width, out)
         if explanations is None:
             continue
@@ -1032,11 +1101,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = {"index": folder, "model": meta["model"], "model_fingerprint": sources.model.get("fingerprint"),
             "passages": meta["passages"],
             "dim": meta["dim"], "channels": meta["channels"], "lexical": meta.get("lexical"),
-            "colbert_codec": meta["colbert_codec"],
-            "colbert_dtype": meta["colbert_codec"], "segments": meta["segments"],
+            "segments": meta["segments"],
             "format_version": meta["format_version"],
             "files": len(sources.files), "chunking": sources.settings,
             "bytes_on_disk": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)}
+    if "colbert" in (meta["channels"] or ()):  # a codec is only news when there are ColBERT vectors to store
+        info["colbert_codec"] = info["colbert_dtype"] = meta["colbert_codec"]
     if getattr(args, "verify", False):
         from .index import HybridIndex
 
@@ -1191,8 +1261,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _ignore_sigint()
 
 
+#: top-level modules of the optional extras (pyproject.toml), for an ImportError that does not name its extra
+_EXTRA_OF_MODULE = {"starlette": "serve", "uvicorn": "serve", "orjson": "serve", "httpx": "remote",
+                    "qdrant_client": "qdrant", "qdrant_edge": "qdrant-edge", "faiss": "scale", "threadpoolctl": "scale",
+                    "langchain_core": "langchain", "llama_index": "llama-index"}
+
+
+def _extra_for(exc: ImportError) -> Optional[str]:
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    return _EXTRA_OF_MODULE.get(name)
+
+
 def _run(argv: Optional[Sequence[str]]) -> int:
     debug = os.environ.get("BGEM3_DEBUG", "").lower() in ("1", "true", "yes")
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -1207,6 +1289,9 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         _err("bgem3: interrupted after the index was saved: it is complete and consistent; nothing else was done")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
+        if getattr(args, "command", None) == "serve":  # uvicorn re-raises the Ctrl-C once it has shut down
+            _err("bgem3 serve: stopped (Ctrl-C)")
+            return EXIT_INTERRUPTED
         _err("bgem3: interrupted: nothing was changed (an index or output file is only written when complete)")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `bgem3 search ... | head`
@@ -1224,9 +1309,12 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         from .encoder import ModelLoadError
         from .index import IndexFormatError, SaveConflict
 
+        # ImportError: an optional extra is missing (its message names `pip install 'bgem3[extra]'`)
         known = (CLIError, ModelLoadError, IndexFormatError, IngestError, OSError, ValueError, KeyError, TypeError,
-                 SaveConflict)
-        if isinstance(exc, known):
+                 ImportError, SaveConflict)
+        if isinstance(exc, ImportError) and "bgem3[" not in str(exc) and _extra_for(exc):
+            _err(f"bgem3: error: {_one_line(exc)}: install the extra that provides it: pip install 'bgem3[{_extra_for(exc)}]'")
+        elif isinstance(exc, known):
             _err(f"bgem3: error: {_one_line(exc)}")
         else:
             _err(f"bgem3: error: unexpected {type(exc).__name__}: {_one_line(exc)} "

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
+from ._hf import quiet_expected_load_report, transformers_attr
 from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
 
 logger = logging.getLogger(__name__)
@@ -345,7 +346,7 @@ class Encoder:
 
     # ------------------------------------------------------------------ loading
     def _load_tokenizer(self, trust_remote_code: bool):
-        from transformers import AutoTokenizer
+        AutoTokenizer = transformers_attr("AutoTokenizer")
 
         try:
             present = set(os.listdir(self.model_dir))
@@ -366,7 +367,7 @@ class Encoder:
             ) from None
 
     def _load_model(self, trust_remote_code: bool) -> torch.nn.Module:
-        from transformers import AutoModel
+        AutoModel = transformers_attr("AutoModel")
 
         if not os.path.isfile(os.path.join(self.model_dir, "config.json")):
             raise ModelLoadError(
@@ -375,11 +376,14 @@ class Encoder:
             )
         load_dtype = torch.float32 if self.dtype == torch.qint8 else self.dtype
         try:
-            model = AutoModel.from_pretrained(self.model_dir, dtype=load_dtype, trust_remote_code=trust_remote_code,
-                                              add_pooling_layer=False)
+            with quiet_expected_load_report():  # the pooler left out on purpose is not news
+                model = AutoModel.from_pretrained(self.model_dir, dtype=load_dtype, trust_remote_code=trust_remote_code,
+                                                  add_pooling_layer=False)
         except TypeError:
             try:
-                model = AutoModel.from_pretrained(self.model_dir, dtype=load_dtype, trust_remote_code=trust_remote_code)
+                with quiet_expected_load_report():
+                    model = AutoModel.from_pretrained(self.model_dir, dtype=load_dtype,
+                                                      trust_remote_code=trust_remote_code)
             except Exception as exc:
                 raise ModelLoadError(
                     f"cannot load model weights from {self.model_dir!r} ({type(exc).__name__}: {exc}). "

@@ -80,9 +80,11 @@ class EncoderFields(BaseModel):
         default=None, description="Text put before every query instead of the model's default ('' for none).")
     text_instruction: Optional[str] = Field(
         default=None, description="Text put before every document instead of the model's default ('' for none).")
-    normalize: bool = Field(default=True, description="L2-normalise dense vectors (False: the raw pooled vectors).")
+    normalize: bool = Field(default=True, description=(
+        "L2-normalise dense vectors (False: the raw pooled vectors, unless the folder's sentence-transformers "
+        "pipeline ends with a Normalize module, as in HuggingFaceEmbedding)."))
     truncate_dim: Optional[int] = Field(
-        default=None, gt=0, description="Keep the first N dimensions (Matryoshka), re-normalised when normalize.")
+        default=None, gt=0, description="Keep the first N dimensions (Matryoshka), re-normalised when normalize (as the anchor).")
     show_progress_bar: bool = Field(default=False, description="Show a progress bar while encoding.")
     cache_folder: Optional[str] = Field(default=None, description="Hugging Face cache folder for hub downloads.")
     model_kwargs: dict[str, Any] = Field(

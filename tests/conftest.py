@@ -12,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bgem3.testing import make_m3_checkpoint, minilm_path  # noqa: E402
 
+# a missing optional extra skips its tests with the reason (not an error)
+from _extras_skip import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def m3_path(tmp_path_factory) -> str:

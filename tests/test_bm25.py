@@ -90,6 +90,10 @@ def test_explain_terms_sum_to_score():
     assert hit.id == "0"
     terms = bm.explain_text("capital of France", hit.text)
     assert [t.term for t in terms] == ["franc", "capit"]  # "of" is a stop word; France is rarer
+    # issue 23: the word as typed beside its stem (what --explain prints and --json carries)
+    assert [t.word for t in terms] == ["france", "capital"]
+    assert [t.label for t in terms] == ["france (franc)", "capital (capit)"]
+    assert terms[0].to_dict()["word"] == "france" and terms[0].to_dict()["term"] == "franc"
     assert sum(t.contribution for t in terms) == pytest.approx(hit.sparse_score, rel=1e-5)
     with pytest.raises(ValueError, match="search"):
         bm.explain_text("another query", hit.text)

@@ -166,8 +166,11 @@ def test_search_table_and_json_agree(capsys, tmp_path, corpus, fd_model):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["#", "score", "dense", "lexical", "colbert", "source"]
-    assert len(lines) == 5
-    assert lines[-1].startswith("model ") and "channels dense + lexical (learned) + colbert" in lines[-1]
+    assert len(lines) == 6
+    assert lines[-2].startswith("model ") and "channels dense + lexical (learned) + colbert" in lines[-2]
+    # issue 23: one line says what each column is
+    assert lines[-1].startswith("columns: score = weighted mean") and "dense = cosine" in lines[-1] \
+        and "lexical = BGE-M3 lexical match" in lines[-1] and "colbert = ColBERT MaxSim" in lines[-1]
     for rank, (line, h) in enumerate(zip(lines[1:], hits), start=1):
         cols = line.split()
         assert cols[0] == str(rank)
@@ -274,6 +277,7 @@ def test_rebuild_and_info(capsys, tmp_path, corpus, fd_model):
     info = json.loads(out)
     assert code == 0 and info["passages"] == 1 and info["files"] == 1 and info["model"] == fd_model
     assert list(info["sources"].values()) == [1]
+    assert info["channels"] == ["dense", "lexical", "colbert"] and info["colbert_codec"]  # shown with a ColBERT channel
 
 
 def test_two_folders_share_one_index(capsys, tmp_path, corpus, fd_model):

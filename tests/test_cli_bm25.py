@@ -71,6 +71,9 @@ def test_index_and_search_with_a_dense_only_model(capsys, minilm_index, minilm):
     code, out, _ = run(capsys, "info", "--index", minilm_index, "--json")
     info = json.loads(out)
     assert info["model"] == minilm and info["channels"] == ["dense", "lexical"]
+    assert "colbert_codec" not in info and "colbert_dtype" not in info  # no ColBERT channel, no codec (issue 23)
+    code, out, _ = run(capsys, "info", "--index", minilm_index)
+    assert code == 0 and "colbert" not in out
 
 
 def test_explain_shows_bm25_terms(capsys, minilm_index):
@@ -87,7 +90,9 @@ def test_explain_shows_bm25_terms(capsys, minilm_index):
     bm25_line = next(ln for ln in out.splitlines() if ln.strip().startswith("bm25:"))
     assert "tf " in bm25_line and "idf " in bm25_line
     assert "colbert:" not in out
-    assert out.splitlines()[-1].startswith("model ") and "lexical (BM25)" in out.splitlines()[-1]
+    assert out.splitlines()[-2].startswith("model ") and "lexical (BM25)" in out.splitlines()[-2]
+    assert "lexical = BM25 score" in out.splitlines()[-1] and "rrf" not in out.splitlines()[-1] or \
+        "reciprocal-rank fusion" in out.splitlines()[-1]
 
 
 def test_lexical_choice_and_bm25_parameters(capsys, tmp_path, docs, minilm, m3_path):

@@ -186,7 +186,10 @@ def test_truncate_dim_in_model_kwargs_and_encode_kwargs(m3):
     assert emb.encoder is m3.encoder  # truncation is applied on the output: same loaded model
     v = np.asarray(emb.embed_documents(["the cat sat"])[0])
     assert v.shape == (8,)
-    np.testing.assert_allclose(v, _unit(full[:8]), atol=1e-5)
+    # as HuggingFaceEmbeddings: the truncated vector as is; normalize_embeddings=True re-normalises it
+    np.testing.assert_allclose(v, full[:8], atol=1e-5)
+    u = BGEM3Embeddings(encoder=m3.encoder, encode_kwargs={"truncate_dim": 8, "normalize_embeddings": True})
+    np.testing.assert_allclose(u.embed_documents(["the cat sat"])[0], _unit(full[:8]), atol=1e-5)
     q = BGEM3Embeddings(encoder=m3.encoder, encode_kwargs={"truncate_dim": 4}).embed_query("cat")
     assert len(q) == 4
     with pytest.raises(ValueError, match="larger than"):

@@ -43,6 +43,49 @@ def _env(tmp_path, m3_path: str) -> dict:
                 MPLBACKEND="Agg")
 
 
+# A line ``expr   # value, value…`` in a README block states what ``expr`` prints; "…" stands for more
+# digits. The suite evaluates it and compares (issue 23: a README said 0.81… where the code gives 0.7135…).
+_CHECK_PRINTED = r"""
+def _check_printed(value, expected, line, split):
+    import re
+    def show(v):
+        return repr(float(v)) if type(v).__name__.startswith("float") else repr(v)
+    got = ", ".join(show(v) for v in value) if split else show(value)
+    pattern = "".join(r"\d*" if ch == "\u2026" else re.escape(ch) for ch in expected)
+    if not re.fullmatch(pattern, got):
+        raise AssertionError(f"README line {line!r} prints {got}; the README says {expected}")
+"""
+
+
+def _with_printed_value_checks(code: str) -> tuple[str, int]:
+    import ast
+
+    out, n = [], 0
+    for line in code.splitlines():
+        expr, sep, comment = line.partition("   # ")
+        if sep and "\u2026" in comment and not line.startswith((" ", "\t")):
+            try:
+                node = ast.parse(expr.strip(), mode="eval").body
+            except SyntaxError:
+                out.append(line)
+                continue
+            split = isinstance(node, ast.Tuple) and not expr.strip().startswith("(")
+            out.append(f"_check_printed(({expr.strip()}), {comment.strip()!r}, {line.strip()!r}, {split})")
+            n += 1
+        else:
+            out.append(line)
+    return "\n".join(out), n
+
+
+def test_printed_value_comments_become_checks():
+    code, n = _with_printed_value_checks("x = 0.7135\nx, None   # 0.71\u2026, None\n")
+    assert n == 1
+    ns: dict = {}
+    exec(_CHECK_PRINTED + code, ns)
+    with pytest.raises(AssertionError, match="README says 0.81"):
+        exec(_CHECK_PRINTED + _with_printed_value_checks("x = 0.7135\nx, None   # 0.81\u2026, None\n")[0], {})
+
+
 def test_readme_has_code():
     assert len(readme_blocks("python")) >= 6 and any("bgem3 index" in b for b in readme_blocks("bash"))
 
@@ -55,12 +98,16 @@ def test_readme_python_blocks_run(tmp_path, m3_path):
 
     reranker_path = make_reranker_checkpoint(str(tmp_path / "tiny-reranker"), "xlmr")
     blocks = readme_blocks("python")
-    script = ["import sys"]
+    script = ["import sys", _CHECK_PRINTED]
+    checked = 0
     for i, code in enumerate(blocks):
         code = code.replace('"BAAI/bge-m3"', repr(m3_path))
         code = code.replace('"BAAI/bge-reranker-v2-m3"', repr(reranker_path))
+        code, n = _with_printed_value_checks(code)
+        checked += n
         script.append(f"print('--- README python block {i + 1}', flush=True)")
         script.append(code)
+    assert checked >= 1  # the README's "# 0.62…"-style printed values are checked, not just run
     path = tmp_path / "readme_blocks.py"
     path.write_text("\n".join(script), encoding="utf-8")
     proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=600,

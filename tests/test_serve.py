@@ -148,6 +148,8 @@ def test_openai_errors_have_openai_shape(client, local):
     assert r.status_code == 404
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["code"] == "model_not_found"
+    # what is served, and how to answer to the client's name (issue 23)
+    assert "'tiny-m3'" in err["message"] and "--served-model-name 'text-embedding-ada-002'" in err["message"]
     r = client.post("/v1/embeddings", json={"input": "x", "model": "tiny-m3", "dimensions": 3})
     assert r.status_code == 422 and r.json()["error"]["param"] == "dimensions"
     r = client.post("/v1/embeddings", json={"input": [[1, 2, 3]], "model": "tiny-m3"})

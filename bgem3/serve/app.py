@@ -467,7 +467,9 @@ class _Server:
         req = parse_openai(body, max_texts=self.config.max_client_batch_size)
         if req.model not in self.aliases:
             raise ApiError(404, f"model {req.model!r} is not served here; this server serves {self.name!r} "
-                                "(GET /v1/models)", param="model")
+                                f"(accepted names: {', '.join(sorted(map(repr, self.aliases)))}; GET /v1/models). "
+                                f"Send model={self.name!r}, or start `bgem3 serve` with --served-model-name "
+                                f"{req.model!r} to answer to the name your client sends", param="model")
         self.check_dims(req.dimensions)
         res = await self.encode_texts(request, req.texts, "raw")
         dense = np.ascontiguousarray(self.dense_rows(res, True), dtype=np.float32)
