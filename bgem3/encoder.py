@@ -223,6 +223,16 @@ class Encoder:
         local_files_only / cache_dir / revision: hub loading options.
         examples: bge-en-icl few-shot examples, dicts with ``query``, ``response`` (and
             optionally ``instruct``); also per call in :meth:`encode_queries`.
+        backend: what runs the transformer (:mod:`bgem3.backends`): ``"torch"`` (exact, the
+            default), ``"onnx"`` (ONNX Runtime, ``pip install 'bgem3[onnx]'``) or ``"openvino"``
+            (``pip install 'bgem3[openvino]'``), as sentence-transformers takes it. The graph
+            backends run on CPU, use the folder's ``onnx/model.onnx`` / ``openvino/openvino_model.xml``
+            when it has one, else export the model once into a cache (``bgem3 export``). Templates,
+            pooling and the M3 heads are the same code for every backend.
+        model_kwargs: the graph backends' options, sentence-transformers' names: ``file_name``
+            (e.g. ``"onnx/model_qint8.onnx"``), ``subfolder``, ``export`` (True: export even if the
+            folder has a graph; False: never export), ``provider`` (ONNX Runtime), ``ov_config``
+            (OpenVINO properties).
 
     Example::
 
@@ -250,14 +260,34 @@ class Encoder:
         revision: Optional[str] = None,
         trust_remote_code: bool = False,
         examples: Optional[Sequence[dict]] = None,
+        backend: str = "torch",
+        model_kwargs: Optional[dict] = None,
     ) -> None:
         _check_positive_int(batch_size, "batch_size")
+        from .backends import check_backend, check_backend_options
+
+        #: "torch", "onnx" or "openvino": what runs the transformer (bgem3.backends)
+        self.backend_name = check_backend(backend)
+        self._backend_options = check_backend_options(self.backend_name, model_kwargs)
+        if self.backend_name != "torch" and device is None:
+            device = "cpu"  # the graph backends run on CPU
         _check_positive_int(max_tokens_per_batch, "max_tokens_per_batch")
         self.model_name = os.fspath(model_name_or_path) if isinstance(model_name_or_path, (str, os.PathLike)) else model_name_or_path
         self.path = resolve_model_path(model_name_or_path, cache_dir=cache_dir, revision=revision,
                                        local_files_only=local_files_only)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if self.backend_name != "torch" and self.device.type != "cpu":
+            raise ValueError(f"backend={self.backend_name!r} runs on CPU here (device={device!r}); use backend='torch' "
+                             "on GPUs")
+        if self.backend_name != "torch" and self.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype={dtype!r} with backend={self.backend_name!r}: the graph backends run fp32 "
+                             "(or bf16 on OpenVINO); for an int8 graph pass model_kwargs={'file_name': "
+                             "'onnx/model_qint8.onnx'} (made by `bgem3 export --backend onnx --quantize int8`), "
+                             "or use backend='torch' with dtype='int8'")
+        if self.backend_name == "onnx" and self.dtype == torch.bfloat16:
+            raise ValueError("dtype='bf16' with backend='onnx' is not supported (ONNX Runtime runs the graph's own "
+                             "precision); use backend='openvino' with dtype='bf16', or backend='torch'")
         try:
             check_runnable(self.path, self.model_name if isinstance(self.model_name, str) else None)
             #: the sentence-transformers pipeline the folder declares (None: not an ST folder)
@@ -335,6 +365,11 @@ class Encoder:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         self.pad_token_id = int(pad)
         self.vocab_size = max(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0))
+        #: the graph runtime of backend='onnx' / 'openvino' (None for torch)
+        self.graph = None
+        if self.backend_name != "torch":
+            self._packed = None
+            self.graph = self._load_graph(trust_remote_code)
         if self.dtype == torch.qint8:  # int8: loaded in fp32 above, now calibrated + quantised
             from .quant import quantize_encoder
 
@@ -370,7 +405,7 @@ class Encoder:
                 f"{self.model_dir!r} is not a model folder: config.json is missing. Pass the folder that "
                 "holds config.json and the weights (model.safetensors or pytorch_model.bin)."
             )
-        load_dtype = torch.float32 if self.dtype == torch.qint8 else self.dtype
+        load_dtype = torch.float32 if self.dtype == torch.qint8 or self.backend_name != "torch" else self.dtype
         try:
             model = AutoModel.from_pretrained(self.model_dir, dtype=load_dtype, trust_remote_code=trust_remote_code,
                                               add_pooling_layer=False)
@@ -394,6 +429,32 @@ class Encoder:
         model.eval()
         model.requires_grad_(False)
         return model
+
+    def _load_graph(self, trust_remote_code: bool):
+        """The ONNX Runtime / OpenVINO graph: the folder's own (or ``file_name``), else the cached export."""
+        from .backends import find_graph_file, load_graph_backend
+
+        opts = self._backend_options
+        name = self.backend_name
+        try:
+            from .backends.export import export_dir_for, export_graph
+
+            out_dir = export_dir_for(self.model_dir)
+            graph_file = None if opts.get("export") else find_graph_file(self.model_dir, name, opts, also=[out_dir])
+            if graph_file is None:
+                if opts.get("export") is False:
+                    raise ValueError(f"{self.model_dir!r} has no {name} graph (onnx/model.onnx or "
+                                     "openvino/openvino_model.xml) and model_kwargs['export'] is False; "
+                                     f"run `bgem3 export {self.model_dir} --backend {name}` or drop export=False")
+                graph_file = export_graph(self.model_dir, name, out_dir, reuse=not opts.get("export"),
+                                          trust_remote_code=trust_remote_code)
+            precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
+            graph = load_graph_backend(name, graph_file, threads=torch.get_num_threads(), options=opts,
+                                       precision=precision)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        logger.info("backend=%s (%s): running %s", name, precision, graph_file)
+        return graph
 
     def _load_heads(self) -> tuple[torch.nn.Linear, torch.nn.Linear]:
         heads = []
@@ -448,8 +509,9 @@ class Encoder:
         return self.colbert_linear is not None
 
     def __repr__(self) -> str:
+        backend = "" if self.backend_name == "torch" else f", backend={self.backend_name!r}"
         return (f"Encoder({self.model_name!r}, device='{self.device}', dtype={str(self.dtype).replace('torch.', '')}, "
-                f"profile={self.profile.name!r}, max_length={self.max_length})")
+                f"profile={self.profile.name!r}, max_length={self.max_length}{backend})")
 
     # ------------------------------------------------------------------ public API
     def encode(
@@ -696,23 +758,56 @@ class Encoder:
                 mask[r, : len(row)] = 1
         return torch.from_numpy(arr).to(self.device), torch.from_numpy(mask).to(self.device)
 
+    def forward_batch(self, batch_ids: Sequence[Sequence[int]], dense: bool = True, sparse: bool = False,
+                      colbert: bool = False) -> tuple[Optional[np.ndarray], Optional[list], Optional[list]]:
+        """One forward pass over token id lists (as :meth:`tokenize` returns them), in the given
+        order, through this encoder's backend: ``(dense [B, D] or None, sparse dicts or None,
+        ColBERT arrays or None)``. No templating, sorting or splitting: the caller (e.g. ``bgem3
+        serve``'s batcher) has batched already.
+        """
+        if (sparse or colbert) and not self.has_heads:
+            raise ValueError(f"sparse / ColBERT output needs BGE-M3's head files, which {self.path!r} lacks")
+        if not batch_ids:
+            raise ValueError("forward_batch needs at least one token id list")
+        return self._forward([list(x) for x in batch_ids], dense, sparse, colbert)
+
     def _forward(self, batch_ids, want_dense, want_sparse, want_colbert, prompt_len: int = 0):
+        if self.graph is not None:
+            return self._forward_graph(batch_ids, want_dense, want_sparse, want_colbert, prompt_len)
         if self._packed and not prompt_len and self.profile.pooling in ("cls", "mean", "lasttoken"):
             return self._forward_packed(batch_ids, want_dense, want_sparse, want_colbert)
         return self._forward_padded(batch_ids, want_dense, want_sparse, want_colbert, prompt_len)
+
+    def _forward_graph(self, batch_ids, want_dense, want_sparse, want_colbert, prompt_len: int = 0):
+        """backend='onnx' / 'openvino': the graph gives the padded last hidden states, the same
+        pooling and heads as the padded torch path run on them (fp32)."""
+        input_ids, attention_mask = self._pad(batch_ids)
+        hidden = self.graph.hidden_states(input_ids.numpy(), attention_mask.numpy())
+        if hidden.ndim != 3 or hidden.shape[:2] != tuple(input_ids.shape) or hidden.shape[2] != self.model_hidden_size:
+            raise ValueError(f"the {self.backend_name} graph {self.graph.path!r} returned hidden states of shape "
+                             f"{hidden.shape} for a batch of {tuple(input_ids.shape)}; expected "
+                             f"[batch, tokens, {self.model_hidden_size}] (is it this model's graph?)")
+        with torch.inference_mode():
+            return self._heads_padded(torch.from_numpy(hidden), input_ids, attention_mask, want_dense, want_sparse,
+                                      want_colbert, prompt_len)
 
     def _forward_padded(self, batch_ids, want_dense, want_sparse, want_colbert, prompt_len: int = 0):
         """Reference path: a padded ``[B, T]`` batch through the Hugging Face model."""
         input_ids, attention_mask = self._pad(batch_ids)
         with torch.inference_mode():
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            dense_np = sparse_list = colbert_list = None
-            if want_dense:
-                dense_np = self._pool(hidden, attention_mask, prompt_len).float().cpu().numpy()
-            if want_sparse:
-                sparse_list = self._sparse(hidden, input_ids, attention_mask)
-            if want_colbert:
-                colbert_list = self._colbert(hidden, attention_mask)
+            return self._heads_padded(hidden, input_ids, attention_mask, want_dense, want_sparse, want_colbert,
+                                      prompt_len)
+
+    def _heads_padded(self, hidden, input_ids, attention_mask, want_dense, want_sparse, want_colbert, prompt_len):
+        """Pooling + Dense/Normalize, sparse and ColBERT heads on padded hidden states (any backend)."""
+        dense_np = sparse_list = colbert_list = None
+        if want_dense:
+            dense_np = self._pool(hidden, attention_mask, prompt_len).float().cpu().numpy()
+        if want_sparse:
+            sparse_list = self._sparse(hidden, input_ids, attention_mask)
+        if want_colbert:
+            colbert_list = self._colbert(hidden, attention_mask)
         return dense_np, sparse_list, colbert_list
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor, prompt_len: int = 0) -> torch.Tensor:

@@ -153,7 +153,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     model = args.model or "BAAI/bge-m3"
     _set_threads(args.threads, args.device)
-    options: dict = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length}
+    from ..cli import backend_options
+
+    options: dict = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length, **backend_options(args)}
     if args.batch_size:
         options["batch_size"] = args.batch_size
     encoder = Encoder(model, **options)
