@@ -405,7 +405,9 @@ class Encoder:
                 f"{self.model_dir!r} is not a model folder: config.json is missing. Pass the folder that "
                 "holds config.json and the weights (model.safetensors or pytorch_model.bin)."
             )
-        load_dtype = torch.float32 if self.dtype == torch.qint8 or self.backend_name != "torch" else self.dtype
+        if self.backend_name != "torch":
+            return self._load_model_skeleton(trust_remote_code)
+        load_dtype = torch.float32 if self.dtype == torch.qint8 else self.dtype
         try:
             model = AutoModel.from_pretrained(self.model_dir, dtype=load_dtype, trust_remote_code=trust_remote_code,
                                               add_pooling_layer=False)
@@ -429,6 +431,20 @@ class Encoder:
         model.eval()
         model.requires_grad_(False)
         return model
+
+    def _load_model_skeleton(self, trust_remote_code: bool) -> torch.nn.Module:
+        """backend='onnx' / 'openvino': the model's config and module layout on the meta device, no
+        weights (the graph holds them; an export loads its own fp32 copy). Saves the torch copy's memory."""
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=trust_remote_code)
+            with torch.device("meta"):
+                model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read the model config of {self.model_dir!r} ({type(exc).__name__}: {exc}); "
+                                 "the folder needs config.json next to the weights") from None
+        return model.eval().requires_grad_(False)
 
     def _load_graph(self, trust_remote_code: bool):
         """The ONNX Runtime / OpenVINO graph: the folder's own (or ``file_name``), else the cached export."""
