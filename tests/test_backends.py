@@ -333,3 +333,20 @@ def test_cli_export_and_embed_with_backend(m3_path, tmp_path, capsys):
     assert "--backend-file" in err
     assert main(["export", folder, "--backend", "openvino", "--quantize", "int8", "-q"]) != 0
     assert "NNCF" in capsys.readouterr().err
+
+
+def test_openvino_bf16_passes_the_fidelity_gates_on_real_minilm(minilm):
+    """dtype='bf16' on OpenVINO (bf16 inference precision, heads/pooling fp32) keeps the project's
+    gates on the real MiniLM weights and real text, as the torch int8/bf16 paths must."""
+    from bgem3.quant.fidelity import (DENSE_COSINE_MEDIAN_GATE, DENSE_COSINE_MIN_GATE, TOP10_AGREEMENT_GATE,
+                                      dense_fidelity, real_passages, real_queries, topk_agreement)
+
+    fp = Encoder(minilm)
+    bf = Encoder(minilm, backend="openvino", dtype="bf16")
+    assert bf.graph.precision == "bf16"
+    docs, queries = real_passages(120, offset=0, step=3), real_queries(40)
+    d_ref, d = fp.encode(docs).dense, bf.encode(docs).dense
+    fid = dense_fidelity(d_ref, d)
+    assert fid["cosine_median"] >= DENSE_COSINE_MEDIAN_GATE and fid["cosine_min"] >= DENSE_COSINE_MIN_GATE, fid
+    agree = topk_agreement(fp.encode(queries).dense @ d_ref.T, bf.encode(queries).dense @ d.T, k=10)
+    assert agree >= TOP10_AGREEMENT_GATE, agree
