@@ -289,7 +289,7 @@ class Encoder:
             raise ValueError("dtype='bf16' with backend='onnx' is not supported (ONNX Runtime runs the graph's own "
                              "precision); use backend='openvino' with dtype='bf16', or backend='torch'")
         try:
-            check_runnable(self.path, self.model_name if isinstance(self.model_name, str) else None)
+            check_runnable(self.path, self.model_name if isinstance(self.model_name, str) else None, self.backend_name)
             #: the sentence-transformers pipeline the folder declares (None: not an ST folder)
             self.st_pipeline: Optional[STPipeline] = read_st_pipeline(self.path)
         except ValueError as exc:

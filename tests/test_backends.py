@@ -350,3 +350,24 @@ def test_openvino_bf16_passes_the_fidelity_gates_on_real_minilm(minilm):
     assert fid["cosine_median"] >= DENSE_COSINE_MEDIAN_GATE and fid["cosine_min"] >= DENSE_COSINE_MIN_GATE, fid
     agree = topk_agreement(fp.encode(queries).dense @ d_ref.T, bf.encode(queries).dense @ d.T, k=10)
     assert agree >= TOP10_AGREEMENT_GATE, agree
+
+
+def test_a_folder_with_only_a_graph_runs_on_the_graph_backends(m3_path, tmp_path, texts):
+    """An export-only folder (config, tokenizer, heads, onnx/model.onnx; no PyTorch weights) runs with
+    backend='onnx' (no torch weights are needed); backend='torch' refuses it and names the alternative."""
+    from bgem3.backends.export import export_graph
+
+    folder = _copy(m3_path, str(tmp_path / "m3"))
+    export_graph(folder, "onnx", folder)
+    ref = Encoder(folder).encode(texts[:4], sparse=True, colbert=True)
+    for f in os.listdir(folder):
+        if f.endswith(".safetensors"):
+            os.remove(os.path.join(folder, f))
+    with pytest.raises(ModelLoadError, match="backend='onnx'"):
+        Encoder(folder)
+    out = Encoder(folder, backend="onnx").encode(texts[:4], sparse=True, colbert=True)
+    np.testing.assert_allclose(out.dense, ref.dense, atol=TOL, rtol=0)
+    for a, b in zip(out.colbert, ref.colbert):
+        np.testing.assert_allclose(a, b, atol=TOL, rtol=0)
+    with pytest.raises(ModelLoadError, match="Exporting needs the weights"):
+        Encoder(folder, backend="openvino")  # no graph for it and nothing to export from

@@ -122,9 +122,14 @@ def _load_fp32(model_dir: str, trust_remote_code: bool):
 
     kw = dict(dtype=torch.float32, attn_implementation="eager", trust_remote_code=trust_remote_code)
     try:
-        model = AutoModel.from_pretrained(model_dir, add_pooling_layer=False, **kw)
-    except TypeError:
-        model = AutoModel.from_pretrained(model_dir, **kw)
+        try:
+            model = AutoModel.from_pretrained(model_dir, add_pooling_layer=False, **kw)
+        except TypeError:
+            model = AutoModel.from_pretrained(model_dir, **kw)
+    except Exception as exc:
+        raise ValueError(f"cannot export {model_dir!r}: its PyTorch weights do not load ({type(exc).__name__}: "
+                         f"{str(exc)[:300]}). Exporting needs the weights (model.safetensors); or put a ready "
+                         "graph in the folder (onnx/model.onnx, openvino/openvino_model.xml)") from None
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     return model.eval().requires_grad_(False)
