@@ -148,7 +148,8 @@ def _looks_like_path(name: str) -> bool:
 
 
 def resolve_model_path(model_name_or_path: Union[str, os.PathLike], *, cache_dir: Optional[str] = None,
-                       revision: Optional[str] = None, local_files_only: Optional[bool] = None) -> str:
+                       revision: Optional[str] = None, local_files_only: Optional[bool] = None,
+                       extra_patterns: Sequence[str] = ()) -> str:
     """A local folder as is; a hub id from the HF cache, else downloaded (unless offline).
 
     Offline-first: a cached snapshot is used without touching the network. With
@@ -175,7 +176,7 @@ def resolve_model_path(model_name_or_path: Union[str, os.PathLike], *, cache_dir
 
     try:
         return snapshot_download(name, cache_dir=cache_dir, revision=revision,
-                                 allow_patterns=_HUB_PATTERNS, local_files_only=True)
+                                 allow_patterns=_HUB_PATTERNS + list(extra_patterns), local_files_only=True)
     except Exception:  # not cached (or cache incomplete): fall through
         pass
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") \
@@ -187,7 +188,8 @@ def resolve_model_path(model_name_or_path: Union[str, os.PathLike], *, cache_dir
     if offline:
         raise ModelLoadError(f"model {name!r} is not in the local Hugging Face cache and offline mode is on. {how}")
     try:
-        return snapshot_download(name, cache_dir=cache_dir, revision=revision, allow_patterns=_HUB_PATTERNS)
+        return snapshot_download(name, cache_dir=cache_dir, revision=revision,
+                                 allow_patterns=_HUB_PATTERNS + list(extra_patterns))
     except Exception as exc:
         raise ModelLoadError(
             f"model {name!r} is not in the local Hugging Face cache and could not be downloaded "
@@ -224,7 +226,9 @@ class Encoder:
         examples: bge-en-icl few-shot examples, dicts with ``query``, ``response`` (and
             optionally ``instruct``); also per call in :meth:`encode_queries`.
         backend: what runs the transformer (:mod:`bgem3.backends`): ``"torch"`` (exact, the
-            default), ``"onnx"`` (ONNX Runtime, ``pip install 'bgem3[onnx]'``) or ``"openvino"``
+            default; ``None`` = torch, except ``dtype="bf16"`` on a CPU with AVX512_BF16/AMX with
+            OpenVINO installed, which runs OpenVINO bf16, measured faster and closer to fp32;
+            one log line says which), ``"onnx"`` (ONNX Runtime, ``pip install 'bgem3[onnx]'``) or ``"openvino"``
             (``pip install 'bgem3[openvino]'``), as sentence-transformers takes it. The graph
             backends run on CPU, use the folder's ``onnx/model.onnx`` / ``openvino/openvino_model.xml``
             when it has one, else export the model once into a cache (``bgem3 export``). Templates,
@@ -260,7 +264,7 @@ class Encoder:
         revision: Optional[str] = None,
         trust_remote_code: bool = False,
         examples: Optional[Sequence[dict]] = None,
-        backend: str = "torch",
+        backend: Optional[str] = None,
         model_kwargs: Optional[dict] = None,
     ) -> None:
         _check_positive_int(batch_size, "batch_size")
@@ -273,10 +277,20 @@ class Encoder:
             device = "cpu"  # the graph backends run on CPU
         _check_positive_int(max_tokens_per_batch, "max_tokens_per_batch")
         self.model_name = os.fspath(model_name_or_path) if isinstance(model_name_or_path, (str, os.PathLike)) else model_name_or_path
+        # a hub repo's own graph comes along for the graph backends (BGE-M3's onnx/model.onnx + .onnx_data)
+        graph_patterns = {"onnx": ["onnx/*"], "openvino": ["openvino/*"]}.get(self.backend_name, [])
         self.path = resolve_model_path(model_name_or_path, cache_dir=cache_dir, revision=revision,
-                                       local_files_only=local_files_only)
+                                       local_files_only=local_files_only, extra_patterns=graph_patterns)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        #: why the backend was chosen for this dtype when none was asked for (None: asked, or exact torch)
+        self.backend_reason: Optional[str] = None
+        if backend is None and self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.qint8) \
+                and not self._backend_options:
+            from .quant.engine import fast_path
+
+            choice, self.backend_reason = fast_path("bf16" if self.dtype == torch.bfloat16 else "int8")
+            self.backend_name = choice
         if self.backend_name != "torch" and self.device.type != "cpu":
             raise ValueError(f"backend={self.backend_name!r} runs on CPU here (device={device!r}); use backend='torch' "
                              "on GPUs")
@@ -317,6 +331,18 @@ class Encoder:
         if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not cpu_has_fast_bf16():
             logger.warning("dtype='bf16' on a CPU without avx512_bf16/AMX runs emulated and is usually slower "
                            "than fp32; use dtype='fp32' (the exact default) on this machine")
+        self.graph = None
+        if self.backend_reason is not None and self.backend_name != "torch":
+            try:  # chosen for speed, not asked for: fall back to torch when this model has no such graph
+                self.graph = self._load_graph(trust_remote_code)
+            except (ModelLoadError, ImportError) as exc:
+                logger.warning("dtype=%r: %s could not run this model (%s); using PyTorch instead",
+                               _dtype_label(self.dtype), self.backend_name, exc)
+                self.backend_name, self.backend_reason = "torch", f"{self.backend_reason}, but it failed here: {exc}"
+        if self.backend_reason is not None:
+            logger.info("dtype=%r runs on %s: %s (pass backend= to choose)", _dtype_label(self.dtype),
+                        {"torch": "PyTorch", "openvino": "OpenVINO", "onnx": "ONNX Runtime"}[self.backend_name],
+                        self.backend_reason)
         self.model = self._load_model(trust_remote_code)
         self.quantization: Optional[dict] = None  # the int8 report (bgem3.quant) when dtype='int8'
         #: the transformer's hidden size (what the M3 heads and the first Dense module take)
@@ -365,11 +391,10 @@ class Encoder:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         self.pad_token_id = int(pad)
         self.vocab_size = max(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0))
-        #: the graph runtime of backend='onnx' / 'openvino' (None for torch)
-        self.graph = None
-        if self.backend_name != "torch":
+        if self.backend_name != "torch":  #: the graph runtime of backend='onnx' / 'openvino' (None for torch)
             self._packed = None
-            self.graph = self._load_graph(trust_remote_code)
+            if self.graph is None:
+                self.graph = self._load_graph(trust_remote_code)
         if self.dtype == torch.qint8:  # int8: loaded in fp32 above, now calibrated + quantised
             from .quant import quantize_encoder
 
@@ -1037,6 +1062,10 @@ class Encoder:
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _dtype_label(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.qint8: "int8", torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, str(dtype))
+
 
 def _check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:

@@ -371,3 +371,47 @@ def test_a_folder_with_only_a_graph_runs_on_the_graph_backends(m3_path, tmp_path
         np.testing.assert_allclose(a, b, atol=TOL, rtol=0)
     with pytest.raises(ModelLoadError, match="Exporting needs the weights"):
         Encoder(folder, backend="openvino")  # no graph for it and nothing to export from
+
+
+# --------------------------------------------------------------------------- dtype picks the engine
+
+def test_bf16_without_a_backend_picks_openvino_where_it_is_fast_and_says_so(m3_path, monkeypatch, caplog):
+    import logging
+
+    from bgem3 import encoder as encoder_mod
+    from bgem3.backends import export as export_mod
+
+    monkeypatch.setattr(encoder_mod, "cpu_has_fast_bf16", lambda: True)
+    with caplog.at_level(logging.INFO, logger="bgem3.encoder"):
+        enc = Encoder(m3_path, dtype="bf16")
+    assert enc.backend_name == "openvino" and enc.graph.precision == "bf16"
+    assert any("dtype='bf16' runs on OpenVINO" in r.getMessage() for r in caplog.records)
+    assert Encoder(m3_path, dtype="bf16", backend="torch").graph is None  # asked for: kept
+    # a CPU without native bf16: PyTorch, said once
+    monkeypatch.setattr(encoder_mod, "cpu_has_fast_bf16", lambda: False)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bgem3.encoder"):
+        enc = Encoder(m3_path, dtype="bf16")
+    assert enc.backend_name == "torch" and enc.graph is None
+    assert any("runs on PyTorch" in r.getMessage() for r in caplog.records)
+    # where the graph cannot be made, the chosen-for-speed path falls back to PyTorch (never fails)
+    monkeypatch.setattr(encoder_mod, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setenv("BGEM3_CACHE_DIR", str(m3_path) + "-nocache")
+
+    def broken(*a, **k):
+        raise ValueError("cannot export this one")
+    monkeypatch.setattr(export_mod, "_export_openvino", broken)
+    with caplog.at_level(logging.WARNING, logger="bgem3.encoder"):
+        enc = Encoder(m3_path, dtype="bf16")
+    assert enc.backend_name == "torch" and next(enc.model.parameters()).dtype.is_floating_point
+    assert any("cannot export this one" in r.getMessage() for r in caplog.records)
+    assert enc.encode(["hello"]).dense.shape[0] == 1
+
+
+def test_int8_without_a_backend_stays_on_the_gated_torch_path(m3_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="bgem3.encoder"):
+        enc = Encoder(m3_path, dtype="int8")
+    assert enc.backend_name == "torch" and enc.quantization is not None
+    assert any("dtype='int8' runs on PyTorch" in r.getMessage() for r in caplog.records)
