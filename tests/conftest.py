@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# ONNX / OpenVINO exports (backend=, and dtype="bf16" where it picks OpenVINO) never go to ~/.cache/bgem3
+os.environ.setdefault("BGEM3_CACHE_DIR", tempfile.mkdtemp(prefix="bgem3-test-cache-"))
 
 from bgem3.testing import make_m3_checkpoint, minilm_path  # noqa: E402
 
