@@ -21,6 +21,9 @@ Examples::
     python benchmarks/encode.py --model full --device cuda          # fp16 on a GPU (peers in fp16 too)
     python benchmarks/encode.py --model small --workloads bulk,chunks,query --minilm   # bulk / 32-text / query,
         # bgem3 fp32/bf16/int8 vs FlagEmbedding, sentence-transformers, ONNX Runtime fp32/int8 (_workloads.py)
+    python benchmarks/encode.py --model small --workloads bulk,query --bulk-n 200 --bulk-scenarios all \
+        --systems bgem3-fp32,bgem3-onnx,bgem3-openvino,bgem3-openvino-bf16,bgem3-int8,bgem3-onnx-int8 \
+        --backend-fidelity   # bgem3's forward backends, each bracketed by the exact path, + real-MiniLM gates
 """
 
 from __future__ import annotations
@@ -321,6 +324,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--query-n", type=int, default=30, help="single-query calls timed (default 30)")
     ap.add_argument("--force-bf16", action="store_true", help="time bf16 even where the CPU emulates it")
     ap.add_argument("--minilm", action="store_true", help="also report int8 fidelity on the real MiniLM weights")
+    ap.add_argument("--backend-fidelity", action="store_true",
+                    help="also score bgem3's ONNX Runtime / OpenVINO / bf16 / int8 paths against the exact one on the "
+                         "real MiniLM (300 passages, 50 queries; the int8/bf16 gates)")
+    ap.add_argument("--no-bracket", dest="bracket", action="store_false",
+                    help="bulk: do not time the exact path right before and after each other system")
     args = ap.parse_args(argv)
 
     def log(msg=""):
@@ -360,6 +368,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         report = {"conditions": cond}
         if args.minilm:
             report["minilm_int8_fidelity"] = minilm_fidelity(log)
+        if args.backend_fidelity:
+            from benchmarks._workloads import minilm_backend_fidelity
+
+            report["minilm_backend_fidelity"] = minilm_backend_fidelity(log)
         report.update(run_workloads(args, path, log, model_flops, matmul_peak(device, torch.float32)))
         if args.json:
             with open(args.json, "w") as fh:

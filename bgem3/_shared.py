@@ -45,6 +45,7 @@ from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .backends import BACKEND_OPTIONS, check_backend, check_backend_options
 from .encoder import Encoder, resolve_device, resolve_dtype, resolve_model_path
 from ._store import check_str_list
 from .profiles import Profile, _escape, detect_profile, get_profile
@@ -304,12 +305,19 @@ def _dtype_option(value: Any, where: str) -> Optional[str]:
     return None if text is None else _TORCH_DTYPE_NAMES[text]
 
 
+#: the ONNX Runtime / OpenVINO options (sentence-transformers' model_kwargs names)
+_GRAPH_OPTIONS = frozenset(k for opts in BACKEND_OPTIONS.values() for k in opts)
+
+
 def split_model_kwargs(model_kwargs: Mapping[str, Any], where: str = "model_kwargs") -> tuple[dict, dict]:
     """Split sentence-transformers-style ``model_kwargs`` into ``(Encoder options, extras)``.
 
     ``extras`` holds ``prompts``, ``default_prompt_name``, ``token``, ``truncate_dim`` (applied by
     the facade). ``torch_dtype`` (also inside a nested ``model_kwargs``) becomes ``dtype``;
-    ``backend`` must be ``"torch"``. Anything else unknown raises naming it.
+    ``backend`` (``"torch"``, ``"onnx"``, ``"openvino"``) is the Encoder's; the ONNX / OpenVINO options
+    (``file_name``, ``subfolder``, ``export``, ``provider``, ``ov_config``), nested in ``model_kwargs`` as
+    sentence-transformers takes them or at the top as HuggingFaceEmbedding passes them, become the
+    Encoder's ``model_kwargs``. Anything else unknown raises naming it.
 
     >>> split_model_kwargs({"device": "cpu", "torch_dtype": "float16", "truncate_dim": 8})
     ({'device': 'cpu', 'dtype': 'fp16'}, {'truncate_dim': 8})
@@ -320,28 +328,33 @@ def split_model_kwargs(model_kwargs: Mapping[str, Any], where: str = "model_kwar
     extras: dict = {}
     unknown = []
     dtypes: dict = {}
+    graph_opts: dict = {}
     for key, value in model_kwargs.items():
-        if key in ENCODER_OPTIONS:
+        if key in _GRAPH_OPTIONS:  # HuggingFaceEmbedding(backend="onnx", model_kwargs={"file_name": ...}) lands here
+            graph_opts[key] = value
+        elif key == "backend":
+            enc["backend"] = check_backend(value)
+        elif key == "model_kwargs":  # sentence-transformers passes these to transformers / the ONNX / OpenVINO loader
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{where}['model_kwargs'] must be a dict; got {type(value).__name__}")
+            for k2, v2 in value.items():
+                if k2 in ("torch_dtype", "dtype"):
+                    dtypes[f"{where}['model_kwargs'][{k2!r}]"] = v2
+                elif k2 in _GRAPH_OPTIONS:
+                    if k2 in graph_opts and graph_opts[k2] != v2:
+                        raise ValueError(f"{k2} is given twice in {where} with different values")
+                    graph_opts[k2] = v2
+                else:
+                    raise ValueError(
+                        f"{where}['model_kwargs'] has {k2!r}, which bgem3 does not take; it takes torch_dtype / dtype "
+                        f"and the backend options {sorted(_GRAPH_OPTIONS)} (bgem3 loads the weights itself)")
+        elif key in ENCODER_OPTIONS:
             if key == "dtype":
                 dtypes[f"{where}['dtype']"] = value
             else:
                 enc[key] = value
         elif key == "torch_dtype":
             dtypes[f"{where}['torch_dtype']"] = value
-        elif key == "model_kwargs":  # sentence-transformers passes these to transformers' from_pretrained
-            if not isinstance(value, Mapping):
-                raise TypeError(f"{where}['model_kwargs'] must be a dict; got {type(value).__name__}")
-            for k2, v2 in value.items():
-                if k2 in ("torch_dtype", "dtype"):
-                    dtypes[f"{where}['model_kwargs'][{k2!r}]"] = v2
-                else:
-                    raise ValueError(
-                        f"{where}['model_kwargs'] has {k2!r}, which bgem3 does not take; only torch_dtype / dtype "
-                        "is honoured there (bgem3 loads the weights itself)")
-        elif key == "backend":
-            if value != "torch":
-                raise ValueError(f"{where}['backend']={value!r} is not supported: bgem3 runs PyTorch "
-                                 "(backend='torch'); for a faster CPU path see bgem3's dtype='bf16' / int8 options")
         elif key == "use_auth_token":
             extras["token"] = value
         elif key in ("prompts", "default_prompt_name", "token", "truncate_dim"):
@@ -352,6 +365,8 @@ def split_model_kwargs(model_kwargs: Mapping[str, Any], where: str = "model_kwar
             unknown.append(key)
     if unknown:
         raise unknown_options_error(where, unknown, [*ENCODER_OPTIONS, *ST_MODEL_OPTIONS], exc=ValueError)
+    if graph_opts:
+        enc["model_kwargs"] = check_backend_options(enc.get("backend", "torch"), graph_opts)
     resolved = {k: _dtype_option(v, k) for k, v in dtypes.items()}
     if len(set(resolved.values())) > 1:
         raise ValueError(f"conflicting dtypes {dtypes}; set one")

@@ -101,12 +101,24 @@ def _model_arg(name: str) -> str:
 def _load_encoder(args: argparse.Namespace, model: Optional[str] = None):
     from .encoder import Encoder
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = backend_options(args)
     if args.max_length is not None:
         kwargs["max_length"] = args.max_length
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
     return Encoder(_model_arg(model or args.model or _default_model()), device=args.device, dtype=args.dtype, **kwargs)
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--backend`` / ``--backend-file`` as Encoder options (nothing for the default torch backend)."""
+    backend = getattr(args, "backend", None) or "torch"
+    file_name = getattr(args, "backend_file", None)
+    if file_name and backend == "torch":
+        raise CLIError("--backend-file names an ONNX / OpenVINO graph; add --backend onnx or --backend openvino")
+    out: dict[str, Any] = {} if backend == "torch" else {"backend": backend}
+    if file_name:
+        out["model_kwargs"] = {"file_name": file_name}
+    return out
 
 
 def _model_token_budget(encoder: Any) -> Optional[int]:
@@ -244,7 +256,7 @@ def _load_index(args: argparse.Namespace, folder: str, manifest: Optional[Manife
     _check_model(args, folder, manifest, "search" if getattr(args, "command", "") == "search" else "index")
     if args.model:
         return HybridIndex.load(folder, encoder=_load_encoder(args), allow_model_mismatch=True)
-    kwargs: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
+    kwargs: dict[str, Any] = {"device": args.device, "dtype": args.dtype, **backend_options(args)}
     if args.max_length is not None:
         kwargs["max_length"] = args.max_length
     if args.batch_size is not None:
@@ -1089,6 +1101,30 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- bgem3 info
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``bgem3 export MODEL --backend onnx|openvino [--quantize int8] [--output DIR]``."""
+    from .backends.export import export_dir_for, export_graph
+    from .encoder import resolve_model_path
+
+    name = args.model_path or args.model or _default_model()
+    try:
+        path = resolve_model_path(_model_arg(name))
+    except OSError as exc:
+        raise CLIError(str(exc)) from None
+    out_dir = os.path.abspath(os.path.expanduser(args.output)) if args.output else export_dir_for(path)
+    try:
+        graph = export_graph(path, args.backend, out_dir, quantize=args.quantize, reuse=not args.force,
+                             trust_remote_code=args.trust_remote_code)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if not args.quiet:
+        print(graph)
+        if not args.output:
+            print(f"(in bgem3's export cache: `--backend {args.backend}` uses it for {name}; delete "
+                  f"{out_dir} to drop it)", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
     _recover(folder)
@@ -1134,6 +1170,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda > mps > cpu)")
     g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                    help="weights precision (default: fp16 on GPUs, fp32 on CPU)")
+    g.add_argument("--backend", default="torch", choices=["torch", "onnx", "openvino"],
+                   help="what runs the model: torch (exact, default), onnx (ONNX Runtime, bgem3[onnx]) or openvino "
+                        "(bgem3[openvino]); the graph is the folder's onnx/ or openvino/ one, else exported once "
+                        "into the cache (see `bgem3 export`)")
+    g.add_argument("--backend-file", default=None, metavar="FILE",
+                   help="with --backend onnx/openvino: the graph file inside the model folder, e.g. "
+                        "onnx/model_qint8.onnx (sentence-transformers' model_kwargs={'file_name': ...})")
     g.add_argument("--max-length", type=_positive, default=None, metavar="TOKENS",
                    help="truncate texts to this many tokens (default: the model's limit, 8192 for BGE-M3)")
     g.add_argument("--batch-size", type=_positive, default=None, metavar="N", help="texts per forward pass (default 32)")
@@ -1228,6 +1271,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="also check every file's SHA-256 and every stored value (reads the whole index)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="export a model to ONNX / OpenVINO for --backend onnx|openvino",
+                       description="Export the model's transformer (fp32, last hidden states out; bgem3 applies the "
+                                   "BGE-M3 heads and pooling after it) to an ONNX or OpenVINO graph. Default: into "
+                                   "bgem3's cache, where --backend onnx|openvino finds it (delete the printed folder "
+                                   "to drop it). --output DIR writes sentence-transformers' layout (DIR/onnx/model.onnx, "
+                                   "DIR/openvino/openvino_model.xml): use the model folder itself to ship the graph "
+                                   "with the model.")
+    p.add_argument("model_path", nargs="?", default=None, metavar="MODEL",
+                   help="hub id or local model folder (default: --model, $BGEM3_MODEL or BAAI/bge-m3)")
+    p.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--backend", required=True, choices=["onnx", "openvino"], help="the graph format")
+    p.add_argument("--quantize", default=None, choices=["int8"],
+                   help="also write ONNX Runtime's dynamic int8 graph (onnx/model_qint8.onnx; --backend onnx only). "
+                        "It is fast but less exact: see docs/benchmarks_encode.md before using it for ranking")
+    p.add_argument("--output", default=None, metavar="DIR", help="write here instead of into the cache")
+    p.add_argument("--force", action="store_true", help="export again even if the graph is already there")
+    p.add_argument("--trust-remote-code", action="store_true", help="the model ships its own modelling code")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=cmd_export)
 
     from .serve.cli import add_parser as _add_serve_parser  # `bgem3 serve` lives in bgem3/serve/cli.py
     _add_serve_parser(sub, common)

@@ -149,7 +149,8 @@ def _looks_like_path(name: str) -> bool:
 
 
 def resolve_model_path(model_name_or_path: Union[str, os.PathLike], *, cache_dir: Optional[str] = None,
-                       revision: Optional[str] = None, local_files_only: Optional[bool] = None) -> str:
+                       revision: Optional[str] = None, local_files_only: Optional[bool] = None,
+                       extra_patterns: Sequence[str] = ()) -> str:
     """A local folder as is; a hub id from the HF cache, else downloaded (unless offline).
 
     Offline-first: a cached snapshot is used without touching the network. With
@@ -176,7 +177,7 @@ def resolve_model_path(model_name_or_path: Union[str, os.PathLike], *, cache_dir
 
     try:
         return snapshot_download(name, cache_dir=cache_dir, revision=revision,
-                                 allow_patterns=_HUB_PATTERNS, local_files_only=True)
+                                 allow_patterns=_HUB_PATTERNS + list(extra_patterns), local_files_only=True)
     except Exception:  # not cached (or cache incomplete): fall through
         pass
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") \
@@ -188,7 +189,8 @@ def resolve_model_path(model_name_or_path: Union[str, os.PathLike], *, cache_dir
     if offline:
         raise ModelLoadError(f"model {name!r} is not in the local Hugging Face cache and offline mode is on. {how}")
     try:
-        return snapshot_download(name, cache_dir=cache_dir, revision=revision, allow_patterns=_HUB_PATTERNS)
+        return snapshot_download(name, cache_dir=cache_dir, revision=revision,
+                                 allow_patterns=_HUB_PATTERNS + list(extra_patterns))
     except Exception as exc:
         raise ModelLoadError(
             f"model {name!r} is not in the local Hugging Face cache and could not be downloaded "
@@ -224,6 +226,18 @@ class Encoder:
         local_files_only / cache_dir / revision: hub loading options.
         examples: bge-en-icl few-shot examples, dicts with ``query``, ``response`` (and
             optionally ``instruct``); also per call in :meth:`encode_queries`.
+        backend: what runs the transformer (:mod:`bgem3.backends`): ``"torch"`` (exact, the
+            default; ``None`` = torch, except ``dtype="bf16"`` on a CPU with AVX512_BF16/AMX with
+            OpenVINO installed, which runs OpenVINO bf16, measured faster and closer to fp32;
+            one log line says which), ``"onnx"`` (ONNX Runtime, ``pip install 'bgem3[onnx]'``) or ``"openvino"``
+            (``pip install 'bgem3[openvino]'``), as sentence-transformers takes it. The graph
+            backends run on CPU, use the folder's ``onnx/model.onnx`` / ``openvino/openvino_model.xml``
+            when it has one, else export the model once into a cache (``bgem3 export``). Templates,
+            pooling and the M3 heads are the same code for every backend.
+        model_kwargs: the graph backends' options, sentence-transformers' names: ``file_name``
+            (e.g. ``"onnx/model_qint8.onnx"``), ``subfolder``, ``export`` (True: export even if the
+            folder has a graph; False: never export), ``provider`` (ONNX Runtime), ``ov_config``
+            (OpenVINO properties).
 
     Example::
 
@@ -251,19 +265,49 @@ class Encoder:
         revision: Optional[str] = None,
         trust_remote_code: bool = False,
         examples: Optional[Sequence[dict]] = None,
+        backend: Optional[str] = None,
+        model_kwargs: Optional[dict] = None,
     ) -> None:
         _check_positive_int(batch_size, "batch_size")
+        from .backends import check_backend, check_backend_options
+
+        #: "torch", "onnx" or "openvino": what runs the transformer (bgem3.backends)
+        self.backend_name = check_backend(backend)
+        self._backend_options = check_backend_options(self.backend_name, model_kwargs)
+        if self.backend_name != "torch" and device is None:
+            device = "cpu"  # the graph backends run on CPU
         _check_positive_int(max_tokens_per_batch, "max_tokens_per_batch")
         self.model_name = os.fspath(model_name_or_path) if isinstance(model_name_or_path, (str, os.PathLike)) else model_name_or_path
         if isinstance(self.model_name, str) and reranker_for_name(self.model_name) is not None:  # before any download
             raise ModelLoadError(f"{self.model_name!r} is a reranker (it scores query-passage pairs, it does not embed "
                                  "texts); load it with bgem3.Reranker(...), not as an embedding model")
+        # a hub repo's own graph comes along for the graph backends (BGE-M3's onnx/model.onnx + .onnx_data)
+        graph_patterns = {"onnx": ["onnx/*"], "openvino": ["openvino/*"]}.get(self.backend_name, [])
         self.path = resolve_model_path(model_name_or_path, cache_dir=cache_dir, revision=revision,
-                                       local_files_only=local_files_only)
+                                       local_files_only=local_files_only, extra_patterns=graph_patterns)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        #: why the backend was chosen for this dtype when none was asked for (None: asked, or exact torch)
+        self.backend_reason: Optional[str] = None
+        if backend is None and self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.qint8) \
+                and not self._backend_options:
+            from .quant.engine import fast_path
+
+            choice, self.backend_reason = fast_path("bf16" if self.dtype == torch.bfloat16 else "int8")
+            self.backend_name = choice
+        if self.backend_name != "torch" and self.device.type != "cpu":
+            raise ValueError(f"backend={self.backend_name!r} runs on CPU here (device={device!r}); use backend='torch' "
+                             "on GPUs")
+        if self.backend_name != "torch" and self.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype={dtype!r} with backend={self.backend_name!r}: the graph backends run fp32 "
+                             "(or bf16 on OpenVINO); for an int8 graph pass model_kwargs={'file_name': "
+                             "'onnx/model_qint8.onnx'} (made by `bgem3 export --backend onnx --quantize int8`), "
+                             "or use backend='torch' with dtype='int8'")
+        if self.backend_name == "onnx" and self.dtype == torch.bfloat16:
+            raise ValueError("dtype='bf16' with backend='onnx' is not supported (ONNX Runtime runs the graph's own "
+                             "precision); use backend='openvino' with dtype='bf16', or backend='torch'")
         try:
-            check_runnable(self.path, self.model_name if isinstance(self.model_name, str) else None)
+            check_runnable(self.path, self.model_name if isinstance(self.model_name, str) else None, self.backend_name)
             #: the sentence-transformers pipeline the folder declares (None: not an ST folder)
             self.st_pipeline: Optional[STPipeline] = read_st_pipeline(self.path)
         except ValueError as exc:
@@ -291,6 +335,18 @@ class Encoder:
         if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not cpu_has_fast_bf16():
             logger.warning("dtype='bf16' on a CPU without avx512_bf16/AMX runs emulated and is usually slower "
                            "than fp32; use dtype='fp32' (the exact default) on this machine")
+        self.graph = None
+        if self.backend_reason is not None and self.backend_name != "torch":
+            try:  # chosen for speed, not asked for: fall back to torch when this model has no such graph
+                self.graph = self._load_graph(trust_remote_code)
+            except (ModelLoadError, ImportError) as exc:
+                logger.warning("dtype=%r: %s could not run this model (%s); using PyTorch instead",
+                               _dtype_label(self.dtype), self.backend_name, exc)
+                self.backend_name, self.backend_reason = "torch", f"{self.backend_reason}, but it failed here: {exc}"
+        if self.backend_reason is not None:
+            logger.info("dtype=%r runs on %s: %s (pass backend= to choose)", _dtype_label(self.dtype),
+                        {"torch": "PyTorch", "openvino": "OpenVINO", "onnx": "ONNX Runtime"}[self.backend_name],
+                        self.backend_reason)
         self.model = self._load_model(trust_remote_code)
         self.quantization: Optional[dict] = None  # the int8 report (bgem3.quant) when dtype='int8'
         #: the transformer's hidden size (what the M3 heads and the first Dense module take)
@@ -339,6 +395,10 @@ class Encoder:
             pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         self.pad_token_id = int(pad)
         self.vocab_size = max(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0))
+        if self.backend_name != "torch":  #: the graph runtime of backend='onnx' / 'openvino' (None for torch)
+            self._packed = None
+            if self.graph is None:
+                self.graph = self._load_graph(trust_remote_code)
         if self.dtype == torch.qint8:  # int8: loaded in fp32 above, now calibrated + quantised
             from .quant import quantize_encoder
 
@@ -374,6 +434,8 @@ class Encoder:
                 f"{self.model_dir!r} is not a model folder: config.json is missing. Pass the folder that "
                 "holds config.json and the weights (model.safetensors or pytorch_model.bin)."
             )
+        if self.backend_name != "torch":
+            return self._load_model_skeleton(trust_remote_code)
         load_dtype = torch.float32 if self.dtype == torch.qint8 else self.dtype
         try:
             with quiet_expected_load_report():  # the pooler left out on purpose is not news
@@ -401,6 +463,46 @@ class Encoder:
         model.eval()
         model.requires_grad_(False)
         return model
+
+    def _load_model_skeleton(self, trust_remote_code: bool) -> torch.nn.Module:
+        """backend='onnx' / 'openvino': the model's config and module layout on the meta device, no
+        weights (the graph holds them; an export loads its own fp32 copy). Saves the torch copy's memory."""
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            config = AutoConfig.from_pretrained(self.model_dir, trust_remote_code=trust_remote_code)
+            with torch.device("meta"):
+                model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read the model config of {self.model_dir!r} ({type(exc).__name__}: {exc}); "
+                                 "the folder needs config.json next to the weights") from None
+        return model.eval().requires_grad_(False)
+
+    def _load_graph(self, trust_remote_code: bool):
+        """The ONNX Runtime / OpenVINO graph: the folder's own (or ``file_name``), else the cached export."""
+        from .backends import find_graph_file, load_graph_backend
+
+        opts = self._backend_options
+        name = self.backend_name
+        try:
+            from .backends.export import export_dir_for, export_graph
+
+            out_dir = export_dir_for(self.model_dir)
+            graph_file = None if opts.get("export") else find_graph_file(self.model_dir, name, opts, also=[out_dir])
+            if graph_file is None:
+                if opts.get("export") is False:
+                    raise ValueError(f"{self.model_dir!r} has no {name} graph (onnx/model.onnx or "
+                                     "openvino/openvino_model.xml) and model_kwargs['export'] is False; "
+                                     f"run `bgem3 export {self.model_dir} --backend {name}` or drop export=False")
+                graph_file = export_graph(self.model_dir, name, out_dir, reuse=not opts.get("export"),
+                                          trust_remote_code=trust_remote_code)
+            precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
+            graph = load_graph_backend(name, graph_file, threads=torch.get_num_threads(), options=opts,
+                                       precision=precision)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        logger.info("backend=%s (%s): running %s", name, precision, graph_file)
+        return graph
 
     def _load_heads(self) -> tuple[torch.nn.Linear, torch.nn.Linear]:
         heads = []
@@ -455,8 +557,9 @@ class Encoder:
         return self.colbert_linear is not None
 
     def __repr__(self) -> str:
+        backend = "" if self.backend_name == "torch" else f", backend={self.backend_name!r}"
         return (f"Encoder({self.model_name!r}, device='{self.device}', dtype={str(self.dtype).replace('torch.', '')}, "
-                f"profile={self.profile.name!r}, max_length={self.max_length})")
+                f"profile={self.profile.name!r}, max_length={self.max_length}{backend})")
 
     # ------------------------------------------------------------------ public API
     def encode(
@@ -703,23 +806,56 @@ class Encoder:
                 mask[r, : len(row)] = 1
         return torch.from_numpy(arr).to(self.device), torch.from_numpy(mask).to(self.device)
 
+    def forward_batch(self, batch_ids: Sequence[Sequence[int]], dense: bool = True, sparse: bool = False,
+                      colbert: bool = False) -> tuple[Optional[np.ndarray], Optional[list], Optional[list]]:
+        """One forward pass over token id lists (as :meth:`tokenize` returns them), in the given
+        order, through this encoder's backend: ``(dense [B, D] or None, sparse dicts or None,
+        ColBERT arrays or None)``. No templating, sorting or splitting: the caller (e.g. ``bgem3
+        serve``'s batcher) has batched already.
+        """
+        if (sparse or colbert) and not self.has_heads:
+            raise ValueError(f"sparse / ColBERT output needs BGE-M3's head files, which {self.path!r} lacks")
+        if not batch_ids:
+            raise ValueError("forward_batch needs at least one token id list")
+        return self._forward([list(x) for x in batch_ids], dense, sparse, colbert)
+
     def _forward(self, batch_ids, want_dense, want_sparse, want_colbert, prompt_len: int = 0):
+        if self.graph is not None:
+            return self._forward_graph(batch_ids, want_dense, want_sparse, want_colbert, prompt_len)
         if self._packed and not prompt_len and self.profile.pooling in ("cls", "mean", "lasttoken"):
             return self._forward_packed(batch_ids, want_dense, want_sparse, want_colbert)
         return self._forward_padded(batch_ids, want_dense, want_sparse, want_colbert, prompt_len)
+
+    def _forward_graph(self, batch_ids, want_dense, want_sparse, want_colbert, prompt_len: int = 0):
+        """backend='onnx' / 'openvino': the graph gives the padded last hidden states, the same
+        pooling and heads as the padded torch path run on them (fp32)."""
+        input_ids, attention_mask = self._pad(batch_ids)
+        hidden = self.graph.hidden_states(input_ids.numpy(), attention_mask.numpy())
+        if hidden.ndim != 3 or hidden.shape[:2] != tuple(input_ids.shape) or hidden.shape[2] != self.model_hidden_size:
+            raise ValueError(f"the {self.backend_name} graph {self.graph.path!r} returned hidden states of shape "
+                             f"{hidden.shape} for a batch of {tuple(input_ids.shape)}; expected "
+                             f"[batch, tokens, {self.model_hidden_size}] (is it this model's graph?)")
+        with torch.inference_mode():
+            return self._heads_padded(torch.from_numpy(hidden), input_ids, attention_mask, want_dense, want_sparse,
+                                      want_colbert, prompt_len)
 
     def _forward_padded(self, batch_ids, want_dense, want_sparse, want_colbert, prompt_len: int = 0):
         """Reference path: a padded ``[B, T]`` batch through the Hugging Face model."""
         input_ids, attention_mask = self._pad(batch_ids)
         with torch.inference_mode():
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            dense_np = sparse_list = colbert_list = None
-            if want_dense:
-                dense_np = self._pool(hidden, attention_mask, prompt_len).float().cpu().numpy()
-            if want_sparse:
-                sparse_list = self._sparse(hidden, input_ids, attention_mask)
-            if want_colbert:
-                colbert_list = self._colbert(hidden, attention_mask)
+            return self._heads_padded(hidden, input_ids, attention_mask, want_dense, want_sparse, want_colbert,
+                                      prompt_len)
+
+    def _heads_padded(self, hidden, input_ids, attention_mask, want_dense, want_sparse, want_colbert, prompt_len):
+        """Pooling + Dense/Normalize, sparse and ColBERT heads on padded hidden states (any backend)."""
+        dense_np = sparse_list = colbert_list = None
+        if want_dense:
+            dense_np = self._pool(hidden, attention_mask, prompt_len).float().cpu().numpy()
+        if want_sparse:
+            sparse_list = self._sparse(hidden, input_ids, attention_mask)
+        if want_colbert:
+            colbert_list = self._colbert(hidden, attention_mask)
         return dense_np, sparse_list, colbert_list
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor, prompt_len: int = 0) -> torch.Tensor:
@@ -933,6 +1069,10 @@ class Encoder:
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _dtype_label(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.qint8: "int8", torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, str(dtype))
+
 
 def _check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:

@@ -197,11 +197,12 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _EXPORT_HINTS = {".onnx": "ONNX", ".xml": "OpenVINO", ".gguf": "GGUF"}
 
 
-def check_runnable(folder: str, name_hint: Optional[str] = None) -> None:
+def check_runnable(folder: str, name_hint: Optional[str] = None, backend: str = "torch") -> None:
     """Raise ``ValueError`` naming what is missing when ``folder`` holds a model bgem3 cannot run.
 
-    Refused: T5-family architectures (Instructor, sentence-T5, GTR) and folders with only ONNX /
-    OpenVINO / GGUF exports and no PyTorch weights.
+    Refused: T5-family architectures (Instructor, sentence-T5, GTR) and, for ``backend="torch"``,
+    folders with only ONNX / OpenVINO / GGUF exports and no PyTorch weights (``backend="onnx"`` /
+    ``"openvino"`` run such a folder's graph).
     """
     for hint in (name_hint, folder):
         why = unsupported_reason(hint)
@@ -229,7 +230,7 @@ def check_runnable(folder: str, name_hint: Optional[str] = None) -> None:
     except OSError:
         return
     has_weights = any(n.endswith(_WEIGHT_SUFFIXES) and not n.endswith(("_linear.pt",)) for n in names)
-    if has_weights:
+    if has_weights or backend != "torch":
         return
     exports = set()
     for root in (folder, os.path.join(folder, "onnx"), os.path.join(folder, "openvino")):
@@ -241,6 +242,7 @@ def check_runnable(folder: str, name_hint: Optional[str] = None) -> None:
     if exports:
         raise ValueError(
             f"{folder!r} holds only {'/'.join(sorted(exports))} exports and no PyTorch weights "
-            "(model.safetensors or pytorch_model.bin). bgem3 runs PyTorch checkpoints: download the "
-            "model's safetensors weights (the original hub repository has them) and pass that folder."
+            "(model.safetensors or pytorch_model.bin). backend='torch' runs PyTorch checkpoints: download the "
+            "model's safetensors weights (the original hub repository has them) and pass that folder, or run "
+            "the export with backend='onnx' / 'openvino'."
         )

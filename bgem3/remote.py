@@ -196,6 +196,9 @@ class RemoteEncoder(Encoder):
     def _forward(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         raise NotImplementedError("RemoteEncoder has no local forward pass; call encode()")
 
+    def forward_batch(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        raise NotImplementedError("RemoteEncoder has no local forward pass; call encode()")
+
     def close(self) -> None:
         """Close the pooled connections (or use the encoder as a context manager)."""
         client = self.__dict__.get("_client")

@@ -71,7 +71,8 @@ class EncoderBacked(BaseModel):
     """Loading options: those of :class:`bgem3.Encoder` (``device``, ``dtype``, ``max_length``,
     ``local_files_only``, ``revision``, ``trust_remote_code``...) and the sentence-transformers ones
     that make sense here: ``torch_dtype`` (or ``{"model_kwargs": {"torch_dtype": ...}}``),
-    ``prompts`` + ``default_prompt_name``, ``token``, ``truncate_dim``, ``backend="torch"``."""
+    ``prompts`` + ``default_prompt_name``, ``token``, ``truncate_dim``, ``backend`` (``"torch"``,
+    ``"onnx"``, ``"openvino"``) with ``{"model_kwargs": {"file_name": ...}}`` for the graph backends."""
     encode_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Per-call options for documents (and for queries when ``query_encode_kwargs`` is empty):
     ``batch_size``, ``max_length``, ``normalize_embeddings``, ``truncate_dim``, ``prompt``,

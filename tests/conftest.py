@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# ONNX / OpenVINO exports (backend=, and dtype="bf16" where it picks OpenVINO) never go to ~/.cache/bgem3
+if "BGEM3_CACHE_DIR" not in os.environ:
+    os.environ["BGEM3_CACHE_DIR"] = tempfile.mkdtemp(prefix="bgem3-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["BGEM3_CACHE_DIR"], True)  # ours: made just above
 
 from bgem3.testing import make_m3_checkpoint, minilm_path  # noqa: E402
 

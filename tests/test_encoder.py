@@ -317,7 +317,7 @@ def test_cpu_default_is_exact_fp32(m3_encoder):
 
 
 def test_bf16_on_cpu_when_asked(m3_path, m3_encoder):
-    enc = Encoder(m3_path, device="cpu", dtype="bf16")
+    enc = Encoder(m3_path, device="cpu", dtype="bf16", backend="torch")  # PyTorch's bf16 path
     assert next(enc.model.parameters()).dtype == torch.bfloat16
     out = enc.encode(["hello world", "LangChain"], sparse=True, colbert=True)
     assert out.dense.dtype == np.float32 and out.colbert[0].dtype == np.float32

@@ -35,7 +35,7 @@ def m3_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def both(m3_dir):
     ref = Encoder(m3_dir, device="cpu").encode(TEXTS, sparse=True, colbert=True)
-    fast_enc = Encoder(m3_dir, device="cpu", dtype="bf16")
+    fast_enc = Encoder(m3_dir, device="cpu", dtype="bf16", backend="torch")  # PyTorch's bf16 path
     return ref, fast_enc, fast_enc.encode(TEXTS, sparse=True, colbert=True)
 
 

@@ -12,7 +12,7 @@ from bgem3.serve.scheduler import Batcher, QueueFull, ShuttingDown
 
 
 class GatedEncoder:
-    """`_forward` blocks until `gate` is set; records each pass's texts."""
+    """`forward_batch` blocks until `gate` is set; records each pass's texts."""
 
     hidden_size = 4
 
@@ -21,7 +21,7 @@ class GatedEncoder:
         self.entered = threading.Event()
         self.passes: list[list[list[int]]] = []
 
-    def _forward(self, batch_ids, d, s, c):
+    def forward_batch(self, batch_ids, d, s, c):
         self.entered.set()
         self.gate.wait(10)
         self.passes.append([list(x) for x in batch_ids])
@@ -122,10 +122,10 @@ def test_close_refuses_new_work_but_finishes_queued():
 
 def test_a_failing_pass_fails_its_requests_and_the_worker_keeps_going():
     class Flaky(GatedEncoder):
-        def _forward(self, batch_ids, d, s, c):
+        def forward_batch(self, batch_ids, d, s, c):
             if batch_ids[0][0] == 0:
                 raise RuntimeError("boom")
-            return super()._forward(batch_ids, d, s, c)
+            return super().forward_batch(batch_ids, d, s, c)
 
     enc = Flaky()
     enc.gate.set()

@@ -92,3 +92,35 @@ def _warn_once() -> None:
         "linear layers, so the ceiling is ~1.4x dtype='fp32'; measured ~1.1x with one thread, and slower than fp32 "
         "with 2 threads on a busy machine (docs/encoder.md). Use dtype='fp32' (exact) here; int8's gains "
         "(the ~3.5x bulk target) need a CPU with AVX512_VNNI / AVX_VNNI or AMX", ", ".join(sorted(int8_cpu_features())) or "no AVX2")
+
+
+def fast_path(dtype_name: str) -> tuple[str, str]:
+    """Which engine runs ``dtype="bf16"`` / ``"int8"`` on this CPU when no ``backend=`` is given:
+    ``(backend, why)``, by the measurements in docs/benchmarks_encode.md (fastest path that keeps the
+    fidelity gates on the real MiniLM: dense cosine median >= 0.999, min >= 0.995, top-10 >= 0.95).
+
+    * ``bf16`` on a CPU with AVX512_BF16 / AMX, with OpenVINO installed: ``"openvino"`` (OpenVINO bf16,
+      measured ~1.7x PyTorch bf16 and closer to fp32); else ``"torch"`` (PyTorch bf16).
+    * ``int8``: ``"torch"`` (SmoothQuant + FBGEMM, bgem3.quant); ONNX Runtime's dynamic int8 is faster
+      but fails the gates (dense cosine min 0.985, top-10 0.92), so it is only used when asked for by
+      ``model_kwargs={"file_name": "onnx/model_qint8.onnx"}``.
+
+    Example::
+
+        >>> from bgem3.quant.engine import fast_path
+        >>> fast_path("int8")[0]
+        'torch'
+    """
+    if dtype_name == "bf16":
+        from ..encoder import cpu_has_fast_bf16
+
+        if not cpu_has_fast_bf16():
+            return "torch", "no avx512_bf16/AMX here: OpenVINO would not run bf16 natively either"
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "torch", "OpenVINO is not installed (pip install 'bgem3[openvino]' for the faster bf16 path)"
+        return "openvino", "OpenVINO bf16 is the fastest path that keeps the fidelity gates on this CPU (avx512_bf16/AMX)"
+    if dtype_name == "int8":
+        return "torch", "PyTorch int8 (SmoothQuant + FBGEMM) is the only int8 path that keeps the fidelity gates"
+    return "torch", "exact"

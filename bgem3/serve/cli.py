@@ -228,9 +228,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise _UsageError("bgem3 serve: --max-length applies to the embedder (--model), which is not served; use "
                          "--reranker-max-length for the reranker")
     _set_threads(args.threads, args.device)
+    from ..cli import backend_options
+
     encoder = reranker = None
     if model is not None:
-        options: dict = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length}
+        options: dict = {"device": args.device, "dtype": args.dtype, "max_length": args.max_length,
+                         **backend_options(args)}
         if args.batch_size:
             options["batch_size"] = args.batch_size
         encoder = Encoder(model, **options)

@@ -212,7 +212,7 @@ class _Pair(list):
 class RerankBackend:
     """What the :class:`~bgem3.serve.scheduler.Batcher` needs from a model, over a :class:`bgem3.Reranker`.
 
-    The batcher asks for a ``hidden_size`` and calls ``_forward(items, dense, sparse, colbert)`` on one pass of
+    The batcher asks for a ``hidden_size`` and calls ``forward_batch(items, dense, sparse, colbert)`` on one pass of
     tokenised items; here an item is one (query, passage) pair as the reranker tokenised it
     (:meth:`tokenize`, the reference's truncation) and the pass returns its raw scores as a one-column "dense"
     block. Length sorting, token budgets, the queue bound and cancellation are the batcher's.
@@ -257,7 +257,7 @@ class RerankBackend:
         full, _ = self.reranker.tokenize_pairs([(query, t) for t in texts], max_length=big, query_max_length=big)
         return [len(f) != len(i) for f, i in zip(full, items)]
 
-    def _forward(self, items: list, dense: bool, sparse: bool, colbert: bool):
+    def forward_batch(self, items: list, dense: bool, sparse: bool, colbert: bool):
         tts = None if items[0].tts is None else [it.tts for it in items]
         scores = np.asarray(self._score(items, tts), dtype=np.float64)
         if scores.shape != (len(items),):

@@ -107,7 +107,7 @@ class Batcher:
     """Queue + worker thread that batches texts from concurrent requests through one encoder.
 
     Args:
-        encoder: a loaded :class:`~bgem3.Encoder` (its ``_forward`` runs the batches).
+        encoder: a loaded :class:`~bgem3.Encoder` (its ``forward_batch`` runs the batches).
         max_batch_tokens: most padded tokens (longest x count) in one forward pass.
         max_batch_size: most texts in one forward pass.
         max_queued_tokens / max_queued_texts: the queue bound; beyond it :meth:`submit`
@@ -337,8 +337,8 @@ class Batcher:
         want_dense, want_sparse, want_colbert = batch[0].request.flags
         t0 = time.perf_counter()
         try:
-            dense_b, sparse_b, colbert_b = self.encoder._forward([it.ids for it in batch], want_dense, want_sparse,
-                                                                 want_colbert)
+            dense_b, sparse_b, colbert_b = self.encoder.forward_batch([it.ids for it in batch], want_dense, want_sparse,
+                                                                      want_colbert)
         except Exception as exc:  # the model failed: fail every request in this pass, keep serving
             logger.exception("encoding a batch of %d texts failed", len(batch))
             self.metrics.failed_batches += 1
