@@ -296,6 +296,16 @@ class HybridIndex(StoreBase):
     def __contains__(self, id: object) -> bool:
         return isinstance(id, str) and id in self._id_map()
 
+    def __getstate__(self) -> dict:
+        """Pickle / ``copy.deepcopy``: everything but the lock (a copy gets a fresh one)."""
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     @property
     def ids(self) -> list[str]:
         """Live ids, in storage order (insertion order; an upserted document moves to the end)."""
