@@ -44,7 +44,7 @@ from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .backends import BACKEND_OPTIONS, check_backend, check_backend_options
-from .encoder import Encoder, dtype_name, resolve_device, resolve_dtype, resolve_model_path
+from .encoder import _DTYPES, Encoder, dtype_name, resolve_device, resolve_dtype, resolve_model_path
 from ._store import check_str_list
 from .profiles import Profile, _escape, detect_profile, get_profile
 from .remote import is_url, remote_encoder_for
@@ -281,17 +281,14 @@ ENCODE_REFUSED = {
     "task": "use task= on E5Embeddings / E5Embedding (e5-instruct models)",
 }
 
-_TORCH_DTYPE_NAMES = {"auto": None, "float32": "fp32", "float": "fp32", "fp32": "fp32", "float16": "fp16",
-                      "half": "fp16", "fp16": "fp16", "bfloat16": "bf16", "bf16": "bf16",
-                      "int8": "int8", "qint8": "int8"}  # int8: CPU, bgem3.quant
-
-
 def _dtype_option(value: Any, where: str) -> Optional[str]:
     text = str(value).replace("torch.", "").lower() if value is not None else None
-    if text is not None and text not in _TORCH_DTYPE_NAMES:
+    if text is None or text == "auto":
+        return None
+    if text not in _DTYPES:  # the encoder's one dtype table (int8: CPU, bgem3.quant)
         raise ValueError(f"{where}={value!r} is not a dtype bgem3 runs; use 'float32', 'float16', 'bfloat16' "
                          "(or torch.float16 ...), 'int8' (CPU), or 'auto' / None for the default")
-    return None if text is None else _TORCH_DTYPE_NAMES[text]
+    return dtype_name(text)
 
 
 #: the ONNX Runtime / OpenVINO options (sentence-transformers' model_kwargs names)

@@ -1134,7 +1134,7 @@ def _restore_encoder(token: str, path: str, options: dict) -> Encoder:
 # --------------------------------------------------------------------------- helpers
 
 def _dtype_label(dtype: torch.dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.qint8: "int8", torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, str(dtype))
+    return _DTYPE_SHORT.get(dtype, str(dtype))
 
 
 def _check_positive_int(value: Any, name: str) -> int:

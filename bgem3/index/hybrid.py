@@ -189,7 +189,7 @@ class HybridIndex(StoreBase):
             raise TypeError(f"lexical must be a bgem3.index.lexical.LexicalChannel; got {type(lexical).__name__}")
         if (lexical is None and encoder is not None and not isinstance(encoder, (str, os.PathLike))
                 and getattr(encoder, "has_heads", True) is False and (channels is None or "lexical" in channels)):
-            from ..bm25 import BM25  # a model without BGE-M3's lexical head: BM25 is its lexical channel
+            from .bm25 import BM25  # a model without BGE-M3's lexical head: BM25 is its lexical channel
 
             lexical = BM25()
         chans = _resolve_channels(channels, encoder, lexical)
