@@ -65,7 +65,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "BM25",

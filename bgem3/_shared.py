@@ -32,10 +32,8 @@ Example::
 
 from __future__ import annotations
 
-import copyreg
 import difflib
 import inspect
-import itertools
 import logging
 import os
 import threading
@@ -46,7 +44,7 @@ from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .backends import BACKEND_OPTIONS, check_backend, check_backend_options
-from .encoder import Encoder, resolve_device, resolve_dtype, resolve_model_path
+from .encoder import _DTYPES, Encoder, dtype_name, resolve_device, resolve_dtype, resolve_model_path
 from ._store import check_str_list
 from .profiles import Profile, _escape, detect_profile, get_profile
 from .remote import is_url, remote_encoder_for
@@ -108,15 +106,6 @@ def check_encoder_options(options: dict, where: str = "model_kwargs") -> dict:
     return options
 
 
-def dtype_name(dtype: Any) -> Optional[str]:
-    """``torch.float32`` / ``"float32"`` -> ``"fp32"`` (``None`` stays ``None``); for configs that serialise."""
-    if dtype is None:
-        return None
-    text = str(dtype).replace("torch.", "").lower()
-    return {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
-            "qint8": "int8"}.get(text, text)
-
-
 def _freeze(value: Any) -> Hashable:
     if isinstance(value, dict):
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
@@ -168,7 +157,7 @@ def shared_encoder(model_name_or_path: Union[str, os.PathLike], **options: Any) 
             if hit is not None:
                 return hit
         enc = Encoder(model_name_or_path, **options)
-        enc._bgem3_load_options = dict(options)  # how to load it again (pickle, see _reduce_encoder)
+        enc._bgem3_load_options = dict(options)  # how to load it again (pickle, see Encoder.__reduce__)
         _LOADS += 1
         if key is not None:
             _CACHE[key] = enc
@@ -292,17 +281,14 @@ ENCODE_REFUSED = {
     "task": "use task= on E5Embeddings / E5Embedding (e5-instruct models)",
 }
 
-_TORCH_DTYPE_NAMES = {"auto": None, "float32": "fp32", "float": "fp32", "fp32": "fp32", "float16": "fp16",
-                      "half": "fp16", "fp16": "fp16", "bfloat16": "bf16", "bf16": "bf16",
-                      "int8": "int8", "qint8": "int8"}  # int8: CPU, bgem3.quant
-
-
 def _dtype_option(value: Any, where: str) -> Optional[str]:
     text = str(value).replace("torch.", "").lower() if value is not None else None
-    if text is not None and text not in _TORCH_DTYPE_NAMES:
+    if text is None or text == "auto":
+        return None
+    if text not in _DTYPES:  # the encoder's one dtype table (int8: CPU, bgem3.quant)
         raise ValueError(f"{where}={value!r} is not a dtype bgem3 runs; use 'float32', 'float16', 'bfloat16' "
                          "(or torch.float16 ...), 'int8' (CPU), or 'auto' / None for the default")
-    return None if text is None else _TORCH_DTYPE_NAMES[text]
+    return dtype_name(text)
 
 
 #: the ONNX Runtime / OpenVINO options (sentence-transformers' model_kwargs names)
@@ -475,89 +461,26 @@ def truncate_dense(vectors: np.ndarray, truncate_dim: Optional[int], normalize: 
     return out.astype(np.float32, copy=False)
 
 
-# --------------------------------------------------------------------------- pickling
+# --------------------------------------------------------------------------- old pickles
 #
-# An Encoder holds torch modules and locks. Objects that hold one (every adapter class, the
-# embedded index) pickle it as "how to load it again" plus a process-local token: unpickling in
-# the same process while the encoder is alive gives back the same object (copy.deepcopy shares
-# the model), elsewhere the model is loaded again from its folder / hub id.
-
-_LIVE: "weakref.WeakValueDictionary[str, Encoder]" = weakref.WeakValueDictionary()
-_TOKENS = itertools.count()
-_PROCESS = f"{os.getpid()}-{id(_LIVE)}"
-
-
-def _encoder_load_spec(enc: Encoder) -> tuple[str, dict]:
-    opts = getattr(enc, "_bgem3_load_options", None)
-    if opts is None:
-        opts = {"device": str(enc.device), "dtype": dtype_name(enc.dtype), "profile": enc.profile,
-                "batch_size": enc.batch_size, "max_tokens_per_batch": enc.max_tokens_per_batch}
-        if enc.max_length != enc.model_max_length:
-            opts["max_length"] = enc.max_length
-    path = enc.path if os.path.isdir(enc.path) else os.fspath(enc.model_name)
-    return path, dict(opts)
-
+# Pickling is a method of each class now (Encoder.__reduce__, HybridIndex.__getstate__/__setstate__,
+# QdrantHybridStore.__reduce__). Pickles written by bgem3 before that name these two functions:
+# kept so that they still load, until the next minor version.
 
 def _restore_encoder(token: str, path: str, options: dict) -> Encoder:
-    live = _LIVE.get(token)
-    if live is not None:
-        return live
-    return shared_encoder(path, **options)
+    """Old pickles of an :class:`~bgem3.Encoder` (now ``bgem3.encoder._restore_encoder``)."""
+    from .encoder import _restore_encoder as restore
 
-
-def _reduce_encoder(enc: Encoder) -> tuple:
-    token = getattr(enc, "_bgem3_token", None)
-    if token is None:
-        token = f"{_PROCESS}-{next(_TOKENS)}"
-        enc._bgem3_token = token
-    _LIVE[token] = enc
-    path, options = _encoder_load_spec(enc)
-    return _restore_encoder, (token, path, options)
-
-
-_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+    return restore(token, path, options)
 
 
 def _restore_without_locks(cls: type, state: dict, locks: dict) -> Any:
+    """Old pickles of a :class:`~bgem3.HybridIndex` (now ``HybridIndex.__setstate__``)."""
     obj = object.__new__(cls)
     obj.__dict__.update(state)
     for name, reentrant in locks.items():
         setattr(obj, name, threading.RLock() if reentrant else threading.Lock())
     return obj
-
-
-def _reduce_without_locks(obj: Any) -> tuple:
-    state, locks = {}, {}
-    for name, value in obj.__dict__.items():
-        if isinstance(value, _LOCK_TYPES):
-            locks[name] = isinstance(value, type(threading.RLock()))
-        else:
-            state[name] = value
-    return _restore_without_locks, (type(obj), state, locks)
-
-
-def _refuse_qdrant_store(store: Any) -> tuple:
-    raise TypeError(
-        "QdrantHybridStore holds a live Qdrant client and cannot be pickled or deep-copied (nor can a retriever "
-        "over it); build a new QdrantHybridStore(url=..., collection_name=...) where you need it, or use "
-        "bgem3.HybridIndex, which pickles"
-    )
-
-
-def register_pickling() -> None:
-    """Teach ``pickle`` / ``copy.deepcopy`` about :class:`~bgem3.Encoder` and the stores (called on import)."""
-    copyreg.pickle(Encoder, _reduce_encoder)
-    from .index import HybridIndex
-
-    copyreg.pickle(HybridIndex, _reduce_without_locks)
-    try:
-        from .stores.qdrant import QdrantHybridStore
-    except ImportError:  # pragma: no cover - qdrant extra not installed
-        return
-    copyreg.pickle(QdrantHybridStore, _refuse_qdrant_store)
-
-
-register_pickling()
 
 
 # --------------------------------------------------------------------------- E5 family

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import os
 import sys
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -50,6 +52,25 @@ _DTYPES = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
     "int8": torch.qint8, "qint8": torch.qint8,  # CPU: int8 linear layers, the rest fp32 (bgem3.quant)
 }
+
+#: The short name of each dtype: the first name :data:`_DTYPES` gives it ("fp32", "fp16", "bf16", "int8").
+_DTYPE_SHORT: dict = {}
+for _alias, _dt in _DTYPES.items():
+    _DTYPE_SHORT.setdefault(_dt, _alias)
+
+
+def dtype_name(dtype: Any) -> Optional[str]:
+    """``torch.float32`` / ``"float32"`` -> ``"fp32"`` (``None`` stays ``None``; an unknown name stays as
+    written, lower-cased); for configs that serialise.
+
+    >>> dtype_name(torch.bfloat16), dtype_name("half"), dtype_name("qint8"), dtype_name(None)
+    ('bf16', 'fp16', 'int8', None)
+    """
+    if dtype is None:
+        return None
+    text = str(dtype).replace("torch.", "").lower()
+    known = _DTYPES.get(text)
+    return text if known is None else _DTYPE_SHORT[known]
 
 #: Files a hub download needs (weights, configs, tokenizer, M3 heads, ST configs).
 _HUB_PATTERNS = [
@@ -561,6 +582,29 @@ class Encoder:
         return (f"Encoder({self.model_name!r}, device='{self.device}', dtype={str(self.dtype).replace('torch.', '')}, "
                 f"profile={self.profile.name!r}, max_length={self.max_length}{backend})")
 
+    def __reduce__(self) -> tuple:
+        """Pickled as how to load it again plus a process-local token: unpickling in the process that
+        holds it (while it is alive) gives the same object, so ``copy.deepcopy`` shares the model;
+        elsewhere the model is loaded again from its folder / hub id with the same options."""
+        token = getattr(self, "_bgem3_token", None)
+        if token is None:
+            token = f"{_PROCESS}-{next(_TOKENS)}"
+            self._bgem3_token = token
+        _LIVE[token] = self
+        path, options = self._load_spec()
+        return _restore_encoder, (token, path, options)
+
+    def _load_spec(self) -> tuple[str, dict]:
+        """``(folder or hub id, Encoder options)`` that load this model again."""
+        opts = getattr(self, "_bgem3_load_options", None)  # set by bgem3._shared.shared_encoder
+        if opts is None:
+            opts = {"device": str(self.device), "dtype": dtype_name(self.dtype), "profile": self.profile,
+                    "batch_size": self.batch_size, "max_tokens_per_batch": self.max_tokens_per_batch}
+            if self.max_length != self.model_max_length:
+                opts["max_length"] = self.max_length
+        path = self.path if os.path.isdir(self.path) else os.fspath(self.model_name)
+        return path, dict(opts)
+
     # ------------------------------------------------------------------ public API
     def encode(
         self,
@@ -1068,10 +1112,29 @@ class Encoder:
         return [dict(zip(utok[a:b], uval[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+# --------------------------------------------------------------------------- pickling (Encoder.__reduce__)
+
+_LIVE: "weakref.WeakValueDictionary[str, Encoder]" = weakref.WeakValueDictionary()
+_TOKENS = itertools.count()
+_PROCESS = f"{os.getpid()}-{id(_LIVE)}"
+
+
+def _restore_encoder(token: str, path: str, options: dict) -> Encoder:
+    live = _LIVE.get(token)
+    if live is not None:
+        return live
+    # The one import that runs up a layer, at call time only: an unpickled encoder joins the process-wide
+    # encoder cache (so several unpickled facades share one copy of the weights); bgem3._shared imports
+    # no framework.
+    from ._shared import shared_encoder
+
+    return shared_encoder(path, **options)
+
+
 # --------------------------------------------------------------------------- helpers
 
 def _dtype_label(dtype: torch.dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.qint8: "int8", torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, str(dtype))
+    return _DTYPE_SHORT.get(dtype, str(dtype))
 
 
 def _check_positive_int(value: Any, name: str) -> int:

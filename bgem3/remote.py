@@ -42,7 +42,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .encoder import EncodeOutput, Encoder, _check_positive_int, _check_texts
+from .encoder import EncodeOutput, Encoder, _check_positive_int, _check_texts, dtype_name
 from .profiles import Profile
 
 __all__ = ["RemoteEncoder", "RemoteError", "RemoteUnavailable", "answer_bytes_bound", "check_encode_answer", "is_url",
@@ -886,8 +886,6 @@ def remote_encoder_for(url: str, **options: Any) -> RemoteEncoder:
         raise ValueError(f"{', '.join(sorted(bad))} applies to a model loaded in this process; the model at {url} is "
                          f"the server's: drop {', '.join(sorted(bad))} (configure `bgem3 serve` instead)")
     enc = RemoteEncoder(url, batch_size=given.get("batch_size"), max_length=given.get("max_length"))
-    from ._shared import dtype_name
-
     for key, server in (("device", enc.device), ("dtype", dtype_name(enc.dtype))):
         if key in given:
             mine = str(given[key]) if key == "device" else dtype_name(given[key])

@@ -189,7 +189,7 @@ class HybridIndex(StoreBase):
             raise TypeError(f"lexical must be a bgem3.index.lexical.LexicalChannel; got {type(lexical).__name__}")
         if (lexical is None and encoder is not None and not isinstance(encoder, (str, os.PathLike))
                 and getattr(encoder, "has_heads", True) is False and (channels is None or "lexical" in channels)):
-            from ..bm25 import BM25  # a model without BGE-M3's lexical head: BM25 is its lexical channel
+            from .bm25 import BM25  # a model without BGE-M3's lexical head: BM25 is its lexical channel
 
             lexical = BM25()
         chans = _resolve_channels(channels, encoder, lexical)
@@ -295,6 +295,16 @@ class HybridIndex(StoreBase):
 
     def __contains__(self, id: object) -> bool:
         return isinstance(id, str) and id in self._id_map()
+
+    def __getstate__(self) -> dict:
+        """Pickle / ``copy.deepcopy``: everything but the lock (a copy gets a fresh one)."""
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     @property
     def ids(self) -> list[str]:

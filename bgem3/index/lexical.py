@@ -473,15 +473,9 @@ register_lexical_channel(LearnedSparse)
 
 
 def lexical_channel_from_config(kind: Any, config: Any) -> LexicalChannel:
-    """Rebuild a saved channel; ``ValueError`` naming the kind if it is unknown (import the module
-    that registers it, e.g. ``bgem3.bm25``, before loading)."""
-    if kind not in _REGISTRY and kind == "bm25":
-        try:  # the BM25 channel registers itself on import
-            import importlib
-
-            importlib.import_module("bgem3.bm25")
-        except ImportError:
-            pass
+    """Rebuild a saved channel; ``ValueError`` naming the kind if it is unknown (the built-in ones,
+    ``learned-sparse`` and ``bm25``, are registered whenever :mod:`bgem3.index` is imported; import the module
+    that registers any other before loading)."""
     cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"unknown lexical channel kind {kind!r}; known: {sorted(_REGISTRY)} (import the module "

@@ -878,6 +878,13 @@ class QdrantHybridStore(StoreBase):
             return False
         return bool(self.client.retrieve(self.collection_name, ids=[point_id(doc_id)], with_payload=False))
 
+    def __reduce__(self) -> tuple:
+        raise TypeError(
+            "QdrantHybridStore holds a live Qdrant client and cannot be pickled or deep-copied (nor can a retriever "
+            "over it); build a new QdrantHybridStore(url=..., collection_name=...) where you need it, or use "
+            "bgem3.HybridIndex, which pickles"
+        )
+
     def __repr__(self) -> str:
         where = f"edge_path={self.client.path!r}, " if self._is_edge() else ""
         return (f"QdrantHybridStore({where}collection={self.collection_name!r}, model={self.model_name!r}, "
