@@ -235,14 +235,29 @@ def test_m3_channel_rerankers_point_cross_encoder_names_at_reranker():
         HybridReranker("BAAI/bge-reranker-v2-m3")
 
 
-def test_bf16_scores_stay_close(paths):
+def test_bf16_scores_stay_close(paths, tmp_path):
+    """dtype='bf16' (CPU): on the tiny random XLM-R it runs in bf16; its fidelity is held to the same gates as int8 on
+    the real MiniLM transformer over real text (a fixed bound on the random-weight toy failed at two threads: 0.119
+    of a 2.5 score range, 1 thread passed; random weights make bf16 rounding a matter of the thread count)."""
     import torch
+
+    from bgem3.quant.fidelity import TOP10_AGREEMENT_GATE, real_passages, real_queries, topk_agreement
+    from bgem3.testing import make_trained_reranker_checkpoint
 
     rr = _ours(paths, "xlmr", dtype="bf16")
     assert rr.dtype == torch.bfloat16
-    a = np.asarray(rr.compute_score(PAIRS))
-    b = np.asarray(_ours(paths, "xlmr").compute_score(PAIRS))
-    assert np.abs(a - b).max() < 0.1
+    toy = np.asarray(rr.compute_score(PAIRS))
+    assert np.isfinite(toy).all() and np.corrcoef(toy, _ours(paths, "xlmr").compute_score(PAIRS))[0, 1] > 0.99
+    path = make_trained_reranker_checkpoint(str(tmp_path / "minilm-ce"))
+    fp32 = Reranker(path, device="cpu", max_length=128)
+    bf16 = Reranker(path, device="cpu", dtype="bf16", max_length=128)
+    queries, passages = real_queries(12), real_passages(40)
+    a = np.array([fp32.score(q, passages) for q in queries])
+    b = np.array([bf16.score(q, passages) for q in queries])
+    assert a.std() > 0.1 and np.abs(a - b).max() > 0  # scores spread, and bf16 really changed them
+    assert topk_agreement(a, b, 10) >= TOP10_AGREEMENT_GATE
+    assert min(np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1] for x, y in zip(a, b)) >= 0.98
+    assert np.abs(a - b).max() < 0.5 * a.std()
 
 
 def test_channel_rerankers_point_at_the_cross_encoder_classes(paths):
