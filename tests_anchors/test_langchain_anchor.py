@@ -57,7 +57,6 @@ SAME = [
 # (row, keyword arguments, what the error names): refused by bgem3 with the reason and the alternative
 REFUSED = [
     ("multi_process", {"multi_process": True}, "multi_process"),
-    ("backend onnx", {"model_kwargs": {"backend": "onnx"}}, "onnx"),
     ("tokenizer_kwargs", {"model_kwargs": {"tokenizer_kwargs": {"model_max_length": 64}}}, "tokenizer_kwargs"),
     ("config_kwargs", {"model_kwargs": {"config_kwargs": {}}}, "config_kwargs"),
     ("similarity_fn_name", {"model_kwargs": {"similarity_fn_name": "cosine"}}, "similarity_fn_name"),
@@ -112,6 +111,18 @@ def test_migration_table_refusals_name_the_option(row, kw, named, tmp_path):
     with pytest.raises((ValueError, TypeError)) as err:
         BGEM3Embeddings(**_kwargs(kw, tmp_path))
     assert named in str(err.value)
+
+
+def test_backend_onnx_is_taken_and_names_its_extra_where_onnxruntime_is_missing(tmp_path):
+    """backend='onnx' is supported since issue 26 (exactness is tested in tests/test_backends.py, where the
+    extra is installed); this environment has no onnxruntime, so it must be an ImportError naming the extra,
+    not a silent fall-back to torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is not None:
+        pytest.skip("onnxruntime is installed here")
+    with pytest.raises(ImportError, match=r"bgem3\[onnx\]"):
+        BGEM3Embeddings(**_kwargs({"model_kwargs": {"backend": "onnx"}}, tmp_path))
 
 
 # ------------------------------------------------------------------------------------------ flows

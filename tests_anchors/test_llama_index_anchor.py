@@ -45,7 +45,6 @@ SAME = [
 ]
 
 REFUSED = [
-    ("backend onnx", {"backend": "onnx"}, "onnx"),
     ("parallel_process", {"parallel_process": True}, "parallel_process"),
     ("target_devices", {"target_devices": ["cpu", "cpu"]}, "target_devices"),
     ("pooling", {"pooling": "cls"}, "pooling"),
@@ -86,6 +85,18 @@ def test_migration_table_refusals_name_the_argument(row, kw, named):
     with pytest.raises((ValueError, TypeError)) as err:
         BGEM3Embedding(model_name=P, **kw)
     assert named in str(err.value)
+
+
+def test_backend_onnx_is_taken_and_names_its_extra_where_onnxruntime_is_missing(tmp_path):
+    """backend='onnx' is supported since issue 26 (exactness is tested in tests/test_backends.py, where the
+    extra is installed); this environment has no onnxruntime, so it must be an ImportError naming the extra,
+    not a silent fall-back to torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is not None:
+        pytest.skip("onnxruntime is installed here")
+    with pytest.raises(ImportError, match=r"bgem3\[onnx\]"):
+        BGEM3Embedding(model_name=P, backend="onnx")
 
 
 # ------------------------------------------------------------------------------------------ flows
