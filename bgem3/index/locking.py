@@ -13,6 +13,11 @@ whole run and its ``save`` takes it again); other threads wait on an in-process 
 While it holds the lock, the holder writes a line saying who it is (pid, host, command, start
 time) into the file, so a process that has to wait can say whom it waits for.
 
+A child forked while its parent holds the lock does not inherit it: the child closes its copies of
+the lock's descriptors and starts with no lock held (``os.register_at_fork``), so it waits for the
+parent's commit like any other writer, and a long-lived child (a worker pool) never keeps the folder
+locked after the parent released it.
+
 On platforms without ``fcntl`` (Windows) there is no writer lock: one writer per folder.
 
 Example::
@@ -60,6 +65,28 @@ class _Held:
 
 _registry: dict[str, _Held] = {}
 _registry_lock = threading.Lock()
+
+
+def _forget_locks_in_child() -> None:
+    """After ``fork``: the child holds none of the parent's writer locks. Its copies of the
+    descriptors are closed (``flock`` stays with the parent, whose descriptors are still open) and
+    the registry starts empty (the parent's in-process mutexes may be held by threads that do not
+    exist in the child)."""
+    global _registry, _registry_lock
+    for held in _registry.values():
+        fd, held.fd = held.fd, None  # a `with` the child unwinds later must not touch a reused fd number
+        held.depth = 0
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _registry = {}
+    _registry_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 def lock_holder(folder: Any) -> str:
@@ -123,7 +150,7 @@ def writer_lock(folder: Any, *, timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT,
         try:
             yield
         finally:
-            held.depth -= 1
+            held.depth = max(0, held.depth - 1)
             if held.depth == 0 and held.fd is not None:
                 fd, held.fd = held.fd, None
                 try:
