@@ -14,7 +14,8 @@ oneDNN's ``gelu_erf`` post-op.
 Policy (:data:`ONEDNN`): ``None`` (auto) uses oneDNN on x86 CPUs whose vendor is not Intel (where
 MKL takes its AVX2 path; measured here) and keeps MKL on Intel CPUs (MKL's home, not measured here);
 ``True`` / ``False`` force it (benchmarks time both). Anything else (bf16 / int8 layers, GPUs, a
-PyTorch without the oneDNN op, fewer than :data:`MIN_ROWS` rows) runs the module as it is.
+PyTorch without the oneDNN op, fewer than :data:`MIN_ROWS` rows, a module with forward hooks, as
+bgem3.quant's calibration sets) runs the module as it is.
 
 Example::
 
@@ -79,6 +80,14 @@ def onednn_active() -> bool:
     return _auto() if ONEDNN is None else bool(ONEDNN) and _onednn_works()
 
 
+def _hooked(mod: torch.nn.Module) -> bool:
+    """Whether calling ``mod`` runs hooks (bgem3.quant's calibration records inputs so): then it is called."""
+    from torch.nn.modules import module as m
+
+    return bool(mod._forward_hooks or mod._forward_pre_hooks or m._global_forward_hooks
+                or m._global_forward_pre_hooks)
+
+
 def linear(mod: torch.nn.Module, x: torch.Tensor, *, gelu: bool = False,
            active: Optional[bool] = None) -> torch.Tensor:
     """``mod(x)`` (then exact GELU when ``gelu``), on oneDNN when that is the faster fp32 path here.
@@ -88,7 +97,7 @@ def linear(mod: torch.nn.Module, x: torch.Tensor, *, gelu: bool = False,
     if active is None:
         active = onednn_active()
     if active and type(mod) is torch.nn.Linear and x.dtype == torch.float32 and mod.weight.dtype == torch.float32 \
-            and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] >= MIN_ROWS:
+            and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] >= MIN_ROWS and not _hooked(mod):
         return torch.ops.mkldnn._linear_pointwise(x, mod.weight, mod.bias, "gelu" if gelu else "none", [],
                                                   "none" if gelu else "")
     y = mod(x)

@@ -254,3 +254,19 @@ def test_onednn_skips_what_is_not_a_plain_fp32_linear(monkeypatch):
     assert cl.linear(Sub(8, 4), torch.randn(16, 8), active=True).shape == (16, 4)
     assert cl.linear(lin.to(torch.bfloat16), torch.randn(16, 8, dtype=torch.bfloat16), active=True).dtype == torch.bfloat16
     assert calls == []
+
+
+@onednn
+def test_onednn_calls_hooked_modules(monkeypatch):
+    """A linear with forward hooks (bgem3.quant's calibration records its inputs so) is called as a module:
+    with the oneDNN route on, int8 calibration saw no layer at all (0 int8 layers) before this."""
+    import bgem3._cpu_linear as cl
+
+    lin = torch.nn.Linear(8, 4)
+    seen = []
+    lin.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].shape))
+    cl.linear(lin, torch.randn(16, 8), active=True)
+    assert seen == [(16, 8)]
+    monkeypatch.setattr(cl, "ONEDNN", True)
+    q = Encoder(minilm_path(), device="cpu", dtype="int8")
+    assert q.quantization["int8_layers"] > 0
