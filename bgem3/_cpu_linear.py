@@ -97,7 +97,8 @@ def linear(mod: torch.nn.Module, x: torch.Tensor, *, gelu: bool = False,
     if active is None:
         active = onednn_active()
     if active and type(mod) is torch.nn.Linear and x.dtype == torch.float32 and mod.weight.dtype == torch.float32 \
-            and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] >= MIN_ROWS and not _hooked(mod):
+            and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] >= MIN_ROWS and x.is_contiguous() \
+            and not _hooked(mod):
         return torch.ops.mkldnn._linear_pointwise(x, mod.weight, mod.bias, "gelu" if gelu else "none", [],
                                                   "none" if gelu else "")
     y = mod(x)
