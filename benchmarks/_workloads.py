@@ -166,6 +166,91 @@ def int8_matmul_peak(size: int = 2048, reps: int = 3) -> float:
     return 2 * size ** 3 / best
 
 
+def cpu_flags() -> list:
+    """The CPU features every figure depends on (AVX2, AVX-512, VNNI, BF16, AMX), from /proc/cpuinfo."""
+    want = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in want if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def figure_conditions() -> dict:
+    """What sits beside every figure in the JSON: threads, load average (1/5/15 min), CPU flags."""
+    load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+    return {"threads": torch.get_num_threads(), "loadavg": load, "cpu_flags": cpu_flags()}
+
+
+#: GEMM shapes of the microbenchmark: (rows, in, out) of the small model's FFN and of BGE-M3's
+GEMM_SHAPES = ((512, 384, 1536), (2048, 1024, 4096))
+
+
+def gemm_rates(seconds: float, log) -> dict:
+    """The machine's GEMM rates (GFLOP/s, or GOP/s for int8) at the current thread count, best over
+    ``seconds`` in all: fp32 through PyTorch's BLAS call (MKL) and through oneDNN (what the exact path
+    uses where it is faster), bf16 (oneDNN), int8 (FBGEMM u8 x s8, what ``dtype="int8"`` runs)."""
+    import torch.nn.functional as F
+
+    def onednn(x, w):
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+    def fbgemm(x, w):
+        return torch.ops.quantized.linear_dynamic(x, w, True)
+
+    kinds = {"fp32 (PyTorch BLAS / MKL)": ("fp32", torch.float32, F.linear), "fp32 (oneDNN)": ("fp32", torch.float32, onednn),
+             "bf16 (oneDNN)": ("bf16", torch.bfloat16, F.linear), "int8 (FBGEMM)": ("int8", None, fbgemm)}
+    slot = seconds / (len(kinds) * len(GEMM_SHAPES))
+    out: dict = {"seconds": seconds, "shapes": [list(s) for s in GEMM_SHAPES], **figure_conditions(), "by_kernel": {}}
+    for label, (prec, dt, fn) in kinds.items():
+        best = 0.0
+        for m, k, n in GEMM_SHAPES:
+            x, w = torch.randn(m, k), torch.randn(n, k)
+            if prec == "int8":
+                scale = (w.abs().amax(1) / 127).double()
+                qw = torch.quantize_per_channel(w, scale, torch.zeros(n, dtype=torch.long), 0, torch.qint8)
+                w = torch.ops.quantized.linear_prepack(qw, None)
+                x = torch.rand(m, k)
+            else:
+                x, w = x.to(dt), w.to(dt)
+            try:
+                fn(x, w)
+            except Exception as exc:  # e.g. no oneDNN op in this PyTorch: say so
+                out["by_kernel"][label] = f"unavailable: {type(exc).__name__}"
+                break
+            t_end = time.perf_counter() + slot
+            while time.perf_counter() < t_end:
+                t0 = time.perf_counter()
+                fn(x, w)
+                best = max(best, 2 * m * k * n / (time.perf_counter() - t0) / 1e9)
+        else:
+            out["by_kernel"][label] = best
+            out[prec] = max(out.get(prec, 0.0), best)
+    log(f"GEMM rates ({out['threads']} threads, best over {seconds:.0f} s): "
+        + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in out["by_kernel"].items())
+        + f"  load {out['loadavg']}")
+    return out
+
+
+def flag_executed_flops(lengths: np.ndarray, batch: int, model_flops: Callable, cfg) -> float:
+    """FLOPs FlagEmbedding's ``BGEM3FlagModel.encode`` executes: texts sorted longest first, its first
+    batch run once more as a probe (its batch-size search), every batch padded to its longest text."""
+    srt = np.sort(np.asarray(lengths))[::-1]
+    total = 0.0
+    batches = [srt[:batch]] + [srt[a:a + batch] for a in range(0, len(srt), batch)]
+    for b in batches:
+        total += model_flops(np.full(len(b), int(b.max())), cfg)
+    return total
+
+
+def _precision_of(name: str) -> str:
+    return "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
+
+
 def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float) -> dict:
     from bgem3 import Encoder
     from bgem3.encoder import cpu_has_fast_bf16
@@ -176,6 +261,7 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
     report: dict = {"workloads": {}, "fidelity": {}, "skipped": {}, "load": {}}
     report["load"]["loadavg_start"] = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
     report["cpu_int8"] = {"features": sorted(int8_cpu_features()), "vnni": has_vnni(), "fast_bf16": cpu_has_fast_bf16()}
+    report["figure_conditions_start"] = figure_conditions()
 
     ref = Encoder(path, device="cpu", max_length=args.max_length)
     corpus = bulk_corpus(args.bulk_n)
@@ -184,7 +270,11 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
     queries = real_queries(50)
     lengths = np.array([len(x) for x in ref.tokenize(corpus, args.max_length)])
     flops = model_flops(lengths, ref.model.config)
-    i8_peak = int8_matmul_peak()
+    rates = None
+    if getattr(args, "gemm_seconds", 0) > 0:  # the machine's GEMM rates, the yardstick of every path
+        rates = report["gemm_rates"] = gemm_rates(args.gemm_seconds, log)
+        fp32_peak = max(fp32_peak, rates.get("fp32", 0.0) * 1e9)
+    i8_peak = rates["int8"] * 1e9 if rates and "int8" in rates else int8_matmul_peak()
     report["corpus"] = {"n": len(corpus), "tokens": int(lengths.sum()), "tokens_min": int(lengths.min()),
                         "tokens_median": float(np.median(lengths)), "tokens_max": int(lengths.max()),
                         "words": "80-400", "token_lengths": getattr(args, "bulk_tokens", "real"),
@@ -203,6 +293,16 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
 
     if "bgem3-fp32" in systems:
         tools["bgem3 fp32"] = ours(ref)
+    if "bgem3-fp32-blas" in systems:  # the exact path before issue 26b: fp32 linears on PyTorch's BLAS call (MKL)
+        import bgem3._cpu_linear as cpu_linear
+
+        def blas(texts, dense=True, sparse=False, colbert=False, _fn=ours(ref)):
+            old, cpu_linear.ONEDNN = cpu_linear.ONEDNN, False
+            try:
+                return _fn(texts, dense, sparse, colbert)
+            finally:
+                cpu_linear.ONEDNN = old
+        tools["bgem3 fp32, MKL linears"] = blas
     if "bgem3-bf16" in systems:
         if cpu_has_fast_bf16() or args.force_bf16:
             tools["bgem3 torch bf16"] = ours(Encoder(path, device="cpu", dtype="bf16", backend="torch",
@@ -278,6 +378,7 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
             rows = []
             ref_out = None
             names = list(tools)
+            last_exact = None  # the exact path's latest time, when nothing ran since: the next bracket's start
             for name in names:
                 if want[1] and outputs_of.get(name) == ("dense",):
                     continue
@@ -291,18 +392,28 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
                     tools["bgem3 fp32"](corpus, *want)
                     return time.perf_counter() - t0
                 if getattr(args, "bracket", True) and name != "bgem3 fp32" and "bgem3 fp32" in tools:
-                    bracket.append(exact_once())  # the exact path right before ...
+                    # the exact path right before (shared with the previous system's "after") ...
+                    bracket.append(last_exact if last_exact is not None else exact_once())
                 for _r in range(args.bulk_reps):
                     c0, t0 = time.process_time(), time.perf_counter()
                     out = tools[name](corpus, *want)
                     times.append((time.perf_counter() - t0, time.process_time() - c0))
+                last_exact = min(t for t, _ in times) if name == "bgem3 fp32" else None
                 if bracket:
                     bracket.append(exact_once())  # ... and right after: the ratio holds for this stretch of load
+                    last_exact = bracket[-1]
                 wall = min(t for t, _ in times)
                 row = {"system": name, "wall_s": wall, "walls": [t for t, _ in times], "cpu_s": [c for _, c in times],
                        "tokens_per_s": float(lengths.sum()) / wall, "model_gflops_per_s": flops / wall / 1e9,
                        "share_of_fp32_peak": flops / wall / fp32_peak, "share_of_int8_peak": flops / wall / i8_peak,
-                       "loadavg": open("/proc/loadavg").read().split()[0]}
+                       "loadavg": open("/proc/loadavg").read().split()[0], "conditions": figure_conditions()}
+                prec = _precision_of(name)
+                if rates and prec in rates:  # the share of the machine's GEMM rate in this path's own precision
+                    row["gemm_precision"], row["share_of_gemm_rate"] = prec, flops / wall / 1e9 / rates[prec]
+                if name == "FlagEmbedding fp32":  # what it executes (probe batch + padding) beside the useful work
+                    executed = flag_executed_flops(lengths, 256, model_flops, ref.model.config)
+                    row.update(executed_gflop=executed / 1e9, useful_gflop=flops / 1e9,
+                               executed_over_useful=executed / flops, executed_gflops_per_s=executed / wall / 1e9)
                 if bracket:
                     row["exact_bracket_s"] = bracket
                     row["speedup_vs_exact_bracketed"] = (sum(bracket) / len(bracket)) / wall
@@ -320,8 +431,12 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
                 rows.append(row)
                 br = (f"  {row['speedup_vs_exact_bracketed']:.2f}x exact (bracket {bracket[0]:.1f}/{bracket[1]:.1f} s)"
                       if bracket else "")
+                own = (f", {100 * row['share_of_gemm_rate']:.0f}% of the {row['gemm_precision']} GEMM rate"
+                       if "share_of_gemm_rate" in row else "")
+                own += (f"; executes {row['executed_gflop']:.0f} GFLOP = {row['executed_over_useful']:.2f}x the useful "
+                        f"{row['useful_gflop']:.0f}" if "executed_gflop" in row else "")
                 log(f"  [bulk {scen}] {name:<28s} {wall:8.1f} s{br}  {row['tokens_per_s']:8.0f} tok/s  "
-                    f"{row['model_gflops_per_s']:6.1f} GFLOP/s ({100 * row['share_of_fp32_peak']:.0f}% of fp32 peak)  "
+                    f"{row['model_gflops_per_s']:6.1f} GFLOP/s ({100 * row['share_of_fp32_peak']:.0f}% of fp32 peak{own})  "
                     f"load {row['loadavg']}" + (f"  fidelity {json.dumps(row.get('fidelity'))}" if "fidelity" in row else ""))
             flag_row = next((r for r in rows if r["system"] == "FlagEmbedding fp32"), None)
             ours_row = next((r for r in rows if r["system"] == "bgem3 fp32"), None)
@@ -345,7 +460,8 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
                 fn(texts[a:a + 32], True, not dense_only, not dense_only)
             wall = time.perf_counter() - t0
             rows.append({"system": name, "outputs": "dense" if dense_only else "all three", "wall_s": wall,
-                         "ms_per_call": 1000 * wall / args.chunk_calls, "loadavg": open("/proc/loadavg").read().split()[0]})
+                         "ms_per_call": 1000 * wall / args.chunk_calls, "loadavg": open("/proc/loadavg").read().split()[0],
+                         "conditions": figure_conditions()})
             log(f"  [chunks 32] {name:<28s} {rows[-1]['ms_per_call']:8.0f} ms/call ({rows[-1]['outputs']})")
         report["workloads"]["chunks"] = rows
     # ---- single query latency (dense + lexical + ColBERT where the system has them)
@@ -361,7 +477,8 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
                 fn([q], True, not dense_only, not dense_only)
                 lat.append(1000 * (time.perf_counter() - t0))
             rows.append({"system": name, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                         "n": len(lat), "loadavg": open("/proc/loadavg").read().split()[0]})
+                         "n": len(lat), "loadavg": open("/proc/loadavg").read().split()[0],
+                         "conditions": figure_conditions()})
             log(f"  [query] {name:<28s} p50 {rows[-1]['p50_ms']:6.1f} ms  p99 {rows[-1]['p99_ms']:6.1f} ms")
         report["workloads"]["query"] = rows
     report["load"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]

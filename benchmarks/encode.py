@@ -24,6 +24,7 @@ Examples::
     python benchmarks/encode.py --model small --workloads bulk,query --bulk-n 200 --bulk-scenarios all \
         --systems bgem3-fp32,bgem3-onnx,bgem3-openvino,bgem3-openvino-bf16,bgem3-int8,bgem3-onnx-int8 \
         --backend-fidelity   # bgem3's forward backends, each bracketed by the exact path, + real-MiniLM gates
+    benchmarks/final_encode_run.sh OUT_DIR   # the whole issue-26 run (1 and 2 threads, GEMM rates, full shape)
 """
 
 from __future__ import annotations
@@ -327,6 +328,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--backend-fidelity", action="store_true",
                     help="also score bgem3's ONNX Runtime / OpenVINO / bf16 / int8 paths against the exact one on the "
                          "real MiniLM (300 passages, 50 queries; the int8/bf16 gates)")
+    ap.add_argument("--gemm-seconds", type=float, default=0.0,
+                    help="workload run: first measure the machine's fp32 (MKL and oneDNN) / bf16 / int8 GEMM rates for "
+                         "this long (60 = the one-minute microbenchmark) and report each path's share of its "
+                         "precision's rate (default 0: only the quick fp32 / int8 peaks)")
     ap.add_argument("--no-bracket", dest="bracket", action="store_false",
                     help="bulk: do not time the exact path right before and after each other system")
     args = ap.parse_args(argv)
@@ -361,7 +366,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from benchmarks._workloads import minilm_fidelity, run_workloads
 
         import transformers
+        from benchmarks._workloads import cpu_flags
+
         cond = {"cpu": conditions(args, device, dtype, 0, np.array([1]))["cpu"], "threads": torch.get_num_threads(),
+                "cpu_flags": cpu_flags(),
                 "torch": torch.__version__, "transformers": transformers.__version__, "model": args.model,
                 "model_desc": MODELS[args.model][1], "max_length": args.max_length}
         log("conditions: " + json.dumps(cond))

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
 from ._hf import quiet_expected_load_report, transformers_attr
+from ._cpu_linear import linear, onednn_active
 from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
 
 logger = logging.getLogger(__name__)
@@ -1032,7 +1033,7 @@ class Encoder:
                 sparse_list = self._sparse_dicts(rows, ids[sel], weights[sel], b)
             if want_colbert:
                 body = local.ne(0)
-                vecs = torch.nn.functional.normalize(self.colbert_linear(hidden[body].float()), dim=-1).cpu().numpy()
+                vecs = torch.nn.functional.normalize(linear(self.colbert_linear, hidden[body].float()), dim=-1).cpu().numpy()
                 colbert_list = np.split(vecs, np.cumsum(lens_np - 1)[:-1])
         return dense_np, sparse_list, colbert_list
 
@@ -1043,9 +1044,10 @@ class Encoder:
         sa = att.self
         nh, hd = sa.num_attention_heads, sa.attention_head_size
         q_in = hidden if query_rows is None else hidden[query_rows]
-        q = sa.query(q_in)
-        k = sa.key(hidden)
-        v = sa.value(hidden)
+        fast = onednn_active()
+        q = linear(sa.query, q_in, active=fast)
+        k = linear(sa.key, hidden, active=fast)
+        v = linear(sa.value, hidden, active=fast)
         h = q.shape[-1]
         if slot is None:  # one text, or texts of one length: a plain reshape
             kk = k.view(b, width, nh, hd).transpose(1, 2)
@@ -1085,13 +1087,16 @@ class Encoder:
             width = int(getattr(inter.dense, "out_features", 0) or 4 * ctx.shape[1])
             step = ROW_CHUNK or max(256, ROW_CHUNK_ELEMENTS // max(width, 1))
         result = None
+        fast = onednn_active()
         for a in range(0, n, step):
             c, r = ctx[a:a + step], residual[a:a + step]
-            x = att_out.dense(c)
+            x = linear(att_out.dense, c, active=fast)
             x = att_out.LayerNorm(x.add_(r))
-            y = inter.dense(x)
-            y = torch.ops.aten.gelu_(y) if inplace_gelu else act(y)
-            y = out.dense(y)
+            if inplace_gelu:  # exact (erf) GELU: in place, or fused into the GEMM on oneDNN
+                y = linear(inter.dense, x, gelu=True, active=fast)
+            else:
+                y = act(linear(inter.dense, x, active=fast))
+            y = linear(out.dense, y, active=fast)
             y = out.LayerNorm(y.add_(x))
             if step >= n:
                 return y

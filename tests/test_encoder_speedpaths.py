@@ -86,7 +86,11 @@ def test_packed_matches_flagembedding(m3_dir, packed_enc):
     flag = BGEM3FlagModel(m3_dir, use_fp16=False, devices="cpu")
     ref = flag.encode(TEXTS, return_dense=True, return_sparse=True, return_colbert_vecs=True,
                       max_length=512, batch_size=4)
-    out = packed_enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=5)
+    _assert_matches_flag(packed_enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=5), ref)
+
+
+def _assert_matches_flag(out, ref):
+    """Our three outputs equal BGEM3FlagModel.encode's within TOL (same token sets for the lexical weights)."""
     np.testing.assert_allclose(out.dense, ref["dense_vecs"], atol=TOL, rtol=0)
     for ours, theirs in zip(out.sparse, ref["lexical_weights"]):
         assert {str(k) for k in ours} == set(theirs)
@@ -173,3 +177,94 @@ def test_exact_gelu_detected_on_m3(packed_enc):
     from bgem3.encoder import _is_exact_gelu
 
     assert _is_exact_gelu(packed_enc.model.encoder.layer[0].intermediate.intermediate_act_fn)
+
+
+# --------------------------------------------------------------------------- oneDNN fp32 linears (issue 26)
+
+onednn = pytest.mark.skipif(not __import__("bgem3._cpu_linear", fromlist=["x"])._onednn_works(),
+                            reason="this PyTorch has no working torch.ops.mkldnn._linear_pointwise")
+
+
+@onednn
+@pytest.mark.parametrize("forced", [True, False])
+def test_onednn_linears_match_flagembedding(m3_dir, packed_enc, monkeypatch, forced):
+    """The packed path with its fp32 linears (and the fused erf GELU) on oneDNN, and on PyTorch's own
+    BLAS call, both equal FlagEmbedding within 1e-5 on every output, whatever the CPU picks by default."""
+    import bgem3._cpu_linear as cl
+    from FlagEmbedding import BGEM3FlagModel
+
+    monkeypatch.setattr(cl, "ONEDNN", forced)
+    assert cl.onednn_active() is forced
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(cl.torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a[3]) or real(*a),
+                        raising=False)
+    flag = BGEM3FlagModel(m3_dir, use_fp16=False, devices="cpu")
+    ref = flag.encode(TEXTS, return_dense=True, return_sparse=True, return_colbert_vecs=True, max_length=512, batch_size=4)
+    for bs in (1, 5):
+        _assert_matches_flag(packed_enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=bs), ref)
+    assert bool(calls) is forced and (not forced or "gelu" in calls)  # the switch is honoured, GELU fused
+
+
+@onednn
+def test_onednn_linears_match_sentence_transformers_on_real_minilm(monkeypatch):
+    import bgem3._cpu_linear as cl
+    from sentence_transformers import SentenceTransformer
+
+    monkeypatch.setattr(cl, "ONEDNN", True)
+    enc = Encoder(minilm_path(), device="cpu")
+    st = SentenceTransformer(minilm_path(), device="cpu")
+    ref = st.encode(TEXTS, convert_to_numpy=True, batch_size=4)
+    for bs in (1, 64):
+        np.testing.assert_allclose(enc.encode(TEXTS, batch_size=bs, max_length=st.max_seq_length).dense, ref,
+                                   atol=TOL, rtol=0)
+
+
+def test_onednn_left_alone_when_fp32_matmuls_may_round(monkeypatch):
+    """torch.set_float32_matmul_precision('medium') lets oneDNN use bf16 inside fp32 matmuls: then bgem3
+    does not route anything to it (PyTorch decides, as it would without bgem3)."""
+    import bgem3._cpu_linear as cl
+
+    monkeypatch.setattr(cl, "ONEDNN", True)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not cl.onednn_active()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    monkeypatch.setattr(cl, "ONEDNN", False)
+    assert not cl.onednn_active()
+
+
+def test_onednn_skips_what_is_not_a_plain_fp32_linear(monkeypatch):
+    """bf16 weights, subclasses (int8 layers), 1-7 rows run the module itself, GELU applied after it."""
+    import bgem3._cpu_linear as cl
+
+    calls = []
+    monkeypatch.setattr(cl.torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a) or 0, raising=False)
+    lin = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(cl.linear(lin, x, gelu=True, active=True), torch.nn.functional.gelu(lin(x)))
+
+    class Sub(torch.nn.Linear):
+        pass
+
+    assert cl.linear(Sub(8, 4), torch.randn(16, 8), active=True).shape == (16, 4)
+    assert cl.linear(lin.to(torch.bfloat16), torch.randn(16, 8, dtype=torch.bfloat16), active=True).dtype == torch.bfloat16
+    assert calls == []
+
+
+@onednn
+def test_onednn_calls_hooked_modules(monkeypatch):
+    """A linear with forward hooks (bgem3.quant's calibration records its inputs so) is called as a module:
+    with the oneDNN route on, int8 calibration saw no layer at all (0 int8 layers) before this."""
+    import bgem3._cpu_linear as cl
+
+    lin = torch.nn.Linear(8, 4)
+    seen = []
+    lin.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].shape))
+    cl.linear(lin, torch.randn(16, 8), active=True)
+    assert seen == [(16, 8)]
+    monkeypatch.setattr(cl, "ONEDNN", True)
+    q = Encoder(minilm_path(), device="cpu", dtype="int8")
+    assert q.quantization["int8_layers"] > 0
