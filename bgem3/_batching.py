@@ -21,7 +21,8 @@ __all__ = ["is_oom", "plan_batches", "run_batches"]
 
 def is_oom(exc: BaseException) -> bool:
     """Whether ``exc`` is torch's out-of-memory error (the one error a smaller batch can cure)."""
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t)
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t)
     return bool(oom_types) and isinstance(exc, oom_types)
 
 

@@ -11,7 +11,8 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
-__all__ = ["check_pairs", "check_query", "check_rank_texts", "check_texts", "check_top_n", "positive_int"]
+__all__ = ["check_examples", "check_pairs", "check_query", "check_rank_texts", "check_texts", "check_top_n",
+           "positive_int"]
 
 
 # --- text and request checks (client and model) ---
@@ -44,6 +45,25 @@ def check_texts(texts: Union[str, Iterable[str]]) -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, not str; every item must be a string")
     return texts
+
+
+def check_examples(examples: Any) -> tuple:
+    """Validate bge-en-icl few-shot examples: dicts with ``query``/``response`` (and optional ``instruct``)."""
+    if isinstance(examples, (str, dict)) or not hasattr(examples, "__iter__"):
+        raise TypeError("examples must be a list of dicts like {'instruct': ..., 'query': ..., 'response': ...}; "
+                        f"got {type(examples).__name__}")
+    out = []
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, dict):
+            raise TypeError(f"examples[{i}] is {type(ex).__name__}, not a dict with 'query' and 'response'")
+        unknown = sorted(set(ex) - {"instruct", "query", "response"})
+        if unknown:
+            raise ValueError(f"examples[{i}] has unknown key(s) {unknown}; allowed: 'instruct', 'query', 'response'")
+        for k, v in ex.items():
+            if v is not None and not isinstance(v, str):
+                raise TypeError(f"examples[{i}][{k!r}] must be a string, got {type(v).__name__}")
+        out.append(dict(ex))
+    return tuple(out)
 
 
 def check_query(query: Any) -> str:

@@ -170,4 +170,5 @@ class HttpClient:
 
     def _give_up(self, path: str, tries: int, last: str) -> RemoteUnavailable:
         return RemoteUnavailable(f"{self.url}{path} did not answer after {tries} tries ({last}); is `{self._server}` "
-                                 f"running there, and not overloaded? ({self._client_name}(max_retries=..., timeout=...))")
+                                 f"running there, and not overloaded? ({self._client_name}(max_retries=..., "
+                                 "timeout=...))")

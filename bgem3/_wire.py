@@ -30,7 +30,8 @@ ENCODINGS = ("base64", "float")
 
 def encode_array(arr: np.ndarray, dtype: str = "float32") -> str:
     """Little-endian ``dtype`` bytes of ``arr`` (row-major), base64."""
-    return base64.b64encode(np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode("ascii")
+    little = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<"))
+    return base64.b64encode(little.tobytes()).decode("ascii")
 
 
 def decode_array(data: str, dtype: str, shape: tuple) -> np.ndarray:

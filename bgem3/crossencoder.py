@@ -686,7 +686,7 @@ def resolve_reranker(reranker: Any, **options: Any) -> Any:
                             "to Reranker(...) instead, or pass a model name")
         return reranker
     if isinstance(reranker, (str, os.PathLike)):
-        from .remote import is_url
+        from ._http_client import is_url
 
         if is_url(os.fspath(reranker)):
             from .remote_rerank import remote_reranker_for

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from ._batching import plan_batches as _plan_batches, run_batches
-from ._checks import check_texts as _check_texts, positive_int as _check_positive_int
+from ._checks import check_examples as _check_examples, check_texts as _check_texts
+from ._checks import positive_int as _check_positive_int
 from ._dtypes import DTYPE_NAMES, dtype_name
 from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
@@ -1104,25 +1105,6 @@ def _exclude_prompt(mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
     pos = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
     mask[pos < (pad + prompt_len).unsqueeze(1)] = 0
     return mask
-
-
-def _check_examples(examples: Any) -> tuple:
-    """Validate bge-en-icl few-shot examples: dicts with ``query``/``response`` (and optional ``instruct``)."""
-    if isinstance(examples, (str, dict)) or not hasattr(examples, "__iter__"):
-        raise TypeError("examples must be a list of dicts like {'instruct': ..., 'query': ..., 'response': ...}; "
-                        f"got {type(examples).__name__}")
-    out = []
-    for i, ex in enumerate(examples):
-        if not isinstance(ex, dict):
-            raise TypeError(f"examples[{i}] is {type(ex).__name__}, not a dict with 'query' and 'response'")
-        unknown = sorted(set(ex) - {"instruct", "query", "response"})
-        if unknown:
-            raise ValueError(f"examples[{i}] has unknown key(s) {unknown}; allowed: 'instruct', 'query', 'response'")
-        for k, v in ex.items():
-            if v is not None and not isinstance(v, str):
-                raise TypeError(f"examples[{i}][{k!r}] must be a string, got {type(v).__name__}")
-        out.append(dict(ex))
-    return tuple(out)
 
 
 def icl_prefix(examples: Optional[Sequence[dict]], task: Optional[str]) -> str:

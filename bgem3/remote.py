@@ -39,7 +39,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ._checks import check_texts as _check_texts, positive_int as _check_positive_int
+from ._checks import check_examples, check_texts as _check_texts, positive_int as _check_positive_int
 from ._dtypes import dtype_name
 from ._http_client import (RETRY_STATUSES, HttpClient, RemoteError, RemoteUnavailable, is_url, seconds,
                            server_message)
@@ -236,9 +236,7 @@ class RemoteEncoder(HttpClient, Encoder):
         if task is not None:
             fields["task"] = task
         if examples is not None:
-            from .encoder import _check_examples
-
-            fields["examples"] = [dict(e) for e in _check_examples(examples)]
+            fields["examples"] = [dict(e) for e in check_examples(examples)]
         return {"fields": fields, "est": est}
 
     def _send(self, texts: list[str], side: Optional[dict], dense: bool = True, sparse: bool = False,
