@@ -34,16 +34,17 @@ def positive_int(value: Any, name: str) -> int:
 def check_texts(texts: Union[str, Iterable[str]]) -> list[str]:
     """Texts to encode as a list of strings: one string is a list of one (the encoders' contract);
     ``None``, bytes, a dict or a non-string item are refused by name."""
-    if isinstance(texts, str):
-        return [texts]
-    if texts is None:
-        raise TypeError("texts must be a list of strings; got None")
-    if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
-        raise TypeError(f"texts must be a list of strings; got {type(texts).__name__}")
+    return [texts] if isinstance(texts, str) else _strings(texts, "texts")
+
+
+def _strings(texts: Any, name: str) -> list[str]:
+    """``texts`` (not one string) as a list of strings, or ``TypeError`` naming ``name`` and the bad item."""
+    if texts is None or isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"{name} must be a list of strings; got {'None' if texts is None else type(texts).__name__}")
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, not str; every item must be a string")
+            raise TypeError(f"{name}[{i}] is {type(t).__name__}, not str; every item must be a string")
     return texts
 
 
@@ -66,12 +67,13 @@ def check_examples(examples: Any) -> tuple:
     return tuple(out)
 
 
-def check_query(query: Any) -> str:
-    """``query`` if it is a non-blank string; ``TypeError`` / ``ValueError`` naming the problem."""
+def check_query(query: Any, fix: str = "reranking needs a query to score the texts against") -> str:
+    """``query`` if it is a non-blank string; ``TypeError`` / ``ValueError`` naming the problem (an empty
+    query's message ends with ``fix``)."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a string; got {type(query).__name__}")
     if not query.strip():
-        raise ValueError("query is empty; reranking needs a query to score the texts against")
+        raise ValueError(f"query is empty; {fix}")
     return query
 
 
@@ -79,13 +81,7 @@ def check_rank_texts(texts: Any, name: str = "texts") -> list[str]:
     """Candidates to rank as a list of strings; a single string is refused (never split into characters)."""
     if isinstance(texts, str):
         raise TypeError(f"{name} must be a list of strings, not one string (wrap it: [text])")
-    if texts is None or isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
-        raise TypeError(f"{name} must be a list of strings; got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"{name}[{i}] is {type(t).__name__}, not str; every item must be a string")
-    return texts
+    return _strings(texts, name)
 
 
 def check_pairs(pairs: Any, name: str = "sentence_pairs") -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ import weakref
 from typing import Any, Optional, Union
 
 from ._checks import positive_int
+from ._dtypes import dtype_name
 
 __all__ = ["HttpClient", "RETRY_STATUSES", "RemoteError", "RemoteUnavailable", "is_url"]
 
@@ -68,6 +69,8 @@ class HttpClient:
     #: the client's public name, and how the server it talks to is started (both named in messages)
     _client_name = "HttpClient"
     _server = "bgem3 serve"
+    #: what the server runs, in messages ("the model at URL", "the reranker at URL")
+    _what = "model"
 
     @classmethod
     def _httpx(cls) -> Any:
@@ -167,6 +170,28 @@ class HttpClient:
             return PermissionError(f"{self.url}{path}: {msg} ({self._client_name}(url, api_key=...) or "
                                    "$BGEM3_API_KEY)")
         return RemoteError(f"{self.url}{path} answered {status}: {msg}", status)
+
+    # ------------------------------------------------------------------ the *_for(url, **options) constructors
+    @classmethod
+    def _options_for(cls, url: str, options: dict, usable: tuple, local_only: tuple) -> dict:
+        """The options a caller gave (``None`` / ``...`` mean unset) if each is one of ``usable``; an option
+        for a model loaded in this process (``local_only``, or any other) is refused by name."""
+        given = {k: v for k, v in options.items() if v is not None and v is not ...}
+        bad = sorted(k for k in given if k in local_only or k not in usable)
+        if bad:
+            raise ValueError(f"{', '.join(bad)} applies to a model loaded in this process; the {cls._what} at {url} "
+                             f"is the server's: drop {', '.join(bad)} (configure `{cls._server}` instead)")
+        return given
+
+    def _check_served_as(self, url: str, given: dict) -> None:
+        """``device`` / ``dtype`` in ``given`` must be the server's (closes this client and says so otherwise)."""
+        for key, server in (("device", self.device), ("dtype", dtype_name(self.dtype))):
+            if key in given:
+                mine = str(given[key]) if key == "device" else dtype_name(given[key])
+                if mine != server:
+                    self.close()
+                    raise ValueError(f"{key}={given[key]!r} does not match the server at {url}, which runs {server}; "
+                                     f"{key} is chosen by the server (bgem3 serve --{key}); drop it")
 
     def _give_up(self, path: str, tries: int, last: str) -> RemoteUnavailable:
         return RemoteUnavailable(f"{self.url}{path} did not answer after {tries} tries ({last}); is `{self._server}` "

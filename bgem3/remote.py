@@ -40,7 +40,6 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from ._checks import check_examples, check_texts as _check_texts, positive_int as _check_positive_int
-from ._dtypes import dtype_name
 from ._http_client import (RETRY_STATUSES, HttpClient, RemoteError, RemoteUnavailable, is_url, seconds,
                            server_message)
 from ._wire import COLBERT_DTYPES, decode_array
@@ -751,17 +750,7 @@ def remote_encoder_for(url: str, **options: Any) -> RemoteEncoder:
     Traceback (most recent call last):
     ValueError: cache_dir applies to a model loaded in this process; the model at http://127.0.0.1:9 is the server's: drop cache_dir (configure `bgem3 serve` instead)
     """
-    given = {k: v for k, v in options.items() if v is not None and v is not ...}
-    bad = [k for k in given if k in _LOCAL_ONLY or k not in ("device", "dtype", "batch_size", "max_length")]
-    if bad:
-        raise ValueError(f"{', '.join(sorted(bad))} applies to a model loaded in this process; the model at {url} is "
-                         f"the server's: drop {', '.join(sorted(bad))} (configure `bgem3 serve` instead)")
+    given = RemoteEncoder._options_for(url, options, ("device", "dtype", "batch_size", "max_length"), _LOCAL_ONLY)
     enc = RemoteEncoder(url, batch_size=given.get("batch_size"), max_length=given.get("max_length"))
-    for key, server in (("device", enc.device), ("dtype", dtype_name(enc.dtype))):
-        if key in given:
-            mine = str(given[key]) if key == "device" else dtype_name(given[key])
-            if mine != server:
-                enc.close()
-                raise ValueError(f"{key}={given[key]!r} does not match the server at {url}, which runs {server}; "
-                                 f"{key} is chosen by the server (bgem3 serve --{key}); drop it")
+    enc._check_served_as(url, given)
     return enc

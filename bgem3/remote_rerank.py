@@ -32,7 +32,6 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ._checks import check_pairs, check_query, check_rank_texts, check_top_n, positive_int
-from ._dtypes import dtype_name
 from ._http_client import RETRY_STATUSES, HttpClient, RemoteError, RemoteUnavailable, seconds, server_message
 from .types import RankedText
 
@@ -93,6 +92,7 @@ class RemoteReranker(HttpClient):
 
     _client_name = "RemoteReranker"
     _server = "bgem3 serve --reranker"
+    _what = "reranker"
 
     def __init__(self, url: str, api_key: Optional[str] = None, *, timeout: float = 60.0, max_retries: int = 5,
                  backoff: float = 0.25, max_backoff: float = 8.0, batch_size: Optional[int] = None,
@@ -433,19 +433,9 @@ def remote_reranker_for(url: str, **options: Any) -> RemoteReranker:
     Traceback (most recent call last):
     ValueError: cache_dir applies to a model loaded in this process; the reranker at http://127.0.0.1:9 is the server's: drop cache_dir (configure `bgem3 serve --reranker` instead)
     """
-    given = {k: v for k, v in options.items() if v is not None and v is not ...}
-    bad = sorted(k for k in given if k in _LOCAL_ONLY or k not in ("device", "dtype", "batch_size", "max_length",
-                                                                     "normalize"))
-    if bad:
-        raise ValueError(f"{', '.join(bad)} applies to a model loaded in this process; the reranker at {url} is the "
-                         f"server's: drop {', '.join(bad)} (configure `bgem3 serve --reranker` instead)")
+    given = RemoteReranker._options_for(url, options, ("device", "dtype", "batch_size", "max_length", "normalize"),
+                                        _LOCAL_ONLY)
     rr = RemoteReranker(url, batch_size=given.get("batch_size"), max_length=given.get("max_length"),
                         normalize=bool(given.get("normalize", False)))
-    for key, server in (("device", rr.device), ("dtype", dtype_name(rr.dtype))):
-        if key in given:
-            mine = str(given[key]) if key == "device" else dtype_name(given[key])
-            if mine != server:
-                rr.close()
-                raise ValueError(f"{key}={given[key]!r} does not match the server at {url}, which runs {server}; "
-                                 f"{key} is chosen by the server (bgem3 serve --{key}); drop it")
+    rr._check_served_as(url, given)
     return rr
