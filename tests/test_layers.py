@@ -298,3 +298,13 @@ def test_client_and_model_checks_and_the_batch_loop_are_written_once():
     for f in ("encoder.py", "crossencoder.py"):
         text = (PKG / f).read_text(encoding="utf-8")
         assert "run_batches(" in text and "queue[:0]" not in text and "_is_oom" not in text, f
+
+
+def test_the_shared_leaves_examples_run():
+    """The examples in the docstrings of the leaves the model, the clients and the server share."""
+    import doctest
+    import importlib
+
+    for name in ("bgem3._checks", "bgem3._dtypes", "bgem3._wire", "bgem3._batching"):
+        result = doctest.testmod(importlib.import_module(name))
+        assert result.attempted > 0 and result.failed == 0, name
