@@ -63,8 +63,9 @@ def server_message(raw: bytes) -> Optional[str]:
 
 
 class HttpClient:
-    """The connection side of a client of ``bgem3 serve`` (see the module docs); subclasses call :meth:`_connect`
-    first thing in ``__init__`` and set :attr:`_server` (how the server is started, for messages)."""
+    """The connection side of a client of ``bgem3 serve`` (see the module docs). A subclass sets the three
+    names its messages use (``_client_name``, ``_server``, ``_what``) and calls :meth:`_connect` in
+    ``__init__`` before its first request."""
 
     #: the client's public name, and how the server it talks to is started (both named in messages)
     _client_name = "HttpClient"
