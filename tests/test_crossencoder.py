@@ -343,19 +343,11 @@ def test_max_length_beyond_the_model_is_refused_and_progress_is_shown(paths, cap
 def test_oom_halves_the_batch_and_retries_as_the_encoder_does(paths, monkeypatch):
     """The reranker runs the encoder's batch loop (bgem3._batching): an out-of-memory error on a batch of
     several pairs retries it as two halves, same scores; any other error surfaces unchanged."""
-    import torch
+    from _compare import oom_above
 
     rr = _ours(paths, "bert")
-    real = rr._forward
-    sizes = []
-
-    def flaky(batch_ids, *a):
-        sizes.append(len(batch_ids))
-        if len(batch_ids) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(batch_ids, *a)
-
-    monkeypatch.setattr(rr, "_forward", flaky)
+    sizes: list = []
+    monkeypatch.setattr(rr, "_forward", oom_above(rr._forward, 2, sizes))
     got = rr.compute_score(PAIRS, batch_size=8)
     monkeypatch.undo()
     assert max(sizes) == 8 and 2 in sizes and sum(s for s in sizes if s <= 2) == len(PAIRS)
