@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import numpy as np  # noqa: F401 (the module doctest)
 
+from .._checks import positive_int
 from .._wire import COLBERT_DTYPES, ENCODE_FIELDS, ENCODINGS, SIDES, decode_array, encode_array
 
 __all__ = [
@@ -163,7 +164,7 @@ def parse_tei(body: Any, *, sparse: bool, max_texts: int) -> TextsRequest:
         req.normalize = bool(_bool(body, "normalize", True))
         dims = body.get("dimensions")
         if dims is not None:
-            req.dimensions = _int(dims, "dimensions")
+            req.dimensions = positive_field(dims, "dimensions")
     return req
 
 
@@ -185,7 +186,7 @@ def parse_openai(body: Any, *, max_texts: int) -> TextsRequest:
         raise ApiError(422, f"`encoding_format` must be \"float\" or \"base64\"; got {fmt!r}", param="encoding_format")
     req.base64 = fmt == "base64"
     if body.get("dimensions") is not None:
-        req.dimensions = _int(body["dimensions"], "dimensions")
+        req.dimensions = positive_field(body["dimensions"], "dimensions")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise ApiError(422, "`user` must be a string", param="user")
     return req
@@ -239,11 +240,13 @@ def parse_encode(body: Any, *, max_texts: int) -> EncodeRequest:
         raise ApiError(422, f"`encoding` must be \"base64\" or \"float\"; got {req.encoding!r}", param="encoding")
     req.truncate = _bool(body, "truncate", None)
     if body.get("max_length") is not None:
-        req.max_length = _int(body["max_length"], "max_length")
+        req.max_length = positive_field(body["max_length"], "max_length")
     return req
 
 
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ApiError(422, f"`{name}` must be a positive integer; got {value!r}", param=name)
-    return value
+def positive_field(value: Any, name: str) -> int:
+    """A request field that must be a positive integer (:func:`bgem3._checks.positive_int`), or a 422 naming it."""
+    try:
+        return positive_int(value, name)
+    except ValueError:
+        raise ApiError(422, f"`{name}` must be a positive integer; got {value!r}", param=name) from None
