@@ -31,7 +31,7 @@ _LAZY = {
     "IndexFormatError": "index",
     "HybridReranker": "rerank",
     "Reranker": "crossencoder",
-    "RankedText": "crossencoder",
+    "RankedText": "types",
     "Hit": "types",
     "BM25": "bm25",
     "RemoteEncoder": "remote",
@@ -46,7 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .bm25 import BM25
     from .remote import RemoteEncoder
     from .remote_rerank import RemoteReranker
-    from .crossencoder import RankedText, Reranker
+    from .crossencoder import Reranker
+    from .types import RankedText
     from .rerank import HybridReranker
     from .types import Hit
 

@@ -40,20 +40,21 @@ import itertools
 import json
 import logging
 import os
-import sys
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .encoder import (DTypeLike, Encoder, ModelLoadError, _check_positive_int, _is_oom, _packed_kind,
-                      resolve_device, resolve_dtype, resolve_model_path)
+from ._batching import plan_batches, run_batches
+from ._checks import check_pairs as _check_pairs, check_query, check_rank_texts as check_texts, check_top_n
+from ._checks import positive_int as _check_positive_int
+from .encoder import (DTypeLike, Encoder, ModelLoadError, _packed_kind, resolve_device, resolve_dtype,
+                      resolve_model_path)
 from .families import (family_for_name, folder_architectures, is_cross_encoder_folder, reranker_for_name)
 from .profiles import M3_HEAD_FILES
+from .types import RankedText
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +75,6 @@ _UNSUPPORTED_KINDS = {
     "layerwise": ("LayerWiseFlagLLMReranker", "cutoff_layers"),
     "lightweight": ("LightWeightFlagLLMReranker", "cutoff_layers, compress_ratio and compress_layers"),
 }
-
-
-@dataclass(frozen=True)
-class RankedText:
-    """One reranked text: its position in the input and its score."""
-
-    index: int
-    score: float
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -435,8 +428,6 @@ class Reranker:
             >>> [h.index for h in rr.rerank("panda", ["cars", "pandas eat bamboo"])]   # doctest: +SKIP
             [1, 0]
         """
-        from .rerank import check_top_n
-
         top_n = check_top_n(top_n)
         s = self.score(query, texts, normalize=normalize, batch_size=batch_size, max_length=max_length,
                        show_progress=show_progress)
@@ -531,35 +522,15 @@ class Reranker:
             return np.zeros(0, dtype=np.float64)
         ids, tts = self.tokenize_pairs(pairs, max_length, query_max_length)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
-        order = np.argsort(-lengths, kind="stable")
-        batches, i = [], 0
-        while i < n:
-            cap = max(1, min(bs, self.max_tokens_per_batch // max(int(lengths[order[i]]), 1)))
-            batches.append((i, min(i + cap, n)))
-            i += cap
+        order, batches = plan_batches(lengths, bs, self.max_tokens_per_batch)
         out = np.empty(n, dtype=np.float64)
-        if show_progress is None:
-            show_progress = len(batches) > 1 and sys.stderr.isatty()
-        bar = tqdm(total=n, desc="Reranking", unit="pair", disable=not show_progress)
-        try:
-            queue = list(batches)
-            while queue:
-                start, end = queue.pop(0)
-                idx = order[start:end]
-                try:
-                    res = self._forward([ids[j] for j in idx], None if tts is None else [tts[j] for j in idx])
-                except Exception as exc:  # only CUDA OOM is retried, with half the batch
-                    if not _is_oom(exc) or end - start == 1:
-                        raise
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    mid = start + (end - start) // 2
-                    queue[:0] = [(start, mid), (mid, end)]
-                    continue
-                out[idx] = res
-                bar.update(end - start)
-        finally:
-            bar.close()
+
+        def store(idx: np.ndarray, res: np.ndarray) -> None:
+            out[idx] = res
+
+        run_batches(order, batches,
+                    lambda idx: self._forward([ids[j] for j in idx], None if tts is None else [tts[j] for j in idx]),
+                    store, device=self.device, show_progress=show_progress, desc="Reranking", unit="pair")
         return _sigmoid(out) if normalize else out
 
     def _pad(self, rows: list[list[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -715,7 +686,7 @@ def resolve_reranker(reranker: Any, **options: Any) -> Any:
                             "to Reranker(...) instead, or pass a model name")
         return reranker
     if isinstance(reranker, (str, os.PathLike)):
-        from .remote import is_url
+        from ._http_client import is_url
 
         if is_url(os.fspath(reranker)):
             from .remote_rerank import remote_reranker_for
@@ -739,47 +710,3 @@ def _num_labels(folder: str) -> Optional[int]:
         return len(cfg["id2label"])
     n = cfg.get("num_labels", 2)
     return n if isinstance(n, int) else None
-
-
-# --------------------------------------------------------------------------- input checks
-
-def check_query(query: Any) -> str:
-    """``query`` if it is a non-blank string; ``TypeError`` / ``ValueError`` naming the problem."""
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a string; got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query is empty; reranking needs a query to score the texts against")
-    return query
-
-
-def check_texts(texts: Any, name: str = "texts") -> list[str]:
-    """``texts`` as a list of strings; a single string is refused (never split into characters)."""
-    if isinstance(texts, str):
-        raise TypeError(f"{name} must be a list of strings, not one string (wrap it: [text])")
-    if texts is None or isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
-        raise TypeError(f"{name} must be a list of strings; got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"{name}[{i}] is {type(t).__name__}, not str; every item must be a string")
-    return texts
-
-
-def _check_pairs(pairs: Any) -> list[tuple[str, str]]:
-    if isinstance(pairs, str) or pairs is None or isinstance(pairs, (bytes, dict)) or not hasattr(pairs, "__iter__"):
-        raise TypeError("sentence_pairs must be a list of (query, passage) pairs (or one pair); got "
-                        f"{type(pairs).__name__}")
-    pairs = list(pairs)
-    if len(pairs) == 2 and all(isinstance(x, str) for x in pairs):  # one (query, passage) pair, as FlagEmbedding
-        pairs = [tuple(pairs)]
-    out = []
-    for i, p in enumerate(pairs):
-        if isinstance(p, str) or not isinstance(p, (tuple, list)) or len(p) != 2:
-            raise TypeError(f"sentence_pairs[{i}] must be a (query, passage) pair of strings; got {p!r:.80}")
-        q, d = p
-        if not isinstance(q, str) or not isinstance(d, str):
-            raise TypeError(f"sentence_pairs[{i}] must hold two strings; got ({type(q).__name__}, {type(d).__name__})")
-        if not q.strip():
-            raise ValueError(f"sentence_pairs[{i}] has an empty query; reranking needs a query to score against")
-        out.append((q, d))
-    return out

@@ -27,16 +27,18 @@ import functools
 import itertools
 import logging
 import os
-import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ._batching import plan_batches as _plan_batches, run_batches
+from ._checks import check_examples as _check_examples, check_texts as _check_texts
+from ._checks import positive_int as _check_positive_int
+from ._dtypes import DTYPE_NAMES, dtype_name
 from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
 from ._hf import quiet_expected_load_report, transformers_attr
@@ -47,31 +49,15 @@ logger = logging.getLogger(__name__)
 
 DTypeLike = Union[str, torch.dtype, None]
 
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "int8": torch.qint8, "qint8": torch.qint8,  # CPU: int8 linear layers, the rest fp32 (bgem3.quant)
-}
+#: ``torch.dtype`` of each short name; :data:`_DTYPES` maps every accepted name (bgem3._dtypes' one table) to it.
+_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                 "int8": torch.qint8}  # CPU: int8 linear layers, the rest fp32 (bgem3.quant)
+_DTYPES = {alias: _TORCH_DTYPES[short] for alias, short in DTYPE_NAMES.items()}
 
 #: The short name of each dtype: the first name :data:`_DTYPES` gives it ("fp32", "fp16", "bf16", "int8").
 _DTYPE_SHORT: dict = {}
 for _alias, _dt in _DTYPES.items():
     _DTYPE_SHORT.setdefault(_dt, _alias)
-
-
-def dtype_name(dtype: Any) -> Optional[str]:
-    """``torch.float32`` / ``"float32"`` -> ``"fp32"`` (``None`` stays ``None``; an unknown name stays as
-    written, lower-cased); for configs that serialise.
-
-    >>> dtype_name(torch.bfloat16), dtype_name("half"), dtype_name("qint8"), dtype_name(None)
-    ('bf16', 'fp16', 'int8', None)
-    """
-    if dtype is None:
-        return None
-    text = str(dtype).replace("torch.", "").lower()
-    known = _DTYPES.get(text)
-    return text if known is None else _DTYPE_SHORT[known]
 
 #: Files a hub download needs (weights, configs, tokenizer, M3 heads, ST configs).
 _HUB_PATTERNS = [
@@ -774,15 +760,7 @@ class Encoder:
 
         Returns the sort order and ``(start, end)`` slices into it.
         """
-        order = np.argsort(-lengths, kind="stable")
-        batches = []
-        i, n = 0, len(order)
-        while i < n:
-            longest = int(lengths[order[i]])
-            cap = max(1, min(batch_size, self.max_tokens_per_batch // max(longest, 1)))
-            batches.append((i, min(i + cap, n)))
-            i += cap
-        return order, batches
+        return _plan_batches(lengths, batch_size, self.max_tokens_per_batch)
 
     def _encode(self, texts, want_dense, want_sparse, want_colbert, batch_size, max_length, show_progress,
                 ids=None, prompt_len: int = 0) -> EncodeOutput:
@@ -804,36 +782,19 @@ class Encoder:
         sparse_out: list = [None] * n if want_sparse else None  # type: ignore[assignment]
         colbert_out: list = [None] * n if want_colbert else None  # type: ignore[assignment]
 
-        if show_progress is None:
-            show_progress = len(batches) > 1 and sys.stderr.isatty()
-        bar = tqdm(total=n, desc="Encoding", unit="text", disable=not show_progress)
-        try:
-            queue = list(batches)
-            while queue:
-                start, end = queue.pop(0)
-                idx = order[start:end]
-                try:
-                    res = self._forward([ids[i] for i in idx], want_dense, want_sparse, want_colbert, prompt_len)
-                except Exception as exc:  # only CUDA OOM is retried, with half the batch
-                    if not _is_oom(exc) or end - start == 1:
-                        raise
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    mid = start + (end - start) // 2
-                    logger.warning("out of memory on a batch of %d texts; retrying as %d + %d", end - start, mid - start, end - mid)
-                    queue[:0] = [(start, mid), (mid, end)]
-                    continue
-                dense_b, sparse_b, colbert_b = res
-                if want_dense:
-                    dense_out[idx] = dense_b
-                for j, i in enumerate(idx):
-                    if want_sparse:
-                        sparse_out[i] = sparse_b[j]
-                    if want_colbert:
-                        colbert_out[i] = colbert_b[j]
-                bar.update(end - start)
-        finally:
-            bar.close()
+        def store(idx: np.ndarray, res: tuple) -> None:
+            dense_b, sparse_b, colbert_b = res
+            if want_dense:
+                dense_out[idx] = dense_b
+            for j, i in enumerate(idx):
+                if want_sparse:
+                    sparse_out[i] = sparse_b[j]
+                if want_colbert:
+                    colbert_out[i] = colbert_b[j]
+
+        run_batches(order, batches,
+                    lambda idx: self._forward([ids[i] for i in idx], want_dense, want_sparse, want_colbert, prompt_len),
+                    store, device=self.device, show_progress=show_progress, desc="Encoding", unit="text", log=logger)
         out.dense, out.sparse, out.colbert = dense_out, sparse_out, colbert_out
         return out
 
@@ -1142,26 +1103,6 @@ def _dtype_label(dtype: torch.dtype) -> str:
     return _DTYPE_SHORT.get(dtype, str(dtype))
 
 
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
-
-
-def _check_texts(texts: Union[str, Iterable[str]]) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if texts is None:
-        raise TypeError("texts must be a list of strings; got None")
-    if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
-        raise TypeError(f"texts must be a list of strings; got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, not str; every item must be a string")
-    return texts
-
-
 def _exclude_prompt(mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """The attention mask with the first ``prompt_len`` real tokens of each row zeroed (either padding side)."""
     mask = mask.clone()
@@ -1169,25 +1110,6 @@ def _exclude_prompt(mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
     pos = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
     mask[pos < (pad + prompt_len).unsqueeze(1)] = 0
     return mask
-
-
-def _check_examples(examples: Any) -> tuple:
-    """Validate bge-en-icl few-shot examples: dicts with ``query``/``response`` (and optional ``instruct``)."""
-    if isinstance(examples, (str, dict)) or not hasattr(examples, "__iter__"):
-        raise TypeError("examples must be a list of dicts like {'instruct': ..., 'query': ..., 'response': ...}; "
-                        f"got {type(examples).__name__}")
-    out = []
-    for i, ex in enumerate(examples):
-        if not isinstance(ex, dict):
-            raise TypeError(f"examples[{i}] is {type(ex).__name__}, not a dict with 'query' and 'response'")
-        unknown = sorted(set(ex) - {"instruct", "query", "response"})
-        if unknown:
-            raise ValueError(f"examples[{i}] has unknown key(s) {unknown}; allowed: 'instruct', 'query', 'response'")
-        for k, v in ex.items():
-            if v is not None and not isinstance(v, str):
-                raise TypeError(f"examples[{i}][{k!r}] must be a string, got {type(v).__name__}")
-        out.append(dict(ex))
-    return tuple(out)
 
 
 def icl_prefix(examples: Optional[Sequence[dict]], task: Optional[str]) -> str:
@@ -1279,8 +1201,3 @@ def cpu_has_fast_bf16() -> bool:
         pass
     cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
     return "AMX" in str(cap).upper()
-
-
-def _is_oom(exc: BaseException) -> bool:
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t)
-    return bool(oom_types) and isinstance(exc, oom_types)

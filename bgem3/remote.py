@@ -31,53 +31,25 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import random
 import threading
 import time
-import weakref
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .encoder import EncodeOutput, Encoder, _check_positive_int, _check_texts, dtype_name
+from ._checks import check_examples, check_texts as _check_texts, positive_int as _check_positive_int
+from ._http_client import (RETRY_STATUSES, HttpClient, RemoteError, RemoteUnavailable, is_url, seconds,
+                           server_message)
+from ._wire import COLBERT_DTYPES, decode_array
+from .encoder import EncodeOutput, Encoder
 from .profiles import Profile
 
 __all__ = ["RemoteEncoder", "RemoteError", "RemoteUnavailable", "answer_bytes_bound", "check_encode_answer", "is_url",
            "remote_encoder_for"]
 
-#: HTTP statuses worth retrying: overloaded, draining, a load balancer's bad gateway / timeout.
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-
-
-class RemoteError(ValueError):
-    """The server refused the request (4xx/5xx that is not retried); ``status`` and the server's message."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class RemoteUnavailable(ConnectionError):
-    """The server could not be reached, or stayed overloaded, through every retry."""
-
-
-def is_url(name: Any) -> bool:
-    """Whether ``name`` is an ``http://`` / ``https://`` URL (a model name that means a server)."""
-    return isinstance(name, str) and name.strip().lower().startswith(("http://", "https://"))
-
-
-def _httpx():
-    try:
-        import httpx
-    except ImportError:
-        raise ImportError("RemoteEncoder needs httpx, which is not installed: pip install 'bgem3[remote]'") from None
-    return httpx
-
-
-class RemoteEncoder(Encoder):
+class RemoteEncoder(HttpClient, Encoder):
     """An encoder whose forward pass runs on a ``bgem3 serve`` server.
 
     Args:
@@ -98,42 +70,19 @@ class RemoteEncoder(Encoder):
     ``vocab_size``, ``device`` and ``dtype`` (the server's), ``path`` (the URL).
     """
 
+    _client_name = "RemoteEncoder"
+
     def __init__(self, url: str, api_key: Optional[str] = None, *, timeout: float = 60.0, max_retries: int = 5,
                  backoff: float = 0.25, max_backoff: float = 8.0, batch_size: Optional[int] = None,
                  max_length: Optional[int] = None, colbert_dtype: str = "float32", concurrency: int = 4,
                  headers: Optional[dict] = None, verify: Union[bool, str] = True) -> None:  # noqa: D107
-        httpx = _httpx()
-        if not is_url(url):
-            raise ValueError(f"url must start with http:// or https://; got {url!r}")
-        if colbert_dtype not in ("float32", "float16"):
+        if colbert_dtype not in COLBERT_DTYPES:
             raise ValueError(f"colbert_dtype must be 'float32' or 'float16'; got {colbert_dtype!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0; got {max_retries!r}")
-        for name, value in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number of seconds >= 0; got {value!r}")
-        self.url = url.strip().rstrip("/")
-        self.path = self.url
-        self.timeout = float(timeout)
-        self.max_retries = max_retries
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
+        self.timeout = seconds("timeout", timeout)
         self.colbert_dtype = colbert_dtype
-        self.concurrency = _check_positive_int(concurrency, "concurrency")
-        key = api_key if api_key is not None else os.environ.get("BGEM3_API_KEY")
-        self._headers = {"accept": "application/json", **(headers or {})}
-        if key:
-            self._headers["authorization"] = f"Bearer {key}"
-        self._verify = verify
-        limits = httpx.Limits(max_connections=max(8, self.concurrency * 2), max_keepalive_connections=max(8, self.concurrency * 2))
-        self._limits = limits
-        self._client = httpx.Client(base_url=self.url, headers=self._headers, timeout=self.timeout, limits=limits,
-                                    verify=verify)
+        self._connect(url, api_key, max_retries=max_retries, backoff=backoff, max_backoff=max_backoff,
+                      concurrency=concurrency, headers=headers, verify=verify, client_timeout=self.timeout)
         _install_deadlines(self._client)  # `timeout` bounds each request in all, not each socket wait
-        # one async pool per event loop (an httpx.AsyncClient is bound to the loop that made it); keyed by the
-        # loop itself, weakly: a new loop can reuse a dead one's id(), never its pool
-        self._aclients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
-        self._alock = threading.Lock()
 
         info = self._request_sync("GET", "/info", None)
         try:
@@ -198,30 +147,6 @@ class RemoteEncoder(Encoder):
 
     def forward_batch(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         raise NotImplementedError("RemoteEncoder has no local forward pass; call encode()")
-
-    def close(self) -> None:
-        """Close the pooled connections (or use the encoder as a context manager)."""
-        client = self.__dict__.get("_client")
-        if client is not None:
-            client.close()
-
-    async def aclose(self) -> None:
-        """Close the sync pool and this event loop's async pool (pools of loops that are already
-        closed are dropped: their connections went with their loop)."""
-        self.close()
-        clients = self.__dict__.get("_aclients")
-        if not clients:
-            return
-        mine = clients.pop(asyncio.get_running_loop(), None)
-        clients.clear()
-        if mine is not None:
-            await mine.aclose()
-
-    def __enter__(self) -> "RemoteEncoder":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ the contract
     def encode(self, texts: Union[str, Sequence[str]], *, dense: bool = True, sparse: bool = False,  # type: ignore[override]
@@ -310,9 +235,7 @@ class RemoteEncoder(Encoder):
         if task is not None:
             fields["task"] = task
         if examples is not None:
-            from .encoder import _check_examples
-
-            fields["examples"] = [dict(e) for e in _check_examples(examples)]
+            fields["examples"] = [dict(e) for e in check_examples(examples)]
         return {"fields": fields, "est": est}
 
     def _send(self, texts: list[str], side: Optional[dict], dense: bool = True, sparse: bool = False,
@@ -427,30 +350,8 @@ class RemoteEncoder(Encoder):
         out.colbert = colbert_rows if colbert else None
         return out
 
-    def _delay(self, attempt: int, retry_after: Optional[str]) -> float:
-        delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * (0.5 + random.random() / 2)
-        if retry_after:
-            try:
-                delay = max(delay, min(float(retry_after), self.max_backoff))
-            except ValueError:
-                pass
-        return delay
-
     def _raise_for(self, path: str, status: int, content: bytes, reason: str = "") -> None:
-        try:
-            body = _loads(content)
-            err = body.get("error") if isinstance(body, dict) else None
-            msg = err.get("message") if isinstance(err, dict) else err
-        except ValueError:
-            msg = None
-        msg = msg or _shown(content) or reason
-        if status == 401:
-            raise PermissionError(f"{self.url}{path}: {msg} (RemoteEncoder(url, api_key=...) or $BGEM3_API_KEY)")
-        raise RemoteError(f"{self.url}{path} answered {status}: {msg}", status)
-
-    def _give_up(self, path: str, tries: int, last: str) -> RemoteUnavailable:
-        return RemoteUnavailable(f"{self.url}{path} did not answer after {tries} tries ({last}); is `bgem3 serve` "
-                                 "running there, and not overloaded? (RemoteEncoder(max_retries=..., timeout=...))")
+        raise self._refusal(path, status, server_message(content) or _shown(content) or reason)
 
     def _retry_delay(self, path: str, attempt: int, answer: Optional["_Answer"], error: Optional[BaseException]
                      ) -> Optional[float]:
@@ -507,7 +408,7 @@ class RemoteEncoder(Encoder):
         return doc
 
     def _request_sync(self, method: str, path: str, body: Optional[dict]) -> Any:
-        httpx = _httpx()
+        httpx = self._httpx()
         limit = self._limit_for(path, body)
         for attempt in itertools.count():
             try:
@@ -544,28 +445,15 @@ class RemoteEncoder(Encoder):
                     raise self._too_big(path, len(buf), limit)
                 break
             if time.monotonic() > deadline:
-                raise _httpx().ReadTimeout(f"the answer took more than timeout={self.timeout:g} s in all")
+                raise self._httpx().ReadTimeout(f"the answer took more than timeout={self.timeout:g} s in all")
         return _Answer(r.status_code, r.reason_phrase, r.headers, _decoded(r, bytes(buf), cap))
 
     def _too_big(self, path: str, size: int, limit: int) -> RemoteError:
         return RemoteError(f"the answer from {self.url}{path} is over {size} bytes; what was asked takes at most "
                            f"{limit} (rows x dimension x dtype, with headroom): refused unread", 200)
 
-    def _async_client(self) -> Any:
-        httpx = _httpx()
-        loop = asyncio.get_running_loop()
-        with self._alock:
-            for dead in [lp for lp in list(self._aclients) if lp.is_closed()]:
-                del self._aclients[dead]  # a pool can keep its loop alive: drop those of closed loops
-            client = self._aclients.get(loop)
-            if client is None or client.is_closed:
-                client = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self.timeout,
-                                           limits=self._limits, verify=self._verify)
-                self._aclients[loop] = client
-        return client
-
     async def _request_async(self, method: str, path: str, body: Optional[dict]) -> Any:
-        httpx = _httpx()
+        httpx = self._httpx()
         client = self._async_client()
         limit = self._limit_for(path, body)
         for attempt in itertools.count():
@@ -751,24 +639,6 @@ def answer_bytes_bound(n: int, *, dense: bool, sparse: bool, colbert: bool, dim:
     return int(size * 1.5) + 65536
 
 
-def _decode_array(data: str, dtype: str, shape: tuple) -> np.ndarray:
-    """Little-endian ``dtype`` rows of ``shape`` from base64 ``data``, as float32 (the server's
-    ``encode_array`` format; kept here so the client imports nothing from the server package).
-    Refuses a payload whose size does not match ``shape``."""
-    import base64
-    import binascii
-
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"not base64 ({exc})") from None
-    dt = np.dtype(dtype).newbyteorder("<")
-    want = int(np.prod(shape)) * dt.itemsize
-    if len(raw) != want:
-        raise ValueError(f"array payload has {len(raw)} bytes; shape {tuple(shape)} of {dtype} needs {want}")
-    return np.frombuffer(raw, dtype=dt).reshape(shape).astype(np.float32)
-
-
 def check_encode_answer(doc: Any, *, where: str, n: int, dense: bool, sparse: bool, colbert: bool, dim: int,
                         colbert_dim: Optional[int], colbert_dtype: str, vocab_size: int, max_length: int,
                         empty: Optional[list] = None) -> dict:
@@ -807,7 +677,7 @@ def check_encode_answer(doc: Any, *, where: str, n: int, dense: bool, sparse: bo
             shown = {k: d.get(k) for k in ("dtype", "shape")} if isinstance(d, dict) else type(d).__name__
             raise bad(f"`dense` is {shown}; expected float32 of shape [{n}, {dim}] (base64)")
         try:
-            arr = _decode_array(d["data"], "float32", (n, dim))
+            arr = decode_array(d["data"], "float32", (n, dim))
         except ValueError as exc:
             raise bad(f"`dense.data`: {exc}") from None
         if not np.isfinite(arr).all():
@@ -857,7 +727,7 @@ def check_encode_answer(doc: Any, *, where: str, n: int, dense: bool, sparse: bo
         if not isinstance(c.get("data"), str):
             raise bad("`colbert.data` is not a base64 string")
         try:
-            flat = _decode_array(c["data"], colbert_dtype, (int(sum(lens)), cd))
+            flat = decode_array(c["data"], colbert_dtype, (int(sum(lens)), cd))
         except ValueError as exc:
             raise bad(f"`colbert.data`: {exc}") from None
         if not np.isfinite(flat).all():
@@ -880,17 +750,7 @@ def remote_encoder_for(url: str, **options: Any) -> RemoteEncoder:
     Traceback (most recent call last):
     ValueError: cache_dir applies to a model loaded in this process; the model at http://127.0.0.1:9 is the server's: drop cache_dir (configure `bgem3 serve` instead)
     """
-    given = {k: v for k, v in options.items() if v is not None and v is not ...}
-    bad = [k for k in given if k in _LOCAL_ONLY or k not in ("device", "dtype", "batch_size", "max_length")]
-    if bad:
-        raise ValueError(f"{', '.join(sorted(bad))} applies to a model loaded in this process; the model at {url} is "
-                         f"the server's: drop {', '.join(sorted(bad))} (configure `bgem3 serve` instead)")
+    given = RemoteEncoder._options_for(url, options, ("device", "dtype", "batch_size", "max_length"), _LOCAL_ONLY)
     enc = RemoteEncoder(url, batch_size=given.get("batch_size"), max_length=given.get("max_length"))
-    for key, server in (("device", enc.device), ("dtype", dtype_name(enc.dtype))):
-        if key in given:
-            mine = str(given[key]) if key == "device" else dtype_name(given[key])
-            if mine != server:
-                enc.close()
-                raise ValueError(f"{key}={given[key]!r} does not match the server at {url}, which runs {server}; "
-                                 f"{key} is chosen by the server (bgem3 serve --{key}); drop it")
+    enc._check_served_as(url, given)
     return enc

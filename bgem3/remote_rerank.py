@@ -25,17 +25,15 @@ import asyncio
 import itertools
 import json
 import math
-import os
-import random
-import threading
 import time
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .remote import RETRY_STATUSES, RemoteError, RemoteUnavailable, is_url
+from ._checks import check_pairs, check_query, check_rank_texts, check_top_n, positive_int
+from ._http_client import RETRY_STATUSES, HttpClient, RemoteError, RemoteUnavailable, seconds, server_message
+from .types import RankedText
 
 __all__ = ["RemoteReranker", "remote_reranker_for"]
 
@@ -45,71 +43,9 @@ _PAIR_OVERHEAD = {"encoder": 8, "llm": 256}
 _ENTRY_BYTES = 96
 
 
-def _httpx():
-    try:
-        import httpx
-    except ImportError:
-        raise ImportError("RemoteReranker needs httpx, which is not installed: pip install 'bgem3[remote]'") from None
-    return httpx
-
-
 def _sigmoid(x: float) -> float:
     with np.errstate(over="ignore"):
         return float(1 / (1 + np.exp(-x)))  # FlagEmbedding's normalize=True, same float64 arithmetic
-
-
-def _number(name: str, value: Any, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a number of seconds {'> 0' if positive else '>= 0'}; got {value!r}")
-    return float(value)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
-
-
-def _check_query(query: Any) -> str:
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a string; got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query is empty: give the text the candidates are ranked against")
-    return query
-
-
-def _check_texts(texts: Any) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings; got one string (wrap it: [text])")
-    if not isinstance(texts, (list, tuple)):
-        raise TypeError(f"texts must be a list of strings; got {type(texts).__name__}")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, not a string")
-    return list(texts)
-
-
-def _check_pairs(pairs: Any) -> list[tuple[str, str]]:
-    if isinstance(pairs, str):
-        raise TypeError("pairs must be a list of (query, passage) pairs; got one string")
-    if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs):
-        pairs = [pairs]  # one pair, as FlagEmbedding takes it
-    if not isinstance(pairs, (list, tuple)):
-        raise TypeError(f"pairs must be a list of (query, passage) pairs; got {type(pairs).__name__}")
-    if pairs and all(isinstance(x, str) for x in pairs):
-        if len(pairs) != 2:
-            raise TypeError(f"pairs must be a list of (query, passage) pairs; got a list of {len(pairs)} strings")
-        pairs = [tuple(pairs)]  # ["q", "p"]: one pair, as FlagEmbedding takes it
-    out = []
-    for i, p in enumerate(pairs):
-        if not isinstance(p, (list, tuple)) or len(p) != 2:
-            raise TypeError(f"pairs[{i}] must be a (query, passage) pair; got {type(p).__name__}")
-        q, t = p
-        if not isinstance(q, str) or not isinstance(t, str):
-            raise TypeError(f"pairs[{i}] must hold two strings; got ({type(q).__name__}, {type(t).__name__})")
-        _check_query(q)
-        out.append((q, t))
-    return out
 
 
 class _Deadline:
@@ -132,7 +68,7 @@ class _TooLarge(Exception):
     """The server answered 413 for a request of several texts: split it and try again."""
 
 
-class RemoteReranker:
+class RemoteReranker(HttpClient):
     """A reranker whose model runs on a ``bgem3 serve --reranker`` server; the interface of :class:`bgem3.Reranker`.
 
     Args:
@@ -154,43 +90,28 @@ class RemoteReranker:
     ``dtype`` (the server's), ``batch_size``, ``path`` / ``url``.
     """
 
+    _client_name = "RemoteReranker"
+    _server = "bgem3 serve --reranker"
+    _what = "reranker"
+
     def __init__(self, url: str, api_key: Optional[str] = None, *, timeout: float = 60.0, max_retries: int = 5,
                  backoff: float = 0.25, max_backoff: float = 8.0, batch_size: Optional[int] = None,
                  max_length: Optional[int] = None, normalize: bool = False, concurrency: int = 4,
                  headers: Optional[dict] = None, verify: Union[bool, str] = True) -> None:  # noqa: D107
-        httpx = _httpx()
-        if not is_url(url):
-            raise ValueError(f"url must start with http:// or https://; got {url!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0; got {max_retries!r}")
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be True or False; got {normalize!r}")
-        self.timeout = _number("timeout", timeout, positive=True)
-        self.backoff = _number("backoff", backoff)
-        self.max_backoff = _number("max_backoff", max_backoff)
-        self.max_retries = max_retries
-        self.concurrency = _positive_int(concurrency, "concurrency")
+        self.timeout = seconds("timeout", timeout, positive=True)
         self.normalize = normalize
-        self.url = url.strip().rstrip("/")
-        self.path = self.url
         self.model_name: Optional[str] = None  # from /info
-        key = api_key if api_key is not None else os.environ.get("BGEM3_API_KEY")
-        self._headers = {"accept": "application/json", **(headers or {})}
-        if key:
-            self._headers["authorization"] = f"Bearer {key}"
-        self._verify = verify
-        self._limits = httpx.Limits(max_connections=max(8, 2 * self.concurrency),
-                                    max_keepalive_connections=max(8, 2 * self.concurrency))
-        self._client = httpx.Client(base_url=self.url, headers=self._headers, limits=self._limits, verify=verify)
-        self._aclients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
-        self._alock = threading.Lock()
+        self._connect(url, api_key, max_retries=max_retries, backoff=backoff, max_backoff=max_backoff,
+                      concurrency=concurrency, headers=headers, verify=verify)
         try:
             self._read_info(self._request_sync("GET", "/info", None, _Deadline(self.timeout, f"{self.url}/info"),
                                                64 * 1024))
             if batch_size is not None:
-                _positive_int(batch_size, "batch_size")
+                positive_int(batch_size, "batch_size")
             self.batch_size = min(batch_size or self.server_batch_size, self.server_batch_size)
-            if max_length is not None and _positive_int(max_length, "max_length") != self.max_length:
+            if max_length is not None and positive_int(max_length, "max_length") != self.max_length:
                 raise ValueError(f"max_length={max_length} cannot be honoured: the server at {self.url} cuts every "
                                  f"pair at {self.max_length} tokens (bgem3 serve --reranker-max-length); drop "
                                  "max_length or start the server with the length you want")
@@ -211,10 +132,10 @@ class RemoteReranker:
         try:
             self.model_name = str(rr["model_id"])
             self.kind = str(rr.get("kind", "encoder"))
-            self.max_length = _positive_int(rr["max_input_length"], "max_input_length")
-            self.server_batch_size = _positive_int(rr["max_client_batch_size"], "max_client_batch_size")
-            self.max_request_tokens = _positive_int(rr["max_request_tokens"], "max_request_tokens")
-            self.max_body_bytes = _positive_int(rr["max_body_bytes"], "max_body_bytes")
+            self.max_length = positive_int(rr["max_input_length"], "max_input_length")
+            self.server_batch_size = positive_int(rr["max_client_batch_size"], "max_client_batch_size")
+            self.max_request_tokens = positive_int(rr["max_request_tokens"], "max_request_tokens")
+            self.max_body_bytes = positive_int(rr["max_body_bytes"], "max_body_bytes")
             self.device = str(rr.get("device", "remote"))
             self.dtype = str(rr.get("dtype", "float32"))
         except (KeyError, TypeError, ValueError) as exc:
@@ -224,29 +145,7 @@ class RemoteReranker:
     def __repr__(self) -> str:
         return f"RemoteReranker({self.url!r}, model={self.model_name!r})"
 
-    # ------------------------------------------------------------------ lifecycle
-    def close(self) -> None:
-        """Close the pooled connections (or use the reranker as a context manager)."""
-        client = self.__dict__.get("_client")
-        if client is not None:
-            client.close()
-
-    async def aclose(self) -> None:
-        """Close the sync pool and this event loop's async pool."""
-        self.close()
-        clients = self.__dict__.get("_aclients")
-        if clients:
-            mine = clients.pop(asyncio.get_running_loop(), None)
-            clients.clear()
-            if mine is not None:
-                await mine.aclose()
-
-    def __enter__(self) -> "RemoteReranker":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
+    # ------------------------------------------------------------------ lifecycle (close, aclose, with: HttpClient)
     def __getstate__(self) -> dict:  # pickle-able (the frameworks copy their components): the settings, no sockets
         keep = ("url", "timeout", "max_retries", "backoff", "max_backoff", "batch_size", "normalize", "concurrency",
                 "_verify")
@@ -268,7 +167,7 @@ class RemoteReranker:
                       normalize: Optional[bool] = None, batch_size: Optional[int] = None,
                       max_length: Optional[int] = None, show_progress: Optional[bool] = None) -> list[float]:
         """One score per (query, passage) pair, in input order (``normalize=True``: the sigmoid)."""
-        pairs = _check_pairs(pairs)
+        pairs = check_pairs(pairs, "pairs")
         plan = self._plan(pairs, batch_size, max_length)
         deadline = _Deadline(self.timeout, f"{self.url}/rerank")
         raw = np.zeros(len(pairs), dtype=np.float64)
@@ -287,7 +186,7 @@ class RemoteReranker:
                              normalize: Optional[bool] = None, batch_size: Optional[int] = None,
                              max_length: Optional[int] = None, show_progress: Optional[bool] = None) -> list[float]:
         """Async :meth:`compute_score` (requests in flight ``concurrency`` at a time, on the caller's loop)."""
-        pairs = _check_pairs(pairs)
+        pairs = check_pairs(pairs, "pairs")
         plan = self._plan(pairs, batch_size, max_length)
         deadline = _Deadline(self.timeout, f"{self.url}/rerank")
         sem = asyncio.Semaphore(self.concurrency)
@@ -305,7 +204,7 @@ class RemoteReranker:
     def score(self, query: str, texts: Sequence[str], *, normalize: Optional[bool] = None,
               **kwargs: Any) -> np.ndarray:
         """Scores of ``texts`` against ``query``, input order, float64 ``[N]``."""
-        q, texts = _check_query(query), _check_texts(texts)
+        q, texts = check_query(query), check_rank_texts(texts)
         if not texts:
             return np.zeros(0, dtype=np.float64)
         return np.asarray(self.compute_score([(q, t) for t in texts], normalize=normalize, **kwargs), np.float64)
@@ -313,7 +212,7 @@ class RemoteReranker:
     async def ascore(self, query: str, texts: Sequence[str], *, normalize: Optional[bool] = None,
                      **kwargs: Any) -> np.ndarray:
         """Async :meth:`score`."""
-        q, texts = _check_query(query), _check_texts(texts)
+        q, texts = check_query(query), check_rank_texts(texts)
         if not texts:
             return np.zeros(0, dtype=np.float64)
         return np.asarray(await self.acompute_score([(q, t) for t in texts], normalize=normalize, **kwargs),
@@ -322,22 +221,18 @@ class RemoteReranker:
     def rerank(self, query: str, texts: Sequence[str], top_n: Optional[int] = None, *,
                normalize: Optional[bool] = None, **kwargs: Any) -> list:
         """``texts`` best first as :class:`bgem3.RankedText` ``(index, score)``, ties in input order; ``top_n`` of them."""
-        if top_n is not None:
-            _positive_int(top_n, "top_n")
+        check_top_n(top_n)
         return self._ranked(self.score(query, texts, normalize=normalize, **kwargs), top_n)
 
     async def arerank(self, query: str, texts: Sequence[str], top_n: Optional[int] = None, *,
                       normalize: Optional[bool] = None, **kwargs: Any) -> list:
         """Async :meth:`rerank`."""
-        if top_n is not None:
-            _positive_int(top_n, "top_n")
+        check_top_n(top_n)
         return self._ranked(await self.ascore(query, texts, normalize=normalize, **kwargs), top_n)
 
     # ------------------------------------------------------------------ internals
     @staticmethod
     def _ranked(scores: np.ndarray, top_n: Optional[int]) -> list:
-        from .crossencoder import RankedText
-
         order = np.argsort(-scores, kind="stable")
         if top_n is not None:
             order = order[:top_n]
@@ -352,10 +247,10 @@ class RemoteReranker:
     def _plan(self, pairs: list[tuple[str, str]], batch_size: Optional[int],
               max_length: Optional[int]) -> list[tuple[str, list[int]]]:
         """Requests to send: one query each (TEI's /rerank takes one query), under the server's limits."""
-        if max_length is not None and _positive_int(max_length, "max_length") != self.max_length:
+        if max_length is not None and positive_int(max_length, "max_length") != self.max_length:
             raise ValueError(f"max_length={max_length} cannot be honoured: the server at {self.url} cuts every pair at "
                              f"{self.max_length} tokens (bgem3 serve --reranker-max-length)")
-        bs = self.batch_size if batch_size is None else min(_positive_int(batch_size, "batch_size"),
+        bs = self.batch_size if batch_size is None else min(positive_int(batch_size, "batch_size"),
                                                              self.server_batch_size)
         groups: dict[str, list[int]] = {}
         for i, (q, _) in enumerate(pairs):
@@ -428,28 +323,10 @@ class RemoteReranker:
             out[i] = float(s)
         return out
 
-    def _delay(self, attempt: int, retry_after: Optional[str]) -> float:
-        delay = min(self.max_backoff, self.backoff * (2 ** attempt)) * (0.5 + random.random() / 2)
-        if retry_after:
-            try:
-                delay = max(delay, min(float(retry_after), self.max_backoff))
-            except ValueError:
-                pass
-        return delay
-
     def _error(self, path: str, status: int, raw: bytes, n_texts: int) -> BaseException:
-        try:
-            body = json.loads(raw)
-            err = body.get("error") if isinstance(body, dict) else None
-            msg = err.get("message") if isinstance(err, dict) else err
-        except ValueError:
-            msg = None
-        msg = str(msg or raw[:300].decode("utf-8", "replace") or status)
-        if status == 401:
-            return PermissionError(f"{self.url}{path}: {msg} (RemoteReranker(url, api_key=...) or $BGEM3_API_KEY)")
         if status == 413 and n_texts > 1:
             return _TooLarge()
-        return RemoteError(f"{self.url}{path} answered {status}: {msg}", status)
+        return self._refusal(path, status, str(server_message(raw) or raw[:300].decode("utf-8", "replace") or status))
 
     def _decide(self, path: str, attempt: int, status: Optional[int], raw: bytes, headers: Any,
                 error: Optional[BaseException], n_texts: int, deadline: _Deadline) -> Optional[float]:
@@ -466,9 +343,7 @@ class RemoteReranker:
         else:
             last, retry_after = f"{type(error).__name__}: {error}", None
         if attempt >= self.max_retries:
-            raise RemoteUnavailable(f"{self.url}{path} did not answer after {attempt + 1} tries ({last}); is `bgem3 "
-                                    "serve --reranker` running there, and not overloaded? (RemoteReranker("
-                                    "max_retries=..., timeout=...))")
+            raise self._give_up(path, attempt + 1, last)
         delay = self._delay(attempt, retry_after)
         if delay >= deadline.left():
             raise RemoteUnavailable(f"{self.url}{path} is not answering ({last}) and the next retry would end after "
@@ -487,7 +362,7 @@ class RemoteReranker:
                            "refused (is it a bgem3 server?)", 200)
 
     def _request_sync(self, method: str, path: str, body: Optional[dict], deadline: _Deadline, cap: int) -> Any:
-        httpx = _httpx()
+        httpx = self._httpx()
         n = len(body["texts"]) if body else 0
         for attempt in itertools.count():
             status, raw, headers, err = None, b"", {}, None
@@ -510,22 +385,9 @@ class RemoteReranker:
                 return self._parse(path, raw)
             time.sleep(delay)
 
-    def _async_client(self) -> Any:
-        httpx = _httpx()
-        loop = asyncio.get_running_loop()
-        with self._alock:
-            for dead in [lp for lp in list(self._aclients) if lp.is_closed()]:
-                del self._aclients[dead]
-            client = self._aclients.get(loop)
-            if client is None or client.is_closed:
-                client = httpx.AsyncClient(base_url=self.url, headers=self._headers, limits=self._limits,
-                                           verify=self._verify)
-                self._aclients[loop] = client
-        return client
-
     async def _request_async(self, method: str, path: str, body: Optional[dict], deadline: _Deadline,
                              cap: int) -> Any:
-        httpx = _httpx()
+        httpx = self._httpx()
         client = self._async_client()
         n = len(body["texts"]) if body else 0
         for attempt in itertools.count():
@@ -571,21 +433,9 @@ def remote_reranker_for(url: str, **options: Any) -> RemoteReranker:
     Traceback (most recent call last):
     ValueError: cache_dir applies to a model loaded in this process; the reranker at http://127.0.0.1:9 is the server's: drop cache_dir (configure `bgem3 serve --reranker` instead)
     """
-    given = {k: v for k, v in options.items() if v is not None and v is not ...}
-    bad = sorted(k for k in given if k in _LOCAL_ONLY or k not in ("device", "dtype", "batch_size", "max_length",
-                                                                     "normalize"))
-    if bad:
-        raise ValueError(f"{', '.join(bad)} applies to a model loaded in this process; the reranker at {url} is the "
-                         f"server's: drop {', '.join(bad)} (configure `bgem3 serve --reranker` instead)")
+    given = RemoteReranker._options_for(url, options, ("device", "dtype", "batch_size", "max_length", "normalize"),
+                                        _LOCAL_ONLY)
     rr = RemoteReranker(url, batch_size=given.get("batch_size"), max_length=given.get("max_length"),
                         normalize=bool(given.get("normalize", False)))
-    from ._shared import dtype_name
-
-    for key, server in (("device", rr.device), ("dtype", dtype_name(rr.dtype))):
-        if key in given:
-            mine = str(given[key]) if key == "device" else dtype_name(given[key])
-            if mine != server:
-                rr.close()
-                raise ValueError(f"{key}={given[key]!r} does not match the server at {url}, which runs {server}; "
-                                 f"{key} is chosen by the server (bgem3 serve --{key}); drop it")
+    rr._check_served_as(url, given)
     return rr

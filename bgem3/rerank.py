@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from ._checks import check_query, check_top_n
 from .encoder import Encoder
 from .scoring import (
     DEFAULT_WEIGHTS,
@@ -132,27 +133,6 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def check_top_n(top_n: Optional[int]) -> Optional[int]:
-    """``top_n`` if it is ``None`` (keep all) or a positive integer; ``ValueError`` otherwise.
-
-    >>> check_top_n(3), check_top_n(None)
-    (3, None)
-    """
-    if top_n is None:
-        return None
-    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n <= 0:
-        raise ValueError(f"top_n must be a positive integer or None (keep all); got {top_n!r}")
-    return int(top_n)
-
-
-def _check_query(query: Any) -> str:
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a string; got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query is empty; reranking needs a query to score the candidates against")
-    return query
-
-
 def score_candidates(
     encoder: Encoder,
     query: str,
@@ -184,7 +164,7 @@ def score_candidates(
     """
     w = check_weights(weights)
     _check_mode(mode)
-    query = _check_query(query)
+    query = check_query(query)
     if isinstance(texts, str):
         raise TypeError("texts must be a list of candidate strings, not one string")
     texts = list(texts)

@@ -8,6 +8,15 @@ from typing import Any, Literal, Mapping, Optional, Protocol, Sequence, runtime_
 FusionMode = Literal["auto", "weighted", "rrf"]
 
 
+@dataclass(frozen=True)
+class RankedText:
+    """One reranked text: its position in the input and its score (:class:`bgem3.Reranker` and
+    :class:`bgem3.remote_rerank.RemoteReranker` answer these; also ``bgem3.crossencoder.RankedText``)."""
+
+    index: int
+    score: float
+
+
 @dataclass
 class Hit:
     """One search result.

@@ -18,3 +18,17 @@ def assert_sparse_close(got: dict, want: dict, tol: float = SPARSE_TOL) -> None:
     for k in set(got) | set(want):
         g, w = float(got.get(k, 0.0)), float(want.get(k, 0.0))
         assert abs(g - w) <= tol * max(1.0, abs(w)), f"token {k}: {g} != {w} (tolerance {tol}, relative above 1)"
+
+
+def oom_above(forward, most: int, sizes: list):
+    """``forward`` (a model's batch call) that raises torch's out-of-memory error for a batch of more than
+    ``most`` inputs, as a GPU short of memory would; every batch size asked is appended to ``sizes``."""
+    import torch
+
+    def call(batch_ids, *rest):
+        sizes.append(len(batch_ids))
+        if len(batch_ids) > most:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(batch_ids, *rest)
+
+    return call

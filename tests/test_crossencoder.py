@@ -338,3 +338,24 @@ def test_max_length_beyond_the_model_is_refused_and_progress_is_shown(paths, cap
     assert "Reranking" in capsys.readouterr().err
     rr.compute_score(PAIRS, batch_size=2, show_progress=False)
     assert "Reranking" not in capsys.readouterr().err
+
+
+def test_oom_halves_the_batch_and_retries_as_the_encoder_does(paths, monkeypatch):
+    """The reranker runs the encoder's batch loop (bgem3._batching): an out-of-memory error on a batch of
+    several pairs retries it as two halves, same scores; any other error surfaces unchanged."""
+    from _compare import oom_above
+
+    rr = _ours(paths, "bert")
+    sizes: list = []
+    monkeypatch.setattr(rr, "_forward", oom_above(rr._forward, 2, sizes))
+    got = rr.compute_score(PAIRS, batch_size=8)
+    monkeypatch.undo()
+    assert max(sizes) == 8 and 2 in sizes and sum(s for s in sizes if s <= 2) == len(PAIRS)
+    np.testing.assert_allclose(got, rr.compute_score(PAIRS, batch_size=8), atol=1e-5)  # float32, other batch shapes
+
+    def broken(*a):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(rr, "_forward", broken)
+    with pytest.raises(RuntimeError, match="kernel exploded"):
+        rr.compute_score(PAIRS[:3])

@@ -162,7 +162,6 @@ DEFERRED_CIRCLE_EDGES = {
     ("bgem3.backends", "bgem3.backends.openvino"): "a backend plug-in is imported only when chosen",
     ("bgem3.index.persistence", "bgem3.index.hybrid"): "load_index builds a HybridIndex (issue 22: the saved-index "
                                                       "record, later work)",
-    ("bgem3.crossencoder", "bgem3.remote_rerank"): "a URL resolves to a remote reranker",
     ("bgem3.serve.cli", "bgem3.cli"): "`bgem3 serve` reuses the main CLI's argument helpers",
 }
 
@@ -231,3 +230,81 @@ def test_bm25_lives_beside_its_interface_and_a_saved_bm25_index_loads_without_im
     env = dict(os.environ, PYTHONPATH=str(PKG.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def _run_fresh(code: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(PKG.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
+def test_the_http_reranker_client_imports_no_torch():
+    """``import bgem3.remote_rerank`` loads no torch in a fresh interpreter (nor do the leaves it stands on:
+    the shared checks, dtype names, the HTTP base class, ``RankedText``)."""
+    code = ("import sys\n"
+            "from bgem3 import RankedText\n"
+            "from bgem3.remote_rerank import RemoteReranker, remote_reranker_for\n"
+            "print('torch' in sys.modules)\n")
+    assert _run_fresh(code) == "False"
+    import bgem3
+    import bgem3.crossencoder
+
+    assert bgem3.crossencoder.RankedText is bgem3.RankedText  # the old home still names the same class
+
+
+def _from_imports(path: Path, package: str) -> dict[str, set[str]]:
+    """``{absolute module: names}`` of every ``from ... import ...`` in the file (function bodies included)."""
+    out: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)] if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            out.setdefault(mod, set()).update(a.name for a in node.names)
+    return out
+
+
+def test_the_clients_take_their_checks_codec_and_dtype_names_from_leaves():
+    """The HTTP clients get argument checks, dtype names and the wire codec from the leaves, not from the
+    model's module, the adapter glue or the server: the remote encoder takes only its base class (and
+    ``EncodeOutput``) from ``bgem3.encoder``; the remote reranker nothing from the model side at all."""
+    remote = _from_imports(PKG / "remote.py", "bgem3")
+    assert remote.get("bgem3.encoder", set()) <= {"Encoder", "EncodeOutput"}, remote.get("bgem3.encoder")
+    rr = _from_imports(PKG / "remote_rerank.py", "bgem3")
+    touched = sorted(m for m in rr if m in ("bgem3.encoder", "bgem3._shared", "bgem3.crossencoder", "bgem3.remote")
+                     or m.startswith("bgem3.serve"))
+    assert not touched, touched
+    for name in ("bgem3.remote", "bgem3.remote_rerank"):
+        path = PKG / (name.split(".")[1] + ".py")
+        assert not any(m.startswith("bgem3._shared") for m in _from_imports(path, "bgem3")), name
+
+
+#: helpers that each had copies in the model and client modules; now defined once, in bgem3._checks / _batching
+_ONCE = {"_check_positive_int", "_positive_int", "_check_texts", "_check_query", "check_query", "check_texts",
+         "_check_pairs", "check_top_n", "_check_examples", "_is_oom", "_httpx", "_number", "dtype_name"}
+
+
+def test_client_and_model_checks_and_the_batch_loop_are_written_once():
+    files = ["encoder.py", "crossencoder.py", "remote.py", "remote_rerank.py", "rerank.py", "serve/shapes.py"]
+    copies = sorted(f"{f}: def {node.name}" for f in files
+                    for node in ast.walk(ast.parse((PKG / f).read_text(encoding="utf-8")))
+                    if isinstance(node, ast.FunctionDef) and node.name in _ONCE)
+    assert not copies, copies
+    # one OOM-halving batch loop: the models call bgem3._batching.run_batches, neither spells the loop out
+    for f in ("encoder.py", "crossencoder.py"):
+        text = (PKG / f).read_text(encoding="utf-8")
+        assert "run_batches(" in text and "queue[:0]" not in text and "_is_oom" not in text, f
+
+
+def test_the_shared_leaves_examples_run():
+    """The examples in the docstrings of the leaves the model, the clients and the server share."""
+    import doctest
+    import importlib
+
+    for name in ("bgem3._checks", "bgem3._dtypes", "bgem3._wire", "bgem3._batching"):
+        result = doctest.testmod(importlib.import_module(name))
+        assert result.attempted > 0 and result.failed == 0, name

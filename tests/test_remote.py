@@ -165,7 +165,9 @@ def test_retry_on_503_then_success():
     def fake_client(**kw):
         return real(transport=httpx.MockTransport(handler), **kw)
 
-    remote_mod_httpx = remote_mod._httpx()
+    from bgem3._http_client import HttpClient
+
+    remote_mod_httpx = HttpClient._httpx()
     orig = remote_mod_httpx.Client
     remote_mod_httpx.Client = fake_client
     try:

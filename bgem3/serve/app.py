@@ -74,7 +74,8 @@ from .scheduler import Batcher, BatchResult, QueueFull, ShuttingDown
 from .rerank import (RerankBackend, cohere_answer, finite_or_500, parse_cohere_rerank, parse_tei_rerank,
                      tei_answer)
 from .textcut import cut_texts
-from .shapes import (ApiError, encode_array, openai_error, parse_encode, parse_openai, parse_tei, tei_error)
+from .._wire import encode_array
+from .shapes import ApiError, openai_error, parse_encode, parse_openai, parse_tei, tei_error
 
 try:  # fast JSON (in the `serve` extra); the stdlib otherwise (~15x slower on a batch of vectors)
     import orjson as _orjson

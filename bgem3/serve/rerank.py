@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .shapes import ApiError
+from .shapes import ApiError, positive_field
 from .textcut import cut_texts
 
 __all__ = ["RerankBackend", "RerankRequest", "parse_cohere_rerank", "parse_tei_rerank", "sigmoid", "ranked"]
@@ -156,9 +156,7 @@ def parse_cohere_rerank(body: Any, *, max_texts: int, where: str = "/v1/rerank")
                         texts=_candidates(body.get("documents"), "documents", max_texts, objects=True), cohere=True)
     top_n = body.get("top_n")
     if top_n is not None:
-        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0:
-            raise ApiError(422, f"`top_n` must be a positive integer; got {top_n!r}", param="top_n")
-        req.top_n = top_n
+        req.top_n = positive_field(top_n, "top_n")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(422, f"`model` must be a string (the served reranker's name); got {type(model).__name__}",
@@ -237,7 +235,9 @@ class RerankBackend:
         tok = getattr(self.reranker, "tokenizer", None)
         if tok is None:
             return query, texts
-        cut = cut_texts(tok, [query, *texts], max_length)
+        # the reranker's tokenizer lock, as /embed passes the encoder's: a fast tokenizer's truncation setting is
+        # shared state, and tokenize_pairs (truncation="only_second") may run at the same time in another thread
+        cut = cut_texts(tok, [query, *texts], max_length, lock=getattr(self.reranker, "_lock", None))
         return cut[0], cut[1:]
 
     def tokenize(self, query: str, texts: list[str], max_length: int) -> list:

@@ -21,11 +21,13 @@ Example::
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
+import numpy as np  # noqa: F401 (the module doctest)
+
+from .._checks import positive_int
+from .._wire import COLBERT_DTYPES, ENCODE_FIELDS, ENCODINGS, SIDES, decode_array, encode_array
 
 __all__ = [
     "ApiError", "EncodeRequest", "TextsRequest", "decode_array", "encode_array", "parse_encode",
@@ -162,7 +164,7 @@ def parse_tei(body: Any, *, sparse: bool, max_texts: int) -> TextsRequest:
         req.normalize = bool(_bool(body, "normalize", True))
         dims = body.get("dimensions")
         if dims is not None:
-            req.dimensions = _int(dims, "dimensions")
+            req.dimensions = positive_field(dims, "dimensions")
     return req
 
 
@@ -184,14 +186,13 @@ def parse_openai(body: Any, *, max_texts: int) -> TextsRequest:
         raise ApiError(422, f"`encoding_format` must be \"float\" or \"base64\"; got {fmt!r}", param="encoding_format")
     req.base64 = fmt == "base64"
     if body.get("dimensions") is not None:
-        req.dimensions = _int(body["dimensions"], "dimensions")
+        req.dimensions = positive_field(body["dimensions"], "dimensions")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise ApiError(422, "`user` must be a string", param="user")
     return req
 
 
-_ENCODE = frozenset({"inputs", "side", "task", "examples", "dense", "sparse", "colbert", "colbert_dtype", "encoding",
-                     "truncate", "max_length"})
+_ENCODE = ENCODE_FIELDS
 
 
 def parse_encode(body: Any, *, max_texts: int) -> EncodeRequest:
@@ -201,7 +202,7 @@ def parse_encode(body: Any, *, max_texts: int) -> EncodeRequest:
     body = _check_fields(body, _ENCODE, "/encode")
     req = EncodeRequest(texts=_texts(body.get("inputs"), "inputs", max_texts, allow_empty=True))
     side = body.get("side", "raw")
-    if side not in ("raw", "query", "document"):
+    if side not in SIDES:
         raise ApiError(422, f"`side` must be \"query\", \"document\" or \"raw\" (no template); got {side!r}",
                        param="side")
     req.side = side
@@ -231,36 +232,21 @@ def parse_encode(body: Any, *, max_texts: int) -> EncodeRequest:
         raise ApiError(422, "nothing to compute: set at least one of \"dense\", \"sparse\", \"colbert\" to true",
                        param="dense")
     req.colbert_dtype = body.get("colbert_dtype", "float16")
-    if req.colbert_dtype not in ("float16", "float32"):
+    if req.colbert_dtype not in COLBERT_DTYPES:
         raise ApiError(422, f"`colbert_dtype` must be \"float16\" or \"float32\"; got {req.colbert_dtype!r}",
                        param="colbert_dtype")
     req.encoding = body.get("encoding", "base64")
-    if req.encoding not in ("base64", "float"):
+    if req.encoding not in ENCODINGS:
         raise ApiError(422, f"`encoding` must be \"base64\" or \"float\"; got {req.encoding!r}", param="encoding")
     req.truncate = _bool(body, "truncate", None)
     if body.get("max_length") is not None:
-        req.max_length = _int(body["max_length"], "max_length")
+        req.max_length = positive_field(body["max_length"], "max_length")
     return req
 
 
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ApiError(422, f"`{name}` must be a positive integer; got {value!r}", param=name)
-    return value
-
-
-# --------------------------------------------------------------------------- arrays
-
-def encode_array(arr: np.ndarray, dtype: str = "float32") -> str:
-    """Little-endian ``dtype`` bytes of ``arr`` (row-major), base64."""
-    return base64.b64encode(np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode("ascii")
-
-
-def decode_array(data: str, dtype: str, shape: tuple) -> np.ndarray:
-    """Inverse of :func:`encode_array`; returns ``float32``. Refuses a size that does not match ``shape``."""
-    raw = base64.b64decode(data)
-    dt = np.dtype(dtype).newbyteorder("<")
-    want = int(np.prod(shape)) * dt.itemsize
-    if len(raw) != want:
-        raise ValueError(f"array payload has {len(raw)} bytes; shape {tuple(shape)} of {dtype} needs {want}")
-    return np.frombuffer(raw, dtype=dt).reshape(shape).astype(np.float32)
+def positive_field(value: Any, name: str) -> int:
+    """A request field that must be a positive integer (:func:`bgem3._checks.positive_int`), or a 422 naming it."""
+    try:
+        return positive_int(value, name)
+    except ValueError:
+        raise ApiError(422, f"`{name}` must be a positive integer; got {value!r}", param=name) from None
