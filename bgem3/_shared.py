@@ -45,7 +45,7 @@ import numpy as np
 
 from .backends import BACKEND_OPTIONS, check_backend, check_backend_options
 from .encoder import _DTYPES, Encoder, dtype_name, resolve_device, resolve_dtype, resolve_model_path
-from ._store import check_str_list
+from .stores.base import check_str_list
 from .profiles import Profile, _escape, detect_profile, get_profile
 from .remote import is_url, remote_encoder_for
 

@@ -193,6 +193,17 @@ def fuse_channels(
     return fuse_rrf(dense, lexical, colbert, weights, rrf_k)
 
 
+def rank(d: np.ndarray, s: np.ndarray, c: np.ndarray, w: Sequence[float], k: int, mode: str,
+         rrf_k: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse the candidates' channel scores (:func:`fuse_channels`); returns ``(fused, top)`` where
+    ``top`` are the positions of the ``k`` best, ties in input order (what both stores rank by)."""
+    if mode == "weighted" and max(w) > 1.0:  # (1e308,)*3 would overflow; the weighted mean is scale-free
+        top = max(w)
+        w = tuple(x / top for x in w)
+    fused = fuse_channels(d, s, c, w, mode=mode, rrf_k=rrf_k)
+    return fused, np.argsort(-fused, kind="stable")[:k]
+
+
 def check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
     """Validate ``(dense, lexical, colbert)`` weights: three finite, non-negative numbers, not all zero."""
     if isinstance(weights, (str, bytes)):

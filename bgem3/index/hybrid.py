@@ -39,8 +39,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .._store import StoreBase, check_documents, check_positive_int as _positive_int, check_query, check_search_args
-from .._store import check_str_list as _check_str_list, encoder_from_model_name, encoder_shape, resolve_encoder, scored_hit
+from ..stores.base import StoreBase, check_documents, check_positive_int as _positive_int, check_query, check_search_args
+from ..stores.base import check_str_list as _check_str_list, encoder_from_model_name, encoder_shape, resolve_encoder, scored_hit
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
 from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, dense_bits
@@ -688,7 +688,7 @@ class HybridIndex(StoreBase):
         exhaustive: bool = False,
     ) -> list[Hit]:
         """Top-``k`` documents for ``query``, best first (see :meth:`StoreBase.search
-        <bgem3._store.StoreBase.search>` for the arguments). The query is encoded for the
+        <bgem3.stores.base.StoreBase.search>` for the arguments). The query is encoded for the
         channels the index holds; weights of absent channels are ignored (they have no score)."""
         check_query(query)
         w = check_search_args(k, weights, candidates, mode, rrf_k)

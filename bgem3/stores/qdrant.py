@@ -50,8 +50,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Opt
 import numpy as np
 
 from .. import scoring
-from .._store import StoreBase, check_documents, check_positive_int as _check_pos_int, check_search_args
-from .._store import check_str_list, encoder_from_model_name, encoder_shape, rank, resolve_encoder, scored_hit
+from ..fingerprint import same_model_name
+from ..scoring import rank
+from .base import StoreBase, check_documents, check_positive_int as _check_pos_int, check_search_args
+from .base import check_str_list, encoder_from_model_name, encoder_shape, resolve_encoder, scored_hit
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
 from .qdrant_errors import QdrantConnectionError, QdrantServerError, describe, readable_errors, require_qdrant_client, translate
@@ -121,14 +123,6 @@ def point_id(doc_id: str) -> str:
     True
     """
     return str(uuid.uuid5(BGEM3_NAMESPACE, doc_id))
-
-
-def _model_key(name: Optional[str]) -> Optional[str]:
-    """What two model names are compared by: the last path component (``BAAI/bge-m3`` and
-    ``/models/bge-m3`` are the same model; a moved local folder still matches)."""
-    if name is None:
-        return None
-    return os.path.basename(os.path.normpath(str(name))).lower()
 
 
 # --------------------------------------------------------------------------- filters
@@ -601,7 +595,7 @@ class QdrantHybridStore(StoreBase):
                     f"collection {name!r} was written by bgem3 layout version {version}, this bgem3 reads version "
                     f"{FORMAT_VERSION}; re-index into a new collection")
             stored = meta.get("model_name")
-            if self.model_name is not None and stored is not None and _model_key(stored) != _model_key(self.model_name):
+            if self.model_name is not None and stored is not None and not same_model_name(stored, self.model_name):
                 raise CollectionMismatchError(
                     f"collection {name!r} was built with model {stored!r}, this store encodes with "
                     f"{self.model_name!r}: scores would be meaningless. Use {stored!r}, or another collection_name")

@@ -1,12 +1,13 @@
-"""What the two hybrid stores share: argument checks, query encoding and result ranking.
+"""What the two hybrid stores share: the store base class (``search`` over ``search_encoded``) and the
+store-side argument checks.
 
 :class:`bgem3.HybridIndex` (embedded) and :class:`bgem3.stores.qdrant.QdrantHybridStore`
 (scale-out) implement the same protocol with the same semantics; the code that does not depend
-on where the vectors live is here, once.
+on where the vectors live is here, once (the ranking itself is :func:`bgem3.scoring.rank`).
 
 Example::
 
-    >>> from bgem3._store import check_documents, check_search_args
+    >>> from bgem3.stores.base import check_documents, check_search_args
     >>> check_search_args(4, (0.4, 0.2, 0.4), 100, "rrf", 60)
     (0.4, 0.2, 0.4)
     >>> texts, ids, metas = check_documents(["a", "b"], ["x", "y"], None, store="the index")
@@ -23,8 +24,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .scoring import DEFAULT_WEIGHTS, check_weights, fuse_channels
-from .types import FusionMode, Hit
+from ..fingerprint import same_model_name
+from ..scoring import DEFAULT_WEIGHTS, check_weights
+from ..types import FusionMode, Hit
 
 #: the accepted ``mode=`` values of every store's ``search``: ``"auto"`` (the store's own choice,
 #: see ``StoreBase.fusion_mode``), ``"weighted"`` (weighted mean) or ``"rrf"`` (reciprocal rank)
@@ -174,21 +176,12 @@ def encoder_from_model_name(encoder: Any, model_name: Optional[str], dim: Option
     return encoder
 
 
-def same_model_name(a: str, b: str) -> bool:
-    """Two model names are the same model when equal or when their last path components agree
-    (``BAAI/bge-m3`` and ``/models/bge-m3``)."""
-    if a == b:
-        return True
-    norm = lambda x: os.path.basename(os.path.normpath(x)).lower()  # noqa: E731
-    return norm(a) == norm(b) and norm(a) not in ("", ".")
-
-
 def resolve_encoder(encoder: Any, encoder_kwargs: Mapping[str, Any], owner: str) -> Any:
     """Load ``Encoder(encoder, **encoder_kwargs)`` for a model name/folder; otherwise return
     ``encoder`` as given and refuse stray encoder options."""
     if isinstance(encoder, (str, os.PathLike)):
-        from .encoder import Encoder
-        from .remote import is_url, remote_encoder_for
+        from ..encoder import Encoder
+        from ..remote import is_url, remote_encoder_for
 
         if is_url(encoder):  # a `bgem3 serve` server
             return remote_encoder_for(encoder, **encoder_kwargs)
@@ -222,17 +215,6 @@ def scored_hit(id: str, text: str, metadata: dict, score: float = 0.0, d: Option
     return Hit(id=id, text=text, metadata=metadata, score=float(score),
                dense_score=None if d is None else float(d), sparse_score=None if s is None else float(s),
                colbert_score=None if c is None else float(c))
-
-
-def rank(d: np.ndarray, s: np.ndarray, c: np.ndarray, w: Sequence[float], k: int, mode: str,
-         rrf_k: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fuse the candidates' channel scores (:func:`bgem3.scoring.fuse_channels`); returns
-    ``(fused, top)`` where ``top`` are the positions of the ``k`` best, ties in input order."""
-    if mode == "weighted" and max(w) > 1.0:  # (1e308,)*3 would overflow; the weighted mean is scale-free
-        top = max(w)
-        w = tuple(x / top for x in w)
-    fused = fuse_channels(d, s, c, w, mode=mode, rrf_k=rrf_k)
-    return fused, np.argsort(-fused, kind="stable")[:k]
 
 
 class StoreBase:
