@@ -12,7 +12,7 @@ from llama_index.core.schema import BaseNode, Document, NodeWithScore, QueryBund
 from llama_index.core.settings import Settings
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from bgem3._filters import store_filter
+from bgem3.filters import store_filter
 from bgem3._hits import (check_hybrid_store, load_reranker, rerank_hits, search_many, store_builder_args,
                          store_fusion_mode)
 from bgem3._shared import check_list_arg, unknown_options_error

@@ -25,3 +25,50 @@ def test_rank_lives_with_the_scores():
     from bgem3.scoring import rank
 
     assert search.rank is rank and qdrant.rank is rank
+
+
+def test_the_filter_language_is_a_leaf_and_each_store_says_its_native_form():
+    """``bgem3.filters`` holds the language only (imports nothing from bgem3 or Qdrant); what a store takes
+    for a tree is its own ``native_filter`` method, not a ``sys.modules`` type test."""
+    import ast
+    from pathlib import Path
+
+    import bgem3.filters as filters
+    from bgem3 import HybridIndex
+    from bgem3.filters import Cond, Where, store_filter
+
+    tree = ast.parse(Path(filters.__file__).read_text(encoding="utf-8"))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "." for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    assert imported <= {"__future__", "math", "dataclasses", "typing"}, imported
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+    assert "sys.modules" not in Path(filters.__file__).read_text(encoding="utf-8")
+
+    where = Where("or", [Cond("year", ">=", 2020), Cond("lang", "text_match", "de")])
+
+    class MyStore:
+        def native_filter(self, w):
+            return ("mine", w)
+
+    assert store_filter(MyStore(), where) == ("mine", where)
+    index = HybridIndex(None, dim=2, channels=["dense"])
+    assert store_filter(index, where) == where.matches and index.native_filter(where) == where.matches
+    assert store_filter(object(), where) == where.matches  # a store without the method: the predicate
+    assert store_filter(MyStore(), Where("and", [Cond("lang", "==", "de")])) == {"lang": "de"}
+
+
+def test_the_qdrant_store_translates_trees_with_its_own_method():
+    import pytest
+
+    pytest.importorskip("qdrant_client")
+    from qdrant_client import models
+
+    from bgem3.filters import Cond, Where, store_filter
+    from bgem3.stores.qdrant import QdrantHybridStore, to_qdrant_filter
+    from bgem3.stores.qdrant_filters import to_qdrant_filter as moved
+
+    assert to_qdrant_filter is moved  # the public name stays importable from bgem3.stores.qdrant
+    store = QdrantHybridStore(None, location=":memory:", dim=2, colbert_dim=2, collection_name="f")
+    where = Where("or", [Cond("year", ">=", 2020), Cond("lang", "==", "de")])
+    out = store_filter(store, where)
+    assert isinstance(out, models.Filter) and out == store.native_filter(where) and len(out.should) == 2

@@ -1026,3 +1026,8 @@ class HybridIndex(StoreBase):
             for seg in self._segments:
                 seg.verify()
             check_unique_ids(self._home, self._segments + ([self._tail] if self._tail.n else []))
+
+    def native_filter(self, where: Any) -> Any:
+        """What ``search(filter=...)`` takes for a :class:`bgem3.filters.Where` tree: its predicate
+        (the index evaluates any tree on the stored metadata)."""
+        return where.matches
