@@ -17,8 +17,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ._checks import check_fusion_mode
 from .encoder import Encoder
 from .rerank import resolve_encoder
+from .scoring import check_weights
+from .stores.base import StoreBase
 
 
 def merge_scores(
@@ -166,16 +169,24 @@ def encode_query_group(encoder: Any, texts: Sequence[str], **encode_kwargs: Any)
     return dense, sparse, colbert
 
 
-def store_fusion_mode(store: Any, mode: Any) -> str:
-    """The fusion a retriever asks ``store`` for: ``mode`` checked (``"auto"``, ``"weighted"`` or
-    ``"rrf"``), ``"auto"`` resolved by the store (``store.fusion_mode``: RRF beside BM25), or
-    ``"weighted"`` for a store that has no such method (a user's own HybridStore)."""
-    if not isinstance(mode, str) or mode not in ("auto", "weighted", "rrf"):
-        raise ValueError(f"mode must be 'auto', 'weighted' or 'rrf'; got {mode!r}")
+def store_fusion_mode(store: Any, mode: Any) -> Any:
+    """The ``mode=`` a retriever passes to ``store.search``. A bgem3 store (:class:`~bgem3.stores.base.StoreBase`)
+    gets ``mode`` as given: its ``search`` checks it and resolves ``"auto"`` (RRF beside BM25), once per call.
+    For another store ``mode`` is checked here (``"auto"``, ``"weighted"`` or ``"rrf"``) and ``"auto"`` resolved by
+    the store's ``fusion_mode`` if it has one, else to ``"weighted"`` (a user's own HybridStore)."""
+    if isinstance(store, StoreBase):
+        return mode
+    check_fusion_mode(mode)
     resolve = getattr(store, "fusion_mode", None)
     if callable(resolve):
         return str(resolve(mode))
     return "weighted" if mode == "auto" else mode
+
+
+def store_weights(store: Any, weights: Any) -> Any:
+    """The ``weights=`` a retriever passes to ``store.search``: as given to a bgem3 store (its ``search`` checks
+    them, once per call), checked here (:func:`bgem3.scoring.check_weights`) for another store."""
+    return weights if isinstance(store, StoreBase) else check_weights(weights)
 
 
 def search_many(store: Any, queries: Sequence[str], **search_kwargs: Any) -> list:

@@ -45,6 +45,7 @@ import numpy as np
 
 from .backends import BACKEND_OPTIONS, check_backend, check_backend_options
 from .encoder import _DTYPES, Encoder, dtype_name, resolve_device, resolve_dtype, resolve_model_path
+from ._checks import positive_int
 from .stores.base import check_str_list
 from .profiles import Profile, _escape, detect_profile, get_profile
 from .remote import is_url, remote_encoder_for
@@ -626,8 +627,7 @@ class TextEncoder:
             normalize = None  # the folder's Normalize module runs, as in sentence-transformers
         self.normalize = normalize
         if truncate_dim is not None:
-            if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)) or truncate_dim <= 0:
-                raise ValueError(f"truncate_dim must be a positive integer (or None); got {truncate_dim!r}")
+            positive_int(truncate_dim, "truncate_dim")
             if truncate_dim > encoder.hidden_size:
                 raise ValueError(f"truncate_dim={truncate_dim} is larger than the model's {encoder.hidden_size} "
                                  "dimensions; use a value <= that, or None for full vectors")

@@ -28,6 +28,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from ._checks import positive_int
+
 SparseWeights = Mapping[int, float]
 
 #: BGE-M3 paper / model card weights for (dense, lexical, ColBERT).
@@ -310,8 +312,7 @@ def compute_score(
         (['colbert', 'colbert+sparse+dense', 'dense', 'sparse', 'sparse+dense'], 2)
     """
     pairs, single = _check_pairs(sentence_pairs)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    batch_size = positive_int(batch_size, "batch_size")
     w = check_weights(COMPUTE_SCORE_WEIGHTS if weights is None else weights)
     heads = bool(getattr(encoder, "has_heads", False))
     if heads and w[0] + w[1] == 0:

@@ -12,6 +12,7 @@ from llama_index.core.schema import BaseNode, Document, NodeWithScore, QueryBund
 from llama_index.core.settings import Settings
 from llama_index.core.vector_stores.types import MetadataFilters
 
+from bgem3._checks import check_fusion_mode, positive_int as _positive_int
 from bgem3.filters import store_filter
 from bgem3._hits import (check_hybrid_store, load_reranker, rerank_hits, search_many, store_builder_args,
                          store_fusion_mode)
@@ -34,12 +35,6 @@ _HINTS = {
     "vector_store_query_mode": "bgem3 always fuses dense, lexical and ColBERT; set weights= / mode=",
     "sparse_top_k": "use candidates= (the candidate pool of each channel)",
 }
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
 
 
 class BGEM3HybridRetriever(BaseRetriever):
@@ -115,7 +110,8 @@ class BGEM3HybridRetriever(BaseRetriever):
         if kwargs:
             raise unknown_options_error("BGEM3HybridRetriever", kwargs, ["store", *_RETRIEVER_KWARGS], _HINTS)
         check_hybrid_store(store, builder="from_documents")
-        store_fusion_mode(store, mode)  # a bad mode fails here, not at the first query
+        check_fusion_mode(mode)  # a bad mode fails here, not at the first query
+        store_fusion_mode(store, mode)
         if filters is not None and not isinstance(filters, MetadataFilters):
             raise TypeError(
                 f"filters must be llama_index MetadataFilters; got {type(filters).__name__} "

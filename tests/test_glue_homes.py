@@ -72,3 +72,77 @@ def test_the_qdrant_store_translates_trees_with_its_own_method():
     where = Where("or", [Cond("year", ">=", 2020), Cond("lang", "==", "de")])
     out = store_filter(store, where)
     assert isinstance(out, models.Filter) and out == store.native_filter(where) and len(out.should) == 2
+
+
+def _count_checks(monkeypatch):
+    """Wrap every module's reference to the weights and mode checks; returns the call counter."""
+    import bgem3._checks
+    import bgem3._hits
+    import bgem3.scoring
+    import bgem3.stores.base
+
+    calls = {"weights": 0, "mode": 0}
+    real_w, real_m = bgem3.scoring.check_weights, bgem3._checks.check_fusion_mode
+
+    def weights(w):
+        calls["weights"] += 1
+        return real_w(w)
+
+    def mode(m):
+        calls["mode"] += 1
+        return real_m(m)
+
+    for mod in (bgem3.stores.base, bgem3._hits):
+        monkeypatch.setattr(mod, "check_weights", weights, raising=False)
+        monkeypatch.setattr(mod, "check_fusion_mode", mode, raising=False)
+    return calls
+
+
+def test_weights_and_mode_are_checked_once_per_search(m3_encoder, monkeypatch):
+    """Before issue 22 one ``HybridIndex.search`` checked ``weights`` 3 times and ``mode`` 4 times (search,
+    search_encoded, fusion_mode); a retriever added its own checks on top."""
+    from bgem3 import HybridIndex
+
+    index = HybridIndex(m3_encoder)
+    index.add(["the capital of France is Paris", "mitochondria make energy"], ids=["a", "b"])
+    calls = _count_checks(monkeypatch)
+    hits = index.search("capital of France", k=1, weights=(0.4, 0.2, 0.4), mode="auto")
+    assert hits[0].id == "a" and calls == {"weights": 1, "mode": 1}
+    out = m3_encoder.encode_queries(["capital of France"], dense=True, sparse=True, colbert=True)
+    calls.update(weights=0, mode=0)
+    index.search_encoded(out.dense[0], out.sparse[0], out.colbert[0], k=1, mode="rrf")
+    assert calls == {"weights": 1, "mode": 1}
+
+    import pytest
+
+    pytest.importorskip("langchain_core")
+    from langchain_bgem3 import BGEM3HybridRetriever
+
+    retriever = BGEM3HybridRetriever(store=index, k=1)
+    calls.update(weights=0, mode=0)
+    docs = retriever.invoke("capital of France", weights=(0.5, 0.0, 0.5), mode="rrf")
+    assert docs[0].id == "a" and calls == {"weights": 1, "mode": 1}
+    with pytest.raises(ValueError, match="mode must be 'auto', 'weighted' or 'rrf'"):
+        retriever.invoke("capital of France", mode="fast")
+
+
+def test_one_positive_int_and_one_fusion_mode_tuple():
+    import ast
+    from pathlib import Path
+
+    import numpy as np
+
+    from bgem3 import HybridIndex
+    from bgem3._checks import FUSION_MODES
+    from bgem3.types import FusionMode
+
+    assert FUSION_MODES == FusionMode.__args__
+    root = Path(__file__).resolve().parent.parent
+    for path in [*root.glob("bgem3/**/*.py"), *root.glob("langchain_bgem3/*.py"), *root.glob("llama_index_bgem3/*.py")]:
+        if path == root / "bgem3" / "types.py":  # the one place: the FusionMode literal
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tuples = [n for n in ast.walk(tree) if isinstance(n, (ast.Tuple, ast.List))
+                  and {getattr(e, "value", None) for e in n.elts} == {"auto", "weighted", "rrf"}]
+        assert not tuples, f"{path}: the fusion modes written out again; use bgem3._checks.FUSION_MODES"
+    assert HybridIndex(None, dim=np.int64(3)).dim == 3  # numpy integers pass the one check

@@ -24,21 +24,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .._checks import check_fusion_mode, positive_int
 from ..fingerprint import same_model_name
 from ..scoring import DEFAULT_WEIGHTS, check_weights
 from ..types import FusionMode, Hit
-
-#: the accepted ``mode=`` values of every store's ``search``: ``"auto"`` (the store's own choice,
-#: see ``StoreBase.fusion_mode``), ``"weighted"`` (weighted mean) or ``"rrf"`` (reciprocal rank)
-FUSION_MODES = ("auto", "weighted", "rrf")
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """``int(value)`` if it is a positive integer (not a bool), else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
-
 
 def check_str_list(values: Any, name: str) -> list[str]:
     """``list(values)`` if it is a list of strings; a clear ``TypeError`` otherwise."""
@@ -131,10 +120,9 @@ def check_documents(
 def check_search_args(k: Any, weights: Sequence[float], candidates: Any, mode: Any,
                       rrf_k: Any) -> tuple[float, float, float]:
     """Validate ``search``'s arguments; returns the checked ``(dense, lexical, colbert)`` weights."""
-    check_positive_int(k, "k")
-    check_positive_int(candidates, "candidates")
-    if not isinstance(mode, str) or mode not in FUSION_MODES:
-        raise ValueError(f"mode must be 'auto', 'weighted' or 'rrf'; got {mode!r}")
+    positive_int(k, "k")
+    positive_int(candidates, "candidates")
+    check_fusion_mode(mode)
     if (isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float, np.integer, np.floating)) or not rrf_k > 0
             or not np.isfinite(rrf_k)):
         raise ValueError(f"rrf_k must be a positive finite number; got {rrf_k!r}")
@@ -221,7 +209,8 @@ class StoreBase:
     """``search`` and the encoder requirement, shared by the two stores.
 
     A subclass defines ``search_encoded(dense_q, sparse_q, colbert_q, k, weights, *, filter,
-    candidates, mode, rrf_k, exhaustive)``, ``_store_noun`` / ``_encoder_fix`` (wording of the
+    candidates, mode, rrf_k, exhaustive)`` (public: checks its arguments with :meth:`_search_args`) over
+    ``_search_checked`` (the same arguments, already checked once, ``mode`` resolved), ``_store_noun`` / ``_encoder_fix`` (wording of the
     "no encoder" error), ``_query_encode_kwargs`` and, if it can tell cheaply,
     ``_nothing_to_search``.
     """
@@ -250,9 +239,17 @@ class StoreBase:
         >>> HybridIndex(None, dim=4).fusion_mode()
         'weighted'
         """
-        if not isinstance(mode, str) or mode not in FUSION_MODES:
-            raise ValueError(f"mode must be 'auto', 'weighted' or 'rrf'; got {mode!r}")
+        return self._resolved_mode(check_fusion_mode(mode))
+
+    def _resolved_mode(self, mode: str) -> str:
+        # an already checked mode: "auto" becomes the store's choice
         return self._auto_fusion() if mode == "auto" else mode
+
+    def _search_args(self, k: Any, weights: Sequence[float], candidates: Any, mode: Any,
+                     rrf_k: Any) -> tuple[tuple[float, float, float], str]:
+        """``search``'s arguments checked once per call: ``(weights, mode)`` with ``"auto"`` resolved."""
+        w = check_search_args(k, weights, candidates, mode, rrf_k)
+        return w, self._resolved_mode(mode)
 
     def _require_encoder(self, what: str) -> Any:
         if self.encoder is None:
@@ -292,11 +289,11 @@ class StoreBase:
             exhaustive: score every (filtered) document instead of the candidates.
         """
         check_query(query)
-        check_search_args(k, weights, candidates, mode, rrf_k)
+        w, mode = self._search_args(k, weights, candidates, mode, rrf_k)
         enc = self._require_encoder("search")
         if self._nothing_to_search():
             return []
         out = enc.encode_queries([query], dense=True, sparse=True, colbert=True, **self._query_encode_kwargs)
-        return self.search_encoded(out.dense[0], out.sparse[0], out.colbert[0], k, weights,  # type: ignore[attr-defined]
-                                   filter=filter, candidates=candidates, mode=mode, rrf_k=rrf_k,
-                                   exhaustive=exhaustive)
+        return self._search_checked(out.dense[0], out.sparse[0], out.colbert[0], k, w,  # type: ignore[attr-defined]
+                                    filter=filter, candidates=candidates, mode=mode, rrf_k=rrf_k,
+                                    exhaustive=exhaustive)

@@ -52,7 +52,8 @@ import numpy as np
 from .. import scoring
 from ..fingerprint import same_model_name
 from ..scoring import rank
-from .base import StoreBase, check_documents, check_positive_int as _check_pos_int, check_search_args
+from .._checks import positive_int as _check_pos_int
+from .base import StoreBase, check_documents
 from .base import check_str_list, encoder_from_model_name, encoder_shape, resolve_encoder, scored_hit
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
@@ -830,8 +831,13 @@ class QdrantHybridStore(StoreBase):
         exhaustive: bool = False,
     ) -> list[Hit]:
         """:meth:`search` with an already-encoded query (``Encoder.encode_queries`` outputs)."""
-        w = check_search_args(k, weights, candidates, mode, rrf_k)
-        mode = self.fusion_mode(mode)
+        w, mode = self._search_args(k, weights, candidates, mode, rrf_k)
+        return self._search_checked(dense_q, sparse_q, colbert_q, k, w, filter=filter, candidates=candidates,
+                                    mode=mode, rrf_k=rrf_k, exhaustive=exhaustive)
+
+    def _search_checked(self, dense_q: Any, sparse_q: Any, colbert_q: Any, k: int, w: tuple[float, float, float],
+                        *, filter: Any, candidates: int, mode: str, rrf_k: float, exhaustive: bool) -> list[Hit]:
+        # search_encoded's work, its arguments checked once (w checked, mode resolved)
         qfilter = to_qdrant_filter(filter)
         dense_q = np.asarray(dense_q, dtype=np.float32).reshape(-1)
         colbert_q = np.asarray(colbert_q, dtype=np.float32)
