@@ -18,8 +18,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from ._checks import check_fusion_mode
+from ._loading import load_encoder
 from .encoder import Encoder
-from .rerank import resolve_encoder
 from .scoring import check_weights
 from .stores.base import StoreBase
 
@@ -74,7 +74,7 @@ def reranker_encoder(encoder: Any, model_name: str, model_kwargs: Optional[Mappi
     into a ``ValidationError``) while a plain ``__init__`` raises ``TypeError``.
     """
     if encoder is None:
-        return resolve_encoder(model_name, **(model_kwargs or {}))
+        return load_encoder(model_name, model_kwargs, owner="HybridReranker", reranking=True, require_encoder=True)
     if not isinstance(encoder, Encoder):
         raise type_error(f"encoder must be a bgem3.Encoder (or leave it out and pass model_name=...); "
                          f"got {type(encoder).__name__}")

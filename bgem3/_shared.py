@@ -33,22 +33,21 @@ Example::
 from __future__ import annotations
 
 import difflib
-import inspect
 import logging
 import os
 import threading
-import weakref
 from dataclasses import replace
-from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from .backends import BACKEND_OPTIONS, check_backend, check_backend_options
-from .encoder import _DTYPES, Encoder, dtype_name, resolve_device, resolve_dtype, resolve_model_path
+from .encoder import _DTYPES, Encoder, dtype_name, resolve_model_path
 from ._checks import positive_int
 from .stores.base import check_str_list
 from .profiles import Profile, _escape, detect_profile, get_profile
-from .remote import is_url, remote_encoder_for
+from ._loading import ENCODER_OPTIONS, check_encoder_options, clear_encoder_cache, encoder_cache_info, shared_encoder
+from .remote import is_url
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +71,6 @@ __all__ = [
     "sparse_to_lists",
 ]
 
-#: Keyword arguments :class:`~bgem3.Encoder` accepts besides the model name.
-ENCODER_OPTIONS: frozenset = frozenset(
-    name for name in inspect.signature(Encoder.__init__).parameters if name not in ("self", "model_name_or_path")
-)
-
-_CACHE: "weakref.WeakValueDictionary[Hashable, Encoder]" = weakref.WeakValueDictionary()
-_LOCK = threading.RLock()
-_LOADS = 0
-
-
 def missing_framework(adapter: str, requirement: str, framework: str, extra: str) -> ImportError:
     """The ``ImportError`` an adapter package raises when its framework is not installed.
 
@@ -92,88 +81,6 @@ def missing_framework(adapter: str, requirement: str, framework: str, extra: str
         f"{adapter} needs {requirement}, which is not installed. "
         f"Install the {framework} extra: pip install 'bgem3[{extra}]'"
     )
-
-
-def check_encoder_options(options: dict, where: str = "model_kwargs") -> dict:
-    """Raise a ``ValueError`` naming any key that :class:`~bgem3.Encoder` does not accept."""
-    if not isinstance(options, dict):
-        raise TypeError(f"{where} must be a dict of Encoder options; got {type(options).__name__}")
-    unknown = sorted(set(options) - ENCODER_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"{where} has option(s) {unknown} that bgem3.Encoder does not take; "
-            f"valid options are {sorted(ENCODER_OPTIONS)}"
-        )
-    return options
-
-
-def _freeze(value: Any) -> Hashable:
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    hash(value)  # raises TypeError for unhashable values -> not cached
-    return value
-
-
-def _cache_key(model_name_or_path: Union[str, os.PathLike], options: dict) -> Optional[Hashable]:
-    name = os.fspath(model_name_or_path)
-    expanded = os.path.expanduser(name)
-    where = os.path.realpath(expanded) if os.path.isdir(expanded) else name
-    opts = dict(options)
-    device = resolve_device(opts.pop("device", None))
-    dtype = resolve_dtype(opts.pop("dtype", None), device)
-    try:
-        rest = _freeze(opts)
-    except TypeError:
-        return None
-    return (where, str(device), str(dtype), rest)
-
-
-def shared_encoder(model_name_or_path: Union[str, os.PathLike], **options: Any) -> Encoder:
-    """The loaded :class:`~bgem3.Encoder` for this model and options, loading it only once.
-
-    ``options`` are :class:`~bgem3.Encoder`'s keyword arguments (``device``, ``dtype``,
-    ``profile``, ``max_length``, ``local_files_only``, ...). Two calls that resolve to the same
-    folder, device, dtype and options return the same object while anything still holds it.
-
-    Example::
-
-        >>> enc = shared_encoder("BAAI/bge-m3", device="cpu")     # doctest: +SKIP
-        >>> enc is shared_encoder("BAAI/bge-m3", device="cpu")    # doctest: +SKIP
-        True
-    """
-    global _LOADS
-    check_encoder_options(options, "encoder options")
-    if is_url(model_name_or_path):  # a `bgem3 serve` server: the model is there, not here
-        return remote_encoder_for(model_name_or_path, **options)
-    if not isinstance(model_name_or_path, (str, os.PathLike)):
-        raise TypeError(
-            f"model_name must be a hub id like 'BAAI/bge-m3' or a local folder path; got {type(model_name_or_path).__name__}"
-        )
-    key = _cache_key(model_name_or_path, options)
-    with _LOCK:  # one lock: two threads asking for the same model load it once
-        if key is not None:
-            hit = _CACHE.get(key)
-            if hit is not None:
-                return hit
-        enc = Encoder(model_name_or_path, **options)
-        enc._bgem3_load_options = dict(options)  # how to load it again (pickle, see Encoder.__reduce__)
-        _LOADS += 1
-        if key is not None:
-            _CACHE[key] = enc
-        return enc
-
-
-def encoder_cache_info() -> dict:
-    """``{"loads": encoders loaded through shared_encoder so far, "live": how many are held now}``."""
-    return {"loads": _LOADS, "live": len(_CACHE)}
-
-
-def clear_encoder_cache() -> None:
-    """Forget cached encoders (those still held by a facade stay alive with it)."""
-    with _LOCK:
-        _CACHE.clear()
 
 
 # --------------------------------------------------------------------------- argument checks

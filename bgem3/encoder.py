@@ -1124,9 +1124,9 @@ def _restore_encoder(token: str, path: str, options: dict) -> Encoder:
     if live is not None:
         return live
     # The one import that runs up a layer, at call time only: an unpickled encoder joins the process-wide
-    # encoder cache (so several unpickled facades share one copy of the weights); bgem3._shared imports
-    # no framework.
-    from ._shared import shared_encoder
+    # encoder cache (so several unpickled facades share one copy of the weights); bgem3._loading imports
+    # no framework and no adapter glue.
+    from ._loading import shared_encoder
 
     return shared_encoder(path, **options)
 

@@ -146,3 +146,36 @@ def test_one_positive_int_and_one_fusion_mode_tuple():
                   and {getattr(e, "value", None) for e in n.elts} == {"auto", "weighted", "rrf"}]
         assert not tuples, f"{path}: the fusion modes written out again; use bgem3._checks.FUSION_MODES"
     assert HybridIndex(None, dim=np.int64(3)).dim == 3  # numpy integers pass the one check
+
+
+def test_one_loader_decides_what_the_user_passed(monkeypatch):
+    """The stores, the embedding-channel reranker, the adapters' reranker glue and shared_encoder get an encoder
+    from what the user passed through one function, bgem3._loading.load_encoder (four resolvers before)."""
+    import pytest
+
+    import bgem3._loading as loading
+    import bgem3.stores.base as base
+    from bgem3 import HybridIndex
+    from bgem3._hits import reranker_encoder
+    from bgem3._shared import shared_encoder
+    from bgem3.rerank import resolve_encoder
+
+    seen = []
+
+    class Remote(loading.Encoder):  # stands for the RemoteEncoder a URL gives (no server needed)
+        def __init__(self, url, **options):
+            seen.append((url, options))
+
+    monkeypatch.setattr(loading, "remote_encoder_for", Remote)
+    url = "http://127.0.0.1:9/"
+    assert isinstance(resolve_encoder(url, timeout=3), Remote)
+    assert isinstance(reranker_encoder(None, url, {"timeout": 4}), Remote)
+    assert isinstance(shared_encoder(url, device="cpu"), Remote)
+    with pytest.raises(TypeError):  # the stub has no model: the store got it from the same loader, then checks it
+        HybridIndex(url, timeout=5)
+    assert seen == [(url, {"timeout": 3}), (url, {"timeout": 4}), (url, {"device": "cpu"}), (url, {"timeout": 5})]
+    assert not hasattr(base, "resolve_encoder")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['device'\].*HybridIndex\('BAAI/bge-m3'"):
+        HybridIndex(None, dim=4, device="cpu")
+    with pytest.raises(ValueError, match="cross-encoder reranker"):
+        reranker_encoder(None, "BAAI/bge-reranker-base", None)

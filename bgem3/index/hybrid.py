@@ -40,8 +40,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .._checks import positive_int as _positive_int
+from .._loading import load_encoder
 from ..stores.base import StoreBase, check_documents, check_query
-from ..stores.base import check_str_list as _check_str_list, encoder_from_model_name, encoder_shape, resolve_encoder, scored_hit
+from ..stores.base import check_str_list as _check_str_list, encoder_from_model_name, encoder_shape, scored_hit
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
 from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, dense_bits
@@ -181,8 +182,8 @@ class HybridIndex(StoreBase):
         dense_probe: float = DEFAULT_PROBE,
         **encoder_kwargs: Any,
     ) -> None:
-        encoder = resolve_encoder(encoder_from_model_name(encoder, model_name, dim, "HybridIndex"), encoder_kwargs,
-                                  "HybridIndex")
+        encoder = load_encoder(encoder_from_model_name(encoder, model_name, dim, "HybridIndex"), encoder_kwargs,
+                               owner="HybridIndex")
         codec_name = _resolve_codec(colbert_codec, colbert_dtype)
         if dense_codec not in DENSE_CODECS:
             raise ValueError(f"dense_codec must be one of {list(DENSE_CODECS)}; got {dense_codec!r}")

@@ -164,25 +164,6 @@ def encoder_from_model_name(encoder: Any, model_name: Optional[str], dim: Option
     return encoder
 
 
-def resolve_encoder(encoder: Any, encoder_kwargs: Mapping[str, Any], owner: str) -> Any:
-    """Load ``Encoder(encoder, **encoder_kwargs)`` for a model name/folder; otherwise return
-    ``encoder`` as given and refuse stray encoder options."""
-    if isinstance(encoder, (str, os.PathLike)):
-        from ..encoder import Encoder
-        from ..remote import is_url, remote_encoder_for
-
-        if is_url(encoder):  # a `bgem3 serve` server
-            return remote_encoder_for(encoder, **encoder_kwargs)
-
-        return Encoder(encoder, **encoder_kwargs)
-    if encoder_kwargs:
-        raise TypeError(
-            f"unexpected keyword arguments {sorted(encoder_kwargs)}: encoder options are only used "
-            f"when `encoder` is a model name or folder ({owner}('BAAI/bge-m3', device='cpu'))"
-        )
-    return encoder
-
-
 def encoder_shape(encoder: Any, owner: str) -> tuple[str, int, int]:
     """``(model_name, dense dim, ColBERT dim)`` of a BGE-M3 encoder; refuses anything else."""
     if not all(hasattr(encoder, a) for a in ("encode_queries", "encode_documents", "hidden_size")):

@@ -53,8 +53,9 @@ from .. import scoring
 from ..fingerprint import same_model_name
 from ..scoring import rank
 from .._checks import positive_int as _check_pos_int
+from .._loading import load_encoder
 from .base import StoreBase, check_documents
-from .base import check_str_list, encoder_from_model_name, encoder_shape, resolve_encoder, scored_hit
+from .base import check_str_list, encoder_from_model_name, encoder_shape, scored_hit
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
 from .qdrant_filters import _payload_key, to_qdrant, to_qdrant_filter
@@ -331,8 +332,8 @@ class QdrantHybridStore(StoreBase):
         self._sleep: Callable[[float], None] = time.sleep
         self.client = None
 
-        encoder = resolve_encoder(encoder_from_model_name(encoder, model_name, dim, "QdrantHybridStore", load=False),
-                                  encoder_kwargs, "QdrantHybridStore")
+        encoder = load_encoder(encoder_from_model_name(encoder, model_name, dim, "QdrantHybridStore", load=False),
+                               encoder_kwargs, owner="QdrantHybridStore")
         self.encoder = encoder
         self.client = self._make_client(client, location, path, url, api_key, dict(client_kwargs or {}), edge_path,
                                         edge_optimizers)
