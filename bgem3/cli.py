@@ -773,7 +773,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                         mode=mode, exhaustive=args.exhaustive)
     rerank_scores = None
     if reranker is not None:  # the index's candidates rescored by the cross-encoder; channel scores kept
-        from ._hits import rerank_hits
+        from ._adapters.rerankers import rerank_hits
 
         ranked = rerank_hits(reranker, args.query, hits, args.k)
         hits = [h for h, _ in ranked]

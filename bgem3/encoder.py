@@ -596,7 +596,7 @@ class Encoder:
 
     def _load_spec(self) -> tuple[str, dict]:
         """``(folder or hub id, Encoder options)`` that load this model again."""
-        opts = getattr(self, "_bgem3_load_options", None)  # set by bgem3._shared.shared_encoder
+        opts = getattr(self, "_bgem3_load_options", None)  # set by bgem3._loading.shared_encoder
         if opts is None:
             opts = {"device": str(self.device), "dtype": dtype_name(self.dtype), "profile": self.profile,
                     "batch_size": self.batch_size, "max_tokens_per_batch": self.max_tokens_per_batch}

@@ -12,9 +12,9 @@ from langchain_core.indexing.base import DeleteResponse, DocumentIndex, UpsertRe
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from bgem3._hits import (check_hybrid_store, load_reranker, rerank_hits, store_builder_args, store_fusion_mode,
-                         store_weights)
-from bgem3._shared import check_list_arg, unknown_options_error
+from bgem3._adapters.rerankers import load_reranker, rerank_hits
+from bgem3._adapters.retrieval import check_hybrid_store, store_builder_args, store_fusion_mode, store_weights
+from bgem3._adapters.arguments import check_list_arg, unknown_options_error
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 from bgem3.types import FusionMode
 

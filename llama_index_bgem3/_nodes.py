@@ -15,7 +15,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from bgem3.filters import Cond, Where
-from bgem3._hits import merge_scores
+from bgem3._adapters.scores import merge_scores
 from bgem3.types import Hit
 
 #: channel-score keys written into node metadata (the fused score is ``NodeWithScore.score``).

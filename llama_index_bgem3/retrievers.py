@@ -14,9 +14,9 @@ from llama_index.core.vector_stores.types import MetadataFilters
 
 from bgem3._checks import check_fusion_mode, positive_int as _positive_int
 from bgem3.filters import store_filter
-from bgem3._hits import (check_hybrid_store, load_reranker, rerank_hits, search_many, store_builder_args,
-                         store_fusion_mode)
-from bgem3._shared import check_list_arg, unknown_options_error
+from bgem3._adapters.rerankers import load_reranker, rerank_hits
+from bgem3._adapters.retrieval import check_hybrid_store, search_many, store_builder_args, store_fusion_mode
+from bgem3._adapters.arguments import check_list_arg, unknown_options_error
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
 from ._nodes import filters_to_where, hit_to_node, node_to_store, with_channel_scores
@@ -76,7 +76,7 @@ class BGEM3HybridRetriever(BaseRetriever):
         rerank_candidates: how many store hits the reranker sees (default 50).
 
     ``QueryBundle.custom_embedding_strs`` (HyDE, ``HyDEQueryTransform``) are honoured: each string
-    is encoded as a query and the channels are averaged (see :func:`bgem3._hits.encode_query_group`).
+    is encoded as a query and the channels are averaged (see :func:`bgem3._adapters.retrieval.encode_query_group`).
     Returned nodes keep the original ``node.hash`` although their metadata has the score keys, so
     ``QueryFusionRetriever`` deduplicates them against other retrievers' results.
 

@@ -77,7 +77,7 @@ def test_the_qdrant_store_translates_trees_with_its_own_method():
 def _count_checks(monkeypatch):
     """Wrap every module's reference to the weights and mode checks; returns the call counter."""
     import bgem3._checks
-    import bgem3._hits
+    import bgem3._adapters.retrieval
     import bgem3.scoring
     import bgem3.stores.base
 
@@ -92,7 +92,7 @@ def _count_checks(monkeypatch):
         calls["mode"] += 1
         return real_m(m)
 
-    for mod in (bgem3.stores.base, bgem3._hits):
+    for mod in (bgem3.stores.base, bgem3._adapters.retrieval):
         monkeypatch.setattr(mod, "check_weights", weights, raising=False)
         monkeypatch.setattr(mod, "check_fusion_mode", mode, raising=False)
     return calls
@@ -156,8 +156,8 @@ def test_one_loader_decides_what_the_user_passed(monkeypatch):
     import bgem3._loading as loading
     import bgem3.stores.base as base
     from bgem3 import HybridIndex
-    from bgem3._hits import reranker_encoder
-    from bgem3._shared import shared_encoder
+    from bgem3._adapters.rerankers import reranker_encoder
+    from bgem3._loading import shared_encoder
     from bgem3.rerank import resolve_encoder
 
     seen = []
@@ -179,3 +179,29 @@ def test_one_loader_decides_what_the_user_passed(monkeypatch):
         HybridIndex(None, dim=4, device="cpu")
     with pytest.raises(ValueError, match="cross-encoder reranker"):
         reranker_encoder(None, "BAAI/bge-reranker-base", None)
+
+
+def test_the_adapter_glue_lives_in_modules_named_by_what_they_hold():
+    """``_shared.py`` (six jobs) and ``_hits.py`` (retriever and reranker glue, not hits) became ``bgem3._adapters``;
+    ``bgem3._shared`` keeps only the two functions old pickles name."""
+    import importlib
+    import importlib.util
+
+    import bgem3._shared as shim
+
+    homes = {
+        "text_encoder": ["TextEncoder", "encoder_view", "truncate_dense", "sparse_to_lists"],
+        "options": ["split_model_kwargs", "check_encode_kwargs", "encode_call_options", "ENCODE_OPTIONS"],
+        "instructions": ["FRAMEWORK_BGE_QUERY_INSTRUCTION", "framework_query_instruction", "e5_templates"],
+        "arguments": ["missing_framework", "check_list_arg", "unknown_options_error"],
+        "scores": ["merge_scores"],
+        "retrieval": ["check_hybrid_store", "encode_query_group", "search_many", "store_builder_args"],
+        "rerankers": ["reranker_encoder", "load_reranker", "rerank_hits"],
+    }
+    for module, names in homes.items():
+        mod = importlib.import_module(f"bgem3._adapters.{module}")
+        assert all(getattr(mod, n).__module__ == mod.__name__ for n in names if callable(getattr(mod, n))
+                   and not isinstance(getattr(mod, n), (str, tuple, frozenset))), module
+    assert importlib.util.find_spec("bgem3._hits") is None
+    own = sorted(n for n, v in vars(shim).items() if callable(v) and getattr(v, "__module__", "") == shim.__name__)
+    assert own == ["_restore_encoder", "_restore_without_locks"]

@@ -5,7 +5,7 @@
   functions are not counted);
 * the core (``bgem3/``) imports no framework (``langchain*``, ``llama_index*``);
 * ``bgem3.remote`` imports nothing from ``bgem3.serve`` (anywhere in the file);
-* ``bgem3/stores/*`` and ``bgem3/index/*`` import no adapter glue (``bgem3._shared``, ``bgem3._hits``),
+* ``bgem3/stores/*`` and ``bgem3/index/*`` import no adapter glue (``bgem3._adapters``, ``bgem3._shared``),
   anywhere in the file.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "bgem3"
 FRAMEWORKS = ("langchain", "llama_index")
-GLUE = ("bgem3._shared", "bgem3._hits")
+GLUE = ("bgem3._adapters", "bgem3._shared")
 
 
 def _module_name(path: Path) -> str:
