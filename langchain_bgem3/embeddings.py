@@ -35,7 +35,7 @@ from bgem3._adapters.arguments import check_list_arg
 from bgem3._adapters.instructions import e5_encoder_profile, e5_templates, framework_query_instruction
 from bgem3._adapters.options import (ENCODE_OPTIONS, check_encode_kwargs, encode_call_options, prefetch_with_token,
                                      split_model_kwargs)
-from bgem3._adapters.text_encoder import TextEncoder
+from bgem3._adapters.text_encoder import TextEncoder, TextEncoderCache
 from bgem3._loading import shared_encoder
 
 __all__ = ["BGEM3Embeddings", "E5Embeddings"]
@@ -91,6 +91,7 @@ class EncoderBacked(BaseModel):
 
     _doc_call: dict = PrivateAttr(default_factory=dict)
     _query_call: dict = PrivateAttr(default_factory=dict)
+    _text_encoders: TextEncoderCache = PrivateAttr(default_factory=TextEncoderCache)
 
     @model_validator(mode="before")
     @classmethod
@@ -164,7 +165,8 @@ class EncoderBacked(BaseModel):
         instruction = call["instruction"]
         if query:
             instruction = framework_query_instruction(profile, instruction)
-        return TextEncoder(
+        return self._text_encoders.get(
+            "queries" if query else "documents",
             self.encoder,
             profile=profile,
             query_instruction=instruction if query else None,

@@ -31,7 +31,7 @@ from bgem3 import Encoder
 from bgem3._adapters.arguments import check_list_arg, unknown_options_error
 from bgem3._adapters.instructions import e5_encoder_profile, e5_templates, framework_query_instruction
 from bgem3._adapters.options import ST_MODEL_OPTIONS, prefetch_with_token, split_model_kwargs
-from bgem3._adapters.text_encoder import TextEncoder
+from bgem3._adapters.text_encoder import TextEncoder, TextEncoderCache
 from bgem3._loading import ENCODER_OPTIONS, shared_encoder
 from bgem3.encoder import dtype_name
 
@@ -85,6 +85,7 @@ class EncoderFields(BaseModel):
 
     _encoder: Any = PrivateAttr(default=None)
     _token: Any = PrivateAttr(default=None)
+    _text_encoders: Any = PrivateAttr(default_factory=TextEncoderCache)
 
     @classmethod
     def _prepare(cls, cls_default_model: str, model_name: Optional[str], encoder: Optional[Encoder],
@@ -178,7 +179,8 @@ class EncoderFields(BaseModel):
     def _text_encoder(self, query: bool = False) -> TextEncoder:
         profile = self._profile()
         qi = framework_query_instruction(profile, self.query_instruction) if query else None
-        return TextEncoder(
+        return self._text_encoders.get(
+            "queries" if query else "documents",
             self._encoder,
             profile=profile,
             query_instruction=qi,

@@ -205,3 +205,30 @@ def test_the_adapter_glue_lives_in_modules_named_by_what_they_hold():
     assert importlib.util.find_spec("bgem3._hits") is None
     own = sorted(n for n, v in vars(shim).items() if callable(v) and getattr(v, "__module__", "") == shim.__name__)
     assert own == ["_restore_encoder", "_restore_without_locks"]
+
+
+def test_a_facade_builds_its_text_encoders_and_encoder_views_once(m3_path, monkeypatch):
+    """Before: a new TextEncoder on every embed call, and a new Encoder clone (encoder_view) on every encode
+    whenever the facade's templates differ from the encoder's (E5 facades, instructions)."""
+    import copy
+    import pickle
+
+    import pytest
+
+    pytest.importorskip("langchain_core")
+    import bgem3._adapters.text_encoder as te_mod
+    from langchain_bgem3 import BGEM3Embeddings
+
+    views = []
+    real_view = te_mod.encoder_view
+    monkeypatch.setattr(te_mod, "encoder_view", lambda *a, **k: views.append(1) or real_view(*a, **k))
+    emb = BGEM3Embeddings(model_name=m3_path, model_kwargs={"device": "cpu"}, query_instruction="q: ")
+    first = emb.embed_query("cat")
+    te = emb._text_encoder(query=True)
+    assert emb.embed_query("cat") == first and emb.embed_query("dog") != first
+    assert emb._text_encoder(query=True) is te and emb._text_encoder() is not te
+    assert len(views) == 1  # one view for the query side, made once
+    emb.batch_size = 3  # a changed field is honoured: a new TextEncoder with it
+    assert emb._text_encoder(query=True) is not te and emb._text_encoder(query=True).batch_size == 3
+    for clone in (pickle.loads(pickle.dumps(emb)), copy.deepcopy(emb)):
+        assert clone.embed_query("cat") == pytest.approx(first, abs=1e-6)

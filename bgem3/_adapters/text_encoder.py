@@ -159,6 +159,7 @@ class TextEncoder:
                 raise ValueError(f"truncate_dim={truncate_dim} is larger than the model's {encoder.hidden_size} "
                                  "dimensions; use a value <= that, or None for full vectors")
         self.truncate_dim = None if truncate_dim is None else int(truncate_dim)
+        self._views: dict = {}
 
     # ---------------------------------------------------------------- formatting
     def format_queries(self, texts: Sequence[str]) -> list[str]:
@@ -175,7 +176,7 @@ class TextEncoder:
         # whatever the encoder does with its profile (prompt handling, no double prefix) applies as is.
         # run_async: its aencode_* twin (a coroutine; native HTTP for a RemoteEncoder)
         texts = check_list_arg(texts, "texts")
-        view = encoder_view(self.encoder, self.normalize if dense else None, self.profile)
+        view = self._view(dense)
         kwargs = dict(dense=dense, sparse=sparse,
                       batch_size=batch_size if batch_size is not None else self.batch_size,
                       max_length=self.max_length,
@@ -184,6 +185,16 @@ class TextEncoder:
             kwargs["task"] = self.task
         method = ("aencode_" if run_async else "encode_") + ("queries" if query else "documents")
         return getattr(view, method)(texts, **kwargs)
+
+    def _view(self, dense: bool) -> Encoder:
+        # the encoder with this facade's templates (and normalisation, for dense vectors), made once per
+        # TextEncoder; made again only if the encoder's own profile was changed since
+        hit = self._views.get(dense)
+        if hit is not None and hit[0] is self.encoder.profile:
+            return hit[1]
+        view = encoder_view(self.encoder, self.normalize if dense else None, self.profile)
+        self._views[dense] = (self.encoder.profile, view)
+        return view
 
     def _finish_dense(self, vecs: np.ndarray) -> np.ndarray:
         # as sentence-transformers: truncation after the model's own pipeline (its Normalize module
@@ -275,3 +286,29 @@ class TextEncoder:
 def _split(rows: list[dict]) -> tuple[list[list[int]], list[list[float]]]:
     pairs = [sparse_to_lists(r) for r in rows]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+class TextEncoderCache:
+    """The :class:`TextEncoder` s of one adapter object, built once instead of on every call.
+
+    ``get(slot, encoder, **options)`` returns the one built for ``slot`` (``"documents"`` / ``"queries"``) while
+    the encoder is the same object and the options are equal (a facade whose fields were changed gets a new
+    one, as before). A pickle or deep copy of the adapter starts with an empty cache (rebuilt on first use).
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict = {}
+
+    def __reduce__(self) -> tuple:
+        return (TextEncoderCache, ())
+
+    def __deepcopy__(self, memo: dict) -> "TextEncoderCache":
+        return TextEncoderCache()
+
+    def get(self, slot: str, encoder: Encoder, **options: Any) -> TextEncoder:
+        hit = self._slots.get(slot)
+        if hit is not None and hit[0] is encoder and hit[1] == options:
+            return hit[2]
+        te = TextEncoder(encoder, **options)
+        self._slots[slot] = (encoder, options, te)
+        return te
