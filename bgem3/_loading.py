@@ -26,18 +26,35 @@ import inspect
 import os
 import threading
 import weakref
-from typing import Any, Hashable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Hashable, Mapping, Optional, Union
 
-from .encoder import Encoder, resolve_device, resolve_dtype
-from .remote import is_url, remote_encoder_for
+if TYPE_CHECKING:  # pragma: no cover
+    from .encoder import Encoder
 
-__all__ = ["ENCODER_OPTIONS", "check_encoder_options", "clear_encoder_cache", "encoder_cache_info", "load_encoder",
+# The encoder (torch) and the HTTP client are imported when a name, folder or URL is loaded, not when this
+# module is: ``import bgem3.index`` (a store for precomputed vectors) stays free of torch.
+
+__all__ = ["check_encoder_options", "clear_encoder_cache", "encoder_cache_info", "load_encoder",
            "shared_encoder"]
 
-#: Keyword arguments :class:`~bgem3.Encoder` accepts besides the model name.
-ENCODER_OPTIONS: frozenset = frozenset(
-    name for name in inspect.signature(Encoder.__init__).parameters if name not in ("self", "model_name_or_path")
-)
+_ENCODER_OPTIONS: Optional[frozenset] = None
+
+
+def _encoder_options() -> frozenset:
+    """The keyword arguments :class:`~bgem3.Encoder` accepts besides the model name (read once)."""
+    global _ENCODER_OPTIONS
+    if _ENCODER_OPTIONS is None:
+        from .encoder import Encoder
+
+        _ENCODER_OPTIONS = frozenset(name for name in inspect.signature(Encoder.__init__).parameters
+                                     if name not in ("self", "model_name_or_path"))
+    return _ENCODER_OPTIONS
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ENCODER_OPTIONS":  #: Keyword arguments :class:`~bgem3.Encoder` accepts besides the model name.
+        return _encoder_options()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _CACHE: "weakref.WeakValueDictionary[Hashable, Encoder]" = weakref.WeakValueDictionary()
 _LOCK = threading.RLock()
@@ -56,6 +73,9 @@ def load_encoder(spec: Any, options: Optional[Mapping[str, Any]] = None, *, owne
     """
     options = dict(options or {})
     if isinstance(spec, (str, os.PathLike)):
+        from . import remote
+        from .encoder import Encoder
+
         if reranking:
             from .families import reranker_for_name
 
@@ -64,10 +84,10 @@ def load_encoder(spec: Any, options: Optional[Mapping[str, Any]] = None, *, owne
                     f"{os.fspath(spec)!r} is a cross-encoder reranker; this class re-scores with an embedding model's "
                     "dense/lexical/ColBERT channels. Use bgem3.Reranker (LangChain: langchain_bgem3.BGERerankerCrossEncoder "
                     "/ BGECrossEncoderReranker; LlamaIndex: llama_index_bgem3.BGERerank) for cross-encoders")
-        if is_url(spec):  # a `bgem3 serve` server: the model is there, not here
-            return remote_encoder_for(spec, **options)
+        if remote.is_url(spec):  # a `bgem3 serve` server: the model is there, not here
+            return remote.remote_encoder_for(spec, **options)
         return _cached_encoder(spec, options) if shared else Encoder(spec, **options)
-    if require_encoder and not isinstance(spec, Encoder):
+    if require_encoder and not _is_encoder(spec):
         raise TypeError(f"expected a bgem3.Encoder or a model name / local folder (str); got {type(spec).__name__}")
     if options:
         given = "None" if spec is None else f"an already-built {type(spec).__name__}"
@@ -78,15 +98,21 @@ def load_encoder(spec: Any, options: Optional[Mapping[str, Any]] = None, *, owne
     return spec
 
 
+def _is_encoder(obj: Any) -> bool:
+    from .encoder import Encoder
+
+    return isinstance(obj, Encoder)
+
+
 def check_encoder_options(options: dict, where: str = "model_kwargs") -> dict:
     """Raise a ``ValueError`` naming any key that :class:`~bgem3.Encoder` does not accept."""
     if not isinstance(options, dict):
         raise TypeError(f"{where} must be a dict of Encoder options; got {type(options).__name__}")
-    unknown = sorted(set(options) - ENCODER_OPTIONS)
+    unknown = sorted(set(options) - _encoder_options())
     if unknown:
         raise ValueError(
             f"{where} has option(s) {unknown} that bgem3.Encoder does not take; "
-            f"valid options are {sorted(ENCODER_OPTIONS)}"
+            f"valid options are {sorted(_encoder_options())}"
         )
     return options
 
@@ -123,6 +149,8 @@ def _freeze(value: Any) -> Hashable:
 
 
 def _cache_key(model_name_or_path: Union[str, os.PathLike], options: dict) -> Optional[Hashable]:
+    from .encoder import resolve_device, resolve_dtype
+
     name = os.fspath(model_name_or_path)
     expanded = os.path.expanduser(name)
     where = os.path.realpath(expanded) if os.path.isdir(expanded) else name
@@ -137,6 +165,8 @@ def _cache_key(model_name_or_path: Union[str, os.PathLike], options: dict) -> Op
 
 
 def _cached_encoder(model_name_or_path: Union[str, os.PathLike], options: dict) -> Encoder:
+    from .encoder import Encoder
+
     global _LOADS
     key = _cache_key(model_name_or_path, options)
     with _LOCK:  # one lock: two threads asking for the same model load it once

@@ -153,8 +153,9 @@ def test_one_loader_decides_what_the_user_passed(monkeypatch):
     from what the user passed through one function, bgem3._loading.load_encoder (four resolvers before)."""
     import pytest
 
-    import bgem3._loading as loading
+    import bgem3.remote as remote
     import bgem3.stores.base as base
+    from bgem3 import Encoder
     from bgem3 import HybridIndex
     from bgem3._adapters.rerankers import reranker_encoder
     from bgem3._loading import shared_encoder
@@ -162,11 +163,11 @@ def test_one_loader_decides_what_the_user_passed(monkeypatch):
 
     seen = []
 
-    class Remote(loading.Encoder):  # stands for the RemoteEncoder a URL gives (no server needed)
+    class Remote(Encoder):  # stands for the RemoteEncoder a URL gives (no server needed)
         def __init__(self, url, **options):
             seen.append((url, options))
 
-    monkeypatch.setattr(loading, "remote_encoder_for", Remote)
+    monkeypatch.setattr(remote, "remote_encoder_for", Remote)
     url = "http://127.0.0.1:9/"
     assert isinstance(resolve_encoder(url, timeout=3), Remote)
     assert isinstance(reranker_encoder(None, url, {"timeout": 4}), Remote)
@@ -232,3 +233,20 @@ def test_a_facade_builds_its_text_encoders_and_encoder_views_once(m3_path, monke
     assert emb._text_encoder(query=True) is not te and emb._text_encoder(query=True).batch_size == 3
     for clone in (pickle.loads(pickle.dumps(emb)), copy.deepcopy(emb)):
         assert clone.embed_query("cat") == pytest.approx(first, abs=1e-6)
+
+
+def test_the_loader_keeps_the_store_imports_light():
+    """``import bgem3.index`` (a store for precomputed vectors) loads no torch: the loader imports the encoder
+    only when it loads a name, folder or URL."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    code = ("import sys, bgem3.index, bgem3.stores.base, bgem3._loading\n"
+            "from bgem3 import HybridIndex\nHybridIndex(None, dim=2, channels=['dense'])\n"
+            "assert 'torch' not in sys.modules and 'bgem3.remote' not in sys.modules, 'heavy import'\nprint('ok')")
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
