@@ -1,21 +1,27 @@
-"""The argument checks that more than one part of the package makes, written once (a leaf: stdlib and numpy only).
+"""The argument checks that more than one part of the package makes, written once (a leaf: stdlib, numpy and
+:mod:`bgem3.types` only).
 
 The local model (:mod:`bgem3.encoder`, :mod:`bgem3.crossencoder`) and its HTTP twins (:mod:`bgem3.remote`,
 :mod:`bgem3.remote_rerank`) check the same arguments the same way, so a client refuses what the model would
-refuse, with the same words, and importing a client does not import the model's framework.
+refuse, with the same words, and importing a client does not import the model's framework; the stores and the
+adapters share the search checks (fusion mode, positive counts).
+
+Example::
+
+    >>> positive_int(3, "k"), check_fusion_mode("rrf"), FUSION_MODES
+    (3, 'rrf', ('auto', 'weighted', 'rrf'))
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union, get_args
 
 import numpy as np
 
-__all__ = ["check_examples", "check_pairs", "check_query", "check_rank_texts", "check_texts", "check_top_n",
-           "positive_int"]
+from .types import FusionMode
 
-
-# --- text and request checks (client and model) ---
+__all__ = ["FUSION_MODES", "check_examples", "check_fusion_mode", "check_pairs", "check_query", "check_rank_texts",
+           "check_texts", "check_top_n", "positive_int"]
 
 def positive_int(value: Any, name: str) -> int:
     """``value`` as an ``int`` if it is a Python or numpy integer > 0 (a bool is not); ``ValueError`` naming it.
@@ -30,6 +36,8 @@ def positive_int(value: Any, name: str) -> int:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
 
+
+# --- text and request checks (client and model) ---
 
 def check_texts(texts: Union[str, Iterable[str]]) -> list[str]:
     """Texts to encode as a list of strings: one string is a list of one (the encoders' contract);
@@ -116,3 +124,19 @@ def check_top_n(top_n: Optional[int]) -> Optional[int]:
     if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n <= 0:
         raise ValueError(f"top_n must be a positive integer or None (keep all); got {top_n!r}")
     return int(top_n)
+
+
+# --- store and search checks ---
+
+#: the accepted ``mode=`` values of every store's ``search`` (the :data:`bgem3.types.FusionMode` literal):
+#: ``"auto"`` (the store's own choice, see ``StoreBase.fusion_mode``), ``"weighted"`` (weighted mean) or
+#: ``"rrf"`` (reciprocal rank)
+FUSION_MODES: tuple[str, ...] = get_args(FusionMode)
+
+
+def check_fusion_mode(mode: Any) -> str:
+    """``mode`` if it is one of :data:`FUSION_MODES`; ``ValueError`` naming them otherwise."""
+    if not isinstance(mode, str) or mode not in FUSION_MODES:
+        raise ValueError(f"mode must be {', '.join(repr(m) for m in FUSION_MODES[:-1])} or {FUSION_MODES[-1]!r}; "
+                         f"got {mode!r}")
+    return mode

@@ -38,6 +38,7 @@ import uuid
 from typing import Any, Iterator, Optional, Sequence, TextIO
 
 from . import __version__
+from ._checks import FUSION_MODES
 from ._argtypes import finite_float as _finite_float
 from ._argtypes import non_negative as _non_negative
 from ._argtypes import positive as _positive
@@ -772,7 +773,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                         mode=mode, exhaustive=args.exhaustive)
     rerank_scores = None
     if reranker is not None:  # the index's candidates rescored by the cross-encoder; channel scores kept
-        from ._hits import rerank_hits
+        from ._adapters.rerankers import rerank_hits
 
         ranked = rerank_hits(reranker, args.query, hits, args.k)
         hits = [h for h, _ in ranked]
@@ -1226,7 +1227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=_parse_weights, default=(0.4, 0.2, 0.4), metavar="D,L,C",
                    help="dense,lexical,colbert weights (default 0.4,0.2,0.4, the BGE-M3 paper's); the weights of "
                         "channels the index does not hold are dropped")
-    p.add_argument("--mode", choices=["auto", "weighted", "rrf"], default="auto",
+    p.add_argument("--mode", choices=list(FUSION_MODES), default="auto",
                    help="score fusion: weighted mean of the channel scores, or reciprocal-rank fusion; auto "
                         "(default): rrf when the lexical channel is BM25, weighted otherwise")
     p.add_argument("--candidates", type=_positive, default=100, metavar="N",

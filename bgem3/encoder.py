@@ -583,7 +583,7 @@ class Encoder:
 
     def _load_spec(self) -> tuple[str, dict]:
         """``(folder or hub id, Encoder options)`` that load this model again."""
-        opts = getattr(self, "_bgem3_load_options", None)  # set by bgem3._shared.shared_encoder
+        opts = getattr(self, "_bgem3_load_options", None)  # set by bgem3._loading.shared_encoder
         if opts is None:
             opts = {"device": str(self.device), "dtype": dtype_name(self.dtype), "profile": self.profile,
                     "batch_size": self.batch_size, "max_tokens_per_batch": self.max_tokens_per_batch}
@@ -1090,9 +1090,9 @@ def _restore_encoder(token: str, path: str, options: dict) -> Encoder:
     if live is not None:
         return live
     # The one import that runs up a layer, at call time only: an unpickled encoder joins the process-wide
-    # encoder cache (so several unpickled facades share one copy of the weights); bgem3._shared imports
-    # no framework.
-    from ._shared import shared_encoder
+    # encoder cache (so several unpickled facades share one copy of the weights); bgem3._loading imports
+    # no framework and no adapter glue.
+    from ._loading import shared_encoder
 
     return shared_encoder(path, **options)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-__all__ = ["model_fingerprint"]
+__all__ = ["model_fingerprint", "same_model_name"]
 
 _EDGE = 1 << 20
 
@@ -65,3 +65,24 @@ def model_fingerprint(folder: str) -> str:
         h.update(rel.replace(os.sep, "/").encode("utf-8") + b"\0" + str(size).encode() + b"\0")
         h.update(hashlib.sha256(head).digest() + hashlib.sha256(tail).digest())
     return "sha256:" + h.hexdigest()
+
+
+def model_key(name: str) -> str:
+    """What a model name is compared by: its last path component, lower-cased (``BAAI/bge-m3`` and
+    ``/models/bge-m3`` give ``bge-m3``; a moved local folder keeps its key)."""
+    return os.path.basename(os.path.normpath(str(name))).lower()
+
+
+def same_model_name(a: str, b: str) -> bool:
+    """The one rule for "same model" by name (a saved index, a Qdrant collection and ``model_name=`` beside an
+    encoder all use it): equal names, or equal :func:`model_key` that is not empty or ``"."``.
+
+    >>> same_model_name("BAAI/bge-m3", "/models/BGE-M3/"), same_model_name("BAAI/bge-m3", "BAAI/bge-small")
+    (True, False)
+    >>> same_model_name("/", "./")  # the root and the working folder name no model
+    False
+    """
+    if a == b:
+        return True
+    key = model_key(a)
+    return key == model_key(b) and key not in ("", ".")

@@ -39,6 +39,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
+from ._checks import positive_int
+
 #: File types ``bgem3 index`` reads.
 SUPPORTED_EXTENSIONS = (".txt", ".md", ".markdown", ".jsonl")
 
@@ -249,8 +251,7 @@ def split_text(text: str, chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: i
     lines, sentences, clauses, words, and characters as a last resort). Leading/trailing
     whitespace is trimmed from each span and empty passages are dropped.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    chunk_size = positive_int(chunk_size, "chunk_size")
     if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or not 0 <= chunk_overlap < chunk_size:
         raise ValueError(f"chunk_overlap must be an integer with 0 <= chunk_overlap < chunk_size ({chunk_size}); got {chunk_overlap!r}")
     length = length_function or len

@@ -101,30 +101,11 @@ class RerankResult:
 
 
 def resolve_encoder(encoder: Union[Encoder, str, os.PathLike], **encoder_kwargs: Any) -> Encoder:
-    """Return ``encoder`` if it is an :class:`Encoder`, else load one from a hub id / folder."""
-    if isinstance(encoder, Encoder):
-        if encoder_kwargs:
-            raise TypeError(
-                f"encoder options {sorted(encoder_kwargs)} were given with an already-built Encoder; "
-                "pass them to Encoder(...) instead, or pass a model name"
-            )
-        return encoder
-    if isinstance(encoder, (str, os.PathLike)):
-        from .families import reranker_for_name
-        from .remote import is_url, remote_encoder_for
+    """Return ``encoder`` if it is an :class:`Encoder`, else load one from a hub id / folder / server URL
+    (:func:`bgem3._loading.load_encoder`; a cross-encoder reranker's name is refused with the class to use)."""
+    from ._loading import load_encoder
 
-        if reranker_for_name(os.fspath(encoder)) is not None:
-            raise ValueError(
-                f"{os.fspath(encoder)!r} is a cross-encoder reranker; this class re-scores with an embedding model's "
-                "dense/lexical/ColBERT channels. Use bgem3.Reranker (LangChain: langchain_bgem3.BGERerankerCrossEncoder "
-                "/ BGECrossEncoderReranker; LlamaIndex: llama_index_bgem3.BGERerank) for cross-encoders")
-
-        if is_url(encoder):  # a `bgem3 serve` server
-            return remote_encoder_for(encoder, **encoder_kwargs)
-        return Encoder(encoder, **encoder_kwargs)
-    raise TypeError(
-        f"expected a bgem3.Encoder or a model name / local folder (str); got {type(encoder).__name__}"
-    )
+    return load_encoder(encoder, encoder_kwargs, owner="HybridReranker", reranking=True, require_encoder=True)
 
 
 def _check_mode(mode: str) -> str:

@@ -28,6 +28,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from ._checks import positive_int
+
 SparseWeights = Mapping[int, float]
 
 #: BGE-M3 paper / model card weights for (dense, lexical, ColBERT).
@@ -193,6 +195,17 @@ def fuse_channels(
     return fuse_rrf(dense, lexical, colbert, weights, rrf_k)
 
 
+def rank(d: np.ndarray, s: np.ndarray, c: np.ndarray, w: Sequence[float], k: int, mode: str,
+         rrf_k: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse the candidates' channel scores (:func:`fuse_channels`); returns ``(fused, top)`` where
+    ``top`` are the positions of the ``k`` best, ties in input order (what both stores rank by)."""
+    if mode == "weighted" and max(w) > 1.0:  # (1e308,)*3 would overflow; the weighted mean is scale-free
+        top = max(w)
+        w = tuple(x / top for x in w)
+    fused = fuse_channels(d, s, c, w, mode=mode, rrf_k=rrf_k)
+    return fused, np.argsort(-fused, kind="stable")[:k]
+
+
 def check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
     """Validate ``(dense, lexical, colbert)`` weights: three finite, non-negative numbers, not all zero."""
     if isinstance(weights, (str, bytes)):
@@ -299,8 +312,7 @@ def compute_score(
         (['colbert', 'colbert+sparse+dense', 'dense', 'sparse', 'sparse+dense'], 2)
     """
     pairs, single = _check_pairs(sentence_pairs)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    batch_size = positive_int(batch_size, "batch_size")
     w = check_weights(COMPUTE_SCORE_WEIGHTS if weights is None else weights)
     heads = bool(getattr(encoder, "has_heads", False))
     if heads and w[0] + w[1] == 0:

@@ -6,7 +6,7 @@ from typing import Mapping, Optional
 
 from langchain_core.documents import Document
 
-from bgem3._hits import merge_scores
+from bgem3._adapters.scores import merge_scores
 
 #: metadata keys the retriever and reranker write (prefixed with ``metadata_key_prefix``).
 SCORE_KEYS = ("score", "dense_score", "sparse_score", "colbert_score")

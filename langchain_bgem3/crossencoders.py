@@ -29,15 +29,15 @@ from typing import Any, Optional, Sequence
 try:
     from langchain_core.callbacks import Callbacks
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
-    from bgem3._shared import missing_framework
+    from bgem3._adapters.arguments import missing_framework
 
     raise missing_framework("langchain_bgem3", "langchain-core", "LangChain", "langchain") from _exc
 from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bgem3._hits import load_reranker, reranker_name
-from bgem3._shared import unknown_options_error
+from bgem3._adapters.rerankers import load_reranker, reranker_name
+from bgem3._adapters.arguments import unknown_options_error
 from bgem3.crossencoder import check_query
 from bgem3.rerank import check_top_n
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 try:
     from langchain_core.embeddings import Embeddings
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
-    from bgem3._shared import missing_framework
+    from bgem3._adapters.arguments import missing_framework
 
     raise missing_framework("langchain_bgem3", "langchain-core", "LangChain", "langchain") from _exc
 
@@ -31,19 +31,12 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from bgem3 import Encoder
-from bgem3._shared import (
-    ENCODE_OPTIONS,
-    TextEncoder,
-    check_encode_kwargs,
-    check_list_arg,
-    e5_encoder_profile,
-    e5_templates,
-    encode_call_options,
-    framework_query_instruction,
-    prefetch_with_token,
-    shared_encoder,
-    split_model_kwargs,
-)
+from bgem3._adapters.arguments import check_list_arg
+from bgem3._adapters.instructions import e5_encoder_profile, e5_templates, framework_query_instruction
+from bgem3._adapters.options import (ENCODE_OPTIONS, check_encode_kwargs, encode_call_options, prefetch_with_token,
+                                     split_model_kwargs)
+from bgem3._adapters.text_encoder import TextEncoder, TextEncoderCache
+from bgem3._loading import shared_encoder
 
 __all__ = ["BGEM3Embeddings", "E5Embeddings"]
 
@@ -98,6 +91,7 @@ class EncoderBacked(BaseModel):
 
     _doc_call: dict = PrivateAttr(default_factory=dict)
     _query_call: dict = PrivateAttr(default_factory=dict)
+    _text_encoders: TextEncoderCache = PrivateAttr(default_factory=TextEncoderCache)
 
     @model_validator(mode="before")
     @classmethod
@@ -171,7 +165,8 @@ class EncoderBacked(BaseModel):
         instruction = call["instruction"]
         if query:
             instruction = framework_query_instruction(profile, instruction)
-        return TextEncoder(
+        return self._text_encoders.get(
+            "queries" if query else "documents",
             self.encoder,
             profile=profile,
             query_instruction=instruction if query else None,
@@ -196,7 +191,7 @@ def _one_query(text: str) -> list[str]:
 
 
 class _DenseEmbeddings(EncoderBacked, Embeddings):
-    """The LangChain ``Embeddings`` methods over a :class:`~bgem3._shared.TextEncoder`."""
+    """The LangChain ``Embeddings`` methods over a :class:`~bgem3._adapters.text_encoder.TextEncoder`."""
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (with the model's passage template: none for BGE-M3, ``passage: `` for E5).

@@ -10,7 +10,7 @@ from langchain_core.documents.compressor import BaseDocumentCompressor
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from bgem3 import Encoder
-from bgem3._hits import reranker_aliases, reranker_encoder
+from bgem3._adapters.rerankers import reranker_aliases, reranker_encoder
 from bgem3.rerank import check_top_n, rerank
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from typing import Any, Callable, Iterable, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -12,9 +12,11 @@ from langchain_core.indexing.base import DeleteResponse, DocumentIndex, UpsertRe
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from bgem3._hits import check_hybrid_store, load_reranker, rerank_hits, store_builder_args, store_fusion_mode
-from bgem3._shared import check_list_arg, unknown_options_error
+from bgem3._adapters.rerankers import load_reranker, rerank_hits
+from bgem3._adapters.retrieval import check_hybrid_store, store_builder_args, store_fusion_mode, store_weights
+from bgem3._adapters.arguments import check_list_arg, unknown_options_error
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
+from bgem3.types import FusionMode
 
 from ._scores import scored_document
 
@@ -97,7 +99,7 @@ class BGEM3HybridRetriever(DocumentIndex):
     k: int = Field(default=4, gt=0)
     weights: tuple[float, float, float] = DEFAULT_WEIGHTS
     candidates: int = Field(default=100, gt=0)
-    mode: Literal["auto", "weighted", "rrf"] = "auto"
+    mode: FusionMode = "auto"
     filter: Optional[Union[dict[str, Any], Callable[..., bool]]] = None
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
     metadata_key_prefix: str = ""
@@ -302,7 +304,7 @@ class BGEM3HybridRetriever(DocumentIndex):
         hits = self.store.search(
             query,
             k=k if self.reranker is None else max(k, self.rerank_candidates),
-            weights=tuple(self.weights if weights is None else check_weights(weights)),
+            weights=tuple(self.weights) if weights is None else store_weights(self.store, weights),
             filter=filter,
             candidates=self.candidates if candidates is None else candidates,
             mode=store_fusion_mode(self.store, self.mode if mode is None else mode),

@@ -14,8 +14,8 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
-from bgem3._filters import Cond, Where
-from bgem3._hits import merge_scores
+from bgem3.filters import Cond, Where
+from bgem3._adapters.scores import merge_scores
 from bgem3.types import Hit
 
 #: channel-score keys written into node metadata (the fused score is ``NodeWithScore.score``).
@@ -155,7 +155,7 @@ def _leaf(f: MetadataFilter) -> Cond:
 
 def filters_to_where(filters: Optional[MetadataFilters]) -> Optional[Where]:
     """LlamaIndex ``MetadataFilters`` (every ``FilterOperator``, ``FilterCondition`` AND / OR / NOT,
-    nested) as a :class:`bgem3._filters.Where` tree; ``None`` for no filter."""
+    nested) as a :class:`bgem3.filters.Where` tree; ``None`` for no filter."""
     if filters is None or not filters.filters:
         return None
     cond = FilterCondition(filters.condition or FilterCondition.AND)
@@ -173,7 +173,7 @@ def filters_to_where(filters: Optional[MetadataFilters]) -> Optional[Where]:
 def filters_to_store(filters: Optional[MetadataFilters]) -> Any:
     """Translate LlamaIndex ``MetadataFilters`` for a store that takes plain dicts: ``None``, a
     dict (``EQ`` -> ``{key: value}``, ``IN`` -> ``{key: [values]}``, ANDed) or the
-    :class:`~bgem3._filters.Where` tree for anything richer (see :func:`bgem3._filters.store_filter`)."""
+    :class:`~bgem3.filters.Where` tree for anything richer (see :func:`bgem3.filters.store_filter`)."""
     where = filters_to_where(filters)
     if where is None:
         return None

@@ -21,15 +21,15 @@ from typing import Any, List, Optional
 try:
     from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
-    from bgem3._shared import missing_framework
+    from bgem3._adapters.arguments import missing_framework
 
     raise missing_framework("llama_index_bgem3", "llama-index-core", "LlamaIndex", "llama-index") from _exc
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from bgem3._hits import load_reranker, reranker_name
-from bgem3._shared import unknown_options_error
+from bgem3._adapters.rerankers import load_reranker, reranker_name
+from bgem3._adapters.arguments import unknown_options_error
 from bgem3.crossencoder import check_query
 from bgem3.rerank import check_top_n
 

@@ -21,27 +21,19 @@ try:
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
     from llama_index.core.bridge.pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
-    from bgem3._shared import missing_framework
+    from bgem3._adapters.arguments import missing_framework
 
     raise missing_framework("llama_index_bgem3", "llama-index-core", "LlamaIndex", "llama-index") from _exc
 
 from typing import Any, ClassVar, Optional
 
 from bgem3 import Encoder
-from bgem3._shared import (
-    ENCODER_OPTIONS,
-    ST_MODEL_OPTIONS,
-    TextEncoder,
-    check_list_arg,
-    dtype_name,
-    e5_encoder_profile,
-    e5_templates,
-    framework_query_instruction,
-    prefetch_with_token,
-    shared_encoder,
-    split_model_kwargs,
-    unknown_options_error,
-)
+from bgem3._adapters.arguments import check_list_arg, unknown_options_error
+from bgem3._adapters.instructions import e5_encoder_profile, e5_templates, framework_query_instruction
+from bgem3._adapters.options import ST_MODEL_OPTIONS, prefetch_with_token, split_model_kwargs
+from bgem3._adapters.text_encoder import TextEncoder, TextEncoderCache
+from bgem3._loading import ENCODER_OPTIONS, shared_encoder
+from bgem3.encoder import dtype_name
 
 __all__ = ["BGEM3Embedding", "E5Embedding"]
 
@@ -93,6 +85,7 @@ class EncoderFields(BaseModel):
 
     _encoder: Any = PrivateAttr(default=None)
     _token: Any = PrivateAttr(default=None)
+    _text_encoders: Any = PrivateAttr(default_factory=TextEncoderCache)
 
     @classmethod
     def _prepare(cls, cls_default_model: str, model_name: Optional[str], encoder: Optional[Encoder],
@@ -186,7 +179,8 @@ class EncoderFields(BaseModel):
     def _text_encoder(self, query: bool = False) -> TextEncoder:
         profile = self._profile()
         qi = framework_query_instruction(profile, self.query_instruction) if query else None
-        return TextEncoder(
+        return self._text_encoders.get(
+            "queries" if query else "documents",
             self._encoder,
             profile=profile,
             query_instruction=qi,
@@ -210,7 +204,7 @@ class EncoderFields(BaseModel):
 
 
 class _DenseEmbedding(EncoderFields, BaseEmbedding):
-    """The ``BaseEmbedding`` methods over a :class:`~bgem3._shared.TextEncoder`."""
+    """The ``BaseEmbedding`` methods over a :class:`~bgem3._adapters.text_encoder.TextEncoder`."""
 
     _default_model: ClassVar[str] = DEFAULT_BGEM3_MODEL
 

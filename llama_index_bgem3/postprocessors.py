@@ -9,7 +9,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from bgem3 import Encoder
-from bgem3._hits import reranker_aliases, reranker_encoder
+from bgem3._adapters.rerankers import reranker_aliases, reranker_encoder
 from bgem3.rerank import check_top_n, rerank
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 

@@ -12,10 +12,11 @@ from llama_index.core.schema import BaseNode, Document, NodeWithScore, QueryBund
 from llama_index.core.settings import Settings
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from bgem3._filters import store_filter
-from bgem3._hits import (check_hybrid_store, load_reranker, rerank_hits, search_many, store_builder_args,
-                         store_fusion_mode)
-from bgem3._shared import check_list_arg, unknown_options_error
+from bgem3._checks import check_fusion_mode, positive_int as _positive_int
+from bgem3.filters import store_filter
+from bgem3._adapters.rerankers import load_reranker, rerank_hits
+from bgem3._adapters.retrieval import check_hybrid_store, search_many, store_builder_args, store_fusion_mode
+from bgem3._adapters.arguments import check_list_arg, unknown_options_error
 from bgem3.scoring import DEFAULT_WEIGHTS, check_weights
 
 from ._nodes import filters_to_where, hit_to_node, node_to_store, with_channel_scores
@@ -34,12 +35,6 @@ _HINTS = {
     "vector_store_query_mode": "bgem3 always fuses dense, lexical and ColBERT; set weights= / mode=",
     "sparse_top_k": "use candidates= (the candidate pool of each channel)",
 }
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
 
 
 class BGEM3HybridRetriever(BaseRetriever):
@@ -81,7 +76,7 @@ class BGEM3HybridRetriever(BaseRetriever):
         rerank_candidates: how many store hits the reranker sees (default 50).
 
     ``QueryBundle.custom_embedding_strs`` (HyDE, ``HyDEQueryTransform``) are honoured: each string
-    is encoded as a query and the channels are averaged (see :func:`bgem3._hits.encode_query_group`).
+    is encoded as a query and the channels are averaged (see :func:`bgem3._adapters.retrieval.encode_query_group`).
     Returned nodes keep the original ``node.hash`` although their metadata has the score keys, so
     ``QueryFusionRetriever`` deduplicates them against other retrievers' results.
 
@@ -115,7 +110,8 @@ class BGEM3HybridRetriever(BaseRetriever):
         if kwargs:
             raise unknown_options_error("BGEM3HybridRetriever", kwargs, ["store", *_RETRIEVER_KWARGS], _HINTS)
         check_hybrid_store(store, builder="from_documents")
-        store_fusion_mode(store, mode)  # a bad mode fails here, not at the first query
+        check_fusion_mode(mode)  # a bad mode fails here, not at the first query
+        store_fusion_mode(store, mode)
         if filters is not None and not isinstance(filters, MetadataFilters):
             raise TypeError(
                 f"filters must be llama_index MetadataFilters; got {type(filters).__name__} "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bgem3._shared import shared_encoder
+from bgem3._loading import shared_encoder
 from langchain_bgem3 import BGEM3Embeddings
 from llama_index_bgem3 import BGEM3Embedding
 

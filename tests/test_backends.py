@@ -265,7 +265,7 @@ def test_openvino_bf16_is_asked_for_not_assumed(m3_path, texts):
 def test_frameworks_take_backend_and_model_kwargs_as_sentence_transformers_does(m3_path, tmp_path):
     pytest.importorskip("langchain_core")
     pytest.importorskip("llama_index.core")
-    from bgem3._shared import clear_encoder_cache
+    from bgem3._loading import clear_encoder_cache
     from bgem3.backends.export import export_graph
     from langchain_bgem3 import BGEM3Embeddings
     from llama_index_bgem3 import BGEM3Embedding

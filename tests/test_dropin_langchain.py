@@ -14,7 +14,8 @@ from langchain_core.documents import Document
 from langchain_core.indexing import InMemoryRecordManager, index
 
 from bgem3 import Encoder, HybridIndex
-from bgem3._shared import FRAMEWORK_BGE_QUERY_INSTRUCTION, shared_encoder
+from bgem3._adapters.instructions import FRAMEWORK_BGE_QUERY_INSTRUCTION
+from bgem3._loading import shared_encoder
 from bgem3.testing import make_m3_checkpoint
 from langchain_bgem3 import BGEM3Embeddings, BGEM3HybridRetriever, BGEM3Reranker, BGEM3SparseEmbeddings, E5Embeddings
 

@@ -17,8 +17,9 @@ from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
 from llama_index.core.vector_stores.utils import build_metadata_filter_fn
 
 from bgem3 import Encoder
-from bgem3._hits import encode_query_group
-from bgem3._shared import FRAMEWORK_BGE_QUERY_INSTRUCTION, shared_encoder
+from bgem3._adapters.retrieval import encode_query_group
+from bgem3._adapters.instructions import FRAMEWORK_BGE_QUERY_INSTRUCTION
+from bgem3._loading import shared_encoder
 from bgem3.testing import make_m3_checkpoint
 from llama_index_bgem3 import BGEM3Embedding, BGEM3HybridRetriever, BGEM3Reranker, BGEM3SparseEmbedding, E5Embedding
 

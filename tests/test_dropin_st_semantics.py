@@ -41,7 +41,7 @@ def _st(model, **kw) -> np.ndarray:
 def test_normalize_false_on_a_folder_with_a_normalize_module_gives_unit_vectors(st_model, caplog):
     want = _st(st_model, normalize_embeddings=False)
     assert np.allclose(np.linalg.norm(want, axis=1), 1, atol=1e-5)  # the folder's Normalize module ran
-    with caplog.at_level(logging.WARNING, logger="bgem3._shared"):
+    with caplog.at_level(logging.WARNING, logger="bgem3._adapters.text_encoder"):
         lc = np.asarray(BGEM3Embeddings(model_name=minilm_path(), model_kwargs={"device": "cpu"},
                                         encode_kwargs={"normalize_embeddings": False}).embed_documents(TEXTS))
     np.testing.assert_allclose(lc, want, atol=1e-6)

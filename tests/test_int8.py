@@ -17,7 +17,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bgem3 import Encoder  # noqa: E402
-from bgem3._shared import dtype_name  # noqa: E402
+from bgem3.encoder import dtype_name
 from bgem3.encoder import resolve_dtype  # noqa: E402
 from bgem3.quant import CALIBRATION_TEXTS, Int8Linear, quantize_linear_layers, smoothing_scales  # noqa: E402
 from bgem3.quant import engine  # noqa: E402

@@ -13,7 +13,7 @@ from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 import langchain_bgem3
-from bgem3._shared import encoder_cache_info, shared_encoder
+from bgem3._loading import encoder_cache_info, shared_encoder
 from langchain_bgem3 import BGEM3Embeddings, BGEM3SparseEmbeddings, E5Embeddings
 
 from _adapter_fixtures import (

@@ -14,7 +14,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
 
 import llama_index_bgem3
-from bgem3._shared import encoder_cache_info, shared_encoder
+from bgem3._loading import encoder_cache_info, shared_encoder
 from llama_index_bgem3 import BGEM3Embedding, BGEM3SparseEmbedding, E5Embedding, qdrant_sparse_fns
 
 from _adapter_fixtures import (

@@ -409,9 +409,10 @@ def test_exact_candidates_on_an_indexed_shard(data, exact_index, tmp_path):
 
 
 def test_rich_filters_from_the_adapters_run_on_the_engine(data, tmp_path):
-    """bgem3._filters.to_qdrant (the adapters' operators: ranges, !=, in, nested or/not, and tests
+    """bgem3.stores.qdrant_filters.to_qdrant (the adapters' operators: ranges, !=, in, nested or/not, and tests
     Qdrant cannot run, sent as an id condition) selects on Edge what Where.matches selects."""
-    from bgem3._filters import Cond, Where, to_qdrant
+    from bgem3.filters import Cond, Where
+    from bgem3.stores.qdrant_filters import to_qdrant
 
     ids, texts, metas, dense, sparse, colbert, queries = data
     st = _edge(tmp_path / "s", data)

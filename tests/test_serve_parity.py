@@ -137,7 +137,7 @@ def test_bge_en_icl_with_examples(tmp_path):
 
 def test_a_normalize_choice_the_server_cannot_honour_is_refused(minilm):
     # a view with normalize=False of a server that normalises: refused by name, never normalised rows
-    from bgem3._shared import encoder_view
+    from bgem3._adapters.text_encoder import encoder_view
 
     srv = ServerProcess(minilm)
     try:

@@ -39,8 +39,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .._store import StoreBase, check_documents, check_positive_int as _positive_int, check_query, check_search_args
-from .._store import check_str_list as _check_str_list, encoder_from_model_name, encoder_shape, resolve_encoder, scored_hit
+from .._checks import positive_int as _positive_int
+from .._loading import load_encoder
+from ..stores.base import StoreBase, check_documents, check_query
+from ..stores.base import check_str_list as _check_str_list, encoder_from_model_name, encoder_shape, scored_hit
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
 from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, dense_bits
@@ -180,8 +182,8 @@ class HybridIndex(StoreBase):
         dense_probe: float = DEFAULT_PROBE,
         **encoder_kwargs: Any,
     ) -> None:
-        encoder = resolve_encoder(encoder_from_model_name(encoder, model_name, dim, "HybridIndex"), encoder_kwargs,
-                                  "HybridIndex")
+        encoder = load_encoder(encoder_from_model_name(encoder, model_name, dim, "HybridIndex"), encoder_kwargs,
+                               owner="HybridIndex")
         codec_name = _resolve_codec(colbert_codec, colbert_dtype)
         if dense_codec not in DENSE_CODECS:
             raise ValueError(f"dense_codec must be one of {list(DENSE_CODECS)}; got {dense_codec!r}")
@@ -688,10 +690,10 @@ class HybridIndex(StoreBase):
         exhaustive: bool = False,
     ) -> list[Hit]:
         """Top-``k`` documents for ``query``, best first (see :meth:`StoreBase.search
-        <bgem3._store.StoreBase.search>` for the arguments). The query is encoded for the
+        <bgem3.stores.base.StoreBase.search>` for the arguments). The query is encoded for the
         channels the index holds; weights of absent channels are ignored (they have no score)."""
         check_query(query)
-        w = check_search_args(k, weights, candidates, mode, rrf_k)
+        w, mode = self._search_args(k, weights, candidates, mode, rrf_k)
         effective_weights(w, self.channels)
         enc = self._require_encoder("search")
         if self._nothing_to_search():
@@ -702,8 +704,8 @@ class HybridIndex(StoreBase):
         dq = out.dense[0] if "dense" in self.channels else None
         sq = self.lexical.query_row(query, out) if self.lexical is not None else None
         cq = out.colbert[0] if "colbert" in self.channels else None
-        return self.search_encoded(dq, sq, cq, k, weights, filter=filter, candidates=candidates, mode=mode,
-                                   rrf_k=rrf_k, exhaustive=exhaustive)
+        return self._search_checked(dq, sq, cq, k, w, filter=filter, candidates=candidates, mode=mode,
+                                    rrf_k=rrf_k, exhaustive=exhaustive)
 
     def _check_queries(self, dense_q: Any, sparse_q: Any, colbert_q: Any) -> tuple:
         for name, value, present in (("dense", dense_q, "dense" in self.channels),
@@ -765,8 +767,17 @@ class HybridIndex(StoreBase):
         ``dense_probe``: share of each saved segment's dense inverted lists whose rows the Hamming
         prefilter scans (default ``index.dense_probe``, 0.2; see :mod:`bgem3.index.dense_lists`);
         ``1.0`` scans every row."""
-        w = effective_weights(check_search_args(k, weights, candidates, mode, rrf_k), self.channels)
-        mode = self.fusion_mode(mode)
+        w, mode = self._search_args(k, weights, candidates, mode, rrf_k)
+        return self._search_checked(dense_q, sparse_q, colbert_q, k, w, filter=filter, candidates=candidates,
+                                    mode=mode, rrf_k=rrf_k, exhaustive=exhaustive, shortlist=shortlist,
+                                    colbert_rerank=colbert_rerank, dense_probe=dense_probe)
+
+    def _search_checked(self, dense_q: Any, sparse_q: Any, colbert_q: Any, k: int, w: tuple[float, float, float],
+                        *, filter: Any, candidates: int, mode: str, rrf_k: float, exhaustive: bool,
+                        shortlist: Optional[int] = None, colbert_rerank: Optional[int] = None,
+                        dense_probe: Optional[float] = None) -> list[Hit]:
+        # search_encoded's work, its arguments checked once (w checked, mode resolved)
+        w = effective_weights(w, self.channels)
         if filter is not None and not isinstance(filter, Mapping) and not callable(filter):
             raise TypeError(f"filter must be a dict {{key: value}} or a callable metadata -> bool; "
                             f"got {type(filter).__name__}")
@@ -1026,3 +1037,8 @@ class HybridIndex(StoreBase):
             for seg in self._segments:
                 seg.verify()
             check_unique_ids(self._home, self._segments + ([self._tail] if self._tail.n else []))
+
+    def native_filter(self, where: Any) -> Any:
+        """What ``search(filter=...)`` takes for a :class:`bgem3.filters.Where` tree: its predicate
+        (the index evaluates any tree on the stored metadata)."""
+        return where.matches

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from .._version import __version__
-from .._store import same_model_name
+from ..fingerprint import same_model_name
 from .codecs import COLBERT_CODECS, DENSE_CODECS, ColbertCodec
 from .errors import IndexFormatError, SaveConflict
 from . import bm25 as _bm25  # noqa: F401 - registers the BM25 lexical channel, so a saved BM25 index loads

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .._store import rank
+from ..scoring import rank
 from .codecs import ColbertCodec
 from .dense_lists import DEFAULT_PROBE, CentroidTable, lists_to_scan, probe_lists
 from .errors import IndexFormatError

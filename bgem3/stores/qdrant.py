@@ -50,10 +50,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Opt
 import numpy as np
 
 from .. import scoring
-from .._store import StoreBase, check_documents, check_positive_int as _check_pos_int, check_search_args
-from .._store import check_str_list, encoder_from_model_name, encoder_shape, rank, resolve_encoder, scored_hit
+from ..fingerprint import same_model_name
+from ..scoring import rank
+from .._checks import positive_int as _check_pos_int
+from .._loading import load_encoder
+from .base import StoreBase, check_documents
+from .base import check_str_list, encoder_from_model_name, encoder_shape, scored_hit
 from ..scoring import DEFAULT_WEIGHTS
 from ..types import FusionMode, Hit
+from .qdrant_filters import _payload_key, to_qdrant, to_qdrant_filter
 from .qdrant_errors import QdrantConnectionError, QdrantServerError, describe, readable_errors, require_qdrant_client, translate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -121,101 +126,6 @@ def point_id(doc_id: str) -> str:
     True
     """
     return str(uuid.uuid5(BGEM3_NAMESPACE, doc_id))
-
-
-def _model_key(name: Optional[str]) -> Optional[str]:
-    """What two model names are compared by: the last path component (``BAAI/bge-m3`` and
-    ``/models/bge-m3`` are the same model; a moved local folder still matches)."""
-    if name is None:
-        return None
-    return os.path.basename(os.path.normpath(str(name))).lower()
-
-
-# --------------------------------------------------------------------------- filters
-def _payload_key(key: Any) -> str:
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"filter keys must be non-empty strings (metadata field names); got {key!r}")
-    if '"' in key:
-        raise ValueError(f"filter key {key!r} contains a double quote, which Qdrant payload paths cannot express")
-    plain = all(ch.isalnum() or ch in "_-" for ch in key)
-    return f"metadata.{key}" if plain else f'metadata."{key}"'
-
-
-#: Qdrant stores and matches integers as signed 64-bit
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def _check_int64(v: Any, key: str) -> None:
-    if isinstance(v, int) and not isinstance(v, bool) and not _INT64[0] <= v <= _INT64[1]:
-        raise ValueError(f"filter value for {key!r} is {v}, outside the signed 64-bit range Qdrant stores integers "
-                         f"in ([{_INT64[0]}, {_INT64[1]}]); no stored document can match it. Pass a value in that "
-                         "range (or a str)")
-
-
-def _condition(path: str, value: Any, key: str):
-    from qdrant_client import models
-
-    if value is None:  # like ``metadata.get(key) is None``: the key is missing or null
-        return models.IsEmptyCondition(is_empty=models.PayloadField(key=path))
-    if isinstance(value, (bool, str)) or (isinstance(value, (int, np.integer)) and not isinstance(value, bool)):
-        v = value.item() if isinstance(value, np.generic) else value
-        _check_int64(v, key)
-        return models.FieldCondition(key=path, match=models.MatchValue(value=v))
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if not math.isfinite(v):
-            raise ValueError(f"filter value for {key!r} must be finite; got {value!r}")
-        return models.FieldCondition(key=path, range=models.Range(gte=v, lte=v))
-    raise ValueError(
-        f"filter value for {key!r} must be a str, int, float, bool, None or a list/tuple of those; "
-        f"got {type(value).__name__}"
-    )
-
-
-def to_qdrant_filter(filter: Optional[Mapping[str, Any]]):
-    """Translate a metadata filter dict into a Qdrant ``Filter`` (``None`` for no filter).
-
-    Every key must match (AND). A scalar value means ``metadata[key] == value``
-    (``MatchValue``; floats as a closed ``Range``; ``None`` as ``IsEmptyCondition``: missing or
-    null); a list, tuple or set means "any of" (``MatchAny`` for str/int lists, else an OR of
-    conditions). The same filter dict selects the same documents as in :class:`bgem3.HybridIndex`
-    for str/int/bool/None values and scalar metadata; see docs/qdrant.md for the corner cases
-    (Python's ``1 == True == 1.0``, list-valued metadata).
-
-    >>> f = to_qdrant_filter({"lang": "de", "year": [2023, 2024]})
-    >>> [c.key for c in f.must], type(f.must[1].match).__name__
-    (['metadata.lang', 'metadata.year'], 'MatchAny')
-    """
-    from qdrant_client import models
-
-    if filter is None:
-        return None
-    if isinstance(filter, models.Filter):  # already Qdrant's form (bgem3._filters.to_qdrant)
-        return filter
-    if callable(filter) and not isinstance(filter, Mapping):
-        raise TypeError("a callable filter cannot run inside Qdrant; pass a dict {key: value}, a "
-                        "qdrant_client.models.Filter, or use the embedded bgem3.HybridIndex for predicate filters")
-    if not isinstance(filter, Mapping):
-        raise ValueError(f"filter must be a dict of metadata field -> value (or list of values); got {type(filter).__name__}")
-    must: list = []
-    for key, value in filter.items():
-        path = _payload_key(key)
-        if isinstance(value, (list, tuple, set, frozenset)):
-            values = list(value)
-            if not values:
-                raise ValueError(f"filter value for {key!r} is an empty list, which matches nothing; drop the key or give values")
-            if all(isinstance(v, str) for v in values) or all(
-                isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values
-            ):
-                vals = [v.item() if isinstance(v, np.generic) else v for v in values]
-                for v in vals:
-                    _check_int64(v, key)
-                must.append(models.FieldCondition(key=path, match=models.MatchAny(any=vals)))
-            else:
-                must.append(models.Filter(should=[_condition(path, v, key) for v in values]))
-        else:
-            must.append(_condition(path, value, key))
-    return models.Filter(must=must) if must else None
 
 
 # --------------------------------------------------------------------------- retries
@@ -422,8 +332,8 @@ class QdrantHybridStore(StoreBase):
         self._sleep: Callable[[float], None] = time.sleep
         self.client = None
 
-        encoder = resolve_encoder(encoder_from_model_name(encoder, model_name, dim, "QdrantHybridStore", load=False),
-                                  encoder_kwargs, "QdrantHybridStore")
+        encoder = load_encoder(encoder_from_model_name(encoder, model_name, dim, "QdrantHybridStore", load=False),
+                               encoder_kwargs, owner="QdrantHybridStore")
         self.encoder = encoder
         self.client = self._make_client(client, location, path, url, api_key, dict(client_kwargs or {}), edge_path,
                                         edge_optimizers)
@@ -601,7 +511,7 @@ class QdrantHybridStore(StoreBase):
                     f"collection {name!r} was written by bgem3 layout version {version}, this bgem3 reads version "
                     f"{FORMAT_VERSION}; re-index into a new collection")
             stored = meta.get("model_name")
-            if self.model_name is not None and stored is not None and _model_key(stored) != _model_key(self.model_name):
+            if self.model_name is not None and stored is not None and not same_model_name(stored, self.model_name):
                 raise CollectionMismatchError(
                     f"collection {name!r} was built with model {stored!r}, this store encodes with "
                     f"{self.model_name!r}: scores would be meaningless. Use {stored!r}, or another collection_name")
@@ -901,6 +811,12 @@ class QdrantHybridStore(StoreBase):
     _query_encode_kwargs = {"show_progress": False}
 
     @readable_errors
+    def native_filter(self, where: Any) -> Any:
+        """What ``search(filter=...)`` takes for a :class:`bgem3.filters.Where` tree: a Qdrant ``Filter``
+        (:func:`bgem3.stores.qdrant_filters.to_qdrant`; tests Qdrant cannot run are evaluated on this
+        collection's stored metadata and sent as an id condition)."""
+        return to_qdrant(where, self)
+
     def search_encoded(
         self,
         dense_q: np.ndarray,
@@ -916,8 +832,13 @@ class QdrantHybridStore(StoreBase):
         exhaustive: bool = False,
     ) -> list[Hit]:
         """:meth:`search` with an already-encoded query (``Encoder.encode_queries`` outputs)."""
-        w = check_search_args(k, weights, candidates, mode, rrf_k)
-        mode = self.fusion_mode(mode)
+        w, mode = self._search_args(k, weights, candidates, mode, rrf_k)
+        return self._search_checked(dense_q, sparse_q, colbert_q, k, w, filter=filter, candidates=candidates,
+                                    mode=mode, rrf_k=rrf_k, exhaustive=exhaustive)
+
+    def _search_checked(self, dense_q: Any, sparse_q: Any, colbert_q: Any, k: int, w: tuple[float, float, float],
+                        *, filter: Any, candidates: int, mode: str, rrf_k: float, exhaustive: bool) -> list[Hit]:
+        # search_encoded's work, its arguments checked once (w checked, mode resolved)
         qfilter = to_qdrant_filter(filter)
         dense_q = np.asarray(dense_q, dtype=np.float32).reshape(-1)
         colbert_q = np.asarray(colbert_q, dtype=np.float32)

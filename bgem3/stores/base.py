@@ -1,12 +1,13 @@
-"""What the two hybrid stores share: argument checks, query encoding and result ranking.
+"""What the two hybrid stores share: the store base class (``search`` over ``search_encoded``) and the
+store-side argument checks.
 
 :class:`bgem3.HybridIndex` (embedded) and :class:`bgem3.stores.qdrant.QdrantHybridStore`
 (scale-out) implement the same protocol with the same semantics; the code that does not depend
-on where the vectors live is here, once.
+on where the vectors live is here, once (the ranking itself is :func:`bgem3.scoring.rank`).
 
 Example::
 
-    >>> from bgem3._store import check_documents, check_search_args
+    >>> from bgem3.stores.base import check_documents, check_search_args
     >>> check_search_args(4, (0.4, 0.2, 0.4), 100, "rrf", 60)
     (0.4, 0.2, 0.4)
     >>> texts, ids, metas = check_documents(["a", "b"], ["x", "y"], None, store="the index")
@@ -23,20 +24,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .scoring import DEFAULT_WEIGHTS, check_weights, fuse_channels
-from .types import FusionMode, Hit
-
-#: the accepted ``mode=`` values of every store's ``search``: ``"auto"`` (the store's own choice,
-#: see ``StoreBase.fusion_mode``), ``"weighted"`` (weighted mean) or ``"rrf"`` (reciprocal rank)
-FUSION_MODES = ("auto", "weighted", "rrf")
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """``int(value)`` if it is a positive integer (not a bool), else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
-
+from .._checks import check_fusion_mode, positive_int
+from .._checks import check_query as _check_query
+from ..fingerprint import same_model_name
+from ..scoring import DEFAULT_WEIGHTS, check_weights
+from ..types import FusionMode, Hit
 
 def check_str_list(values: Any, name: str) -> list[str]:
     """``list(values)`` if it is a list of strings; a clear ``TypeError`` otherwise."""
@@ -129,10 +121,9 @@ def check_documents(
 def check_search_args(k: Any, weights: Sequence[float], candidates: Any, mode: Any,
                       rrf_k: Any) -> tuple[float, float, float]:
     """Validate ``search``'s arguments; returns the checked ``(dense, lexical, colbert)`` weights."""
-    check_positive_int(k, "k")
-    check_positive_int(candidates, "candidates")
-    if not isinstance(mode, str) or mode not in FUSION_MODES:
-        raise ValueError(f"mode must be 'auto', 'weighted' or 'rrf'; got {mode!r}")
+    positive_int(k, "k")
+    positive_int(candidates, "candidates")
+    check_fusion_mode(mode)
     if (isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float, np.integer, np.floating)) or not rrf_k > 0
             or not np.isfinite(rrf_k)):
         raise ValueError(f"rrf_k must be a positive finite number; got {rrf_k!r}")
@@ -142,12 +133,8 @@ def check_search_args(k: Any, weights: Sequence[float], candidates: Any, mode: A
 
 
 def check_query(query: Any) -> str:
-    """``query`` if it is a non-blank string; ``TypeError``/``ValueError`` otherwise."""
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a string; got {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("query is empty; pass a non-empty string to search for")
-    return query
+    """``query`` if it is a non-blank string; ``TypeError``/``ValueError`` otherwise (:func:`bgem3._checks.check_query`)."""
+    return _check_query(query, fix="pass a non-empty string to search for")
 
 
 def encoder_from_model_name(encoder: Any, model_name: Optional[str], dim: Optional[int], owner: str,
@@ -174,34 +161,6 @@ def encoder_from_model_name(encoder: Any, model_name: Optional[str], dim: Option
     return encoder
 
 
-def same_model_name(a: str, b: str) -> bool:
-    """Two model names are the same model when equal or when their last path components agree
-    (``BAAI/bge-m3`` and ``/models/bge-m3``)."""
-    if a == b:
-        return True
-    norm = lambda x: os.path.basename(os.path.normpath(x)).lower()  # noqa: E731
-    return norm(a) == norm(b) and norm(a) not in ("", ".")
-
-
-def resolve_encoder(encoder: Any, encoder_kwargs: Mapping[str, Any], owner: str) -> Any:
-    """Load ``Encoder(encoder, **encoder_kwargs)`` for a model name/folder; otherwise return
-    ``encoder`` as given and refuse stray encoder options."""
-    if isinstance(encoder, (str, os.PathLike)):
-        from .encoder import Encoder
-        from .remote import is_url, remote_encoder_for
-
-        if is_url(encoder):  # a `bgem3 serve` server
-            return remote_encoder_for(encoder, **encoder_kwargs)
-
-        return Encoder(encoder, **encoder_kwargs)
-    if encoder_kwargs:
-        raise TypeError(
-            f"unexpected keyword arguments {sorted(encoder_kwargs)}: encoder options are only used "
-            f"when `encoder` is a model name or folder ({owner}('BAAI/bge-m3', device='cpu'))"
-        )
-    return encoder
-
-
 def encoder_shape(encoder: Any, owner: str) -> tuple[str, int, int]:
     """``(model_name, dense dim, ColBERT dim)`` of a BGE-M3 encoder; refuses anything else."""
     if not all(hasattr(encoder, a) for a in ("encode_queries", "encode_documents", "hidden_size")):
@@ -224,22 +183,12 @@ def scored_hit(id: str, text: str, metadata: dict, score: float = 0.0, d: Option
                colbert_score=None if c is None else float(c))
 
 
-def rank(d: np.ndarray, s: np.ndarray, c: np.ndarray, w: Sequence[float], k: int, mode: str,
-         rrf_k: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fuse the candidates' channel scores (:func:`bgem3.scoring.fuse_channels`); returns
-    ``(fused, top)`` where ``top`` are the positions of the ``k`` best, ties in input order."""
-    if mode == "weighted" and max(w) > 1.0:  # (1e308,)*3 would overflow; the weighted mean is scale-free
-        top = max(w)
-        w = tuple(x / top for x in w)
-    fused = fuse_channels(d, s, c, w, mode=mode, rrf_k=rrf_k)
-    return fused, np.argsort(-fused, kind="stable")[:k]
-
-
 class StoreBase:
     """``search`` and the encoder requirement, shared by the two stores.
 
     A subclass defines ``search_encoded(dense_q, sparse_q, colbert_q, k, weights, *, filter,
-    candidates, mode, rrf_k, exhaustive)``, ``_store_noun`` / ``_encoder_fix`` (wording of the
+    candidates, mode, rrf_k, exhaustive)`` (public: checks its arguments with :meth:`_search_args`) over
+    ``_search_checked`` (the same arguments, already checked once, ``mode`` resolved), ``_store_noun`` / ``_encoder_fix`` (wording of the
     "no encoder" error), ``_query_encode_kwargs`` and, if it can tell cheaply,
     ``_nothing_to_search``.
     """
@@ -268,9 +217,17 @@ class StoreBase:
         >>> HybridIndex(None, dim=4).fusion_mode()
         'weighted'
         """
-        if not isinstance(mode, str) or mode not in FUSION_MODES:
-            raise ValueError(f"mode must be 'auto', 'weighted' or 'rrf'; got {mode!r}")
+        return self._resolved_mode(check_fusion_mode(mode))
+
+    def _resolved_mode(self, mode: str) -> str:
+        # an already checked mode: "auto" becomes the store's choice
         return self._auto_fusion() if mode == "auto" else mode
+
+    def _search_args(self, k: Any, weights: Sequence[float], candidates: Any, mode: Any,
+                     rrf_k: Any) -> tuple[tuple[float, float, float], str]:
+        """``search``'s arguments checked once per call: ``(weights, mode)`` with ``"auto"`` resolved."""
+        w = check_search_args(k, weights, candidates, mode, rrf_k)
+        return w, self._resolved_mode(mode)
 
     def _require_encoder(self, what: str) -> Any:
         if self.encoder is None:
@@ -310,11 +267,11 @@ class StoreBase:
             exhaustive: score every (filtered) document instead of the candidates.
         """
         check_query(query)
-        check_search_args(k, weights, candidates, mode, rrf_k)
+        w, mode = self._search_args(k, weights, candidates, mode, rrf_k)
         enc = self._require_encoder("search")
         if self._nothing_to_search():
             return []
         out = enc.encode_queries([query], dense=True, sparse=True, colbert=True, **self._query_encode_kwargs)
-        return self.search_encoded(out.dense[0], out.sparse[0], out.colbert[0], k, weights,  # type: ignore[attr-defined]
-                                   filter=filter, candidates=candidates, mode=mode, rrf_k=rrf_k,
-                                   exhaustive=exhaustive)
+        return self._search_checked(out.dense[0], out.sparse[0], out.colbert[0], k, w,  # type: ignore[attr-defined]
+                                    filter=filter, candidates=candidates, mode=mode, rrf_k=rrf_k,
+                                    exhaustive=exhaustive)

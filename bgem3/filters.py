@@ -1,4 +1,5 @@
-"""Metadata filter expressions richer than the stores' ``{key: value}`` dicts (framework-free).
+"""The metadata filter language: expressions richer than the stores' ``{key: value}`` dicts (a leaf module:
+no framework, no Qdrant).
 
 The adapters translate a framework's filters (LlamaIndex ``MetadataFilters`` with every
 ``FilterOperator`` and ``FilterCondition``) into a :class:`Where` tree, and :func:`store_filter`
@@ -6,11 +7,11 @@ turns that tree into what a given store takes:
 
 * a plain ``{key: value | [values]}`` dict when the tree is only ``==`` / ``in`` joined by AND
   (every :class:`bgem3.types.HybridStore` understands it);
-* a Qdrant ``Filter`` for :class:`bgem3.stores.qdrant.QdrantHybridStore` (evaluated inside Qdrant;
-  the few tests Qdrant cannot express, such as substring matches, are evaluated on the stored
-  metadata and sent as a point-id condition);
-* otherwise a predicate ``metadata -> bool`` (:meth:`Where.matches`), which
-  :class:`bgem3.HybridIndex` applies before candidate selection.
+* otherwise the store's own form, from its ``native_filter(where)`` method: a Qdrant ``Filter`` for
+  :class:`bgem3.stores.qdrant.QdrantHybridStore` (:mod:`bgem3.stores.qdrant_filters`; evaluated inside
+  Qdrant, the few tests Qdrant cannot express, such as substring matches, are evaluated on the stored
+  metadata and sent as a point-id condition), the predicate ``metadata -> bool`` (:meth:`Where.matches`)
+  for :class:`bgem3.HybridIndex`, which applies it before candidate selection.
 
 The semantics are LlamaIndex's ``SimpleVectorStore`` ones: a missing (or ``None``) value
 matches only ``!=`` and ``nin`` (and ``is_empty``); ``contains`` / ``any`` / ``all`` look inside
@@ -19,7 +20,7 @@ list values; ``text_match`` is a substring test. A comparison between values of 
 
 Example::
 
-    >>> from bgem3._filters import Cond, Where
+    >>> from bgem3.filters import Cond, Where
     >>> w = Where("and", [Cond("year", ">=", 2020), Cond("tags", "contains", "ml")])
     >>> w.matches({"year": 2023, "tags": ["ml", "nlp"]}), w.matches({"year": 2019, "tags": ["ml"]})
     (True, False)
@@ -168,139 +169,19 @@ def _plain(value: Any) -> bool:
     return isinstance(value, (str, int)) and not (isinstance(value, float) and not math.isfinite(value))
 
 
-# --------------------------------------------------------------------------- Qdrant
-
-def _payload_path(key: str) -> str:
-    from .stores.qdrant import _payload_key
-
-    return _payload_key(key)
-
-
-def _nothing() -> Any:
-    """A Qdrant filter no point passes (an empty ``should`` would pass every point)."""
-    from qdrant_client import models
-
-    return models.Filter(must=[models.HasIdCondition(has_id=[])])
-
-
-def _qdrant_leaf(c: Cond) -> Any:
-    from qdrant_client import models
-
-    path = _payload_path(c.key)
-
-    def field(match: Any = None, range: Any = None) -> Any:
-        return models.FieldCondition(key=path, match=match, range=range)
-
-    def value_match(v: Any) -> Any:
-        if isinstance(v, bool) or isinstance(v, (str, int)):
-            return field(match=models.MatchValue(value=v))
-        if isinstance(v, float):
-            return field(range=models.Range(gte=v, lte=v))
-        raise NotImplementedError(
-            f"filter on {c.key!r}: Qdrant compares str, int, float and bool values; got {type(v).__name__} ({v!r})")
-
-    def any_of(values: Sequence[Any]) -> Any:
-        values = list(values)
-        if values and (all(isinstance(v, str) for v in values)
-                       or all(isinstance(v, int) and not isinstance(v, bool) for v in values)):
-            return field(match=models.MatchAny(any=values))
-        return models.Filter(should=[value_match(v) for v in values])
-
-    op, v = c.op, c.value
-    if op == "==":
-        return value_match(v)
-    if op == "!=":
-        return models.Filter(must_not=[value_match(v)])
-    if op in (">", "<", ">=", "<="):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise NotImplementedError(
-                f"filter {c.key!r} {op} {v!r}: Qdrant ranges compare numbers only; use a number, or the embedded "
-                "bgem3.HybridIndex, which compares any values")
-        key = {">": "gt", "<": "lt", ">=": "gte", "<=": "lte"}[op]
-        return field(range=models.Range(**{key: float(v)}))
-    if op == "in":
-        return any_of(v) if list(v) else _nothing()
-    if op == "nin":
-        return models.Filter(must_not=[any_of(v)]) if list(v) else models.Filter()
-    if op == "contains":
-        return value_match(v)
-    if op == "any":
-        return any_of(v) if list(v) else _nothing()
-    if op == "all":
-        return models.Filter(must=[value_match(x) for x in v])
-    if op == "is_empty":
-        return models.Filter(should=[models.IsEmptyCondition(is_empty=models.PayloadField(key=path)),
-                                     models.IsNullCondition(is_null=models.PayloadField(key=path)),
-                                     field(match=models.MatchValue(value=""))])
-    raise NotImplementedError(f"filter operator {op!r} on key {c.key!r} has no Qdrant equivalent")
-
-
-def _native(c: Cond) -> bool:
-    """Whether Qdrant evaluates ``c`` itself with the same semantics as :meth:`Cond.matches`."""
-    if c.op in ("text_match", "text_match_insensitive"):  # Qdrant's text match is by words, not substrings
-        return False
-    if c.op in (">", "<", ">=", "<="):
-        return not isinstance(c.value, bool) and isinstance(c.value, (int, float))
-    values = c.value if c.op in ("in", "nin", "any", "all") else ([] if c.op == "is_empty" else [c.value])
-    return all(isinstance(v, (str, int, float)) for v in values)
-
-
-def _scanned_ids(store: Any, c: Cond) -> Any:
-    """``HasIdCondition`` over the points whose metadata passes ``c``, read from the collection
-    (the generic evaluation, for tests Qdrant cannot run itself). Costs one scroll per query."""
-    from qdrant_client import models
-
-    ids: list = []
-    offset = None
-    while True:
-        recs, offset = store.client.scroll(store.collection_name, limit=1024, offset=offset,
-                                           with_payload=["metadata"], with_vectors=False)
-        ids.extend(r.id for r in recs if c.matches((r.payload or {}).get("metadata") or {}))
-        if offset is None:
-            break
-    return models.HasIdCondition(has_id=ids)
-
-
-def to_qdrant(where: Where, store: Any = None) -> Any:
-    """A ``qdrant_client.models.Filter`` selecting what :meth:`Where.matches` selects.
-
-    Tests Qdrant has no equivalent for (substring text match, ranges over strings) are evaluated
-    on the stored metadata of ``store`` (read with one scroll) and sent as an id condition;
-    without a ``store`` they raise ``NotImplementedError``.
-    """
-    from qdrant_client import models
-
-    def leaf(c: Cond) -> Any:
-        if _native(c):
-            return _qdrant_leaf(c)
-        if store is None:
-            raise NotImplementedError(f"filter operator {c.op!r} on key {c.key!r} with {c.value!r} has no Qdrant "
-                                      "equivalent; pass the store to evaluate it on the stored metadata")
-        return _scanned_ids(store, c)
-
-    parts = [to_qdrant(i, store) if isinstance(i, Where) else leaf(i) for i in where.items]
-    if where.condition == "and":
-        return models.Filter(must=parts)
-    if where.condition == "or":
-        return models.Filter(should=parts) if parts else _nothing()
-    return models.Filter(must_not=parts)
-
-
 def store_filter(store: Any, where: Optional[Where]) -> Union[None, dict, Callable[[Mapping[str, Any]], bool], Any]:
-    """What ``store.search(filter=...)`` takes for ``where``: ``None``, a plain dict, a Qdrant
-    ``Filter`` (for a :class:`~bgem3.stores.qdrant.QdrantHybridStore`), or a predicate."""
+    """What ``store.search(filter=...)`` takes for ``where``: ``None``, a plain dict, or else what the store's
+    own ``native_filter(where)`` makes of the tree (a Qdrant ``Filter`` for a
+    :class:`~bgem3.stores.qdrant.QdrantHybridStore`, the predicate :meth:`Where.matches` for
+    :class:`bgem3.HybridIndex` and for a store without that method).
+
+    >>> store_filter(None, Where("and", [Cond("lang", "==", "de")]))
+    {'lang': 'de'}
+    """
     if where is None or not where.items:
         return None
     plain = where.as_dict()
     if plain is not None:
         return plain
-    if _is_qdrant_store(store):
-        return to_qdrant(where, store)
-    return where.matches
-
-
-def _is_qdrant_store(store: Any) -> bool:
-    import sys
-
-    mod = sys.modules.get("bgem3.stores.qdrant")
-    return mod is not None and isinstance(store, mod.QdrantHybridStore)
+    native = getattr(store, "native_filter", None)
+    return where.matches if native is None else native(where)
