@@ -36,7 +36,6 @@ from .._version import __version__
 from .._store import same_model_name
 from .codecs import COLBERT_CODECS, DENSE_CODECS, ColbertCodec
 from .errors import IndexFormatError, SaveConflict
-from . import bm25 as _bm25  # noqa: F401 - registers the BM25 lexical channel, so a saved BM25 index loads
 from .lexical import LexicalChannel, lexical_channel_from_config
 from .locking import DEFAULT_LOCK_TIMEOUT, LOCK_NAME, try_lock_dir, writer_lock
 from .search import CHANNELS
@@ -738,6 +737,8 @@ def _load_manifest(cls: Any, root: Path, m: dict, encoder: Any, load_encoder: bo
         if not isinstance(lex, dict):
             raise bad(root, "manifest field 'lexical' is not an object")
         try:
+            if lex.get("kind") == "bm25":  # registers the BM25 channel; imported only for an index that has it
+                from . import bm25  # noqa: F401 - (its module costs a fresh process's first load ~7 ms)
             lexical = lexical_channel_from_config(lex.get("kind"), lex.get("config"))
         except (ValueError, TypeError) as exc:
             raise IndexFormatError(f"the index at {str(root)!r}: {exc}") from None
