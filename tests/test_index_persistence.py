@@ -194,8 +194,13 @@ def test_a_loaded_handle_has_exactly_the_state_of_a_new_one(tmp_path):
             assert getattr(back, a) == getattr(new, a), a
         assert back._base["generation"] == 2 and back._compact_pending is False and back._pending_finalizer is None
         assert back.ids == ["a", "b"] and back.vectors("b")[0].tolist() == [0, 1, 0, 0]
+        import pickle
         import shutil
 
+        old = {k: v for k, v in back.__getstate__().items() if k not in ("_compact_pending", "_pending_finalizer")}
+        again = HybridIndex.__new__(HybridIndex)
+        again.__setstate__(pickle.loads(pickle.dumps(old)))  # a pickle from before this record
+        assert sorted(vars(again)) == sorted(vars(back)) and again.ids == ["a", "b"]
         shutil.rmtree(tmp_path / "i")
 
 

@@ -350,6 +350,9 @@ class HybridIndex(StoreBase):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        # pickled before from_saved / _init_state: a loaded handle then lacked these two
+        self.__dict__.setdefault("_compact_pending", False)
+        self.__dict__.setdefault("_pending_finalizer", None)
 
     @property
     def ids(self) -> list[str]:
