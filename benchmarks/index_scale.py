@@ -375,7 +375,8 @@ def incremental(args: argparse.Namespace) -> dict:
     save_s = time.perf_counter() - t
     after = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
     written = sum(sz for p, (sz, mt) in after.items() if before.get(p) != (sz, mt))
-    untouched = all(after.get(p) == v for p, v in before.items() if not p.endswith("manifest.json"))
+    untouched = all(after.get(p) == v for p, v in before.items()  # the lock file records its last holder
+                    if not p.endswith(("manifest.json", "write.lock")))
     return {"added": 1000, "save_s": save_s, "bytes_written": written, "old_files_untouched": untouched,
             "disk_before": disk_before, "disk_after": du(root), "count_after": len(idx)}
 

@@ -30,7 +30,12 @@ def _restore_encoder(token: str, path: str, options: dict) -> "Encoder":
 def _restore_without_locks(cls: type, state: dict, locks: dict) -> Any:
     """Old pickles of a :class:`~bgem3.HybridIndex` (now ``HybridIndex.__setstate__``)."""
     obj = object.__new__(cls)
-    obj.__dict__.update(state)
+    setstate = getattr(obj, "__setstate__", None)
+    if setstate is not None and getattr(cls, "__setstate__", None) is not getattr(object, "__setstate__", None):
+        setstate(dict(state))  # the class's own restore: fills what old pickles lack, makes its locks
+    else:
+        obj.__dict__.update(state)
     for name, reentrant in locks.items():
-        setattr(obj, name, threading.RLock() if reentrant else threading.Lock())
+        if not hasattr(obj, name):
+            setattr(obj, name, threading.RLock() if reentrant else threading.Lock())
     return obj

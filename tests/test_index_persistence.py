@@ -162,6 +162,48 @@ def test_synthetic_index_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.vectors("c")[2], colbert[2])
 
 
+def test_a_loaded_handle_has_exactly_the_state_of_a_new_one(tmp_path):
+    """load builds the handle from the saved-index record in one place (HybridIndex.from_saved): the
+    same attributes as a new index, none patched in later by defaults (issue 22: the copy built by
+    persistence lacked three), and the configuration and commit the record carries."""
+    from bgem3.index.persistence import SavedIndex, load_index
+
+    for kw in ({"colbert_codec": "int8"}, {"channels": ["dense"], "dense_codec": "float16"}):
+        new = HybridIndex(None, model_name="m", dim=4, **kw)
+        full = "colbert" in new.channels
+        new.add_encoded(["a", "b"], ["A", "B"], None, np.eye(2, 4, dtype=np.float32),
+                        [{1: 1.0}, {2: 0.5}] if full else None, [np.eye(2, 4, dtype=np.float32)] * 2 if full else None)
+        new.save(tmp_path / "i")
+        new.save(tmp_path / "i")  # generation 2
+        built: list = []
+        real = HybridIndex.from_saved.__func__
+
+        class Spy(HybridIndex):
+            @classmethod
+            def from_saved(cls, saved):
+                built.append(saved)
+                return real(cls, saved)
+
+        back = load_index(Spy, tmp_path / "i", load_encoder=False)
+        [rec] = built
+        assert isinstance(rec, SavedIndex) and rec.generation == 2 and rec.uuid == new._uuid
+        assert [s.name for s in rec.segments] == [s.name for s in back._segments]
+        assert sorted(vars(back)) == sorted(vars(HybridIndex(None, model_name="m", dim=4, **kw)))
+        for a in ("model_name", "dim", "colbert_dim", "vocab_size", "channels", "colbert_codec", "dense_codec",
+                  "exact_dense_rows", "dense_probe"):
+            assert getattr(back, a) == getattr(new, a), a
+        assert back._base["generation"] == 2 and back._compact_pending is False and back._pending_finalizer is None
+        assert back.ids == ["a", "b"] and back.vectors("b")[0].tolist() == [0, 1, 0, 0]
+        import pickle
+        import shutil
+
+        old = {k: v for k, v in back.__getstate__().items() if k not in ("_compact_pending", "_pending_finalizer")}
+        again = HybridIndex.__new__(HybridIndex)
+        again.__setstate__(pickle.loads(pickle.dumps(old)))  # a pickle from before this record
+        assert sorted(vars(again)) == sorted(vars(back)) and again.ids == ["a", "b"]
+        shutil.rmtree(tmp_path / "i")
+
+
 def test_crash_mid_save_leaves_previous_index_intact(index, encoder, tmp_path, monkeypatch):
     import bgem3.index.segment as segment_mod
 

@@ -160,8 +160,6 @@ DEFERRED_CIRCLE_EDGES = {
     ("bgem3.quant.engine", "bgem3.encoder"): "the int8 engine reads the encoder's layer code (later work)",
     ("bgem3.backends", "bgem3.backends.onnx"): "a backend plug-in is imported only when chosen",
     ("bgem3.backends", "bgem3.backends.openvino"): "a backend plug-in is imported only when chosen",
-    ("bgem3.index.persistence", "bgem3.index.hybrid"): "load_index builds a HybridIndex (issue 22: the saved-index "
-                                                      "record, later work)",
     ("bgem3.serve.cli", "bgem3.cli"): "`bgem3 serve` reuses the main CLI's argument helpers",
 }
 

@@ -116,3 +116,21 @@ def test_old_pickles_naming_shared_restore_functions_still_load():
     old = _restore_without_locks(HybridIndex, copy.deepcopy(state), {"_lock": True})
     assert isinstance(old._lock, type(threading.RLock()))
     assert len(pickle.loads(pickle.dumps(old))) == 0
+
+
+def test_an_old_pickle_without_the_newer_attributes_can_still_save(tmp_path):
+    """A pre-issue-22 pickle of a HybridIndex lacks ``_compact_pending`` / ``_pending_finalizer``: the shim
+    goes through ``HybridIndex.__setstate__``, which fills them, so the restored handle adds and saves."""
+    import copy
+
+    import numpy as np
+
+    from bgem3 import HybridIndex
+    from bgem3._shared import _restore_without_locks
+
+    idx = HybridIndex(None, dim=2, channels=["dense"])
+    state = {k: v for k, v in idx.__dict__.items() if k not in ("_lock", "_compact_pending", "_pending_finalizer")}
+    old = _restore_without_locks(HybridIndex, copy.deepcopy(state), {"_lock": True})
+    old.add_encoded(["a"], ["text a"], None, dense=np.array([[1.0, 0.0]], dtype=np.float32))
+    old.save(tmp_path / "idx")
+    assert HybridIndex.load(tmp_path / "idx", load_encoder=False).ids == ["a"]

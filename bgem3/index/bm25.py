@@ -50,6 +50,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import unicodedata
@@ -57,7 +58,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import regex
 
 from .lexical import MAX_TOKEN_ID, LexicalBlock, LexicalChannel, LexicalView, QueryTerms, register_lexical_channel
 
@@ -81,8 +81,16 @@ were what when where which while who whom why will with would you your yours you
 
 # Scripts written without spaces between words (or with particles glued on): bigrammed.
 _BIGRAM_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}ー々〆"
-_TOKEN_RE = regex.compile(rf"(?P<cjk>[{_BIGRAM_SCRIPTS}]+)|(?P<word>[^\W_{_BIGRAM_SCRIPTS}]+(?:\p{{M}}+[^\W_{_BIGRAM_SCRIPTS}]*)*)",
-                          regex.V0)
+_TOKEN_PATTERN = rf"(?P<cjk>[{_BIGRAM_SCRIPTS}]+)|(?P<word>[^\W_{_BIGRAM_SCRIPTS}]+(?:\p{{M}}+[^\W_{_BIGRAM_SCRIPTS}]*)*)"
+
+
+@functools.lru_cache(maxsize=None)
+def _token_re() -> Any:
+    """The tokenizer's pattern, compiled on first use: importing this module registers the channel
+    for every index load, and ``regex`` plus this compile cost a fresh process ~25 ms."""
+    import regex
+
+    return regex.compile(_TOKEN_PATTERN, regex.V0)
 
 
 @dataclass
@@ -184,7 +192,7 @@ class BM25Tokenizer:
         """Each word term of ``text`` -> the first word it comes from, case folded (``"herebi"`` ->
         ``"hereby"``): how to show a stem to the person who typed the word."""
         out: dict[str, str] = {}
-        for m in _TOKEN_RE.finditer(unicodedata.normalize("NFKC", text)):
+        for m in _token_re().finditer(unicodedata.normalize("NFKC", text)):
             word = m.group("word")
             if word is None:
                 continue
@@ -199,7 +207,7 @@ class BM25Tokenizer:
             raise TypeError(f"BM25Tokenizer takes a string; got {type(text).__name__}")
         text = unicodedata.normalize("NFKC", text)
         out: list[str] = []
-        for m in _TOKEN_RE.finditer(text):
+        for m in _token_re().finditer(text):
             run = m.group("cjk")
             if run is not None:
                 if self.lowercase:

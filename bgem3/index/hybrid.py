@@ -49,15 +49,26 @@ from .codecs import COLBERT_CODECS, DENSE_CODECS, FLOAT16_MAX, ColbertCodec, den
 from .dense_lists import DEFAULT_PROBE, CentroidTable
 from .errors import IndexFormatError
 from .lexical import LearnedSparse, LexicalBlock, LexicalChannel, QueryTerms, joined
-from .search import (CHANNELS, DEFAULT_COLBERT_RERANK, adaptive_rerank, check_finite, colbert_pruned, colbert_scores, dense_candidates,
-                     beside, dense_exact, effective_weights, fuse, one_blas_thread, top_positive)
+from .search import (CHANNELS, COST_RULE_ROWS, DEFAULT_COLBERT_RERANK, adaptive_rerank, check_finite, colbert_pruned, colbert_scores, dense_candidates,
+                     beside, dense_exact, dense_path, effective_weights, fuse, one_blas_thread, top_positive)
 from .segment import DiskSegment, MemSegment, Segment, gather_rows
 
 __all__ = ["HybridIndex"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-#: below this many eligible rows the dense candidates come from an exact scan
+#: the former fixed rule's row count (an exact dense scan up to this many eligible rows); the default
+#: now picks the dense path by its estimated cost (:func:`bgem3.index.search.dense_path`), and
+#: ``exact_dense_rows=`` given by the user is that fixed rule at the user's row count
 DEFAULT_EXACT_DENSE_ROWS = 50_000
+
+
+class _UnsetProbe(float):
+    """The default ``dense_probe`` (0.2) as no one set it: a search that the cost rule sends down the
+    Hamming path below 50,000 rows scans every row's bits instead (any value a user sets, 0.2
+    included, is a plain float and is used as given)."""
+
+
+UNSET_PROBE = _UnsetProbe(DEFAULT_PROBE)
 
 
 def _probe_share(value: Any, name: str) -> float:
@@ -132,11 +143,18 @@ class HybridIndex(StoreBase):
             :attr:`DEFAULT_COLBERT_CODEC`. See docs/index.md for the fidelity of each.
         colbert_dtype: the former name, kept as an alias for ``"float16"`` / ``"float32"``.
         dense_codec: ``"float32"`` (default, exact) or ``"float16"`` (half the dense bytes).
-        exact_dense_rows: up to this many eligible rows the dense candidates come from an exact
-            scan; above it from a sign-bit Hamming shortlist rescored exactly.
+        exact_dense_rows: default ``None``: the dense candidates come from whichever path is
+            estimated cheaper (:func:`~bgem3.index.search.dense_path`): an exact scan of every
+            stored row, or a sign-bit Hamming shortlist rescored exactly (every row's bits below
+            50,000 eligible rows, where it keeps >= 0.99 of the exact top-10; the probed lists
+            above). A number: exactly the fixed rule, an exact scan up to that many eligible rows
+            and the Hamming path (probed lists) above it. Not saved: set ``index.exact_dense_rows``
+            after :meth:`load`.
         dense_probe: share of each saved segment's dense inverted lists a search scans (default
             0.2; ``1.0`` scans every row; see :mod:`bgem3.index.dense_lists`). Not saved: set
             ``index.dense_probe`` after :meth:`load`, or pass ``search_encoded(dense_probe=)``.
+            Left unset, the Hamming path that the cost rule picks below 50,000 rows scans every
+            row's bits; a value set here, on the attribute or per search is always used.
         **encoder_kwargs: passed to :class:`bgem3.Encoder` when ``encoder`` is a string.
 
     Ids are strings. Adding an id that is already present replaces that document (upsert).
@@ -178,8 +196,8 @@ class HybridIndex(StoreBase):
         colbert_codec: Optional[str] = None,
         colbert_dtype: Optional[str] = None,
         dense_codec: str = "float32",
-        exact_dense_rows: int = DEFAULT_EXACT_DENSE_ROWS,
-        dense_probe: float = DEFAULT_PROBE,
+        exact_dense_rows: Optional[int] = None,
+        dense_probe: Optional[float] = None,
         **encoder_kwargs: Any,
     ) -> None:
         encoder = load_encoder(encoder_from_model_name(encoder, model_name, dim, "HybridIndex"), encoder_kwargs,
@@ -235,22 +253,49 @@ class HybridIndex(StoreBase):
         self.lexical = lexical
         self.colbert_codec = codec_name
         self.dense_codec = dense_codec
-        self.exact_dense_rows = _positive_int(exact_dense_rows, "exact_dense_rows")
-        self.dense_probe = _probe_share(dense_probe, "dense_probe")
+        self.exact_dense_rows: Optional[int] = (None if exact_dense_rows is None
+                                                else _positive_int(exact_dense_rows, "exact_dense_rows"))
+        self.dense_probe: float = UNSET_PROBE if dense_probe is None else _probe_share(dense_probe, "dense_probe")
         self.codec: Optional[ColbertCodec] = ColbertCodec(codec_name, self.colbert_dim) if "colbert" in chans else None
+        self._init_state(uuid.uuid4().hex)
+
+    def _init_state(self, index_uuid: str, home: Optional[Path] = None, segments: Sequence[DiskSegment] = (),
+                    codec_dir: Optional[str] = None, base: Optional[dict] = None) -> None:
+        """The handle's own state (after its configuration): one place for :meth:`__init__` (a new
+        index) and :meth:`from_saved` (a saved one)."""
         self._lock = threading.RLock()
-        self._segments: list[DiskSegment] = []
+        self._segments: list[DiskSegment] = list(segments)
         self._tail = self._new_tail()
         self._idmap: Optional[dict[str, tuple[Segment, int]]] = None
-        self._home: Optional[Path] = None
-        self._uuid = uuid.uuid4().hex
+        self._home: Optional[Path] = home
+        self._uuid = index_uuid
         self._compact_pending = False  # compact() asked: the next save rewrites the saved segments
         self._centroids: Optional[CentroidTable] = None  # every segment's list centroids, one matrix (search)
-        self._codec_dir: Optional[str] = None
+        self._codec_dir: Optional[str] = codec_dir  # the committed codec's folder (see persistence)
         self._spilled: dict[str, Path] = {}  # segments spill() wrote that no save committed yet
         self._spill_created: set[Path] = set()
         self._pending_fds: dict[str, int] = {}  # shared flocks on the spilled segment folders
-        self._base: Optional[dict] = None  # the commit this handle last loaded / saved (see persistence)
+        self._pending_finalizer: Any = None  # closes them when the handle goes (see persistence)
+        self._base: Optional[dict] = base  # the commit this handle last loaded / saved (see persistence)
+
+    @classmethod
+    def from_saved(cls, saved: Any) -> "HybridIndex":
+        """The handle of a saved index, from the :class:`~bgem3.index.persistence.SavedIndex` record
+        that :func:`~bgem3.index.persistence.load_index` read and checked (what :meth:`load`
+        returns). ``exact_dense_rows`` and ``dense_probe`` are not saved: their defaults."""
+        from .persistence import base_state
+
+        self = cls.__new__(cls)
+        self.encoder = saved.encoder
+        self.model_name, self.dim, self.colbert_dim = saved.model_name, saved.dim, saved.colbert_dim
+        self.vocab_size = saved.vocab_size
+        self.channels, self.lexical = tuple(saved.channels), saved.lexical
+        self.colbert_codec, self.dense_codec, self.codec = saved.colbert_codec, saved.dense_codec, saved.codec
+        self.exact_dense_rows = None
+        self.dense_probe = UNSET_PROBE
+        self._init_state(saved.uuid, saved.root, saved.segments, saved.codec_dir,
+                         base_state(saved.generation, saved.segments))
+        return self
 
     # ------------------------------------------------------------------ basics
     @property
@@ -307,6 +352,9 @@ class HybridIndex(StoreBase):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        # pickled before from_saved / _init_state: a loaded handle then lacked these two
+        self.__dict__.setdefault("_compact_pending", False)
+        self.__dict__.setdefault("_pending_finalizer", None)
 
     @property
     def ids(self) -> list[str]:
@@ -755,7 +803,7 @@ class HybridIndex(StoreBase):
         """:meth:`search` with a precomputed query: ``dense_q [dim]``, ``sparse_q {token: weight}``,
         ``colbert_q [Tq, colbert_dim]`` (``None`` for channels the index lacks). No encoder needed.
         ``shortlist``: rows (over all segments) rescored exactly after the Hamming prefilter (default
-        ``max(1000, 10 * candidates)``; only used above ``exact_dense_rows`` eligible rows).
+        ``max(1000, 10 * candidates)``; only used on the Hamming path: see ``exact_dense_rows``).
         ``colbert_rerank``: with a quantised ColBERT codec and weighted fusion, when there are more
         candidates than this (at least ``k``), all are ranked by an estimated fused score (a MaxSim
         estimate from an eighth of the coded coordinates) and only this many get the full MaxSim and
@@ -791,6 +839,7 @@ class HybridIndex(StoreBase):
         else:
             rerank = int(colbert_rerank)
         rerank = max(rerank, k) if rerank else 0
+        probe_chosen = dense_probe is not None or not isinstance(self.dense_probe, _UnsetProbe)
         probe = _probe_share(self.dense_probe if dense_probe is None else dense_probe, "dense_probe")
         with self._lock, one_blas_thread():
             segs = self._all_segments()
@@ -807,7 +856,14 @@ class HybridIndex(StoreBase):
             # no dense or lexical query to draw candidates from (a ColBERT-only index): every eligible
             # row is a candidate, ranked by the MaxSim estimate and then exactly (never an empty answer)
             colbert_only = dq is None and qt is None
-            scan = dq is not None and not every_row and total > self.exact_dense_rows
+            if dq is None or every_row:
+                scan = False
+            elif self.exact_dense_rows is not None:  # the user's fixed rule, exactly as set
+                scan = total > self.exact_dense_rows
+            else:
+                scan = dense_path(segs, total, short, self.dim, self.dense_codec)
+                if scan and total <= COST_RULE_ROWS and not probe_chosen:
+                    probe = 1.0  # every row's bits: the lists' recall loss is only worth it at scale
 
             def lexical_and_query() -> tuple:
                 """The lexical scores and the prepared ColBERT query: on the helper thread while

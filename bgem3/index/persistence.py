@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -35,7 +36,6 @@ from .._version import __version__
 from ..fingerprint import same_model_name
 from .codecs import COLBERT_CODECS, DENSE_CODECS, ColbertCodec
 from .errors import IndexFormatError, SaveConflict
-from . import bm25 as _bm25  # noqa: F401 - registers the BM25 lexical channel, so a saved BM25 index loads
 from .lexical import LexicalChannel, lexical_channel_from_config
 from .locking import DEFAULT_LOCK_TIMEOUT, LOCK_NAME, try_lock_dir, writer_lock
 from .search import CHANNELS
@@ -116,10 +116,7 @@ def _writable_target(directory: Any, what: str) -> tuple[Path, Optional[dict]]:
 
 def _spilled(index: Any) -> dict:
     """``{segment name: folder}`` of the segments :func:`spill_tail` wrote and no save committed yet."""
-    sp = getattr(index, "_spilled", None)
-    if sp is None:
-        sp = index._spilled = {}
-    return sp
+    return index._spilled
 
 
 def _close_all(fds: dict) -> None:
@@ -137,10 +134,8 @@ def _pending_locks(index: Any) -> dict:
     wrote, so that another writer's cleanup leaves it alone while this process lives (and while
     the handle does: a handle dropped without a save releases them, and the next save removes
     the segments)."""
-    d = getattr(index, "_pending_fds", None)
-    if d is None:
-        d = index._pending_fds = {}
-    if not getattr(index, "_pending_finalizer", None):
+    d = index._pending_fds
+    if index._pending_finalizer is None:
         import weakref
 
         index._pending_finalizer = weakref.finalize(index, _close_all, d)
@@ -192,7 +187,7 @@ def spill_tail(index: Any, directory: Any, *, lock_timeout: Optional[float] = DE
             created = not target.exists()
             target.mkdir(parents=True, exist_ok=True)
             if created:
-                index._spill_created = getattr(index, "_spill_created", set()) | {target}
+                index._spill_created = index._spill_created | {target}
             name = new_name("seg")
             # the segment folder is created and locked under the writer lock: another writer's cleanup
             # (which runs under it) sees either no folder or a locked one, never an unlocked new one
@@ -233,7 +228,7 @@ def discard_spilled(index: Any) -> None:
         remove_ours([folder / SEGMENT_DIR / name for name, folder in spilled.items()])
         _release_pending(index, list(spilled))
         spilled.clear()
-        for folder in folders & getattr(index, "_spill_created", set()):
+        for folder in folders & index._spill_created:
             _remove_created(folder)
         index._spill_created = set()
 
@@ -241,9 +236,15 @@ def discard_spilled(index: Any) -> None:
 def _mark_base(index: Any, generation: int) -> None:
     """Remember what this handle's saved state is (generation, and each segment's tombstones as
     committed): a later save computes its own changes against it."""
-    index._base = {"generation": int(generation),
-                   "segments": {sg.name: (sg, np.array(sg.dead[:sg.n], dtype=bool)) for sg in index._segments
-                                if sg.name not in _spilled(index)}}
+    index._base = base_state(generation, index._segments, index._spilled)
+
+
+def base_state(generation: int, segments: list, spilled: Any = ()) -> dict:
+    """A handle's base commit: the generation and each committed segment's tombstones as committed
+    (``spilled``: names of uncommitted segments, left out)."""
+    return {"generation": int(generation),
+            "segments": {sg.name: (sg, np.array(sg.dead[:sg.n], dtype=bool)) for sg in segments
+                         if sg.name not in spilled}}
 
 
 def _ids_at(seg: Any, rows: np.ndarray) -> list[str]:
@@ -325,7 +326,7 @@ def _current_codec(index: Any, target: Path, current: dict, adding: bool) -> Any
         return index.codec
     crec = current.get("codec")
     cdir = crec.get("dir") if isinstance(crec, dict) else None
-    if cdir is None or cdir == getattr(index, "_codec_dir", None):
+    if cdir is None or cdir == index._codec_dir:
         return index.codec
     theirs = _load_codec(target, current, index.colbert_codec, index.colbert_dim)
     if index.codec.fitted and adding and not np.array_equal(theirs.params()["rotation"],
@@ -358,7 +359,7 @@ def _save_locked(index: Any, target: Path, attachments: Optional[dict]) -> None:
                            "replaced by another index (a save of a new HybridIndex, or bgem3 index --rebuild). "
                            "Nothing was written. Load the folder again, or save this index to another folder")
     same_home = v2 and old_manifest.get("index_uuid") == index._uuid and index._home == target
-    base = getattr(index, "_base", None)
+    base = index._base
     if same_home and (base is None or base["generation"] != old_manifest.get("generation")):
         if base is None:
             raise SaveConflict(f"cannot save to {str(target)!r}: this handle does not know which commit it started "
@@ -416,7 +417,7 @@ def _write_and_commit(index: Any, target: Path, old_manifest: Optional[dict], sa
     # small-segment merge: many tiny segments (one per small save, or the spills of a long
     # `bgem3 index` run) slow every search down; once there are MERGE_MIN_TINY segments under
     # 1/64 of the rows, the live rows of the smallest of them, up to MERGE_BYTES, join the tail
-    compacting = bool(getattr(index, "_compact_pending", False))
+    compacting = index._compact_pending
     total = sum(sg.n for sg in index._segments) + index._tail.n
     spilled = _spilled(index)
     tiny = [sg for sg in index._segments if sg.n * 64 < total and sg.name not in spilled]
@@ -660,6 +661,29 @@ def _load_codec(root: Path, m: dict, colbert_codec: str, colbert_dim: int) -> Co
     return codec
 
 
+@dataclass
+class SavedIndex:
+    """What :func:`load_index` read and checked of a saved (format 2) index: its configuration, its
+    opened segments and the commit they are (``generation``); :meth:`HybridIndex.from_saved
+    <bgem3.index.hybrid.HybridIndex.from_saved>` builds the handle from it."""
+
+    root: Path
+    uuid: str
+    generation: int
+    encoder: Any
+    model_name: str
+    dim: int
+    colbert_dim: int
+    vocab_size: Optional[int]
+    channels: tuple
+    lexical: Optional[LexicalChannel]
+    dense_codec: str
+    colbert_codec: str
+    codec: Optional[ColbertCodec]
+    codec_dir: Optional[str]  # the committed codec's folder (a quantised ColBERT codec), else None
+    segments: list = field(default_factory=list)  # DiskSegment, in manifest order
+
+
 def check_unique_ids(root: Any, segments: list) -> None:
     """Every live id is in exactly one row over all ``segments`` (an upsert kills the old row):
     a segment listed under two names, or rows that escaped their tombstones, fail here."""
@@ -713,6 +737,8 @@ def _load_manifest(cls: Any, root: Path, m: dict, encoder: Any, load_encoder: bo
         if not isinstance(lex, dict):
             raise bad(root, "manifest field 'lexical' is not an object")
         try:
+            if lex.get("kind") == "bm25":  # registers the BM25 channel; imported only for an index that has it
+                from . import bm25  # noqa: F401 - (its module costs a fresh process's first load ~7 ms)
             lexical = lexical_channel_from_config(lex.get("kind"), lex.get("config"))
         except (ValueError, TypeError) as exc:
             raise IndexFormatError(f"the index at {str(root)!r}: {exc}") from None
@@ -730,42 +756,22 @@ def _load_manifest(cls: Any, root: Path, m: dict, encoder: Any, load_encoder: bo
     enc = state["encoder"] = _resolve_load_encoder(root, name, dim, encoder, load_encoder, allow_model_mismatch,
                                                    encoder_kwargs)
 
-    index = cls.__new__(cls)
-    index.encoder = enc
-    index.model_name, index.dim, index.colbert_dim, index.vocab_size = name, dim, colbert_dim, vocab_size
-    index.channels = tuple(c for c in CHANNELS if c in channels)
-    index.lexical = lexical
-    index.colbert_codec, index.dense_codec = colbert_codec, dense_codec
-    from .dense_lists import DEFAULT_PROBE
-    from .hybrid import DEFAULT_EXACT_DENSE_ROWS
-
-    index.exact_dense_rows = DEFAULT_EXACT_DENSE_ROWS
-    index.dense_probe = DEFAULT_PROBE
-    index.codec = None
-    index._codec_dir = None
-    if "colbert" in index.channels:
-        index.codec = _load_codec(root, m, colbert_codec, colbert_dim)
+    chans = tuple(c for c in CHANNELS if c in channels)
+    codec, codec_dir = None, None
+    if "colbert" in chans:
+        codec = _load_codec(root, m, colbert_codec, colbert_dim)
         crec = m.get("codec")
-        index._codec_dir = crec["dir"] if index.codec.quantized and isinstance(crec, dict) else None
-    import threading
-
-    index._lock = threading.RLock()
-    index._tail = index._new_tail()
+        codec_dir = crec["dir"] if codec.quantized and isinstance(crec, dict) else None
     names = set()
     opened = []
     for rec in segments:
-        seg = open_segment(root, rec, dense=(dim, dense_codec) if "dense" in index.channels else None,
-                           lexical_extras=extras if "lexical" in index.channels else None, codec=index.codec,
+        seg = open_segment(root, rec, dense=(dim, dense_codec) if "dense" in chans else None,
+                           lexical_extras=extras if "lexical" in chans else None, codec=codec,
                            vocab_size=vocab_size, verify=verify)
         if seg.name in names:
             raise bad(root, f"segment {seg.name} is listed twice")
         names.add(seg.name)
         opened.append(seg)
-    index._segments = opened
-    index._idmap = None
-    index._centroids = None
-    index._home = root
-    index._uuid = uid
     count = _int_field(root, m, "count", lo=0, hi=2**40)
     live = sum(s.n - s.n_dead for s in opened)
     if count != live:
@@ -774,9 +780,10 @@ def _load_manifest(cls: Any, root: Path, m: dict, encoder: Any, load_encoder: bo
     # were read anyway (those checked at open); the id map checks them all when it is first built
     checked = opened if verify else [sg for sg in opened if sg._ids is not None]
     check_unique_ids(root, checked)
-    index._spilled, index._spill_created, index._pending_fds = {}, set(), {}
-    _mark_base(index, m.get("generation", 0))
-    return index
+    return cls.from_saved(SavedIndex(root=root, uuid=uid, generation=int(m.get("generation", 0)), encoder=enc,
+                                     model_name=name, dim=dim, colbert_dim=colbert_dim, vocab_size=vocab_size,
+                                     channels=chans, lexical=lexical, dense_codec=dense_codec,
+                                     colbert_codec=colbert_codec, codec=codec, codec_dir=codec_dir, segments=opened))
 
 
 def describe(directory: Any) -> dict:

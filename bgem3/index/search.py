@@ -5,7 +5,8 @@ The candidate rule is the BGE-M3 paper's and FlagEmbedding's: the dense top-``ca
 united with the lexical top-``candidates`` (rows that share at least one term); every
 candidate gets every channel's score and the weighted mean (or RRF) ranks them.
 
-Dense scan at scale: above ``exact_dense_rows`` eligible rows the dense top-N is found by
+Dense path: the exact scan of every stored row, or (where :func:`dense_path` estimates it cheaper,
+or above a user's ``exact_dense_rows``) the dense top-N is found by
 Hamming distance over the stored sign bits (``dim/8`` bytes per row; faiss's popcount kernel when
 faiss is installed, numpy otherwise) of the rows in each segment's nearest inverted lists
 (:mod:`bgem3.index.dense_lists`; every row of a segment without lists), the best ``shortlist``
@@ -37,7 +38,7 @@ from .errors import IndexFormatError
 from .lexical import ranges
 from .segment import Segment
 
-__all__ = ["effective_weights", "dense_exact", "dense_candidates", "colbert_scores", "top_positive", "fuse"]
+__all__ = ["effective_weights", "dense_exact", "dense_costs", "dense_path", "dense_candidates", "colbert_scores", "top_positive", "fuse"]
 
 CHANNELS = ("dense", "lexical", "colbert")
 #: float values gathered and converted per scoring chunk (64 MiB of float32)
@@ -195,6 +196,52 @@ def dense_exact(seg: Segment, q: np.ndarray, rows: Optional[np.ndarray] = None) 
     for a in range(0, len(d), step):
         out[a:a + step] = np.asarray(d[a:a + step], dtype=np.float32) @ q
     return out
+
+
+#: the dense cost model (:func:`dense_path`), in nanoseconds, fitted to benchmarks/dense_path_cost.py on
+#: a 2-core VM at one thread (docs/benchmarks_index.md, "Exact scan or Hamming path"): the exact scan
+#: per stored value (float16 rows are converted to float32 first: ~25x a float32 value, which is read
+#: from cache at these sizes), the Hamming scan per sign-bit byte, the rescoring per value of a
+#: gathered shortlist row, and the Hamming path's fixed part
+EXACT_NS_PER_VALUE = {"float32": 0.06, "float16": 1.55}
+HAMMING_NS_PER_BYTE = 0.15
+RESCORE_NS_PER_VALUE = {"float32": 0.19, "float16": 1.5}
+HAMMING_FIXED_NS = 30_000.0
+#: below this many eligible rows a search that lets the cost model choose scans every row's sign
+#: bits (``dense_probe`` = 1) instead of probing the inverted lists: the lists keep 0.96-0.97 of the
+#: exact top-10 on 20,000 real MiniLM vectors at probe 0.2, a price paid for speed at scale only; the
+#: full bit scan keeps 0.997-1.0 of it at 5,000-50,000 rows (docs/benchmarks_index.md)
+COST_RULE_ROWS = 50_000
+
+
+def dense_costs(rows: int, eligible: int, shortlist: int, dim: int, codec: str) -> tuple[float, float]:
+    """Estimated ``(exact, hamming)`` nanoseconds of the dense candidates over ``rows`` stored rows of
+    which ``eligible`` can be returned: the exact scan reads every stored value; the Hamming path
+    reads every row's ``dim/8`` sign-bit bytes and rescores ``min(shortlist, eligible)`` gathered rows.
+
+    >>> e, h = dense_costs(10_000, 10_000, 1000, 1024, "float16")
+    >>> h < e
+    True
+    >>> e, h = dense_costs(4_000, 4_000, 1000, 384, "float32")  # float32 rows, cached: exact is cheaper
+    >>> h < e
+    False
+    """
+    exact = rows * dim * EXACT_NS_PER_VALUE[codec]
+    hamming = (HAMMING_FIXED_NS + rows * ((dim + 7) // 8) * HAMMING_NS_PER_BYTE
+               + min(shortlist, eligible) * dim * RESCORE_NS_PER_VALUE[codec])
+    return exact, hamming
+
+
+def dense_path(segments: Sequence[Segment], eligible: int, shortlist: int, dim: int, codec: str) -> bool:
+    """Whether the dense candidates should come from the Hamming path (``True``) rather than the exact
+    scan, by :func:`dense_costs`: never when the shortlist would rescore every eligible row anyway
+    (the exact scan is then the same answer for less work); always above :data:`COST_RULE_ROWS`."""
+    if eligible <= shortlist:
+        return False
+    if eligible > COST_RULE_ROWS:
+        return True
+    exact, hamming = dense_costs(sum(int(s.n) for s in segments), eligible, shortlist, dim, codec)
+    return hamming < exact
 
 
 def _faiss_reads(bits: np.ndarray) -> bool:
