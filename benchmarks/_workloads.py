@@ -311,7 +311,7 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
             report["skipped"]["bgem3 torch bf16"] = "this CPU has no avx512_bf16/AMX: bf16 runs emulated (~5x slower than fp32)"
     if "bgem3-int8" in systems:
         t0 = time.perf_counter()
-        q = Encoder(path, device="cpu", dtype="int8", max_length=args.max_length)
+        q = Encoder(path, device="cpu", dtype="int8", backend="torch", max_length=args.max_length)
         report["int8_load_s"] = time.perf_counter() - t0
         report["int8_quantization"] = {k: v for k, v in q.quantization.items() if k != "layer_rel_error"}
         tools["bgem3 int8"] = ours(q)
@@ -320,7 +320,8 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
                                 ("bgem3-onnx-int8", "bgem3 onnx int8 (dynamic)",
                                  {"backend": "onnx", "model_kwargs": {"file_name": "onnx/model_qint8.onnx"}}),
                                 ("bgem3-openvino", "bgem3 openvino fp32", {"backend": "openvino"}),
-                                ("bgem3-openvino-bf16", "bgem3 openvino bf16", {"backend": "openvino", "dtype": "bf16"})):
+                                ("bgem3-openvino-bf16", "bgem3 openvino bf16", {"backend": "openvino", "dtype": "bf16"}),
+                                ("bgem3-openvino-int8", "bgem3 openvino int8 (NNCF)", {"backend": "openvino", "dtype": "int8"})):
         if sys_name not in systems:
             continue
         try:
@@ -534,8 +535,9 @@ MINILM_SYSTEMS = {
     "bgem3 openvino fp32": {"backend": "openvino"},
     "bgem3 openvino bf16": {"backend": "openvino", "dtype": "bf16"},
     "bgem3 onnx int8 (dynamic)": {"backend": "onnx", "model_kwargs": {"file_name": "onnx/model_qint8.onnx"}},
-    "bgem3 torch bf16": {"dtype": "bf16"},
-    "bgem3 torch int8": {"dtype": "int8"},
+    "bgem3 openvino int8 (NNCF)": {"backend": "openvino", "dtype": "int8"},
+    "bgem3 torch bf16": {"dtype": "bf16", "backend": "torch"},
+    "bgem3 torch int8": {"dtype": "int8", "backend": "torch"},
 }
 
 

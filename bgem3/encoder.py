@@ -306,11 +306,13 @@ class Encoder:
         if self.backend_name != "torch" and self.device.type != "cpu":
             raise ValueError(f"backend={self.backend_name!r} runs on CPU here (device={device!r}); use backend='torch' "
                              "on GPUs")
-        if self.backend_name != "torch" and self.dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"dtype={dtype!r} with backend={self.backend_name!r}: the graph backends run fp32 "
-                             "(or bf16 on OpenVINO); for an int8 graph pass model_kwargs={'file_name': "
-                             "'onnx/model_qint8.onnx'} (made by `bgem3 export --backend onnx --quantize int8`), "
-                             "or use backend='torch' with dtype='int8'")
+        if self.backend_name == "onnx" and self.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype={dtype!r} with backend='onnx': ONNX Runtime runs fp32 here (its dynamic int8 "
+                             "graph fails the fidelity gates); for int8 use backend='openvino' (NNCF static int8) or "
+                             "backend='torch', or name the dynamic graph with model_kwargs={'file_name': "
+                             "'onnx/model_qint8.onnx'} (made by `bgem3 export --backend onnx --quantize int8`)")
+        if self.backend_name == "openvino" and self.dtype not in (torch.float32, torch.bfloat16, torch.qint8):
+            raise ValueError(f"dtype={dtype!r} with backend='openvino': OpenVINO runs fp32, bf16 or int8 here")
         if self.backend_name == "onnx" and self.dtype == torch.bfloat16:
             raise ValueError("dtype='bf16' with backend='onnx' is not supported (ONNX Runtime runs the graph's own "
                              "precision); use backend='openvino' with dtype='bf16', or backend='torch'")
@@ -407,7 +409,11 @@ class Encoder:
             self._packed = None
             if self.graph is None:
                 self.graph = self._load_graph(trust_remote_code)
-        if self.dtype == torch.qint8:  # int8: loaded in fp32 above, now calibrated + quantised
+        if self.dtype == torch.qint8 and self.backend_name == "openvino":  # the NNCF graph: how it was made
+            from .quant.openvino_int8 import graph_report
+
+            self.quantization = graph_report(self.graph.path)
+        if self.dtype == torch.qint8 and self.backend_name == "torch":  # int8: loaded in fp32, now quantised
             from .quant import quantize_encoder
 
             quantize_encoder(self)
@@ -496,7 +502,19 @@ class Encoder:
             from .backends.export import export_dir_for, export_graph
 
             out_dir = export_dir_for(self.model_dir)
-            graph_file = None if opts.get("export") else find_graph_file(self.model_dir, name, opts, also=[out_dir])
+            int8 = self.dtype == torch.qint8  # OpenVINO's NNCF int8 graph: bgem3's own export unless file_name names one
+            graph_file = None if opts.get("export") or (int8 and not opts.get("file_name")) \
+                else find_graph_file(self.model_dir, name, opts, also=[out_dir])
+            if graph_file is None and int8:
+                from .backends.export import QUANTIZED_FILES
+
+                cached = os.path.join(out_dir, "openvino", QUANTIZED_FILES["openvino"])
+                if opts.get("export") is False and not os.path.isfile(cached):
+                    raise ValueError(f"dtype='int8' with backend='openvino' runs bgem3's NNCF int8 graph, which is not "
+                                     f"in the cache yet ({cached}) and model_kwargs['export'] is False; run "
+                                     f"`bgem3 export {self.model_dir} --backend openvino --quantize int8` or drop export=False")
+                graph_file = export_graph(self.model_dir, name, out_dir, quantize="int8", reuse=not opts.get("export"),
+                                          trust_remote_code=trust_remote_code)
             if graph_file is None:
                 if opts.get("export") is False:
                     raise ValueError(f"{self.model_dir!r} has no {name} graph (onnx/model.onnx or "
@@ -504,12 +522,13 @@ class Encoder:
                                      f"run `bgem3 export {self.model_dir} --backend {name}` or drop export=False")
                 graph_file = export_graph(self.model_dir, name, out_dir, reuse=not opts.get("export"),
                                           trust_remote_code=trust_remote_code)
-            precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
+            # int8 graph: the layers left out of int8 run bf16 where the CPU computes bf16 natively
+            precision = "bf16" if self.dtype == torch.bfloat16 or (int8 and cpu_has_fast_bf16()) else "fp32"
             graph = load_graph_backend(name, graph_file, threads=torch.get_num_threads(), options=opts,
                                        precision=precision)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
-        logger.info("backend=%s (%s): running %s", name, precision, graph_file)
+        logger.info("backend=%s (%s): running %s", name, f"int8, the rest {precision}" if int8 else precision, graph_file)
         return graph
 
     def _load_heads(self) -> tuple[torch.nn.Linear, torch.nn.Linear]:

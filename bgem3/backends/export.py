@@ -13,8 +13,9 @@ explicitly (and ``--output`` writes the sentence-transformers layout into any fo
 
 Example::
 
+    >>> import os
     >>> from bgem3.backends.export import cache_dir
-    >>> cache_dir().endswith("bgem3")
+    >>> os.path.isabs(cache_dir())  # ~/.cache/bgem3 unless $BGEM3_CACHE_DIR / $XDG_CACHE_HOME say otherwise
     True
 """
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["cache_dir", "export_dir_for", "export_graph", "cached_graph", "QUANTIZED_FILES"]
 
 #: The file each backend's int8 export gets (sentence-transformers' names).
-QUANTIZED_FILES = {"onnx": "model_qint8.onnx"}
+QUANTIZED_FILES = {"onnx": "model_qint8.onnx", "openvino": "openvino_model_qint8_quantized.xml"}
 #: bump when the exported graph changes, so old cache entries are not reused
 EXPORT_VERSION = "1"
 
@@ -57,31 +58,41 @@ def export_dir_for(model_dir: str) -> str:
     return os.path.join(cache_dir(), "exports", f"{safe}-v{EXPORT_VERSION}-{digest}")
 
 
-def cached_graph(model_dir: str, backend: str, *, quantize: Optional[str] = None) -> str:
+def cached_graph(model_dir: str, backend: str, *, quantize: Optional[str] = None,
+                 trust_remote_code: bool = False) -> str:
     """The cached graph of ``model_dir`` for ``backend``, exported now if it is not there yet."""
-    return export_graph(model_dir, backend, export_dir_for(model_dir), quantize=quantize, reuse=True)
+    return export_graph(model_dir, backend, export_dir_for(model_dir), quantize=quantize, reuse=True,
+                        trust_remote_code=trust_remote_code)
 
 
 def export_graph(model_dir: str, backend: str, out_dir: str, *, quantize: Optional[str] = None, reuse: bool = False,
-                 trust_remote_code: bool = False) -> str:
+                 trust_remote_code: bool = False, calibration: Optional[str] = None) -> str:
     """Write ``model_dir``'s transformer as a ``backend`` graph under ``out_dir`` (sentence-transformers'
     layout: ``onnx/model.onnx``, ``openvino/openvino_model.xml``); the graph file's path.
 
-    ``quantize="int8"``: also write ONNX Runtime's dynamic int8 graph (``onnx/model_qint8.onnx``,
-    per-channel weights) and return that. ``reuse``: keep a graph already there.
+    ``quantize="int8"``: also write the int8 graph and return that: for OpenVINO, NNCF's static
+    quantisation calibrated on real text (``openvino/openvino_model_qint8_quantized.xml``, what
+    ``dtype="int8"`` runs on VNNI CPUs; :mod:`bgem3.quant.openvino_int8`), ``calibration`` a file of
+    texts (one per line) instead of the built-in set; for ONNX Runtime, its dynamic int8 graph
+    (``onnx/model_qint8.onnx``, per-channel weights; it fails the fidelity gates, see
+    docs/benchmarks_encode.md). ``reuse``: keep a graph already there.
     """
     if backend not in DEFAULT_FILES:
         raise ValueError(f"backend={backend!r} cannot be exported; use 'onnx' or 'openvino'")
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize={quantize!r} is not supported; use 'int8' or None")
-    if quantize and backend != "onnx":
-        raise ValueError("--quantize int8 is available for --backend onnx (ONNX Runtime dynamic int8); OpenVINO's "
-                         "int8 export needs NNCF, which bgem3 does not use. For a fast CPU path use dtype='bf16' "
-                         "with backend='openvino', or the torch backend's dtype='int8'")
+    if calibration is not None and not (quantize and backend == "openvino"):
+        raise ValueError("calibration texts are for --backend openvino --quantize int8 (NNCF's static int8); "
+                         "ONNX Runtime's dynamic int8 and the fp32 graphs take none")
     sub, name = DEFAULT_FILES[backend]
-    final = os.path.join(out_dir, sub, QUANTIZED_FILES["onnx"] if quantize else name)
+    final = os.path.join(out_dir, sub, QUANTIZED_FILES[backend] if quantize else name)
     if reuse and os.path.isfile(final):
         return final
+    if quantize and backend == "openvino":
+        from ..quant.openvino_int8 import calibration_texts, check_nncf
+
+        check_nncf()  # before the long export
+        texts = calibration_texts(calibration)  # a bad file is refused before the export too
     if backend == "onnx":
         try:
             import onnxruntime  # noqa: F401  (what runs the graph; checked before the long export)
@@ -107,6 +118,9 @@ def export_graph(model_dir: str, backend: str, out_dir: str, *, quantize: Option
             os.replace(os.path.join(tmp, name), fp32)
     if not quantize:
         return fp32
+    if backend == "openvino":
+        _quantize_openvino(model_dir, fp32, final, texts, trust_remote_code)
+        return final
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(dir=os.path.join(out_dir, sub), prefix=".quant-") as tmp:
@@ -114,6 +128,38 @@ def export_graph(model_dir: str, backend: str, out_dir: str, *, quantize: Option
         quantize_dynamic(fp32, part, weight_type=QuantType.QInt8, per_channel=True)
         os.replace(part, final)
     return final
+
+
+def _quantize_openvino(model_dir: str, fp32: str, final: str, texts, trust_remote_code: bool) -> None:
+    """NNCF's int8 graph of ``fp32`` into ``final`` (+ ``.bin``, and ``.json``: how it was made)."""
+    import json
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..quant.openvino_int8 import quantize_openvino_graph
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    limits = [512]  # calibration texts are passages: 512 tokens is enough, and bounds the statistics' memory
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if tok_max and tok_max < 1_000_000:
+        limits.append(int(tok_max))
+    max_pos = getattr(config, "max_position_embeddings", None)
+    if max_pos:  # RoBERTa-style positions start after the padding index
+        roberta = getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
+        limits.append(int(max_pos) - (int(getattr(config, "pad_token_id", 1) or 0) + 1 if roberta else 0))
+    max_length = min(limits)
+    folder = os.path.dirname(final)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".quant-") as tmp:
+        part = os.path.join(tmp, os.path.basename(final))
+        logger.info("quantising %s to int8 (NNCF, calibrated on %d texts) into %s; delete that file to redo it",
+                    fp32, len(texts), final)
+        report = quantize_openvino_graph(fp32, part, tokenizer, texts=texts, max_length=max_length)
+        with open(part[:-4] + ".json", "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1)
+        for ext in (".json", ".bin"):  # the .xml last: its presence means the graph is complete
+            os.replace(part[:-4] + ext, final[:-4] + ext)
+        os.replace(part, final)
 
 
 def _load_fp32(model_dir: str, trust_remote_code: bool):

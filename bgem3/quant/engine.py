@@ -94,6 +94,19 @@ def _warn_once() -> None:
         "(the ~3.5x bulk target) need a CPU with AVX512_VNNI / AVX_VNNI or AMX", ", ".join(sorted(int8_cpu_features())) or "no AVX2")
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (NNCF's import is slow)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def fast_path(dtype_name: str) -> tuple[str, str]:
     """Which engine runs ``dtype="bf16"`` / ``"int8"`` on this CPU when no ``backend=`` is given:
     ``(backend, why)``, by the measurements in docs/benchmarks_encode.md (fastest path that keeps the
@@ -101,15 +114,17 @@ def fast_path(dtype_name: str) -> tuple[str, str]:
 
     * ``bf16`` on a CPU with AVX512_BF16 / AMX, with OpenVINO installed: ``"openvino"`` (OpenVINO bf16,
       measured ~1.7x PyTorch bf16 and closer to fp32); else ``"torch"`` (PyTorch bf16).
-    * ``int8``: ``"torch"`` (SmoothQuant + FBGEMM, bgem3.quant); ONNX Runtime's dynamic int8 is faster
-      but fails the gates (dense cosine min 0.985, top-10 0.92), so it is only used when asked for by
+    * ``int8`` on a CPU with VNNI / AMX, with OpenVINO and NNCF installed: ``"openvino"`` (NNCF's
+      static int8 graph, :mod:`bgem3.quant.openvino_int8`, made once into the export cache); else
+      ``"torch"`` (SmoothQuant + FBGEMM, bgem3.quant). ONNX Runtime's dynamic int8 fails the gates
+      (dense cosine min 0.985, top-10 0.92), so it is only used when asked for by
       ``model_kwargs={"file_name": "onnx/model_qint8.onnx"}``.
 
     Example::
 
         >>> from bgem3.quant.engine import fast_path
-        >>> fast_path("int8")[0]
-        'torch'
+        >>> fast_path("int8")[0] in ("torch", "openvino")
+        True
     """
     if dtype_name == "bf16":
         from ..encoder import cpu_has_fast_bf16
@@ -122,5 +137,11 @@ def fast_path(dtype_name: str) -> tuple[str, str]:
             return "torch", "OpenVINO is not installed (pip install 'bgem3[openvino]' for the faster bf16 path)"
         return "openvino", "OpenVINO bf16 is the fastest path that keeps the fidelity gates on this CPU (avx512_bf16/AMX)"
     if dtype_name == "int8":
-        return "torch", "PyTorch int8 (SmoothQuant + FBGEMM) is the only int8 path that keeps the fidelity gates"
+        if not has_vnni():
+            return "torch", "no VNNI/AMX here: PyTorch int8 (SmoothQuant + FBGEMM, 7-bit activations) keeps the gates"
+        if not (_installed("openvino") and _installed("nncf")):
+            return "torch", ("OpenVINO/NNCF are not installed (pip install 'bgem3[openvino]' for the faster int8 "
+                             "graph); PyTorch int8 (SmoothQuant + FBGEMM)")
+        return "openvino", ("OpenVINO int8 (NNCF static quantisation, 1/3 of the linear FLOPs kept bf16/fp32) is "
+                            "the fastest int8 that keeps the fidelity gates on this CPU (VNNI)")
     return "torch", "exact"
