@@ -583,7 +583,7 @@ def minilm_fidelity(log, n_docs: int = 300) -> dict:
     docs = real_passages(n_docs)
     queries = real_queries(50)
     fp = Encoder(minilm_path(), device="cpu")
-    q8 = Encoder(minilm_path(), device="cpu", dtype="int8")
+    q8 = Encoder(minilm_path(), device="cpu", dtype="int8", backend="torch")
     d_ref, d8 = fp.encode(docs, show_progress=False).dense, q8.encode(docs, show_progress=False).dense
     q_ref, q_8 = fp.encode(queries, show_progress=False).dense, q8.encode(queries, show_progress=False).dense
     res = {"docs": len(docs), "queries": len(queries), "dense": dense_fidelity(d_ref, d8),
@@ -598,7 +598,7 @@ def minilm_fidelity(log, n_docs: int = 300) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = make_trained_m3_checkpoint(tmp)
-        fp, q8 = Encoder(path, device="cpu"), Encoder(path, device="cpu", dtype="int8")
+        fp, q8 = Encoder(path, device="cpu"), Encoder(path, device="cpu", dtype="int8", backend="torch")
         a, b = fp.encode(docs, sparse=True, colbert=True, show_progress=False), q8.encode(docs, sparse=True, colbert=True, show_progress=False)
         qa, qb = fp.encode(queries, show_progress=False).dense, q8.encode(queries, show_progress=False).dense
         m3 = {"docs": len(docs), "dense": dense_fidelity(a.dense, b.dense), "top10_agreement": topk_agreement(qa @ a.dense.T, qb @ b.dense.T),

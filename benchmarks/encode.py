@@ -93,7 +93,7 @@ def int8_encoder(path: str, device: str, max_length: int):
     """``Encoder(..., dtype="int8")`` (bgem3.quant: smoothing, per-token activations, sensitive layers fp32)."""
     from bgem3 import Encoder
 
-    return Encoder(path, device=device, dtype="int8", max_length=max_length)
+    return Encoder(path, device=device, dtype="int8", max_length=max_length, backend="torch")
 
 
 def int8_dynamic_encoder(path: str, device: str, max_length: int):

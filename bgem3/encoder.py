@@ -608,6 +608,13 @@ class Encoder:
                     "batch_size": self.batch_size, "max_tokens_per_batch": self.max_tokens_per_batch}
             if self.max_length != self.model_max_length:
                 opts["max_length"] = self.max_length
+            # the engine as the user chose it: named (kept, so an unpickled copy runs the same graph), or
+            # picked for the dtype on this CPU (left out, so it is picked again for the CPU that unpickles it)
+            backend, backend_options = getattr(self, "backend_name", "torch"), getattr(self, "_backend_options", {})
+            if getattr(self, "backend_reason", None) is None and (backend != "torch" or opts["dtype"] != "fp32"):
+                opts["backend"] = backend
+            if backend_options:
+                opts["backend"], opts["model_kwargs"] = backend, dict(backend_options)
         path = self.path if os.path.isdir(self.path) else os.fspath(self.model_name)
         return path, dict(opts)
 

@@ -171,6 +171,22 @@ def test_the_folders_own_graph_is_used_and_file_name_picks_another(m3_path, tmp_
         Encoder(folder, backend="onnx", model_kwargs={"file_name": "../m3/onnx/model.onnx"})
 
 
+def test_a_pickled_encoder_loads_again_on_the_backend_and_graph_it_was_given(m3_path, tmp_path):
+    """The engine is a user's choice: an encoder unpickled in another process (the restore path, not the
+    live one) runs the same backend, graph file and, for a named torch int8, the same engine."""
+    from bgem3.encoder import _restore_encoder
+
+    folder = _copy(m3_path, str(tmp_path / "m3"))
+    Encoder(folder, backend="onnx")  # exports the graph into the cache
+    enc = Encoder(folder, backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"})
+    again = _restore_encoder("no-live-token", *enc._load_spec())
+    assert again is not enc and again.backend_name == "onnx" and again.graph.path == enc.graph.path
+    ov = Encoder(folder, backend="openvino")
+    assert _restore_encoder("no-live-token", *ov._load_spec()).backend_name == "openvino"
+    torch_int8 = Encoder(folder, dtype="int8", backend="torch")
+    assert _restore_encoder("no-live-token", *torch_int8._load_spec()).backend_name == "torch"
+
+
 def test_export_once_into_the_cache_then_reuse(m3_path, tmp_path, monkeypatch):
     from bgem3.backends import export as export_mod
 
