@@ -1,5 +1,7 @@
-"""argparse ``type=`` converters shared by ``bgem3`` (``bgem3/cli.py``) and ``bgem3 serve``
-(``bgem3/serve/cli.py``): one place, imported by both, so neither imports the other.
+"""The argument machinery shared by ``bgem3`` (``bgem3/cli.py``) and ``bgem3 serve``
+(``bgem3/serve/cli.py``): one place, imported by both, so neither imports the other. It holds the
+``type=`` converters, the user-facing error (:class:`CLIError`), the parser whose usage errors are one
+line (:class:`OneLineParser`) and ``--backend`` / ``--backend-file`` as Encoder options.
 
 Each takes the flag's text and returns the value, or raises ``argparse.ArgumentTypeError`` with
 a message that names the value and what was expected (argparse prefixes the flag).
@@ -22,7 +24,35 @@ import argparse
 import math
 from typing import Any, Callable
 
-__all__ = ["finite_float", "non_negative", "non_negative_seconds", "port", "positive", "positive_seconds"]
+__all__ = ["CLIError", "OneLineParser", "UsageError", "backend_options", "finite_float", "non_negative",
+           "non_negative_seconds", "port", "positive", "positive_seconds"]
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one ``bgem3: error: ...`` line."""
+
+
+class UsageError(CLIError):
+    """A command line argparse could not take (exit status 2)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus the exit status 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--backend`` / ``--backend-file`` as Encoder options (nothing for the default torch backend)."""
+    backend = getattr(args, "backend", None) or "torch"
+    file_name = getattr(args, "backend_file", None)
+    if file_name and backend == "torch":
+        raise CLIError("--backend-file names an ONNX / OpenVINO graph; add --backend onnx or --backend openvino")
+    out: dict[str, Any] = {} if backend == "torch" else {"backend": backend}
+    if file_name:
+        out["model_kwargs"] = {"file_name": file_name}
+    return out
 
 
 def _integer(value: str) -> int:

@@ -17,6 +17,15 @@ import re
 from importlib import metadata
 from typing import Any, Iterator
 
+
+class ModelLoadError(OSError):
+    """A model could not be found or loaded; the message names the input and the fix (defined here, beside
+    the transformers helpers that raise it; ``bgem3.encoder.ModelLoadError`` and ``bgem3.ModelLoadError`` are
+    this class)."""
+
+    __module__ = "bgem3.encoder"  # where users import it from (tracebacks and pickles name it so, as before)
+
+
 #: checkpoint keys bgem3 does not use by design: the BERT/XLM-R pooler (loaded with add_pooling_layer=False)
 #: and old checkpoints' position_ids buffers
 EXPECTED_UNUSED = re.compile(r"^(.*\.)?(pooler\.(dense\.)?(weight|bias)|position_ids)$")
@@ -52,8 +61,6 @@ def transformers_attr(name: str) -> Any:
 
         return getattr(transformers, name)
     except ImportError as exc:
-        from .encoder import ModelLoadError
-
         raise ModelLoadError(transformers_import_message(exc)) from exc
 
 

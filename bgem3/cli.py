@@ -39,6 +39,11 @@ from typing import Any, Iterator, Optional, Sequence, TextIO
 
 from . import __version__
 from ._checks import FUSION_MODES
+# CLIError, the one-line-usage-error parser and --backend's options are shared with `bgem3 serve`
+# (bgem3/serve/cli.py): they live in bgem3/_argtypes.py, so neither CLI imports the other
+from ._argtypes import CLIError, backend_options
+from ._argtypes import OneLineParser as _Parser
+from ._argtypes import UsageError as _UsageError
 from ._argtypes import finite_float as _finite_float
 from ._argtypes import non_negative as _non_negative
 from ._argtypes import positive as _positive
@@ -53,23 +58,9 @@ MODEL_ENV = "BGEM3_MODEL"
 def _default_model() -> str:
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
+
 #: Exit statuses.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class CLIError(Exception):
-    """A user-facing failure: printed as one ``bgem3: error: ...`` line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (plus the exit status 2), like every other error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-class _UsageError(CLIError):
-    pass
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -108,18 +99,6 @@ def _load_encoder(args: argparse.Namespace, model: Optional[str] = None):
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
     return Encoder(_model_arg(model or args.model or _default_model()), device=args.device, dtype=args.dtype, **kwargs)
-
-
-def backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``--backend`` / ``--backend-file`` as Encoder options (nothing for the default torch backend)."""
-    backend = getattr(args, "backend", None) or "torch"
-    file_name = getattr(args, "backend_file", None)
-    if file_name and backend == "torch":
-        raise CLIError("--backend-file names an ONNX / OpenVINO graph; add --backend onnx or --backend openvino")
-    out: dict[str, Any] = {} if backend == "torch" else {"backend": backend}
-    if file_name:
-        out["model_kwargs"] = {"file_name": file_name}
-    return out
 
 
 def _model_token_budget(encoder: Any) -> Optional[int]:

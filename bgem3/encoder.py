@@ -41,7 +41,7 @@ from ._checks import positive_int as _check_positive_int
 from ._dtypes import DTYPE_NAMES, dtype_name
 from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
-from ._hf import quiet_expected_load_report, transformers_attr
+from ._hf import ModelLoadError, quiet_expected_load_report, transformers_attr
 from ._cpu_linear import linear, onednn_active
 from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
 
@@ -72,10 +72,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentenc
 #: Default truncation length of the decoder-only families (FlagLLMModel's / FlagICLModel's
 #: query_max_length and passage_max_length), unless ``max_length`` says otherwise.
 DECODER_DEFAULT_MAX_LENGTH = 512
-
-
-class ModelLoadError(OSError):
-    """A model could not be found or loaded; the message names the input and the fix."""
 
 
 @dataclass
@@ -301,7 +297,8 @@ class Encoder:
                 and not self._backend_options:
             from .quant.engine import fast_path
 
-            choice, self.backend_reason = fast_path("bf16" if self.dtype == torch.bfloat16 else "int8")
+            choice, self.backend_reason = fast_path("bf16" if self.dtype == torch.bfloat16 else "int8",
+                                                    native_bf16=cpu_has_fast_bf16())
             self.backend_name = choice
         if self.backend_name != "torch" and self.device.type != "cpu":
             raise ValueError(f"backend={self.backend_name!r} runs on CPU here (device={device!r}); use backend='torch' "
@@ -1217,13 +1214,6 @@ def cpu_has_fast_bf16() -> bool:
         >>> isinstance(cpu_has_fast_bf16(), bool)
         True
     """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
-    return "AMX" in str(cap).upper()
+    from .quant.engine import _native_bf16
+
+    return _native_bf16()

@@ -38,7 +38,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from ._checks import check_query, check_top_n
+from ._checks import FUSION_MODES as _STORE_FUSION_MODES
+from ._checks import check_query, check_top_n, positive_int
 from .encoder import Encoder
 from .scoring import (
     DEFAULT_WEIGHTS,
@@ -51,7 +52,9 @@ from .scoring import (
 
 __all__ = ["HybridReranker", "RerankResult", "RerankScores", "rerank", "resolve_encoder", "score_candidates"]
 
-FUSION_MODES = ("weighted", "rrf")
+#: how a reranker fuses the channels: the stores' modes (:data:`bgem3._checks.FUSION_MODES`) but ``"auto"``,
+#: which is a store's choice by its channels
+FUSION_MODES = tuple(m for m in _STORE_FUSION_MODES if m != "auto")
 
 
 @dataclass(frozen=True)
@@ -240,9 +243,7 @@ class HybridReranker:
         self.weights = check_weights(weights)
         self.top_n = check_top_n(top_n)
         self.mode = _check_mode(mode)
-        if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, np.integer)) or rrf_k <= 0:
-            raise ValueError(f"rrf_k must be a positive integer; got {rrf_k!r}")
-        self.rrf_k = int(rrf_k)
+        self.rrf_k = positive_int(rrf_k, "rrf_k")
         self.batch_size = batch_size
         self.max_length = max_length
 

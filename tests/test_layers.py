@@ -156,11 +156,6 @@ def test_no_import_circle_among_bgem3_modules():
 DEFERRED_CIRCLE_EDGES = {
     ("bgem3.encoder", "bgem3._loading"): "the one import that runs up a layer: an unpickled Encoder joins the "
                                          "process-wide encoder cache (bgem3.encoder._restore_encoder)",
-    ("bgem3._hf", "bgem3.encoder"): "transformers helpers call back into the encoder's loader (later work)",
-    ("bgem3.quant.engine", "bgem3.encoder"): "the int8 engine reads the encoder's layer code (later work)",
-    ("bgem3.backends", "bgem3.backends.onnx"): "a backend plug-in is imported only when chosen",
-    ("bgem3.backends", "bgem3.backends.openvino"): "a backend plug-in is imported only when chosen",
-    ("bgem3.serve.cli", "bgem3.cli"): "`bgem3 serve` reuses the main CLI's argument helpers",
 }
 
 

@@ -26,13 +26,15 @@ import json
 import os
 from typing import Any, Mapping, Optional, Sequence
 
+# what the runtime plug-ins (onnx.py, openvino.py) share lives in a leaf, so that a plug-in never
+# imports this package back
+from ._base import EXTRAS, GraphBackend, missing_extra
+
 __all__ = ["BACKENDS", "EXTRAS", "BACKEND_OPTIONS", "check_backend", "check_backend_options", "missing_extra",
            "GraphBackend", "load_graph_backend", "find_graph_file"]
 
 #: The forward backends, the default first.
 BACKENDS = ("torch", "onnx", "openvino")
-#: The pip extra each graph backend needs.
-EXTRAS = {"onnx": "onnx", "openvino": "openvino"}
 #: ``model_kwargs`` keys each backend takes (sentence-transformers' names).
 BACKEND_OPTIONS = {
     "torch": (),
@@ -87,12 +89,6 @@ def check_backend_options(backend: str, options: Optional[Mapping[str, Any]]) ->
     return out
 
 
-def missing_extra(backend: str, module: str) -> ImportError:
-    """The error when a graph backend's runtime is not installed: it names the extra."""
-    return ImportError(f"backend={backend!r} needs the {module} package, which is not installed. "
-                       f"Install the extra: pip install 'bgem3[{EXTRAS[backend]}]' (or use backend='torch')")
-
-
 def find_graph_file(folder: str, backend: str, options: Mapping[str, Any], *, also: Sequence[str] = ()) -> Optional[str]:
     """The graph file the user named or the folder ships for ``backend``; ``None`` when there is none.
 
@@ -119,23 +115,6 @@ def find_graph_file(folder: str, backend: str, options: Mapping[str, Any], *, al
         if os.path.isfile(os.path.join(folder, rel)):
             return os.path.join(folder, rel)
     return None
-
-
-class GraphBackend:
-    """A graph runtime that maps padded ``input_ids`` / ``attention_mask`` ``int64 [B, T]`` to the
-    last hidden states ``float32 [B, T, H]``. Subclasses: :class:`~bgem3.backends.onnx.OnnxBackend`,
-    :class:`~bgem3.backends.openvino.OpenVINOBackend`."""
-
-    #: ``"onnx"`` / ``"openvino"``
-    name = ""
-    #: the graph file it runs
-    path = ""
-
-    def hidden_states(self, input_ids, attention_mask):  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path!r})"
 
 
 def load_graph_backend(backend: str, graph_file: str, *, threads: int, options: Mapping[str, Any],

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import GraphBackend, missing_extra
+from ._base import GraphBackend, missing_extra
 from ._inputs import check_inputs, feeds, pick_hidden_output
 
 

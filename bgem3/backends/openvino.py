@@ -12,7 +12,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from . import GraphBackend, missing_extra
+from ._base import GraphBackend, missing_extra
 from ._inputs import check_inputs, feeds, pick_hidden_output
 
 

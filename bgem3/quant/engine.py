@@ -59,6 +59,19 @@ def has_vnni() -> bool:
     return bool(int8_cpu_features() & set(VNNI_FLAGS))
 
 
+def _native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (``avx512_bf16`` or AMX): :func:`bgem3.encoder.cpu_has_fast_bf16`,
+    which :func:`fast_path` takes as ``native_bf16`` (passed in, so this module never imports the encoder)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return "AMX" in str(getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()).upper()
+
+
 def select_engine(engines: "list[str] | None" = None) -> str:
     """Pick and activate PyTorch's quantized engine for the int8 layers; the engine's name.
 
@@ -107,7 +120,7 @@ def _installed(module: str) -> bool:
         return False
 
 
-def fast_path(dtype_name: str) -> tuple[str, str]:
+def fast_path(dtype_name: str, *, native_bf16: "bool | None" = None) -> tuple[str, str]:
     """Which engine runs ``dtype="bf16"`` / ``"int8"`` on this CPU when no ``backend=`` is given:
     ``(backend, why)``, by the measurements in docs/benchmarks_encode.md (fastest path that keeps the
     fidelity gates on the real MiniLM: dense cosine median >= 0.999, min >= 0.995, top-10 >= 0.95).
@@ -127,9 +140,9 @@ def fast_path(dtype_name: str) -> tuple[str, str]:
         True
     """
     if dtype_name == "bf16":
-        from ..encoder import cpu_has_fast_bf16
-
-        if not cpu_has_fast_bf16():
+        if native_bf16 is None:  # the caller did not say (bgem3.encoder passes cpu_has_fast_bf16())
+            native_bf16 = _native_bf16()
+        if not native_bf16:
             return "torch", "no avx512_bf16/AMX here: OpenVINO would not run bf16 natively either"
         try:
             import openvino  # noqa: F401

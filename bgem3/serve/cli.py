@@ -223,12 +223,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     reranker_name = getattr(args, "reranker", None)
     model = args.model or (None if reranker_name else "BAAI/bge-m3")
     if model is None and args.max_length is not None:
-        from ..cli import _UsageError
+        from .._argtypes import UsageError
 
-        raise _UsageError("bgem3 serve: --max-length applies to the embedder (--model), which is not served; use "
+        raise UsageError("bgem3 serve: --max-length applies to the embedder (--model), which is not served; use "
                          "--reranker-max-length for the reranker")
     _set_threads(args.threads, args.device)
-    from ..cli import backend_options
+    from .._argtypes import backend_options
 
     encoder = reranker = None
     if model is not None:
