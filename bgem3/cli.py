@@ -133,6 +133,20 @@ def _recover(folder: str) -> None:
         _err(f"bgem3: recovered the index at {folder} from the backup an interrupted save left beside it")
 
 
+def _backup_hint(folder: str) -> str:
+    """For a read command (``search``, ``info``) on a missing folder: a read never renames folders, so a
+    backup that an interrupted bgem3 0.1 save left beside it is only named, with the command that puts it back."""
+    parent, name = os.path.split(folder)
+    try:
+        backups = sorted(e for e in os.listdir(parent or ".") if e.startswith((f".{name}.old-", f".{name}.new-")))
+    except OSError:
+        return ""
+    if not backups:
+        return ""
+    return (f"; an interrupted bgem3 0.1 save left {backups[0]!r} beside it: `bgem3 index PATH... --index {folder}` "
+            "puts it back (or bgem3.index.persistence.recover_interrupted_save)")
+
+
 def _index_model_name(folder: str) -> Optional[str]:
     try:
         with open(os.path.join(folder, "manifest.json"), "r", encoding="utf-8") as fh:
@@ -224,9 +238,9 @@ def _load_index(args: argparse.Namespace, folder: str, manifest: Optional[Manife
     from .index import HybridIndex
 
     _check_link(folder)
-    _recover(folder)
     if not os.path.exists(folder):
-        raise CLIError(f"index folder {folder!r} does not exist; build it with `bgem3 index PATH... --index {folder}`")
+        raise CLIError(f"index folder {folder!r} does not exist; build it with `bgem3 index PATH... --index {folder}`"
+                       + _backup_hint(folder))
     if not os.path.isdir(folder):
         raise CLIError(f"--index {folder!r} is a file, not an index folder")
     if not _is_hybrid_index(folder):
@@ -1111,9 +1125,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     folder = os.path.abspath(os.path.expanduser(args.index))
-    _recover(folder)
     if not os.path.isdir(folder) or not _is_hybrid_index(folder):
-        raise CLIError(f"{args.index!r} is not a bgem3 index folder; build one with `bgem3 index PATH... --index {args.index}`")
+        raise CLIError(f"{args.index!r} is not a bgem3 index folder; build one with `bgem3 index PATH... --index "
+                       f"{args.index}`" + ("" if os.path.exists(folder) else _backup_hint(folder)))
     from .index.persistence import describe
 
     meta = describe(folder)

@@ -397,7 +397,14 @@ def test_cli_recovers_an_index_left_by_an_old_interrupted_swap(tmp_path, capsys)
 
     idx = make()
     write_v1(idx, tmp_path / ".idx.old-1234abcd")  # bgem3 0.1 killed between its two renames
-    assert main(["info", "--index", str(tmp_path / "idx"), "--json"]) == 0
-    out, err = capsys.readouterr()
-    assert json.loads(out)["passages"] == 12 and "recovered" in err
+    # a read (info, search) renames nothing: it names the backup and the command that puts it back
+    for cmd in (["info", "--index", str(tmp_path / "idx"), "--json"], ["search", "q", "--index", str(tmp_path / "idx")]):
+        assert main(cmd) != 0
+        assert ".idx.old-1234abcd" in capsys.readouterr().err
+        assert not (tmp_path / "idx").exists() and (tmp_path / ".idx.old-1234abcd").is_dir()
+    # the writer (`bgem3 index`) puts it back before anything else, even if the run then fails
+    main(["index", str(tmp_path / "no-such-docs"), "--index", str(tmp_path / "idx"), "-q"])
+    assert "recovered" in capsys.readouterr().err
     assert (tmp_path / "idx").is_dir() and not (tmp_path / ".idx.old-1234abcd").exists()
+    assert main(["info", "--index", str(tmp_path / "idx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passages"] == 12

@@ -615,7 +615,7 @@ def load_index(cls: Any, directory: Any, encoder: Any = None, *, load_encoder: b
         backups = [p.name for pat in (f".{root.name}.old-*", f".{root.name}.new-*") for p in root.parent.glob(pat)
                    ] if root.parent.is_dir() else []
         hint = (f"; an interrupted bgem3 0.1 save left {backups[0]!r} beside it: put it back with "
-                f"bgem3.index.persistence.recover_interrupted_save({str(root)!r}) (or any bgem3 command on it)"
+                f"bgem3.index.persistence.recover_interrupted_save({str(root)!r}) (or `bgem3 index` on it)"
                 if backups else "")
         raise FileNotFoundError(f"no saved HybridIndex at {str(root)!r}{hint}")
     # a reader never takes the writer lock: if a commit replaced (and removed) files of the manifest
