@@ -725,35 +725,24 @@ class HybridIndex(StoreBase):
             return getattr(self.lexical, "fusion", "weighted")
         return "weighted"
 
-    def search(
-        self,
-        query: str,
-        k: int = 4,
-        weights: Sequence[float] = DEFAULT_WEIGHTS,
-        *,
-        filter: Optional[Mapping[str, Any]] = None,
-        candidates: int = 100,
-        mode: FusionMode = "auto",
-        rrf_k: int = 60,
-        exhaustive: bool = False,
-    ) -> list[Hit]:
-        """Top-``k`` documents for ``query``, best first (see :meth:`StoreBase.search
-        <bgem3.stores.base.StoreBase.search>` for the arguments). The query is encoded for the
-        channels the index holds; weights of absent channels are ignored (they have no score)."""
-        check_query(query)
-        w, mode = self._search_args(k, weights, candidates, mode, rrf_k)
+    def _search_args(self, k: Any, weights: Sequence[float], candidates: Any, mode: Any,
+                     rrf_k: Any) -> tuple[tuple[float, float, float], str]:
+        """:meth:`StoreBase._search_args` plus the weights of the channels this index holds, so weights that
+        give every present channel 0 are refused before a query is encoded (:meth:`StoreBase.search
+        <bgem3.stores.base.StoreBase.search>` for the arguments; weights of absent channels are ignored)."""
+        w, mode = super()._search_args(k, weights, candidates, mode, rrf_k)
         effective_weights(w, self.channels)
-        enc = self._require_encoder("search")
-        if self._nothing_to_search():
-            return []
+        return w, mode
+
+    def _encode_query(self, encoder: Any, query: str) -> tuple[Any, Any, Any]:
+        """The query encoded for the channels the index holds (the lexical channel may be BM25's own)."""
         want_sparse = bool(self.lexical is not None and self.lexical.uses_sparse_head)
-        out = enc.encode_queries([query], dense="dense" in self.channels, sparse=want_sparse,
-                                 colbert="colbert" in self.channels, **self._query_encode_kwargs)
+        out = encoder.encode_queries([query], dense="dense" in self.channels, sparse=want_sparse,
+                                     colbert="colbert" in self.channels, **self._query_encode_kwargs)
         dq = out.dense[0] if "dense" in self.channels else None
         sq = self.lexical.query_row(query, out) if self.lexical is not None else None
         cq = out.colbert[0] if "colbert" in self.channels else None
-        return self._search_checked(dq, sq, cq, k, w, filter=filter, candidates=candidates, mode=mode,
-                                    rrf_k=rrf_k, exhaustive=exhaustive)
+        return dq, sq, cq
 
     def _check_queries(self, dense_q: Any, sparse_q: Any, colbert_q: Any) -> tuple:
         for name, value, present in (("dense", dense_q, "dense" in self.channels),

@@ -271,7 +271,13 @@ class StoreBase:
         enc = self._require_encoder("search")
         if self._nothing_to_search():
             return []
-        out = enc.encode_queries([query], dense=True, sparse=True, colbert=True, **self._query_encode_kwargs)
-        return self._search_checked(out.dense[0], out.sparse[0], out.colbert[0], k, w,  # type: ignore[attr-defined]
+        dq, sq, cq = self._encode_query(enc, query)
+        return self._search_checked(dq, sq, cq, k, w,  # type: ignore[attr-defined]
                                     filter=filter, candidates=candidates, mode=mode, rrf_k=rrf_k,
                                     exhaustive=exhaustive)
+
+    def _encode_query(self, encoder: Any, query: str) -> tuple[Any, Any, Any]:
+        """``(dense, sparse, colbert)`` of one query, as :meth:`search_encoded` takes them (a store that holds
+        fewer channels encodes fewer: :class:`~bgem3.index.HybridIndex` overrides this)."""
+        out = encoder.encode_queries([query], dense=True, sparse=True, colbert=True, **self._query_encode_kwargs)
+        return out.dense[0], out.sparse[0], out.colbert[0]
