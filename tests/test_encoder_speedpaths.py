@@ -266,5 +266,5 @@ def test_onednn_calls_hooked_modules(monkeypatch):
     cl.linear(lin, torch.randn(16, 8), active=True)
     assert seen == [(16, 8)]
     monkeypatch.setattr(cl, "ONEDNN", True)
-    q = Encoder(minilm_path(), device="cpu", dtype="int8")
+    q = Encoder(minilm_path(), device="cpu", dtype="int8", backend="torch")  # the torch engine calibrates by hooks
     assert q.quantization["int8_layers"] > 0
