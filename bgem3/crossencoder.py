@@ -50,8 +50,8 @@ import torch
 from ._batching import plan_batches, run_batches
 from ._checks import check_pairs as _check_pairs, check_query, check_rank_texts as check_texts, check_top_n
 from ._checks import positive_int as _check_positive_int
-from .encoder import (DTypeLike, Encoder, ModelLoadError, _packed_kind, resolve_device, resolve_dtype,
-                      resolve_model_path)
+from .encoder import (DTypeLike, Encoder, ModelLoadError, _packed_kind, _packed_position_ids, resolve_device,
+                      resolve_dtype, resolve_model_path)
 from .families import (family_for_name, folder_architectures, is_cross_encoder_folder, reranker_for_name)
 from .profiles import M3_HEAD_FILES
 from .types import RankedText
@@ -604,14 +604,7 @@ class Reranker:
         starts = torch.from_numpy(starts_np).to(dev)
         lens = torch.from_numpy(lens_np).to(dev)
         base = self.model.base_model
-        if self._packed == "roberta":
-            pad_idx = base.embeddings.padding_idx
-            nonpad = ids.ne(pad_idx).to(torch.int64)
-            c = torch.cumsum(nonpad, 0)
-            first = (c[starts] - nonpad[starts]).repeat_interleave(lens)
-            pos = (c - first) * nonpad + pad_idx
-        else:
-            pos = local
+        pos = _packed_position_ids(self._packed, base.embeddings, ids, local, starts, lens)
         tt = None
         if batch_tts is not None:
             tt = torch.from_numpy(np.fromiter((t for row in batch_tts for t in row), dtype=np.int64,

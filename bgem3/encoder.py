@@ -963,15 +963,7 @@ class Encoder:
 
         model = self.model
         with torch.inference_mode():
-            if self._packed == "roberta":
-                # as create_position_ids_from_input_ids: count non-pad tokens per text from padding_idx+1
-                pad_idx = model.embeddings.padding_idx
-                nonpad = ids.ne(pad_idx).to(torch.int64)
-                c = torch.cumsum(nonpad, 0)
-                base = (c[starts] - nonpad[starts]).repeat_interleave(lens)
-                pos = (c - base) * nonpad + pad_idx
-            else:
-                pos = local
+            pos = _packed_position_ids(self._packed, model.embeddings, ids, local, starts, lens)
             hidden = model.embeddings(input_ids=ids.unsqueeze(0), position_ids=pos.unsqueeze(0)).squeeze(0)
 
             # attention layout: packed row r of text s sits at padded slot s * width + local[r]
@@ -1124,6 +1116,21 @@ def _restore_encoder(token: str, path: str, options: dict) -> Encoder:
 
 def _dtype_label(dtype: torch.dtype) -> str:
     return _DTYPE_SHORT.get(dtype, str(dtype))
+
+
+def _packed_position_ids(kind: str, embeddings: Any, ids: torch.Tensor, local: torch.Tensor, starts: torch.Tensor,
+                         lens: torch.Tensor) -> torch.Tensor:
+    """Position ids of packed texts (``ids``: all texts' tokens end to end, text ``i`` at ``starts[i]`` for
+    ``lens[i]`` tokens; ``local``: each token's index inside its text), as the padded Hugging Face model gives
+    them: BERT counts from 0 (``local``); XLM-R / RoBERTa (``kind == "roberta"``) count non-pad tokens from
+    ``padding_idx + 1`` and give pad tokens ``padding_idx`` (``create_position_ids_from_input_ids``)."""
+    if kind != "roberta":
+        return local
+    pad_idx = embeddings.padding_idx
+    nonpad = ids.ne(pad_idx).to(torch.int64)
+    c = torch.cumsum(nonpad, 0)
+    first = (c[starts] - nonpad[starts]).repeat_interleave(lens)
+    return (c - first) * nonpad + pad_idx
 
 
 def _exclude_prompt(mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
