@@ -136,15 +136,13 @@ def _recover(folder: str) -> None:
 def _backup_hint(folder: str) -> str:
     """For a read command (``search``, ``info``) on a missing folder: a read never renames folders, so a
     backup that an interrupted bgem3 0.1 save left beside it is only named, with the command that puts it back."""
-    parent, name = os.path.split(folder)
-    try:
-        backups = sorted(e for e in os.listdir(parent or ".") if e.startswith((f".{name}.old-", f".{name}.new-")))
-    except OSError:
-        return ""
+    from .index.persistence import interrupted_save_leftovers
+
+    backups = interrupted_save_leftovers(folder)
     if not backups:
         return ""
-    return (f"; an interrupted bgem3 0.1 save left {backups[0]!r} beside it: `bgem3 index PATH... --index {folder}` "
-            "puts it back (or bgem3.index.persistence.recover_interrupted_save)")
+    return (f"; an interrupted bgem3 0.1 save left {backups[0].name!r} beside it: `bgem3 index PATH... --index "
+            f"{folder}` puts it back (or bgem3.index.persistence.recover_interrupted_save)")
 
 
 def _index_model_name(folder: str) -> Optional[str]:

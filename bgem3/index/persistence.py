@@ -587,16 +587,24 @@ def _resolve_load_encoder(root: Path, name: str, dim: int, encoder: Any, load_en
     return encoder
 
 
+def interrupted_save_leftovers(directory: Any) -> list[Path]:
+    """The ``.<name>.old-*`` / ``.<name>.new-*`` folders an interrupted format-1 save left beside ``directory``
+    (the ``old-`` ones first; none verified: :func:`recover_interrupted_save` checks each before it uses one)."""
+    root = _target(directory)
+    if not root.parent.is_dir():
+        return []
+    return [p for pat in (f".{root.name}.old-*", f".{root.name}.new-*") for p in sorted(root.parent.glob(pat))]
+
+
 def recover_interrupted_save(directory: Any) -> bool:
     """A format-1 save (bgem3 0.1, or its CLI) killed between its two folder renames left
     ``.<name>.old-*`` (or ``.<name>.new-*``) beside a missing folder: put the newest backup
     that verifiably is a saved index back in place. Returns True if it did. (Format 2 has no
     such window: its commit is one file rename inside the folder.)"""
     root = _target(directory)
-    if root.exists() or not root.parent.is_dir():
+    if root.exists():
         return False
-    backups = sorted((p for pat in (f".{root.name}.old-*", f".{root.name}.new-*") for p in root.parent.glob(pat)
-                      if is_saved_index(p)), key=lambda p: p.stat().st_mtime)
+    backups = sorted((p for p in interrupted_save_leftovers(root) if is_saved_index(p)), key=lambda p: p.stat().st_mtime)
     if not backups:
         return False
     os.rename(backups[-1] if backups[-1].name.startswith(f".{root.name}.old-") else backups[0], root)
@@ -612,8 +620,7 @@ def load_index(cls: Any, directory: Any, encoder: Any = None, *, load_encoder: b
         raise TypeError(f"verify must be True, False or None; got {verify!r}")
     root = _target(directory)
     if not root.is_dir():
-        backups = [p.name for pat in (f".{root.name}.old-*", f".{root.name}.new-*") for p in root.parent.glob(pat)
-                   ] if root.parent.is_dir() else []
+        backups = [p.name for p in interrupted_save_leftovers(root)]
         hint = (f"; an interrupted bgem3 0.1 save left {backups[0]!r} beside it: put it back with "
                 f"bgem3.index.persistence.recover_interrupted_save({str(root)!r}) (or `bgem3 index` on it)"
                 if backups else "")
