@@ -17,6 +17,18 @@ MKL takes its AVX2 path; measured here) and keeps MKL on Intel CPUs (MKL's home,
 PyTorch without the oneDNN op, fewer than :data:`MIN_ROWS` rows, a module with forward hooks, as
 bgem3.quant's calibration sets) runs the module as it is.
 
+Pre-packed weights (:func:`pack_linears`, policy :data:`PREPACK`): with a plain fp32 weight oneDNN
+re-orders the whole matrix into its blocked layout at every call, which is most of a short text's time
+(ONNX Runtime packs once at load). :func:`pack_linears` re-orders each weight once and keeps only
+that blocked copy: the module becomes a :class:`PackedLinear`, its dense ``weight`` parameter is
+dropped, so the weights stay ONE copy in memory. The dense matrix comes back exactly (the re-order
+is a permutation) wherever something reads it: ``mod.weight`` (a fresh dense copy), ``state_dict()``,
+pickling / ``copy.deepcopy`` (a plain ``nn.Linear``), and anything that moves or casts the module
+(``.to()``, ``.bfloat16()``, ``.cuda()``), assigning ``mod.weight`` or ``load_state_dict`` turn it
+back into a plain ``nn.Linear`` first (:func:`unpack_linears` does it for a whole model). The
+Encoder packs its transformer layers at load and unpacks them when anything outside it asks for
+``Encoder.model``.
+
 Example::
 
     >>> import torch
@@ -31,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import sys
 from typing import Optional
 
 import torch
@@ -39,6 +52,12 @@ import torch
 ONEDNN: Optional[bool] = None
 #: fewer rows than this run on MKL (oneDNN's per-call setup costs more than it saves on 1-7 rows)
 MIN_ROWS = 8
+#: None: auto (pre-pack whenever the oneDNN route is on, :func:`onednn_active`); True / False: force.
+#: Read when an Encoder is built (:func:`prepack_active`); packed layers run on oneDNN at any row count.
+PREPACK: Optional[bool] = None
+#: the row count oneDNN is told to expect when it picks the packed layout (any count runs; 64 measured
+#: as good as 1024 on 8-16k rows and better on 8-64 rows)
+PACK_ROWS_HINT = 64
 
 
 def _cpu_vendor() -> str:
@@ -80,6 +99,13 @@ def onednn_active() -> bool:
     return _auto() if ONEDNN is None else bool(ONEDNN) and _onednn_works()
 
 
+def prepack_active() -> bool:
+    """Whether an Encoder built now pre-packs its fp32 linear weights for oneDNN (see :data:`PREPACK`)."""
+    if PREPACK is False or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return False
+    return onednn_active() if PREPACK is None else _onednn_works()
+
+
 def _hooked(mod: torch.nn.Module) -> bool:
     """Whether calling ``mod`` runs hooks (bgem3.quant's calibration records inputs so): then it is called."""
     from torch.nn.modules import module as m
@@ -96,10 +122,158 @@ def linear(mod: torch.nn.Module, x: torch.Tensor, *, gelu: bool = False,
     """
     if active is None:
         active = onednn_active()
-    if active and type(mod) is torch.nn.Linear and x.dtype == torch.float32 and mod.weight.dtype == torch.float32 \
-            and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] >= MIN_ROWS and x.is_contiguous() \
+    if active and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2 and x.is_contiguous() \
             and not _hooked(mod):
-        return torch.ops.mkldnn._linear_pointwise(x, mod.weight, mod.bias, "gelu" if gelu else "none", [],
-                                                  "none" if gelu else "")
+        kind = type(mod)
+        w = None
+        if kind is PackedLinear:
+            w = mod.__dict__.get("_packed")  # None only while another thread unpacks it
+        elif kind is torch.nn.Linear and x.shape[0] >= MIN_ROWS and mod.weight.dtype == torch.float32:
+            w = mod.weight
+        if w is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, w, mod.bias, "gelu" if gelu else "none", [],
+                                                      "none" if gelu else "")
     y = mod(x)
     return torch.ops.aten.gelu_(y) if gelu else y
+
+
+# --------------------------------------------------------------------------- pre-packed weights (one copy)
+
+class PackedLinear(torch.nn.Linear):
+    """An fp32 CPU ``nn.Linear`` whose weight is held once, in oneDNN's blocked layout (:func:`pack_linears`).
+
+    Made only from an existing ``nn.Linear`` by :func:`pack_linears`; :meth:`unpack` turns it back. Its
+    ``weight`` parameter slot is empty (so the weight is not held twice); reading ``weight`` gives a
+    fresh dense copy, equal to the original bit for bit. Anything that would change, move or cast the
+    weight unpacks first, so it acts on the real parameter.
+    """
+
+    def __init__(self, *args, **kwargs):  # noqa: D107 - never built directly
+        raise TypeError("PackedLinear is made from an nn.Linear by bgem3._cpu_linear.pack_linears(model)")
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        """A dense fp32 copy of the weight (writes to it do not reach the layer: unpack first to change it)."""
+        packed = self.__dict__.get("_packed")
+        if packed is None:  # unpacked meanwhile by another thread: the real parameter is back
+            return self._parameters["weight"]
+        return packed.to_dense().requires_grad_(self.__dict__.get("_weight_requires_grad", False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self.__dict__.get("_packed")
+        if packed is None:  # unpacked meanwhile by another thread
+            return torch.nn.Linear.forward(self, x)
+        if _tracing():  # a trace would record a oneDNN-only op and a constant where the parameter was
+            raise RuntimeError("a pre-packed linear layer cannot be traced or exported; call "
+                               "bgem3._cpu_linear.unpack_linears(model) first (Encoder.model does it)")
+        if x.dtype == torch.float32 and x.device.type == "cpu" and onednn_active() \
+                and not (x.requires_grad and torch.is_grad_enabled()):
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, self.bias, "none", [], "")
+        return torch.nn.functional.linear(x, self.weight, self.bias)  # e.g. ONEDNN switched off since packing
+
+    def unpack(self) -> torch.nn.Linear:
+        """Back to a plain ``nn.Linear`` in place (dense weight parameter restored; the packed copy freed)."""
+        packed = self.__dict__.get("_packed")
+        if packed is not None:
+            self._parameters["weight"] = torch.nn.Parameter(
+                packed.to_dense(), requires_grad=self.__dict__.get("_weight_requires_grad", False))
+            self.__class__ = torch.nn.Linear
+            self.__dict__.pop("_packed", None)
+            self.__dict__.pop("_weight_requires_grad", None)
+        return self  # type: ignore[return-value]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.weight  # dense, first as nn.Linear has it; the bias follows
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.unpack()
+        torch.nn.Linear._load_from_state_dict(self, *args, **kwargs)
+
+    def _apply(self, fn, recurse=True):  # .to(), .float(), .bfloat16(), .cuda(), share_memory(), ...
+        return self.unpack()._apply(fn, recurse)
+
+    def __setattr__(self, name, value):
+        if name == "weight":
+            self.unpack()
+        torch.nn.Linear.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        if name == "weight":
+            self.unpack()
+        torch.nn.Linear.__delattr__(self, name)
+
+    def __reduce_ex__(self, protocol):  # pickle / copy.deepcopy: a plain nn.Linear with the dense weight
+        lin = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        lin.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_packed", "_weight_requires_grad")})
+        lin._parameters = dict(self._parameters)
+        lin._parameters["weight"] = torch.nn.Parameter(self.weight.detach(), requires_grad=self.weight.requires_grad)
+        return _plain_linear, (lin,)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", weight pre-packed for oneDNN"
+
+
+def _plain_linear(lin: torch.nn.Linear) -> torch.nn.Linear:
+    """Unpickling a :class:`PackedLinear` gives the plain ``nn.Linear`` it was saved as."""
+    return lin
+
+
+def _tracing() -> bool:
+    """An export or compiler trace (ONNX, TorchScript, torch.compile) must see a plain linear product."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    try:
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+            return True
+    except AttributeError:  # pragma: no cover - older PyTorch
+        pass
+    return False
+
+
+def pack_linears(modules) -> int:
+    """Pre-pack every plain fp32 CPU ``nn.Linear`` in ``modules`` (modules or one module: all its
+    submodules) for oneDNN, in place, keeping one copy of each weight; returns the bytes packed.
+
+    Skipped: other dtypes / devices, subclasses, and weights held elsewhere too (tied or shared
+    parameters, whose dense copy would stay alive beside the packed one).
+    """
+    if isinstance(modules, torch.nn.Module):
+        modules = modules.modules()
+    done = 0
+    for mod in list(modules):
+        if type(mod) is not torch.nn.Linear:
+            continue
+        w = mod.weight
+        if w.dtype != torch.float32 or w.device.type != "cpu" or w.dim() != 2 or w.is_meta \
+                or sys.getrefcount(w) > _REFS_OF_AN_UNSHARED_WEIGHT:
+            continue
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS_HINT)
+        mod.__dict__["_weight_requires_grad"] = w.requires_grad
+        mod.__dict__["_packed"] = packed
+        mod._parameters["weight"] = None
+        mod.__class__ = PackedLinear
+        done += w.numel() * w.element_size()
+        del w
+    return done
+
+
+def unpack_linears(module: torch.nn.Module) -> int:
+    """Turn every :class:`PackedLinear` under ``module`` back into a plain ``nn.Linear`` (in place);
+    returns how many."""
+    n = 0
+    for mod in list(module.modules()):
+        if type(mod) is PackedLinear:
+            mod.unpack()
+            n += 1
+    return n
+
+
+def _unshared_refcount() -> int:
+    lin = torch.nn.Linear(2, 2)
+    w = lin.weight
+    return sys.getrefcount(w)
+
+
+#: sys.getrefcount of a Linear's weight held only by its module (and the local name + the call's argument)
+_REFS_OF_AN_UNSHARED_WEIGHT = _unshared_refcount()

@@ -42,7 +42,7 @@ from ._dtypes import DTYPE_NAMES, dtype_name
 from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
 from ._hf import ModelLoadError, quiet_expected_load_report, transformers_attr
-from ._cpu_linear import linear, onednn_active
+from ._cpu_linear import linear, onednn_active, pack_linears, prepack_active, unpack_linears
 from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
 
 logger = logging.getLogger(__name__)
@@ -414,6 +414,26 @@ class Encoder:
             from .quant import quantize_encoder
 
             quantize_encoder(self)
+        #: bytes of fp32 linear weights held pre-packed for oneDNN (one copy; 0 when not packed)
+        self.prepacked_bytes = 0
+        if self._packed and self.backend_name == "torch" and self.device.type == "cpu" \
+                and self.dtype == torch.float32 and prepack_active():
+            self.prepacked_bytes = pack_linears(self._model.encoder.layer)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The transformer (a Hugging Face model). Reading it from outside turns pre-packed linear layers
+        back into plain ``nn.Linear`` ones first (the caller may read, change, move or quantise the weights);
+        outputs stay the same, single short texts get slower (docs/encoder.md)."""
+        if self.__dict__.get("prepacked_bytes"):
+            unpack_linears(self._model)
+            self.prepacked_bytes = 0
+        return self._model
+
+    @model.setter
+    def model(self, value: torch.nn.Module) -> None:
+        self._model = value
+        self.prepacked_bytes = 0
 
     # ------------------------------------------------------------------ loading
     def _load_tokenizer(self, trust_remote_code: bool):
@@ -872,7 +892,7 @@ class Encoder:
         """Reference path: a padded ``[B, T]`` batch through the Hugging Face model."""
         input_ids, attention_mask = self._pad(batch_ids)
         with torch.inference_mode():
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self._model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return self._heads_padded(hidden, input_ids, attention_mask, want_dense, want_sparse, want_colbert,
                                       prompt_len)
 
@@ -961,7 +981,7 @@ class Encoder:
         starts = torch.from_numpy(starts_np).to(dev)
         lens = torch.from_numpy(lens_np).to(dev)
 
-        model = self.model
+        model = self._model
         with torch.inference_mode():
             pos = _packed_position_ids(self._packed, model.embeddings, ids, local, starts, lens)
             hidden = model.embeddings(input_ids=ids.unsqueeze(0), position_ids=pos.unsqueeze(0)).squeeze(0)

@@ -268,3 +268,162 @@ def test_onednn_calls_hooked_modules(monkeypatch):
     monkeypatch.setattr(cl, "ONEDNN", True)
     q = Encoder(minilm_path(), device="cpu", dtype="int8", backend="torch")  # the torch engine calibrates by hooks
     assert q.quantization["int8_layers"] > 0
+
+
+# --------------------------------------------------------------------------- pre-packed oneDNN weights (issue 26)
+
+def _packed_encoder(path, monkeypatch, prepack=True):
+    import bgem3._cpu_linear as cl
+
+    monkeypatch.setattr(cl, "ONEDNN", True)
+    monkeypatch.setattr(cl, "PREPACK", prepack)
+    return Encoder(path, device="cpu")
+
+
+def _bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+@onednn
+def test_prepacked_encoder_matches_flagembedding_on_packed_weights(m3_dir, monkeypatch):
+    """The exact path with its layers' weights pre-packed for oneDNN equals FlagEmbedding within 1e-5 on
+    every output, and its products really take the packed weights (at every row count, 1 row included)."""
+    from FlagEmbedding import BGEM3FlagModel
+
+    enc = _packed_encoder(m3_dir, monkeypatch)
+    assert enc.prepacked_bytes > 0
+    seen = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise",
+                        lambda x, w, *a: seen.append((x.shape[0], w.is_mkldnn)) or real(x, w, *a), raising=False)
+    flag = BGEM3FlagModel(m3_dir, use_fp16=False, devices="cpu")
+    ref = flag.encode(TEXTS, return_dense=True, return_sparse=True, return_colbert_vecs=True, max_length=512, batch_size=4)
+    for bs in (1, 5):
+        _assert_matches_flag(enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=bs), ref)
+    assert any(packed for _, packed in seen) and any(rows < 8 and packed for rows, packed in seen)
+    np.testing.assert_allclose(enc.encode(TEXTS, dense=True, batch_size=1).dense, ref["dense_vecs"], atol=TOL, rtol=0)
+
+
+@onednn
+def test_prepacked_weights_are_held_once(m3_dir, monkeypatch):
+    """Packing replaces each layer weight (no second copy): the model's parameters and buffers plus the
+    packed bytes add up to exactly what the unpacked model holds, and no packed layer keeps its dense one."""
+    import bgem3._cpu_linear as cl
+
+    plain = _packed_encoder(m3_dir, monkeypatch, prepack=False)
+    enc = _packed_encoder(m3_dir, monkeypatch)
+    layer_weights = sum(m.weight.numel() * 4 for m in plain.model.encoder.layer.modules()
+                        if isinstance(m, torch.nn.Linear))
+    assert plain.prepacked_bytes == 0 and enc.prepacked_bytes == layer_weights
+    packed = [m for m in enc._model.modules() if type(m) is cl.PackedLinear]
+    assert len(packed) == 6 * len(enc._model.encoder.layer)
+    assert all(m._parameters["weight"] is None for m in packed)
+    assert _bytes(enc._model) + enc.prepacked_bytes == _bytes(plain.model)
+
+
+@onednn
+def test_prepacked_model_gives_back_its_dense_weights(m3_dir, monkeypatch):
+    """state_dict() of a packed model equals the checkpoint's (same keys, order, values bit for bit);
+    outside readers of Encoder.model get plain nn.Linear layers and the same outputs."""
+    import bgem3._cpu_linear as cl
+
+    plain = _packed_encoder(m3_dir, monkeypatch, prepack=False)
+    enc = _packed_encoder(m3_dir, monkeypatch)
+    want = plain.model.state_dict()
+    got = enc._model.state_dict()
+    assert list(got) == list(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    before = enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=3)
+    model = enc.model  # an outside reader: layers become plain again, still one copy
+    assert enc.prepacked_bytes == 0 and not any(type(m) is cl.PackedLinear for m in model.modules())
+    assert _bytes(model) == _bytes(plain.model)
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    _assert_same(enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=3), before, tol=1e-6)
+
+
+@onednn
+def test_packed_linear_behaves_as_its_linear():
+    """A PackedLinear computes what its nn.Linear did at 1..600 rows and any rank; a copy or pickle is
+    the plain layer; anything that moves, casts or sets the weight acts on the real (unpacked) parameter;
+    a trace is refused by name instead of recording a constant."""
+    import copy
+    import pickle
+
+    import bgem3._cpu_linear as cl
+
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(64, 48).requires_grad_(False)
+    lin = copy.deepcopy(ref)
+    assert cl.pack_linears(lin) == 64 * 48 * 4 and type(lin) is cl.PackedLinear
+    assert torch.equal(lin.weight, ref.weight) and "weight" not in dict(lin.named_parameters())
+    for rows in (1, 7, 8, 600):
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(cl.linear(lin, x, active=True), ref(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(cl.linear(lin, x, gelu=True, active=True),
+                                   torch.nn.functional.gelu(ref(x)), atol=1e-5, rtol=0)
+    x3 = torch.randn(2, 5, 64)
+    torch.testing.assert_close(lin(x3), ref(x3), atol=1e-5, rtol=0)
+    for twin in (copy.deepcopy(lin), pickle.loads(pickle.dumps(lin))):
+        assert type(twin) is torch.nn.Linear and torch.equal(twin.weight, ref.weight)
+    assert type(lin) is cl.PackedLinear
+    with pytest.raises(RuntimeError, match="unpack_linears"):
+        torch.jit.trace(lin, x3)
+    lin.bfloat16()
+    assert type(lin) is torch.nn.Linear and lin.weight.dtype == torch.bfloat16
+    lin = copy.deepcopy(ref)
+    cl.pack_linears(lin)
+    lin.weight = torch.nn.Parameter(torch.zeros(48, 64))
+    assert type(lin) is torch.nn.Linear and torch.equal(lin(x3), ref.bias.expand(2, 5, 48))
+    lin = copy.deepcopy(ref)
+    cl.pack_linears(lin)
+    lin.load_state_dict(ref.state_dict())
+    assert type(lin) is torch.nn.Linear and torch.equal(lin.weight, ref.weight)
+
+
+@onednn
+def test_prepack_off_and_when_fp32_may_round(m3_dir, monkeypatch):
+    """PREPACK=False builds unpacked layers; so does a PyTorch told to allow bf16 in fp32 products."""
+    import bgem3._cpu_linear as cl
+
+    assert _packed_encoder(m3_dir, monkeypatch, prepack=False).prepacked_bytes == 0
+    monkeypatch.setattr(cl, "PREPACK", None)
+    monkeypatch.setattr(cl, "ONEDNN", True)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not cl.prepack_active()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert cl.prepack_active()
+
+
+@onednn
+def test_export_and_quantise_after_a_packed_forward(monkeypatch, tmp_path):
+    """A packed encoder that already ran can still be exported (ONNX graph equal to it) and quantised to
+    int8 through Encoder.model / bgem3.quant (they see plain layers with the checkpoint's weights)."""
+    ort = pytest.importorskip("onnxruntime")
+    from bgem3.quant import quantize_encoder
+
+    enc = _packed_encoder(minilm_path(), monkeypatch)
+    assert enc.prepacked_bytes > 0
+    ours = enc.encode(TEXTS[:4], dense=True, batch_size=1).dense
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids, mask):
+            return self.m(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    ids = torch.tensor([enc.tokenizer(TEXTS[0])["input_ids"]])
+    path = str(tmp_path / "m.onnx")
+    torch.onnx.export(LastHidden(enc.model), (ids, torch.ones_like(ids)), path, dynamo=False,
+                      input_names=["ids", "mask"], dynamic_axes={"ids": {0: "b", 1: "t"}, "mask": {0: "b", 1: "t"}})
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert enc.profile.pooling == "mean"  # MiniLM: mean pooling, then normalised
+    mean = sess.run(None, {"ids": ids.numpy(), "mask": np.ones_like(ids.numpy())})[0][0].mean(0)
+    np.testing.assert_allclose(mean / np.linalg.norm(mean), ours[0], atol=TOL, rtol=0)
+    enc2 = _packed_encoder(minilm_path(), monkeypatch)
+    enc2.encode(TEXTS[:2])
+    assert quantize_encoder(enc2)["int8_layers"] > 0 and enc2.prepacked_bytes == 0
