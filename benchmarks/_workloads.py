@@ -269,7 +269,7 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
         corpus = real_token_lengths(corpus, ref.tokenizer)
     queries = real_queries(50)
     lengths = np.array([len(x) for x in ref.tokenize(corpus, args.max_length)])
-    flops = model_flops(lengths, ref.model.config)
+    flops = model_flops(lengths, ref.config)  # .config: .model would unpack its weights
     rates = None
     if getattr(args, "gemm_seconds", 0) > 0:  # the machine's GEMM rates, the yardstick of every path
         rates = report["gemm_rates"] = gemm_rates(args.gemm_seconds, log)
@@ -293,10 +293,19 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
 
     if "bgem3-fp32" in systems:
         tools["bgem3 fp32"] = ours(ref)
-    if "bgem3-fp32-blas" in systems:  # the exact path before issue 26b: fp32 linears on PyTorch's BLAS call (MKL)
+    unpacked = None
+    if "bgem3-fp32-unpacked" in systems or "bgem3-fp32-blas" in systems:
         import bgem3._cpu_linear as cpu_linear
 
-        def blas(texts, dense=True, sparse=False, colbert=False, _fn=ours(ref)):
+        old_prepack, cpu_linear.PREPACK = cpu_linear.PREPACK, False  # weights as loaded: no oneDNN pre-packing
+        try:
+            unpacked = Encoder(path, device="cpu", max_length=args.max_length)
+        finally:
+            cpu_linear.PREPACK = old_prepack
+    if "bgem3-fp32-unpacked" in systems:  # the exact path before session 8: oneDNN re-packs each weight per call
+        tools["bgem3 fp32, weights not pre-packed"] = ours(unpacked)
+    if "bgem3-fp32-blas" in systems:  # the exact path before issue 26b: fp32 linears on PyTorch's BLAS call (MKL)
+        def blas(texts, dense=True, sparse=False, colbert=False, _fn=ours(unpacked)):
             old, cpu_linear.ONEDNN = cpu_linear.ONEDNN, False
             try:
                 return _fn(texts, dense, sparse, colbert)
@@ -412,7 +421,7 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
                 if rates and prec in rates:  # the share of the machine's GEMM rate in this path's own precision
                     row["gemm_precision"], row["share_of_gemm_rate"] = prec, flops / wall / 1e9 / rates[prec]
                 if name == "FlagEmbedding fp32":  # what it executes (probe batch + padding) beside the useful work
-                    executed = flag_executed_flops(lengths, 256, model_flops, ref.model.config)
+                    executed = flag_executed_flops(lengths, 256, model_flops, ref.config)
                     row.update(executed_gflop=executed / 1e9, useful_gflop=flops / 1e9,
                                executed_over_useful=executed / flops, executed_gflops_per_s=executed / wall / 1e9)
                 if bracket:

@@ -393,7 +393,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     cond = conditions(args, device, dtype, n_tokens, lengths)
     log("conditions: " + json.dumps(cond))
     report: dict = {"conditions": cond, "agreement": {}, "results": {}, "fast": {}}
-    flops = model_flops(lengths, ours.model.config)
+    flops = model_flops(lengths, ours.config)
     peak = matmul_peak(device, ours.dtype)
     cond["model_gflop_per_pass"] = flops / 1e9
     cond["measured_matmul_peak_gflops"] = peak / 1e9

@@ -41,7 +41,9 @@ Example::
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import os
 import platform
 import sys
 from typing import Optional
@@ -241,6 +243,7 @@ def pack_linears(modules) -> int:
     if isinstance(modules, torch.nn.Module):
         modules = modules.modules()
     done = 0
+    file_maps = _file_mappings()
     for mod in list(modules):
         if type(mod) is not torch.nn.Linear:
             continue
@@ -254,8 +257,73 @@ def pack_linears(modules) -> int:
         mod._parameters["weight"] = None
         mod.__class__ = PackedLinear
         done += w.numel() * w.element_size()
+        _release_file_pages(w, file_maps)
         del w
     return done
+
+
+def _file_mappings() -> list:
+    """(start, end) of this process's private file mappings (Linux; a mapped safetensors checkpoint)."""
+    spans = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 6 and parts[1].endswith("p") and parts[4] != "0" and parts[5].startswith("/"):
+                    a, b = parts[0].split("-")
+                    spans.append((int(a, 16), int(b, 16)))
+    except OSError:
+        pass
+    return spans
+
+
+def _release_file_pages(w: torch.Tensor, spans: list) -> int:
+    """Give back the resident pages of a weight that was read from a mapped checkpoint file and is no longer used.
+
+    The loader maps ``model.safetensors`` once and every weight is a view into it, so dropping one weight
+    leaves the pages it touched resident (clean page cache, but counted in the process's RSS, i.e. a second
+    copy beside the packed one). Only whole pages inside the weight's own bytes, inside a private file
+    mapping, and only when no other tensor shares its storage; nothing else is touched. Returns the bytes.
+    """
+    if not spans or sys.platform != "linux":
+        return 0
+    try:
+        storage = w.untyped_storage()
+        if torch._C._storage_Use_Count(storage._cdata) > _USES_OF_AN_UNSHARED_STORAGE:
+            return 0
+        page = _page_size()
+        a, b = w.data_ptr(), w.data_ptr() + w.numel() * w.element_size()
+        start, end = -(-a // page) * page, (b // page) * page
+        if end <= start or not any(lo <= start and end <= hi for lo, hi in spans):
+            return 0
+        libc = _libc()
+        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4) != 0:  # MADV_DONTNEED
+            return 0
+        return end - start
+    except Exception:  # an allocator or platform without these: the pages stay (correct, just resident)
+        return 0
+
+
+@functools.lru_cache(maxsize=None)
+def _libc():
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.madvise.restype = ctypes.c_int
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _page_size() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE"))
+
+
+def _storage_uses() -> int:
+    t = torch.zeros(4)
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+#: _storage_Use_Count of a storage held by one tensor (while its Python storage object is alive)
+_USES_OF_AN_UNSHARED_STORAGE = _storage_uses()
 
 
 def unpack_linears(module: torch.nn.Module) -> int:

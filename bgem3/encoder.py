@@ -422,9 +422,9 @@ class Encoder:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The transformer (a Hugging Face model). Reading it from outside turns pre-packed linear layers
-        back into plain ``nn.Linear`` ones first (the caller may read, change, move or quantise the weights);
-        outputs stay the same, single short texts get slower (docs/encoder.md)."""
+        """The transformer (a Hugging Face model). Reading it turns pre-packed linear layers back into plain
+        ``nn.Linear`` ones first (the caller may read, change, move or quantise the weights): outputs stay the
+        same, short texts get slower (docs/encoder.md). :attr:`config` reads the config without that."""
         if self.__dict__.get("prepacked_bytes"):
             unpack_linears(self._model)
             self.prepacked_bytes = 0
@@ -434,6 +434,11 @@ class Encoder:
     def model(self, value: torch.nn.Module) -> None:
         self._model = value
         self.prepacked_bytes = 0
+
+    @property
+    def config(self):
+        """The transformer's Hugging Face config (reading it leaves pre-packed layers as they are)."""
+        return self._model.config
 
     # ------------------------------------------------------------------ loading
     def _load_tokenizer(self, trust_remote_code: bool):

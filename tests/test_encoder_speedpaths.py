@@ -427,3 +427,33 @@ def test_export_and_quantise_after_a_packed_forward(monkeypatch, tmp_path):
     enc2 = _packed_encoder(minilm_path(), monkeypatch)
     enc2.encode(TEXTS[:2])
     assert quantize_encoder(enc2)["int8_layers"] > 0 and enc2.prepacked_bytes == 0
+
+
+def _resident_bytes_of_mapping(addr: int) -> tuple:
+    """(file, resident bytes) of this process's mapping that holds address ``addr`` (/proc/self/smaps)."""
+    found, inside = (None, 0), False
+    with open("/proc/self/smaps", encoding="utf-8") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and ":" not in head[0] and len(head) >= 5:
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                inside = lo <= addr < hi
+                if inside:
+                    found = (head[5] if len(head) >= 6 else None, 0)
+            elif inside and line.startswith("Rss:"):
+                found = (found[0], int(head[1]) * 1024)
+    return found
+
+
+@onednn
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux /proc only")
+def test_prepacking_leaves_no_resident_copy_of_the_mapped_checkpoint(monkeypatch):
+    """The loader maps model.safetensors and every weight is a view into it: packing reads each layer
+    weight, and the pages it touched stayed resident beside the packed copy (RSS grew by the layer
+    weights: 2.7 GB instead of 1.6 GB for BGE-M3). They are given back once the dense weight is dropped."""
+    enc = _packed_encoder(minilm_path(), monkeypatch)
+    file, resident = _resident_bytes_of_mapping(enc._model.embeddings.word_embeddings.weight.data_ptr())
+    if not file or not file.endswith(".safetensors"):
+        pytest.skip("this transformers version does not memory-map the checkpoint")
+    assert enc.prepacked_bytes > 40e6 and resident < enc.prepacked_bytes / 4
+    assert enc.encode(["still reads the same"], dense=True).dense.shape == (1, enc.dimension)
