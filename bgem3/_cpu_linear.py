@@ -157,24 +157,31 @@ class PackedLinear(torch.nn.Linear):
     def weight(self) -> torch.Tensor:  # type: ignore[override]
         """A dense fp32 copy of the weight (writes to it do not reach the layer: unpack first to change it)."""
         packed = self.__dict__.get("_packed")
-        if packed is None:  # unpacked meanwhile by another thread: the real parameter is back
-            return self._parameters["weight"]
-        return packed.to_dense().requires_grad_(self.__dict__.get("_weight_requires_grad", False))
+        if packed is not None:
+            return packed.to_dense().requires_grad_(self.__dict__.get("_weight_requires_grad", False))
+        group = self.__dict__.get("_fused")
+        if group is not None:
+            return group.dense_of(self).requires_grad_(self.__dict__.get("_weight_requires_grad", False))
+        return self._parameters["weight"]  # unpacked meanwhile by another thread: the real parameter is back
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self.__dict__.get("_packed")
-        if packed is None:  # unpacked meanwhile by another thread
+        group = self.__dict__.get("_fused")
+        if packed is None and group is None:  # unpacked meanwhile by another thread
             return torch.nn.Linear.forward(self, x)
         if _tracing():  # a trace would record a oneDNN-only op and a constant where the parameter was
             raise RuntimeError("a pre-packed linear layer cannot be traced or exported; call "
                                "bgem3._cpu_linear.unpack_linears(model) first (Encoder.model does it)")
         if x.dtype == torch.float32 and x.device.type == "cpu" and onednn_active() \
                 and not (x.requires_grad and torch.is_grad_enabled()):
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, self.bias, "none", [], "")
+            if packed is not None:
+                return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, self.bias, "none", [], "")
+            return group.product(x.contiguous())[group.mods.index(self)].contiguous()  # its columns of the fused one
         return torch.nn.functional.linear(x, self.weight, self.bias)  # e.g. ONEDNN switched off since packing
 
     def unpack(self) -> torch.nn.Linear:
-        """Back to a plain ``nn.Linear`` in place (dense weight parameter restored; the packed copy freed)."""
+        """Back to a plain ``nn.Linear`` in place (dense weight parameter restored; the packed copy freed).
+        A layer packed with others in one product (:func:`pack_fused`) unpacks them all."""
         packed = self.__dict__.get("_packed")
         if packed is not None:
             self._parameters["weight"] = torch.nn.Parameter(
@@ -182,6 +189,9 @@ class PackedLinear(torch.nn.Linear):
             self.__class__ = torch.nn.Linear
             self.__dict__.pop("_packed", None)
             self.__dict__.pop("_weight_requires_grad", None)
+        group = self.__dict__.get("_fused")
+        if group is not None:
+            group.unpack()
         return self  # type: ignore[return-value]
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -207,13 +217,59 @@ class PackedLinear(torch.nn.Linear):
 
     def __reduce_ex__(self, protocol):  # pickle / copy.deepcopy: a plain nn.Linear with the dense weight
         lin = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        lin.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_packed", "_weight_requires_grad")})
+        lin.__dict__.update({k: v for k, v in self.__dict__.items() if k not in _PACKED_KEYS})
         lin._parameters = dict(self._parameters)
         lin._parameters["weight"] = torch.nn.Parameter(self.weight.detach(), requires_grad=self.weight.requires_grad)
         return _plain_linear, (lin,)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", weight pre-packed for oneDNN"
+
+
+_PACKED_KEYS = ("_packed", "_fused", "_weight_requires_grad")
+
+
+class _Fused:
+    """One packed weight for several layers that read the same input (an attention block's query, key and
+    value): one product ``[rows, sum(out)]`` instead of one per layer, bit for bit the same columns. The
+    layers keep their own biases (concatenated per call, so changes to them count)."""
+
+    def __init__(self, packed: torch.Tensor, mods: tuple):
+        self.packed, self.mods = packed, mods
+        self.sizes = [m.out_features for m in mods]
+
+    def dense_of(self, mod) -> torch.Tensor:
+        i = self.mods.index(mod)
+        start = sum(self.sizes[:i])
+        return self.packed.to_dense()[start:start + self.sizes[i]].clone()
+
+    def product(self, x: torch.Tensor) -> tuple:
+        biases = [m.bias for m in self.mods]
+        bias = None if biases[0] is None else torch.cat(biases)
+        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+        return y.split(self.sizes, dim=-1)
+
+    def unpack(self) -> None:
+        dense = self.packed.to_dense()
+        start = 0
+        for mod, size in zip(self.mods, self.sizes):
+            if mod.__dict__.get("_fused") is self:
+                mod._parameters["weight"] = torch.nn.Parameter(
+                    dense[start:start + size].clone(), requires_grad=mod.__dict__.get("_weight_requires_grad", False))
+                mod.__class__ = torch.nn.Linear
+                mod.__dict__.pop("_fused", None)
+                mod.__dict__.pop("_weight_requires_grad", None)
+            start += size
+
+
+def fused_product(mod: torch.nn.Module, x: torch.Tensor, active: bool) -> Optional[tuple]:
+    """The outputs of ``mod`` and the layers packed with it (:func:`pack_fused`) for ``x`` in one product,
+    or None where that does not apply (not packed so, oneDNN off, hooks, not a 2-D fp32 CPU input)."""
+    group = mod.__dict__.get("_fused")
+    if group is None or not active or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 \
+            or not x.is_contiguous() or any(_hooked(m) for m in group.mods):
+        return None
+    return group.product(x)
 
 
 def _plain_linear(lin: torch.nn.Linear) -> torch.nn.Linear:
@@ -304,6 +360,17 @@ def _release_file_pages(w: torch.Tensor, spans: list) -> int:
         return 0
 
 
+def trim_heap() -> None:
+    """Hand the C heap's free memory back to the OS (glibc ``malloc_trim``; elsewhere nothing): packing
+    frees one temporary concatenated weight per block, which would otherwise stay in the process's RSS."""
+    if sys.platform != "linux":
+        return
+    try:
+        _libc().malloc_trim(0)
+    except Exception:  # not glibc (musl): nothing to do
+        pass
+
+
 @functools.lru_cache(maxsize=None)
 def _libc():
     lib = ctypes.CDLL(None, use_errno=True)
@@ -324,6 +391,35 @@ def _storage_uses() -> int:
 
 #: _storage_Use_Count of a storage held by one tensor (while its Python storage object is alive)
 _USES_OF_AN_UNSHARED_STORAGE = _storage_uses()
+
+
+def pack_fused(*mods: torch.nn.Module) -> int:
+    """Pre-pack plain fp32 CPU ``nn.Linear`` layers that take the same input (same ``in_features``, all
+    with or all without bias) as ONE weight for one product (:func:`fused_product`), keeping one copy;
+    returns the bytes packed (0, and nothing changed, where one of them does not qualify)."""
+    if len(mods) < 2 or any(type(m) is not torch.nn.Linear for m in mods) \
+            or len({m.in_features for m in mods}) != 1 or len({m.bias is None for m in mods}) != 1:
+        return 0
+    ws = [m.weight for m in mods]
+    if any(w.dtype != torch.float32 or w.device.type != "cpu" or w.is_meta for w in ws) \
+            or any(sys.getrefcount(w) > _REFS_OF_AN_UNSHARED_WEIGHT + 1 for w in ws):  # + the list's reference
+        return 0
+    whole = torch.cat([w.detach() for w in ws])
+    group = _Fused(torch.ops.mkldnn._reorder_linear_weight(whole, PACK_ROWS_HINT), tuple(mods))
+    del whole
+    spans = _file_mappings()
+    for mod, w in zip(mods, ws):
+        mod.__dict__["_weight_requires_grad"] = w.requires_grad
+        mod.__dict__["_fused"] = group
+        mod._parameters["weight"] = None
+        mod.__class__ = PackedLinear
+    done = 0
+    while ws:
+        w = ws.pop()
+        done += w.numel() * w.element_size()
+        _release_file_pages(w, spans)
+        del w
+    return done
 
 
 def unpack_linears(module: torch.nn.Module) -> int:

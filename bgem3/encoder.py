@@ -42,7 +42,8 @@ from ._dtypes import DTYPE_NAMES, dtype_name
 from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
 from ._hf import ModelLoadError, quiet_expected_load_report, transformers_attr
-from ._cpu_linear import linear, onednn_active, pack_linears, prepack_active, unpack_linears
+from ._cpu_linear import (fused_product, linear, onednn_active, pack_fused, pack_linears, prepack_active, trim_heap,
+                          unpack_linears)
 from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
 
 logger = logging.getLogger(__name__)
@@ -418,7 +419,10 @@ class Encoder:
         self.prepacked_bytes = 0
         if self._packed and self.backend_name == "torch" and self.device.type == "cpu" \
                 and self.dtype == torch.float32 and prepack_active():
-            self.prepacked_bytes = pack_linears(self._model.encoder.layer)
+            for layer in self._model.encoder.layer:  # query/key/value as one product, then the other four
+                sa = layer.attention.self
+                self.prepacked_bytes += pack_fused(sa.query, sa.key, sa.value) + pack_linears(layer)
+                trim_heap()  # the freed temporary [3H, H] concatenation: out of RSS now, not at exit
 
     @property
     def model(self) -> torch.nn.Module:
@@ -1046,9 +1050,15 @@ class Encoder:
         nh, hd = sa.num_attention_heads, sa.attention_head_size
         q_in = hidden if query_rows is None else hidden[query_rows]
         fast = onednn_active()
-        q = linear(sa.query, q_in, active=fast)
-        k = linear(sa.key, hidden, active=fast)
-        v = linear(sa.value, hidden, active=fast)
+        qkv = fused_product(sa.query, hidden, fast)  # pre-packed as one [3H, H] weight (exact CPU fp32 path)
+        if qkv is not None:
+            q, k, v = qkv
+            if query_rows is not None:
+                q = q[query_rows]
+        else:
+            q = linear(sa.query, q_in, active=fast)
+            k = linear(sa.key, hidden, active=fast)
+            v = linear(sa.value, hidden, active=fast)
         h = q.shape[-1]
         if slot is None:  # one text, or texts of one length: a plain reshape
             kk = k.view(b, width, nh, hd).transpose(1, 2)

@@ -457,3 +457,30 @@ def test_prepacking_leaves_no_resident_copy_of_the_mapped_checkpoint(monkeypatch
         pytest.skip("this transformers version does not memory-map the checkpoint")
     assert enc.prepacked_bytes > 40e6 and resident < enc.prepacked_bytes / 4
     assert enc.encode(["still reads the same"], dense=True).dense.shape == (1, enc.dimension)
+
+
+@onednn
+def test_query_key_value_packed_as_one_product():
+    """pack_fused holds an attention block's query/key/value weights as ONE packed [3H, H] weight (one
+    product per layer, one copy): each layer still reads back its own weight, alone or in one product
+    its columns equal its own product, and unpacking one gives all three back their dense weights."""
+    import copy
+
+    import bgem3._cpu_linear as cl
+
+    torch.manual_seed(1)
+    ref = [torch.nn.Linear(32, 32).requires_grad_(False) for _ in range(3)]
+    q, k, v = (copy.deepcopy(m) for m in ref)
+    assert cl.pack_fused(q, k, v) == 3 * 32 * 32 * 4
+    assert all(type(m) is cl.PackedLinear and m._parameters["weight"] is None for m in (q, k, v))
+    assert all(torch.equal(m.weight, r.weight) for m, r in zip((q, k, v), ref))
+    for rows in (1, 9, 300):
+        x = torch.randn(rows, 32)
+        outs = cl.fused_product(q, x, True)
+        for got, r, m in zip(outs, ref, (q, k, v)):
+            torch.testing.assert_close(got, r(x), atol=1e-5, rtol=0)
+            torch.testing.assert_close(m(x), r(x), atol=1e-5, rtol=0)
+    assert cl.fused_product(q, torch.randn(4, 32), False) is None  # oneDNN route off: the layers one by one
+    k.unpack()
+    assert all(type(m) is torch.nn.Linear and torch.equal(m.weight, r.weight) for m, r in zip((q, k, v), ref))
+    assert cl.pack_fused(q, torch.nn.Linear(16, 32)) == 0 and type(q) is torch.nn.Linear  # different inputs: left alone
