@@ -229,7 +229,7 @@ def test_onednn_left_alone_when_fp32_matmuls_may_round(monkeypatch):
     before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("medium")
-        assert not cl.onednn_active()
+        assert not cl.onednn_active() and not cl.prepack_active()  # nor packs weights for it
     finally:
         torch.set_float32_matmul_precision(before)
     monkeypatch.setattr(cl, "ONEDNN", False)
@@ -381,20 +381,15 @@ def test_packed_linear_behaves_as_its_linear():
 
 
 @onednn
-def test_prepack_off_and_when_fp32_may_round(m3_dir, monkeypatch):
-    """PREPACK=False builds unpacked layers; so does a PyTorch told to allow bf16 in fp32 products."""
+def test_prepack_policy(m3_dir, monkeypatch):
+    """PREPACK=False builds unpacked layers; auto (None) packs whenever the oneDNN route is on."""
     import bgem3._cpu_linear as cl
 
     assert _packed_encoder(m3_dir, monkeypatch, prepack=False).prepacked_bytes == 0
     monkeypatch.setattr(cl, "PREPACK", None)
-    monkeypatch.setattr(cl, "ONEDNN", True)
-    before = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision("medium")
-        assert not cl.prepack_active()
-    finally:
-        torch.set_float32_matmul_precision(before)
     assert cl.prepack_active()
+    monkeypatch.setattr(cl, "ONEDNN", False)  # the route off: nothing packed for it
+    assert not cl.prepack_active() and Encoder(m3_dir, device="cpu").prepacked_bytes == 0
 
 
 @onednn
@@ -408,17 +403,11 @@ def test_export_and_quantise_after_a_packed_forward(monkeypatch, tmp_path):
     assert enc.prepacked_bytes > 0
     ours = enc.encode(TEXTS[:4], dense=True, batch_size=1).dense
 
-    class LastHidden(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids, mask):
-            return self.m(input_ids=ids, attention_mask=mask).last_hidden_state
+    from bgem3.backends.export import _wrapped  # the model -> last hidden state wrapper bgem3 exports
 
     ids = torch.tensor([enc.tokenizer(TEXTS[0])["input_ids"]])
     path = str(tmp_path / "m.onnx")
-    torch.onnx.export(LastHidden(enc.model), (ids, torch.ones_like(ids)), path, dynamo=False,
+    torch.onnx.export(_wrapped(enc.model), (ids, torch.ones_like(ids)), path, dynamo=False,
                       input_names=["ids", "mask"], dynamic_axes={"ids": {0: "b", 1: "t"}, "mask": {0: "b", 1: "t"}})
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert enc.profile.pooling == "mean"  # MiniLM: mean pooling, then normalised
