@@ -26,8 +26,10 @@ is a permutation) wherever something reads it: ``mod.weight`` (a fresh dense cop
 pickling / ``copy.deepcopy`` (a plain ``nn.Linear``), and anything that moves or casts the module
 (``.to()``, ``.bfloat16()``, ``.cuda()``), assigning ``mod.weight`` or ``load_state_dict`` turn it
 back into a plain ``nn.Linear`` first (:func:`unpack_linears` does it for a whole model). The
-Encoder packs its transformer layers at load and unpacks them when anything outside it asks for
-``Encoder.model``.
+Encoder packs its transformer layers at load (query/key/value as one weight, :func:`pack_fused`) and
+unpacks them when anything outside it asks for ``Encoder.model``. :data:`PREPACK` is read when an
+encoder is built: switching :data:`ONEDNN` off afterwards runs its packed layers through a fresh dense
+copy per call (right, but slower than an encoder built with ``PREPACK = False``).
 
 Example::
 
