@@ -410,7 +410,9 @@ def run_workloads(args, path: str, log, model_flops: Callable, fp32_peak: float)
                     continue
                 times = []
                 out = None
-                tools[name](corpus[:8], *want)  # warm (first-call allocations, thread pools)
+                # warm (first-call allocations, thread pools), with batches enough that a graph backend's
+                # bulk path (OpenVINO's throughput model, compiled on its first bulk call) is warm too
+                tools[name](corpus[:24], *want)
                 bracket = []
 
                 def exact_once():

@@ -981,7 +981,7 @@ class Encoder:
     def _colbert(self, hidden: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray]:
         body_mask = mask[:, 1:].bool()
         tokens = hidden[:, 1:][body_mask]  # only real tokens: [sum(T_i - 1), H]
-        vecs = torch.nn.functional.normalize(self.colbert_linear(tokens.float()), dim=-1).cpu().numpy()
+        vecs = torch.nn.functional.normalize(linear(self.colbert_linear, tokens.float()), dim=-1).cpu().numpy()
         counts = body_mask.sum(dim=1).cpu().numpy()
         return np.split(vecs, np.cumsum(counts)[:-1])
 
