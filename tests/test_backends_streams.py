@@ -120,6 +120,21 @@ def test_one_thread_runs_bulk_on_the_latency_model(m3_path):
         torch.set_num_threads(before)
 
 
+def test_a_wide_model_runs_bulk_on_the_single_request_without_a_second_copy(m3_path, two_threads, monkeypatch):
+    import bgem3.backends.openvino as ovb
+
+    monkeypatch.setattr(ovb, "STREAMS_MAX_HIDDEN", 8)  # the tiny model's hidden size (32) counts as wide
+    enc = Encoder(m3_path, backend="openvino")
+    assert enc.graph._bulk is enc.graph.compiled and enc.graph.bulk_streams() == 1
+    out = enc.encode(TEXTS, batch_size=4, show_progress=False)
+    assert enc.graph._bulk is enc.graph.compiled
+    np.testing.assert_allclose(out.dense, Encoder(m3_path).encode(TEXTS, show_progress=False).dense, atol=TOL, rtol=0)
+    # a user's ov_config still decides: throughput streams on the wide model when asked for
+    tput = Encoder(m3_path, backend="openvino", model_kwargs={"ov_config": {"PERFORMANCE_HINT": "THROUGHPUT",
+                                                                            "NUM_STREAMS": "2"}})
+    assert tput.graph.bulk_streams() == 2
+
+
 def test_the_token_budget_per_batch_defaults_by_backend_and_a_given_one_holds(m3_path):
     assert Encoder(m3_path).max_tokens_per_batch == 16384
     enc = Encoder(m3_path, backend="openvino")
