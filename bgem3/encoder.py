@@ -898,10 +898,10 @@ class Encoder:
                 yield input_ids.numpy(), attention_mask.numpy()
 
         # with batches in flight on the runtime's streams (one thread each), the heads take one thread
-        # too: at torch's full count they would preempt the streams (measured: bulk 10 % slower)
-        heads_threads = 1 if self.graph.bulk_streams() > 1 else torch.get_num_threads()
+        # too: at torch's full count they would preempt the streams (measured: bulk 10 % slower). The
+        # setting is process-wide: a torch-path encode in another thread meanwhile runs on one thread too.
         with tqdm(total=len(order), desc="Encoding", unit="text", disable=not show_progress) as bar, \
-                _torch_threads(heads_threads):
+                _one_torch_thread(self.graph.bulk_streams() > 1):
             for hidden in self.graph.hidden_states_stream(padded()):
                 idx, input_ids, attention_mask = held.popleft()
                 store(idx, self._graph_heads(hidden, input_ids, attention_mask, *wants))
@@ -1163,17 +1163,29 @@ def _restore_encoder(token: str, path: str, options: dict) -> Encoder:
 
 # --------------------------------------------------------------------------- helpers
 
+_ONE_THREAD_LOCK = threading.Lock()
+_one_thread = {"depth": 0, "before": 0}  # blocks inside _one_torch_thread now, and the count to put back
+
+
 @contextlib.contextmanager
-def _torch_threads(n: int):
-    """PyTorch's intra-op thread count set to ``n`` for the block, then put back."""
-    before = torch.get_num_threads()
-    if n != before:
-        torch.set_num_threads(n)
+def _one_torch_thread(active: bool = True):
+    """PyTorch's intra-op thread count at 1 for the block (a process-wide setting), then put back when the
+    last such block in any thread ends: overlapping blocks in several threads never leave it at 1."""
+    if not active:
+        yield
+        return
+    with _ONE_THREAD_LOCK:
+        if _one_thread["depth"] == 0:
+            _one_thread["before"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _one_thread["depth"] += 1
     try:
         yield
     finally:
-        if n != before:
-            torch.set_num_threads(before)
+        with _ONE_THREAD_LOCK:
+            _one_thread["depth"] -= 1
+            if _one_thread["depth"] == 0:
+                torch.set_num_threads(_one_thread["before"])
 
 
 def _dtype_label(dtype: torch.dtype) -> str:

@@ -19,13 +19,7 @@ TOL = 1e-5
 TEXTS = [" ".join(f"w{(i * 7 + j) % 53}" for j in range(3 + (i * 11) % 60)) for i in range(41)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _export_cache(tmp_path_factory):
-    """Exports go to a temporary cache (never the user's ~/.cache/bgem3)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BGEM3_CACHE_DIR", str(tmp_path_factory.mktemp("bgem3-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("graph_export_cache")  # exports go to a temporary cache
 
 
 @pytest.fixture
@@ -97,6 +91,36 @@ def test_bulk_encode_through_the_stream_equals_the_exact_path_in_input_order(m3_
     calls.clear()
     one = ov_encoder.encode(TEXTS[:2], show_progress=False)  # one batch: the latency model, no stream
     assert calls == [] and np.allclose(one.dense, ref.dense[:2], atol=TOL)
+
+
+def test_overlapping_streams_in_two_threads_give_torch_its_thread_count_back(two_threads):
+    import threading
+
+    from bgem3.encoder import _one_torch_thread
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with _one_torch_thread():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with _one_torch_thread():
+            b_in.set()
+            a_out.wait(5)
+            seen["b, after a left"] = torch.get_num_threads()  # b's heads still want one thread
+
+    ts = [threading.Thread(target=f) for f in (a, b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    assert seen == {"b, after a left": 1}
+    assert torch.get_num_threads() == 2  # the count from before the first block, not b's view of it
 
 
 def test_an_ov_config_that_sets_the_streams_replaces_both_models(m3_path, two_threads):
