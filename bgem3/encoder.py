@@ -898,8 +898,9 @@ class Encoder:
                 yield input_ids.numpy(), attention_mask.numpy()
 
         # with batches in flight on the runtime's streams (one thread each), the heads take one thread
-        # too: at torch's full count they would preempt the streams (measured: bulk 10 % slower). The
-        # setting is process-wide: a torch-path encode in another thread meanwhile runs on one thread too.
+        # too: at torch's full count they would preempt the streams (measured: bulk 6 % slower, no faster
+        # than one request). The setting is process-wide: a torch-path encode in another thread meanwhile
+        # runs on one thread too.
         with tqdm(total=len(order), desc="Encoding", unit="text", disable=not show_progress) as bar, \
                 _one_torch_thread(self.graph.bulk_streams() > 1):
             for hidden in self.graph.hidden_states_stream(padded()):
