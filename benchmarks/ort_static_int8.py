@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -76,23 +77,29 @@ def make_static_graph(model_dir: str, variant: str, log=print) -> str:
             return next(self.items, None)
 
     pre = os.path.join(folder, "model_qint8_static_pre.onnx")
-    if not os.path.isfile(pre):
-        quant_pre_process(fp32, pre, skip_symbolic_shape=True)
-    graph = onnx.load(pre)
-    weights = {i.name for i in graph.graph.initializer}
-    linears = [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    kept = [n for n in linears if n.endswith("/output/dense/MatMul")]  # FFN down + attention output projections
-    nodes = linears if variant == "all" else [n for n in linears if n not in kept]
-    pct, sym = variant.endswith("pct"), variant.endswith("sym")
-    extra = {"MatMulConstBOnly": True, "ActivationSymmetric": sym, "WeightSymmetric": True}
-    if pct:
-        extra["CalibPercentile"] = 99.999
-    t0 = time.perf_counter()
-    quantize_static(pre, dst, Reader(windows() if pct else each_alone()), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8 if sym else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                    calibrate_method=CalibrationMethod.Percentile if pct else CalibrationMethod.MinMax,
-                    extra_options=extra)
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)  # ONNX Runtime's tools leave temporary files in the working directory
+        try:
+            if not os.path.isfile(pre):
+                quant_pre_process(fp32, pre, skip_symbolic_shape=True)
+            graph = onnx.load(pre)
+            weights = {i.name for i in graph.graph.initializer}
+            linears = [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+            kept = [n for n in linears if n.endswith("/output/dense/MatMul")]  # FFN down + attention output projections
+            nodes = linears if variant == "all" else [n for n in linears if n not in kept]
+            pct, sym = variant.endswith("pct"), variant.endswith("sym")
+            extra = {"MatMulConstBOnly": True, "ActivationSymmetric": sym, "WeightSymmetric": True}
+            if pct:
+                extra["CalibPercentile"] = 99.999
+            t0 = time.perf_counter()
+            quantize_static(pre, dst, Reader(windows() if pct else each_alone()), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QInt8 if sym else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                            calibrate_method=CalibrationMethod.Percentile if pct else CalibrationMethod.MinMax,
+                            extra_options=extra)
+        finally:
+            os.chdir(cwd)
     log(f"[{variant}] {len(nodes)} of {len(linears)} linear layers int8 -> {dst} ({time.perf_counter() - t0:.0f} s)")
     return dst
 
