@@ -309,7 +309,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="comma list of bulk,chunks,query: the workload-labelled run (benchmarks/_workloads.py) "
                          "instead of the scenario run")
     ap.add_argument("--systems", default="bgem3-fp32,bgem3-bf16,bgem3-int8,flag,st,ort-fp32,ort-int8",
-                    help="systems of the workload run")
+                    help="systems of the workload run, a comma list of: bgem3-fp32, bgem3-fp32-blas (the exact path on "
+                         "MKL linears), bgem3-bf16 / bgem3-int8 (torch), bgem3-onnx, bgem3-onnx-int8 (dynamic), "
+                         "bgem3-openvino, bgem3-openvino-bf16, bgem3-openvino-int8 (NNCF), bgem3-openvino-{bf16,int8}-1req "
+                         "(bulk as one request of 16384-token batches, as before the streams), flag, st, ort-fp32, ort-int8")
     ap.add_argument("--bulk-n", type=int, default=600, help="passages in the bulk call (default 600)")
     ap.add_argument("--bulk-scenarios", default="all,dense",
                     help="bulk scenarios to run: all (dense + lexical + ColBERT), dense (default both); "
@@ -335,6 +338,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-bracket", dest="bracket", action="store_false",
                     help="bulk: do not time the exact path right before and after each other system")
     args = ap.parse_args(argv)
+    if args.workloads:  # a typo in --systems stops the run before anything is built or timed
+        from benchmarks._workloads import check_systems
+
+        try:
+            check_systems(args.systems)
+        except ValueError as exc:
+            ap.error(str(exc))
 
     def log(msg=""):
         print(msg, flush=True)

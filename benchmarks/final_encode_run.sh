@@ -9,6 +9,8 @@
 #    bulk (BULK_N real passages in one call, all three outputs, every system bracketed by the exact
 #    path) and single-query p50/p99 (all three outputs) for every system, FlagEmbedding included with
 #    its executed FLOPs; the fast paths scored on the real MiniLM (--backend-fidelity);
+#    (bgem3-openvino-int8-1req: the int8 graph's bulk as one request of 16384-token batches, the A/B of the
+#    OpenVINO streams);
 # 2. small model, 1 thread: exact vs ONNX Runtime fp32 (and the exact path's MKL linears: before/after);
 # 3. full BGE-M3 shape (24 layers, hidden 1024), 2 threads, FULL_N passages, the main systems.
 #
@@ -27,7 +29,7 @@ GEMM_S=${GEMM_S:-60}
 FULL=${FULL:-1}
 FIDELITY=${FIDELITY:-1}
 MODELS_DIR=${MODELS_DIR:-}
-SYSTEMS_2T=${SYSTEMS_2T:-bgem3-fp32,bgem3-fp32-blas,bgem3-onnx,bgem3-openvino,bgem3-openvino-bf16,bgem3-openvino-int8,bgem3-bf16,bgem3-int8,bgem3-onnx-int8,flag}
+SYSTEMS_2T=${SYSTEMS_2T:-bgem3-fp32,bgem3-fp32-blas,bgem3-onnx,bgem3-openvino,bgem3-openvino-bf16,bgem3-openvino-int8,bgem3-openvino-int8-1req,bgem3-bf16,bgem3-int8,bgem3-onnx-int8,flag}
 SYSTEMS_1T=${SYSTEMS_1T:-bgem3-fp32,bgem3-fp32-blas,bgem3-onnx,bgem3-openvino-int8,bgem3-onnx-int8}
 SYSTEMS_FULL=${SYSTEMS_FULL:-bgem3-fp32,bgem3-onnx,bgem3-openvino-bf16,bgem3-openvino-int8,bgem3-int8}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -22,6 +22,16 @@ from bgem3.testing import make_m3_checkpoint, minilm_path  # noqa: E402
 from _extras_skip import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401
 
 
+@pytest.fixture(scope="module")
+def graph_export_cache(tmp_path_factory):
+    """bgem3's graph exports go to a temporary cache for the module (never the user's ~/.cache/bgem3);
+    modules that export take it with ``pytestmark = pytest.mark.usefixtures("graph_export_cache")``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BGEM3_CACHE_DIR", str(tmp_path_factory.mktemp("bgem3-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def m3_path(tmp_path_factory) -> str:
     """A tiny BGE-M3-shaped checkpoint: XLM-R encoder, both head files, trained tokenizer."""

@@ -30,13 +30,7 @@ PASSAGES = ["BGE M3 is an embedding model supporting dense retrieval, lexical ma
             " ".join(["Hybrid retrieval fuses dense, sparse and late-interaction scores."] * 12)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _export_cache(tmp_path_factory):
-    """Exports go to a temporary cache (never the user's ~/.cache/bgem3)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BGEM3_CACHE_DIR", str(tmp_path_factory.mktemp("bgem3-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("graph_export_cache")  # exports go to a temporary cache
 
 
 @pytest.fixture(scope="module")
