@@ -42,7 +42,7 @@ from ._dtypes import DTYPE_NAMES, dtype_name
 from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
 from ._hf import ModelLoadError, quiet_expected_load_report, transformers_attr
-from ._cpu_linear import (fused_product, linear, onednn_active, pack_fused, pack_linears, prepack_active, trim_heap,
+from ._cpu_linear import (PackedCopy, fused_product, linear, onednn_active, pack_fused, pack_linears, prepack_active, trim_heap,
                           unpack_linears)
 from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
 
@@ -417,6 +417,8 @@ class Encoder:
             quantize_encoder(self)
         #: bytes of fp32 linear weights held pre-packed for oneDNN (one copy; 0 when not packed)
         self.prepacked_bytes = 0
+        #: the M3 heads (ColBERT + sparse) as one pre-packed product on the unpadded path (a copy, rebuilt on change)
+        self._heads_copy = PackedCopy()
         if self._packed and self.backend_name == "torch" and self.device.type == "cpu" \
                 and self.dtype == torch.float32 and prepack_active():
             for layer in self._model.encoder.layer:  # query/key/value as one product, then the other four
@@ -828,7 +830,8 @@ class Encoder:
             ids = self.tokenize(texts, max_length)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         out.token_counts = lengths
-        order, batches = self.plan_batches(lengths, batch_size)
+        single = n == 1 and not show_progress  # one text (a query): no batch plan, no progress bar to set up
+        order, batches = (np.zeros(1, dtype=np.int64), [(0, 1)]) if single else self.plan_batches(lengths, batch_size)
 
         dense_out = np.empty((n, self.dimension), dtype=np.float32) if want_dense else None
         sparse_out: list = [None] * n if want_sparse else None  # type: ignore[assignment]
@@ -844,9 +847,13 @@ class Encoder:
                 if want_colbert:
                     colbert_out[i] = colbert_b[j]
 
-        run_batches(order, batches,
-                    lambda idx: self._forward([ids[i] for i in idx], want_dense, want_sparse, want_colbert, prompt_len),
-                    store, device=self.device, show_progress=show_progress, desc="Encoding", unit="text", log=logger)
+        if single:
+            store(order, self._forward([ids[0]], want_dense, want_sparse, want_colbert, prompt_len))
+        else:
+            run_batches(order, batches,
+                        lambda idx: self._forward([ids[i] for i in idx], want_dense, want_sparse, want_colbert,
+                                                  prompt_len),
+                        store, device=self.device, show_progress=show_progress, desc="Encoding", unit="text", log=logger)
         out.dense, out.sparse, out.colbert = dense_out, sparse_out, colbert_out
         return out
 
@@ -978,21 +985,39 @@ class Encoder:
         """
         dev = self.device
         b = len(batch_ids)
-        lens_np = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=b)
-        total = int(lens_np.sum())
-        width = int(lens_np.max())
-        flat = np.fromiter((t for row in batch_ids for t in row), dtype=np.int64, count=total)
-        starts_np = np.cumsum(lens_np) - lens_np
-        seg_np = np.repeat(np.arange(b, dtype=np.int64), lens_np)
-        local_np = np.arange(total, dtype=np.int64) - np.repeat(starts_np, lens_np)
-        ids = torch.from_numpy(flat).to(dev)
-        local = torch.from_numpy(local_np).to(dev)
-        starts = torch.from_numpy(starts_np).to(dev)
-        lens = torch.from_numpy(lens_np).to(dev)
-
         model = self._model
+        if b == 1:  # one text (a query): no varlen bookkeeping, cached position ranges
+            total = width = len(batch_ids[0])
+            lens_np = np.array([total], dtype=np.int64)
+            seg_np = None  # every row is text 0
+            ids = torch.tensor(batch_ids[0], dtype=torch.int64, device=dev)
+            local = self._arange(total)
+            starts = local[:1]
+            lens = None
+        else:
+            lens_np = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=b)
+            total = int(lens_np.sum())
+            width = int(lens_np.max())
+            flat = np.fromiter((t for row in batch_ids for t in row), dtype=np.int64, count=total)
+            starts_np = np.cumsum(lens_np) - lens_np
+            seg_np = np.repeat(np.arange(b, dtype=np.int64), lens_np)
+            local_np = np.arange(total, dtype=np.int64) - np.repeat(starts_np, lens_np)
+            ids = torch.from_numpy(flat).to(dev)
+            local = torch.from_numpy(local_np).to(dev)
+            starts = torch.from_numpy(starts_np).to(dev)
+            lens = torch.from_numpy(lens_np).to(dev)
+
+        fast = onednn_active()  # read once per call, not per layer
         with torch.inference_mode():
-            pos = _packed_position_ids(self._packed, model.embeddings, ids, local, starts, lens)
+            pos = None
+            if b == 1 and self._packed == "roberta":  # one text without pad ids: positions count from padding_idx + 1
+                pad_idx = model.embeddings.padding_idx
+                if not bool(ids.eq(pad_idx).any()):
+                    pos = self._arange(total + pad_idx + 1)[pad_idx + 1:]
+            if pos is None:
+                if lens is None:
+                    lens = torch.tensor(lens_np, device=dev)
+                pos = _packed_position_ids(self._packed, model.embeddings, ids, local, starts, lens)
             hidden = model.embeddings(input_ids=ids.unsqueeze(0), position_ids=pos.unsqueeze(0)).squeeze(0)
 
             # attention layout: packed row r of text s sits at padded slot s * width + local[r]
@@ -1009,7 +1034,7 @@ class Encoder:
             for li, layer in enumerate(layers):
                 last = li == len(layers) - 1
                 hidden = self._packed_layer(layer, hidden, b, width, slot, attn_mask,
-                                            starts if (last and cls_only) else None)
+                                            starts if (last and cls_only) else None, fast)
             # after a cls-only last layer, hidden holds just the B CLS rows
 
             dense_np = sparse_list = colbert_list = None
@@ -1020,36 +1045,65 @@ class Encoder:
                 elif pooling == "cls":
                     vec = hidden[starts]
                 elif pooling == "mean":
-                    seg_t = torch.from_numpy(seg_np).to(dev) if seg_idx is None else seg_idx
+                    if seg_idx is not None:
+                        seg_t = seg_idx
+                    elif seg_np is None:
+                        seg_t = torch.zeros(total, dtype=torch.int64, device=dev)
+                    else:
+                        seg_t = torch.from_numpy(seg_np).to(dev)
+                    if lens is None:
+                        lens = torch.tensor(lens_np, device=dev)
                     sums = torch.zeros(b, hidden.shape[-1], dtype=hidden.dtype, device=dev).index_add_(0, seg_t, hidden)
                     vec = sums / lens.unsqueeze(1).to(hidden.dtype).clamp(min=1e-9)
                 elif pooling == "lasttoken":
-                    vec = hidden[starts + lens - 1]
+                    vec = hidden[starts + (total - 1 if lens is None else lens - 1)]
                 else:  # pragma: no cover - profiles are validated
                     raise ValueError(f"unknown pooling {pooling!r}")
                 dense_np = self._finish(vec).cpu().numpy()
+            if want_sparse or want_colbert:
+                hid = hidden.float()
+                # ColBERT [H, H] and sparse [1, H] heads as one pre-packed oneDNN product over every row
+                both = self._heads_copy.product((self.colbert_linear, self.sparse_linear), hid, fast) \
+                    if want_colbert else None
+                if both is None:
+                    both = (None, self.sparse_linear(hid) if want_sparse else None)
             if want_sparse:
-                weights = torch.relu(self.sparse_linear(hidden.float())).squeeze(-1)  # [total]
+                weights = torch.relu(both[1]).squeeze(-1)  # [total]
                 keep = weights > 0
                 if len(self._special_ids):
                     keep &= ~torch.isin(ids, self._special_ids.to(dev))
                 sel = keep.nonzero(as_tuple=True)[0]
-                rows = torch.from_numpy(seg_np).to(dev)[sel]
+                rows = torch.zeros_like(sel) if seg_np is None else torch.from_numpy(seg_np).to(dev)[sel]
                 sparse_list = self._sparse_dicts(rows, ids[sel], weights[sel], b)
             if want_colbert:
-                body = local.ne(0)
-                vecs = torch.nn.functional.normalize(linear(self.colbert_linear, hidden[body].float()), dim=-1).cpu().numpy()
-                colbert_list = np.split(vecs, np.cumsum(lens_np - 1)[:-1])
+                if both[0] is not None:
+                    body_out = both[0][1:] if b == 1 else both[0][local.ne(0)]
+                else:
+                    body_out = linear(self.colbert_linear, (hid[1:] if b == 1 else hid[local.ne(0)]).contiguous(),
+                                      active=fast)
+                vecs = torch.nn.functional.normalize(body_out, dim=-1).cpu().numpy()
+                colbert_list = [vecs] if b == 1 else np.split(vecs, np.cumsum(lens_np - 1)[:-1])
         return dense_np, sparse_list, colbert_list
 
-    def _packed_layer(self, layer, hidden, b, width, slot, attn_mask, query_rows):
+    def _arange(self, n: int) -> torch.Tensor:
+        """``torch.arange(n)`` on the encoder's device, sliced from a cached range (grown when needed)."""
+        r = self.__dict__.get("_arange_cache")
+        if r is None or r.shape[0] < n:
+            with torch.inference_mode(False):
+                r = torch.arange(max(n, 1024), dtype=torch.int64, device=self.device)
+            self._arange_cache = r
+        return r[:n]
+
+    def _packed_layer(self, layer, hidden, b, width, slot, attn_mask, query_rows, fast: Optional[bool] = None):
         """One BERT/XLM-R encoder layer on packed rows. ``query_rows``: keep only those rows
-        (the CLS rows of the last layer when nothing else is needed)."""
+        (the CLS rows of the last layer when nothing else is needed). ``fast``: :func:`onednn_active`'s
+        answer when the caller has it."""
         att = layer.attention
         sa = att.self
         nh, hd = sa.num_attention_heads, sa.attention_head_size
         q_in = hidden if query_rows is None else hidden[query_rows]
-        fast = onednn_active()
+        if fast is None:
+            fast = onednn_active()
         qkv = fused_product(sa.query, hidden, fast)  # pre-packed as one [3H, H] weight (exact CPU fp32 path)
         if qkv is not None:
             q, k, v = qkv
@@ -1076,9 +1130,9 @@ class Encoder:
         ctx = ctx.transpose(1, 2).reshape(-1, h)
         if query_rows is None and slot is not None:
             ctx = ctx[slot]
-        return self._layer_rows(layer, ctx, q_in)
+        return self._layer_rows(layer, ctx, q_in, fast)
 
-    def _layer_rows(self, layer, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def _layer_rows(self, layer, ctx: torch.Tensor, residual: torch.Tensor, fast: Optional[bool] = None) -> torch.Tensor:
         """The row-wise rest of a BERT/XLM-R layer (attention output projection + LayerNorm, FFN,
         GELU, output projection + LayerNorm) over row chunks (:data:`ROW_CHUNK_ELEMENTS`).
 
@@ -1098,7 +1152,8 @@ class Encoder:
             width = int(getattr(inter.dense, "out_features", 0) or 4 * ctx.shape[1])
             step = ROW_CHUNK or max(256, ROW_CHUNK_ELEMENTS // max(width, 1))
         result = None
-        fast = onednn_active()
+        if fast is None:
+            fast = onednn_active()
         for a in range(0, n, step):
             c, r = ctx[a:a + step], residual[a:a + step]
             x = linear(att_out.dense, c, active=fast)
@@ -1117,7 +1172,13 @@ class Encoder:
         return result
 
     def _sparse_dicts(self, rows: torch.Tensor, tok: torch.Tensor, w: torch.Tensor, n_rows: int) -> list[dict[int, float]]:
-        """Max weight per (row, token id), vectorised, as one dict per row."""
+        """Max weight per (row, token id), vectorised, as one dict per row (keys in ascending token id order)."""
+        if n_rows == 1 and tok.shape[0] <= 256:  # one short text: a few dozen pairs, cheaper in Python
+            top: dict[int, float] = {}
+            for t, v in zip(tok.tolist(), w.tolist()):
+                if v > top.get(t, -1.0):  # the weights here are > 0
+                    top[t] = v
+            return [dict(sorted(top.items()))]
         key = rows.to(torch.int64) * int(self.vocab_size + 1) + tok
         uniq, inverse = torch.unique(key, return_inverse=True)
         best = torch.zeros(uniq.shape[0], dtype=w.dtype, device=w.device).scatter_reduce(0, inverse, w, reduce="amax", include_self=False)
