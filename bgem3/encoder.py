@@ -1031,10 +1031,13 @@ class Encoder:
                 attn_mask = None
             layers = list(model.encoder.layer)
             cls_only = want_dense and not (want_sparse or want_colbert) and self.profile.pooling == "cls"
+            plan = self._one_text_plan(layers) if b == 1 and fast and hidden.device.type == "cpu" else None
             for li, layer in enumerate(layers):
                 last = li == len(layers) - 1
-                hidden = self._packed_layer(layer, hidden, b, width, slot, attn_mask,
-                                            starts if (last and cls_only) else None, fast)
+                rows = starts if (last and cls_only) else None
+                out = None if plan is None or rows is not None else _packed_layer_one(plan[li], hidden, width)
+                hidden = out if out is not None else self._packed_layer(layer, hidden, b, width, slot, attn_mask,
+                                                                         rows, fast)
             # after a cls-only last layer, hidden holds just the B CLS rows
 
             dense_np = sparse_list = colbert_list = None
@@ -1084,6 +1087,35 @@ class Encoder:
                 vecs = torch.nn.functional.normalize(body_out, dim=-1).cpu().numpy()
                 colbert_list = [vecs] if b == 1 else np.split(vecs, np.cumsum(lens_np - 1)[:-1])
         return dense_np, sparse_list, colbert_list
+
+    def _one_text_plan(self, layers: list) -> Optional[list]:
+        """Per layer, the modules :func:`_packed_layer_one` reads (made once per model), or None when a
+        layer does not have that shape (another attention class, a non-erf activation) or a global
+        module hook is set (calibration records inputs so: the modules are then called)."""
+        from torch.nn.modules import module as m
+
+        if m._global_forward_hooks or m._global_forward_pre_hooks:
+            return None
+        cached = self.__dict__.get("_plan_cache")
+        if cached is not None and cached[0] is self._model:
+            return cached[1]
+        plan: Optional[list] = []
+        for layer in layers:
+            try:
+                sa, inter = layer.attention.self, layer.intermediate
+                entry = (sa.query, sa.key, sa.value, int(sa.num_attention_heads), int(sa.attention_head_size),
+                         float(sa.scaling), layer.attention.output.dense, layer.attention.output.LayerNorm,
+                         inter.dense, layer.output.dense, layer.output.LayerNorm)
+            except AttributeError:
+                plan = None
+                break
+            if not _is_exact_gelu(inter.intermediate_act_fn) \
+                    or not all(isinstance(x, torch.nn.LayerNorm) for x in (entry[7], entry[10])):
+                plan = None
+                break
+            plan.append(entry)
+        self._plan_cache = (self._model, plan)
+        return plan
 
     def _arange(self, n: int) -> torch.Tensor:
         """``torch.arange(n)`` on the encoder's device, sliced from a cached range (grown when needed)."""
@@ -1266,6 +1298,36 @@ def _is_decoder_only(config: Any) -> bool:
 ROW_CHUNK_ELEMENTS = 3 * 1024 * 1024
 #: or a fixed number of rows per chunk (tests set it to exercise chunk edges); None: from the elements
 ROW_CHUNK: Optional[int] = None
+
+
+def _packed_layer_one(entry: tuple, hidden: torch.Tensor, n: int) -> Optional[torch.Tensor]:
+    """One BERT/XLM-R layer for ONE text of ``n`` rows whose linear layers are pre-packed (the exact CPU fp32
+    path of a single query): the same products, attention, residuals and LayerNorms as
+    :meth:`Encoder._packed_layer`, bit for bit, with the per-layer Python of the general path (row
+    chunks, per-call policy checks) left out. None (nothing computed) where a layer is not packed so or
+    has hooks: the caller then runs the general path."""
+    q_mod, k_mod, v_mod, nh, hd, scale, ao, ln1, inter, out, ln2 = entry
+    group = q_mod.__dict__.get("_fused")
+    w_ao, w_in, w_out = ao.__dict__.get("_packed"), inter.__dict__.get("_packed"), out.__dict__.get("_packed")
+    if group is None or w_ao is None or w_in is None or w_out is None or group.mods != (q_mod, k_mod, v_mod) \
+            or hidden.dtype != torch.float32 or not hidden.is_contiguous():
+        return None
+    for mod in (q_mod, k_mod, v_mod, ao, ln1, inter, out, ln2):
+        if mod._forward_hooks or mod._forward_pre_hooks:
+            return None
+    lp = torch.ops.mkldnn._linear_pointwise
+    q, k, v = lp(hidden, group.packed, group.bias(), "none", [], "").split(group.sizes, dim=-1)
+    h = q.shape[-1]
+    ctx = torch.nn.functional.scaled_dot_product_attention(
+        q.view(1, n, nh, hd).transpose(1, 2), k.view(1, n, nh, hd).transpose(1, 2),
+        v.view(1, n, nh, hd).transpose(1, 2), scale=scale).transpose(1, 2).reshape(-1, h)
+    x = lp(ctx, w_ao, ao._parameters["bias"], "none", [], "")
+    x = torch.nn.functional.layer_norm(x.add_(hidden), ln1.normalized_shape, ln1._parameters["weight"],
+                                       ln1._parameters["bias"], ln1.eps)
+    y = lp(x, w_in, inter._parameters["bias"], "gelu", [], "none")
+    y = lp(y, w_out, out._parameters["bias"], "none", [], "")
+    return torch.nn.functional.layer_norm(y.add_(x), ln2.normalized_shape, ln2._parameters["weight"],
+                                          ln2._parameters["bias"], ln2.eps)
 
 
 def _is_exact_gelu(act: Any) -> bool:
