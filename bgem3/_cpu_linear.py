@@ -51,6 +51,7 @@ import sys
 from typing import Optional
 
 import torch
+from torch.nn.modules import module as _module
 
 #: None: auto (oneDNN on non-Intel x86 CPUs); True / False: force (benchmarks, tests)
 ONEDNN: Optional[bool] = None
@@ -112,10 +113,8 @@ def prepack_active() -> bool:
 
 def _hooked(mod: torch.nn.Module) -> bool:
     """Whether calling ``mod`` runs hooks (bgem3.quant's calibration records inputs so): then it is called."""
-    from torch.nn.modules import module as m
-
-    return bool(mod._forward_hooks or mod._forward_pre_hooks or m._global_forward_hooks
-                or m._global_forward_pre_hooks)
+    return bool(mod._forward_hooks or mod._forward_pre_hooks or _module._global_forward_hooks
+                or _module._global_forward_pre_hooks)
 
 
 def linear(mod: torch.nn.Module, x: torch.Tensor, *, gelu: bool = False,
@@ -234,11 +233,27 @@ _PACKED_KEYS = ("_packed", "_fused", "_weight_requires_grad")
 class _Fused:
     """One packed weight for several layers that read the same input (an attention block's query, key and
     value): one product ``[rows, sum(out)]`` instead of one per layer, bit for bit the same columns. The
-    layers keep their own biases (concatenated per call, so changes to them count)."""
+    layers keep their own biases (concatenated once and again whenever one of them changes: a new
+    tensor or an in-place write, seen by its version counter)."""
 
     def __init__(self, packed: torch.Tensor, mods: tuple):
         self.packed, self.mods = packed, mods
         self.sizes = [m.out_features for m in mods]
+        self._bias_key: Optional[tuple] = None
+        self._bias: Optional[torch.Tensor] = None
+
+    def bias(self) -> Optional[torch.Tensor]:
+        """The layers' biases end to end (None without bias), cached while none of them changes."""
+        biases = [m.bias for m in self.mods]
+        if biases[0] is None:
+            return None
+        key = tuple((b, b._version) for b in biases)  # the tensors themselves: an id could be reused
+        old = self._bias_key
+        if old is None or any(a is not b or va != vb for (a, va), (b, vb) in zip(old, key)):
+            with torch.inference_mode(False), torch.no_grad():
+                self._bias = torch.cat([b.detach() for b in biases])
+            self._bias_key = key
+        return self._bias
 
     def dense_of(self, mod) -> torch.Tensor:
         i = self.mods.index(mod)
@@ -246,9 +261,7 @@ class _Fused:
         return self.packed.to_dense()[start:start + self.sizes[i]].clone()
 
     def product(self, x: torch.Tensor) -> tuple:
-        biases = [m.bias for m in self.mods]
-        bias = None if biases[0] is None else torch.cat(biases)
-        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias(), "none", [], "")
         return y.split(self.sizes, dim=-1)
 
     def unpack(self) -> None:
@@ -443,3 +456,49 @@ def _unshared_refcount() -> int:
 
 #: sys.getrefcount of a Linear's weight held only by its module (and the local name + the call's argument)
 _REFS_OF_AN_UNSHARED_WEIGHT = _unshared_refcount()
+
+
+class PackedCopy:
+    """A pre-packed oneDNN copy of small plain fp32 ``nn.Linear`` layers that read the same input (BGE-M3's
+    ColBERT ``[H, H]`` and sparse ``[1, H]`` heads), run as ONE product, bit for bit the same columns as
+    separate products. Unlike :func:`pack_fused` the layers stay untouched (public attributes whose weights
+    users read); the copy is rebuilt whenever a weight or bias changes (a new tensor, or an in-place write
+    seen by its version counter), so it is never stale. Meant for layers of a few MB at most."""
+
+    def __init__(self):
+        self._key: Optional[tuple] = None
+        self._packed: Optional[tuple] = None
+
+    def product(self, mods: tuple, x: torch.Tensor, active: bool) -> Optional[tuple]:
+        """The outputs of ``mods`` for ``x`` (2-D fp32 CPU, contiguous) as one product, or None where this
+        does not apply (oneDNN off, hooks, another layer type / dtype / device, mixed bias)."""
+        if not active or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 \
+                or not x.is_contiguous() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+            return None
+        if any(type(m) is not torch.nn.Linear or _hooked(m) for m in mods) or len({m.bias is None for m in mods}) != 1:
+            return None
+        key = _layer_state(mods)
+        if not _same_state(self._key, key):
+            ws = [m.weight for m in mods]
+            if any(w.dtype != torch.float32 or w.device.type != "cpu" or w.is_meta for w in ws):
+                return None
+            with torch.inference_mode(False), torch.no_grad():
+                w = torch.ops.mkldnn._reorder_linear_weight(torch.cat([w.detach() for w in ws]), PACK_ROWS_HINT)
+                b = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])
+            self._packed, self._key = (w, b, [m.out_features for m in mods]), key
+        w, b, sizes = self._packed
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "").split(sizes, dim=-1)
+
+
+def _layer_state(mods: tuple) -> list:
+    """What a copy of ``mods``' weights depends on: the modules, their weight / bias tensors and versions."""
+    out: list = []
+    for m in mods:
+        w, b = m.weight, m.bias
+        out += [m, w, w._version, b, None if b is None else b._version]
+    return out
+
+
+def _same_state(old: Optional[list], new: list) -> bool:
+    return old is not None and len(old) == len(new) and all(
+        a == b if type(a) is int else a is b for a, b in zip(old, new))

@@ -46,7 +46,7 @@ from ._dtypes import DTYPE_NAMES, dtype_name
 from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
 from ._hf import ModelLoadError, quiet_expected_load_report, transformers_attr
-from ._cpu_linear import (fused_product, linear, onednn_active, pack_fused, pack_linears, prepack_active, trim_heap,
+from ._cpu_linear import (PackedCopy, fused_product, linear, onednn_active, pack_fused, pack_linears, prepack_active, trim_heap,
                           unpack_linears)
 from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
 
@@ -437,6 +437,8 @@ class Encoder:
             quantize_encoder(self)
         #: bytes of fp32 linear weights held pre-packed for oneDNN (one copy; 0 when not packed)
         self.prepacked_bytes = 0
+        #: the M3 heads (ColBERT + sparse) as one pre-packed product on the unpadded path (a copy, rebuilt on change)
+        self._heads_copy = PackedCopy()
         if self._packed and self.backend_name == "torch" and self.device.type == "cpu" \
                 and self.dtype == torch.float32 and prepack_active():
             for layer in self._model.encoder.layer:  # query/key/value as one product, then the other four
@@ -849,7 +851,8 @@ class Encoder:
             ids = self.tokenize(texts, max_length)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         out.token_counts = lengths
-        order, batches = self.plan_batches(lengths, batch_size)
+        single = n == 1 and not show_progress  # one text (a query): no batch plan, no progress bar to set up
+        order, batches = (np.zeros(1, dtype=np.int64), [(0, 1)]) if single else self.plan_batches(lengths, batch_size)
 
         dense_out = np.empty((n, self.dimension), dtype=np.float32) if want_dense else None
         sparse_out: list = [None] * n if want_sparse else None  # type: ignore[assignment]
@@ -865,7 +868,9 @@ class Encoder:
                 if want_colbert:
                     colbert_out[i] = colbert_b[j]
 
-        if self.graph is not None and len(batches) > 1:  # bulk on a graph runtime: batches in flight, heads overlapped
+        if single:
+            store(order, self._forward([ids[0]], want_dense, want_sparse, want_colbert, prompt_len))
+        elif self.graph is not None and len(batches) > 1:  # bulk on a graph runtime: batches in flight, heads overlapped
             self._graph_stream(order, batches, ids, store, (want_dense, want_sparse, want_colbert, prompt_len),
                                show_progress)
         else:
@@ -1034,21 +1039,39 @@ class Encoder:
         """
         dev = self.device
         b = len(batch_ids)
-        lens_np = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=b)
-        total = int(lens_np.sum())
-        width = int(lens_np.max())
-        flat = np.fromiter((t for row in batch_ids for t in row), dtype=np.int64, count=total)
-        starts_np = np.cumsum(lens_np) - lens_np
-        seg_np = np.repeat(np.arange(b, dtype=np.int64), lens_np)
-        local_np = np.arange(total, dtype=np.int64) - np.repeat(starts_np, lens_np)
-        ids = torch.from_numpy(flat).to(dev)
-        local = torch.from_numpy(local_np).to(dev)
-        starts = torch.from_numpy(starts_np).to(dev)
-        lens = torch.from_numpy(lens_np).to(dev)
-
         model = self._model
+        if b == 1:  # one text (a query): no varlen bookkeeping, cached position ranges
+            total = width = len(batch_ids[0])
+            lens_np = np.array([total], dtype=np.int64)
+            seg_np = None  # every row is text 0
+            ids = torch.tensor(batch_ids[0], dtype=torch.int64, device=dev)
+            local = self._arange(total)
+            starts = local[:1]
+            lens = None
+        else:
+            lens_np = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=b)
+            total = int(lens_np.sum())
+            width = int(lens_np.max())
+            flat = np.fromiter((t for row in batch_ids for t in row), dtype=np.int64, count=total)
+            starts_np = np.cumsum(lens_np) - lens_np
+            seg_np = np.repeat(np.arange(b, dtype=np.int64), lens_np)
+            local_np = np.arange(total, dtype=np.int64) - np.repeat(starts_np, lens_np)
+            ids = torch.from_numpy(flat).to(dev)
+            local = torch.from_numpy(local_np).to(dev)
+            starts = torch.from_numpy(starts_np).to(dev)
+            lens = torch.from_numpy(lens_np).to(dev)
+
+        fast = onednn_active()  # read once per call, not per layer
         with torch.inference_mode():
-            pos = _packed_position_ids(self._packed, model.embeddings, ids, local, starts, lens)
+            pos = None
+            if b == 1 and self._packed == "roberta":  # one text without pad ids: positions count from padding_idx + 1
+                pad_idx = model.embeddings.padding_idx
+                if not bool(ids.eq(pad_idx).any()):
+                    pos = self._arange(total + pad_idx + 1)[pad_idx + 1:]
+            if pos is None:
+                if lens is None:
+                    lens = torch.tensor(lens_np, device=dev)
+                pos = _packed_position_ids(self._packed, model.embeddings, ids, local, starts, lens)
             hidden = model.embeddings(input_ids=ids.unsqueeze(0), position_ids=pos.unsqueeze(0)).squeeze(0)
 
             # attention layout: packed row r of text s sits at padded slot s * width + local[r]
@@ -1062,10 +1085,13 @@ class Encoder:
                 attn_mask = None
             layers = list(model.encoder.layer)
             cls_only = want_dense and not (want_sparse or want_colbert) and self.profile.pooling == "cls"
+            plan = self._one_text_plan(layers) if b == 1 and fast and hidden.device.type == "cpu" else None
             for li, layer in enumerate(layers):
                 last = li == len(layers) - 1
-                hidden = self._packed_layer(layer, hidden, b, width, slot, attn_mask,
-                                            starts if (last and cls_only) else None)
+                rows = starts if (last and cls_only) else None
+                out = None if plan is None or rows is not None else _packed_layer_one(plan[li], hidden, width)
+                hidden = out if out is not None else self._packed_layer(layer, hidden, b, width, slot, attn_mask,
+                                                                         rows, fast)
             # after a cls-only last layer, hidden holds just the B CLS rows
 
             dense_np = sparse_list = colbert_list = None
@@ -1076,36 +1102,94 @@ class Encoder:
                 elif pooling == "cls":
                     vec = hidden[starts]
                 elif pooling == "mean":
-                    seg_t = torch.from_numpy(seg_np).to(dev) if seg_idx is None else seg_idx
+                    if seg_idx is not None:
+                        seg_t = seg_idx
+                    elif seg_np is None:
+                        seg_t = torch.zeros(total, dtype=torch.int64, device=dev)
+                    else:
+                        seg_t = torch.from_numpy(seg_np).to(dev)
+                    if lens is None:
+                        lens = torch.tensor(lens_np, device=dev)
                     sums = torch.zeros(b, hidden.shape[-1], dtype=hidden.dtype, device=dev).index_add_(0, seg_t, hidden)
                     vec = sums / lens.unsqueeze(1).to(hidden.dtype).clamp(min=1e-9)
                 elif pooling == "lasttoken":
-                    vec = hidden[starts + lens - 1]
+                    vec = hidden[starts + (total - 1 if lens is None else lens - 1)]
                 else:  # pragma: no cover - profiles are validated
                     raise ValueError(f"unknown pooling {pooling!r}")
                 dense_np = self._finish(vec).cpu().numpy()
+            if want_sparse or want_colbert:
+                hid = hidden.float()
+                # ColBERT [H, H] and sparse [1, H] heads as one pre-packed oneDNN product over every row
+                both = self._heads_copy.product((self.colbert_linear, self.sparse_linear), hid, fast) \
+                    if want_colbert else None
+                if both is None:
+                    both = (None, self.sparse_linear(hid) if want_sparse else None)
             if want_sparse:
-                weights = torch.relu(self.sparse_linear(hidden.float())).squeeze(-1)  # [total]
+                weights = torch.relu(both[1]).squeeze(-1)  # [total]
                 keep = weights > 0
                 if len(self._special_ids):
                     keep &= ~torch.isin(ids, self._special_ids.to(dev))
                 sel = keep.nonzero(as_tuple=True)[0]
-                rows = torch.from_numpy(seg_np).to(dev)[sel]
+                rows = torch.zeros_like(sel) if seg_np is None else torch.from_numpy(seg_np).to(dev)[sel]
                 sparse_list = self._sparse_dicts(rows, ids[sel], weights[sel], b)
             if want_colbert:
-                body = local.ne(0)
-                vecs = torch.nn.functional.normalize(linear(self.colbert_linear, hidden[body].float()), dim=-1).cpu().numpy()
-                colbert_list = np.split(vecs, np.cumsum(lens_np - 1)[:-1])
+                if both[0] is not None:
+                    body_out = both[0][1:] if b == 1 else both[0][local.ne(0)]
+                else:
+                    body_out = linear(self.colbert_linear, (hid[1:] if b == 1 else hid[local.ne(0)]).contiguous(),
+                                      active=fast)
+                vecs = torch.nn.functional.normalize(body_out, dim=-1).cpu().numpy()
+                colbert_list = [vecs] if b == 1 else np.split(vecs, np.cumsum(lens_np - 1)[:-1])
         return dense_np, sparse_list, colbert_list
 
-    def _packed_layer(self, layer, hidden, b, width, slot, attn_mask, query_rows):
+    def _one_text_plan(self, layers: list) -> Optional[list]:
+        """Per layer, the modules :func:`_packed_layer_one` reads (made once per model), or None when a
+        layer does not have that shape (another attention class, a non-erf activation) or a global
+        module hook is set (calibration records inputs so: the modules are then called)."""
+        from torch.nn.modules import module as m
+
+        if m._global_forward_hooks or m._global_forward_pre_hooks:
+            return None
+        cached = self.__dict__.get("_plan_cache")
+        if cached is not None and cached[0] is self._model:
+            return cached[1]
+        plan: Optional[list] = []
+        for layer in layers:
+            try:
+                sa, inter = layer.attention.self, layer.intermediate
+                entry = (sa.query, sa.key, sa.value, int(sa.num_attention_heads), int(sa.attention_head_size),
+                         float(sa.scaling), layer.attention.output.dense, layer.attention.output.LayerNorm,
+                         inter.dense, layer.output.dense, layer.output.LayerNorm)
+            except AttributeError:
+                plan = None
+                break
+            if not _is_exact_gelu(inter.intermediate_act_fn) \
+                    or not all(isinstance(x, torch.nn.LayerNorm) for x in (entry[7], entry[10])):
+                plan = None
+                break
+            plan.append(entry)
+        self._plan_cache = (self._model, plan)
+        return plan
+
+    def _arange(self, n: int) -> torch.Tensor:
+        """``torch.arange(n)`` on the encoder's device, sliced from a cached range (grown when needed)."""
+        r = self.__dict__.get("_arange_cache")
+        if r is None or r.shape[0] < n:
+            with torch.inference_mode(False):
+                r = torch.arange(max(n, 1024), dtype=torch.int64, device=self.device)
+            self._arange_cache = r
+        return r[:n]
+
+    def _packed_layer(self, layer, hidden, b, width, slot, attn_mask, query_rows, fast: Optional[bool] = None):
         """One BERT/XLM-R encoder layer on packed rows. ``query_rows``: keep only those rows
-        (the CLS rows of the last layer when nothing else is needed)."""
+        (the CLS rows of the last layer when nothing else is needed). ``fast``: :func:`onednn_active`'s
+        answer when the caller has it."""
         att = layer.attention
         sa = att.self
         nh, hd = sa.num_attention_heads, sa.attention_head_size
         q_in = hidden if query_rows is None else hidden[query_rows]
-        fast = onednn_active()
+        if fast is None:
+            fast = onednn_active()
         qkv = fused_product(sa.query, hidden, fast)  # pre-packed as one [3H, H] weight (exact CPU fp32 path)
         if qkv is not None:
             q, k, v = qkv
@@ -1132,9 +1216,9 @@ class Encoder:
         ctx = ctx.transpose(1, 2).reshape(-1, h)
         if query_rows is None and slot is not None:
             ctx = ctx[slot]
-        return self._layer_rows(layer, ctx, q_in)
+        return self._layer_rows(layer, ctx, q_in, fast)
 
-    def _layer_rows(self, layer, ctx: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def _layer_rows(self, layer, ctx: torch.Tensor, residual: torch.Tensor, fast: Optional[bool] = None) -> torch.Tensor:
         """The row-wise rest of a BERT/XLM-R layer (attention output projection + LayerNorm, FFN,
         GELU, output projection + LayerNorm) over row chunks (:data:`ROW_CHUNK_ELEMENTS`).
 
@@ -1154,7 +1238,8 @@ class Encoder:
             width = int(getattr(inter.dense, "out_features", 0) or 4 * ctx.shape[1])
             step = ROW_CHUNK or max(256, ROW_CHUNK_ELEMENTS // max(width, 1))
         result = None
-        fast = onednn_active()
+        if fast is None:
+            fast = onednn_active()
         for a in range(0, n, step):
             c, r = ctx[a:a + step], residual[a:a + step]
             x = linear(att_out.dense, c, active=fast)
@@ -1173,7 +1258,13 @@ class Encoder:
         return result
 
     def _sparse_dicts(self, rows: torch.Tensor, tok: torch.Tensor, w: torch.Tensor, n_rows: int) -> list[dict[int, float]]:
-        """Max weight per (row, token id), vectorised, as one dict per row."""
+        """Max weight per (row, token id), vectorised, as one dict per row (keys in ascending token id order)."""
+        if n_rows == 1 and tok.shape[0] <= 256:  # one short text: a few dozen pairs, cheaper in Python
+            top: dict[int, float] = {}
+            for t, v in zip(tok.tolist(), w.tolist()):
+                if v > top.get(t, -1.0):  # the weights here are > 0
+                    top[t] = v
+            return [dict(sorted(top.items()))]
         key = rows.to(torch.int64) * int(self.vocab_size + 1) + tok
         uniq, inverse = torch.unique(key, return_inverse=True)
         best = torch.zeros(uniq.shape[0], dtype=w.dtype, device=w.device).scatter_reduce(0, inverse, w, reduce="amax", include_self=False)
@@ -1286,6 +1377,36 @@ def _is_decoder_only(config: Any) -> bool:
 ROW_CHUNK_ELEMENTS = 3 * 1024 * 1024
 #: or a fixed number of rows per chunk (tests set it to exercise chunk edges); None: from the elements
 ROW_CHUNK: Optional[int] = None
+
+
+def _packed_layer_one(entry: tuple, hidden: torch.Tensor, n: int) -> Optional[torch.Tensor]:
+    """One BERT/XLM-R layer for ONE text of ``n`` rows whose linear layers are pre-packed (the exact CPU fp32
+    path of a single query): the same products, attention, residuals and LayerNorms as
+    :meth:`Encoder._packed_layer`, bit for bit, with the per-layer Python of the general path (row
+    chunks, per-call policy checks) left out. None (nothing computed) where a layer is not packed so or
+    has hooks: the caller then runs the general path."""
+    q_mod, k_mod, v_mod, nh, hd, scale, ao, ln1, inter, out, ln2 = entry
+    group = q_mod.__dict__.get("_fused")
+    w_ao, w_in, w_out = ao.__dict__.get("_packed"), inter.__dict__.get("_packed"), out.__dict__.get("_packed")
+    if group is None or w_ao is None or w_in is None or w_out is None or group.mods != (q_mod, k_mod, v_mod) \
+            or hidden.dtype != torch.float32 or not hidden.is_contiguous():
+        return None
+    for mod in (q_mod, k_mod, v_mod, ao, ln1, inter, out, ln2):
+        if mod._forward_hooks or mod._forward_pre_hooks:
+            return None
+    lp = torch.ops.mkldnn._linear_pointwise
+    q, k, v = lp(hidden, group.packed, group.bias(), "none", [], "").split(group.sizes, dim=-1)
+    h = q.shape[-1]
+    ctx = torch.nn.functional.scaled_dot_product_attention(
+        q.view(1, n, nh, hd).transpose(1, 2), k.view(1, n, nh, hd).transpose(1, 2),
+        v.view(1, n, nh, hd).transpose(1, 2), scale=scale).transpose(1, 2).reshape(-1, h)
+    x = lp(ctx, w_ao, ao._parameters["bias"], "none", [], "")
+    x = torch.nn.functional.layer_norm(x.add_(hidden), ln1.normalized_shape, ln1._parameters["weight"],
+                                       ln1._parameters["bias"], ln1.eps)
+    y = lp(x, w_in, inter._parameters["bias"], "gelu", [], "none")
+    y = lp(y, w_out, out._parameters["bias"], "none", [], "")
+    return torch.nn.functional.layer_norm(y.add_(x), ln2.normalized_shape, ln2._parameters["weight"],
+                                          ln2._parameters["bias"], ln2.eps)
 
 
 def _is_exact_gelu(act: Any) -> bool:

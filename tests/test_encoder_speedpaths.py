@@ -473,3 +473,90 @@ def test_query_key_value_packed_as_one_product():
     k.unpack()
     assert all(type(m) is torch.nn.Linear and torch.equal(m.weight, r.weight) for m, r in zip((q, k, v), ref))
     assert cl.pack_fused(q, torch.nn.Linear(16, 32)) == 0 and type(q) is torch.nn.Linear  # different inputs: left alone
+
+
+# --------------------------------------------------------------------------- one text per call (issue 26, session 9)
+
+@onednn
+def test_single_text_path_equals_batched_and_reference(m3_dir, padded_enc, monkeypatch):
+    """A single text per call takes the lean one-text layers (_packed_layer_one, really used: counted)
+    and gives, for every output, what the same text gives inside a batch and on the padded reference path."""
+    import bgem3.encoder as enc_mod
+
+    enc = _packed_encoder(m3_dir, monkeypatch)
+    calls = []
+    real = enc_mod._packed_layer_one
+    monkeypatch.setattr(enc_mod, "_packed_layer_one", lambda *a: calls.append(1) or real(*a))
+    kw = dict(dense=True, sparse=True, colbert=True)
+    batched = enc.encode(TEXTS, batch_size=len(TEXTS), **kw)
+    assert not calls  # a batch of several texts takes the general layers
+    ref = padded_enc.encode(TEXTS, **kw)
+    n_layers = len(enc._model.encoder.layer)
+    for i, text in enumerate(TEXTS):
+        calls.clear()
+        one = enc.encode([text], **kw)
+        assert len(calls) == n_layers
+        for other in (batched, ref):
+            _assert_same(one, types.SimpleNamespace(
+                dense=other.dense[i:i + 1], sparse=other.sparse[i:i + 1], colbert=other.colbert[i:i + 1],
+                token_counts=other.token_counts[i:i + 1]))
+        assert list(one.sparse[0]) == sorted(one.sparse[0])  # keys in token id order, as the batched dicts
+        assert [list(d) for d in batched.sparse[i:i + 1]] == [list(one.sparse[0])]
+    dense_only = enc.encode([TEXTS[0]], dense=True)  # CLS-only last layer: that one takes the general path
+    np.testing.assert_allclose(dense_only.dense, ref.dense[:1], atol=TOL, rtol=0)
+
+
+@onednn
+def test_single_text_path_follows_changed_weights_and_hooks(m3_dir, monkeypatch):
+    """The cached pieces of the one-text path are never stale: a query bias or a head weight changed in
+    place shows in the output (compared with the padded reference of the same changed encoder), and a
+    forward hook on a packed layer's module is called (that layer then runs the general path)."""
+    enc = _packed_encoder(m3_dir, monkeypatch)
+    kw = dict(dense=True, sparse=True, colbert=True)
+    text = TEXTS[0]
+    before = enc.encode([text], **kw)
+    with torch.no_grad():
+        enc._model.encoder.layer[0].attention.self.query.bias.add_(0.5)
+        enc.colbert_linear.weight.mul_(-1.0)
+        enc.sparse_linear.bias.add_(0.25)
+    after = enc.encode([text], **kw)
+    assert not np.allclose(after.dense, before.dense, atol=1e-3)
+    assert not np.allclose(after.colbert[0], before.colbert[0], atol=1e-3)
+    assert any(abs(after.sparse[0][k] - before.sparse[0].get(k, 0.0)) > 1e-3 for k in after.sparse[0])
+    padded = Encoder.__new__(Encoder)
+    padded.__dict__.update(enc.__dict__)
+    padded._packed = None
+    _assert_same(after, padded.encode([text], **kw))
+    seen = []
+    handle = enc._model.encoder.layer[1].output.dense.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    try:
+        hooked = enc.encode([text], **kw)
+    finally:
+        handle.remove()
+    assert seen  # the hooked layer was called as a module
+    _assert_same(hooked, after)
+
+
+@onednn
+def test_heads_as_one_packed_product_equal_the_heads():
+    """PackedCopy runs the ColBERT and sparse heads as one product: each output equals its own layer's,
+    the layers keep their dense weights, and a changed weight or a new bias is picked up at the next call."""
+    import bgem3._cpu_linear as cl
+
+    torch.manual_seed(2)
+    colbert, sparse = torch.nn.Linear(32, 32).requires_grad_(False), torch.nn.Linear(32, 1).requires_grad_(False)
+    heads = cl.PackedCopy()
+    for rows in (1, 7, 300):
+        x = torch.randn(rows, 32)
+        c, s = heads.product((colbert, sparse), x, True)
+        torch.testing.assert_close(c, colbert(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(s, sparse(x), atol=1e-5, rtol=0)
+    assert type(colbert) is torch.nn.Linear and colbert.weight.shape == (32, 32)
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        colbert.weight.mul_(2.0)
+    torch.testing.assert_close(heads.product((colbert, sparse), x, True)[0], colbert(x), atol=1e-5, rtol=0)
+    sparse.bias = torch.nn.Parameter(torch.tensor([3.0]), requires_grad=False)
+    torch.testing.assert_close(heads.product((colbert, sparse), x, True)[1], sparse(x), atol=1e-5, rtol=0)
+    assert heads.product((colbert, sparse), x, False) is None  # oneDNN route off
+    assert heads.product((colbert, sparse), x.double(), True) is None
