@@ -29,8 +29,8 @@ GEMM_S=${GEMM_S:-60}
 FULL=${FULL:-1}
 FIDELITY=${FIDELITY:-1}
 MODELS_DIR=${MODELS_DIR:-}
-SYSTEMS_2T=${SYSTEMS_2T:-bgem3-fp32,bgem3-fp32-blas,bgem3-onnx,bgem3-openvino,bgem3-openvino-bf16,bgem3-openvino-int8,bgem3-openvino-int8-1req,bgem3-bf16,bgem3-int8,bgem3-onnx-int8,flag}
-SYSTEMS_1T=${SYSTEMS_1T:-bgem3-fp32,bgem3-fp32-blas,bgem3-onnx,bgem3-openvino-int8,bgem3-onnx-int8}
+SYSTEMS_2T=${SYSTEMS_2T:-bgem3-fp32,bgem3-fp32-unpacked,bgem3-onnx,bgem3-openvino,bgem3-openvino-bf16,bgem3-openvino-int8,bgem3-bf16,bgem3-int8,bgem3-onnx-int8,flag}
+SYSTEMS_1T=${SYSTEMS_1T:-bgem3-fp32,bgem3-fp32-unpacked,bgem3-onnx,bgem3-openvino-int8,bgem3-onnx-int8}
 SYSTEMS_FULL=${SYSTEMS_FULL:-bgem3-fp32,bgem3-onnx,bgem3-openvino-bf16,bgem3-openvino-int8,bgem3-int8}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
