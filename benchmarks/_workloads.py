@@ -252,7 +252,7 @@ def _precision_of(name: str) -> str:
 
 
 #: every name --systems takes
-SYSTEMS = ("bgem3-fp32", "bgem3-fp32-blas", "bgem3-bf16", "bgem3-int8", "bgem3-onnx", "bgem3-onnx-int8", "bgem3-openvino",
+SYSTEMS = ("bgem3-fp32", "bgem3-fp32-unpacked", "bgem3-fp32-blas", "bgem3-bf16", "bgem3-int8", "bgem3-onnx", "bgem3-onnx-int8", "bgem3-openvino",
            "bgem3-openvino-bf16", "bgem3-openvino-int8", "bgem3-openvino-bf16-1req", "bgem3-openvino-int8-1req",
            "flag", "st", "ort-fp32", "ort-int8")
 

@@ -309,7 +309,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="comma list of bulk,chunks,query: the workload-labelled run (benchmarks/_workloads.py) "
                          "instead of the scenario run")
     ap.add_argument("--systems", default="bgem3-fp32,bgem3-bf16,bgem3-int8,flag,st,ort-fp32,ort-int8",
-                    help="systems of the workload run, a comma list of: bgem3-fp32, bgem3-fp32-blas (the exact path on "
+                    help="systems of the workload run, a comma list of: bgem3-fp32, bgem3-fp32-unpacked (the exact path without "
+                         "pre-packed weights), bgem3-fp32-blas (the exact path on "
                          "MKL linears), bgem3-bf16 / bgem3-int8 (torch), bgem3-onnx, bgem3-onnx-int8 (dynamic), "
                          "bgem3-openvino, bgem3-openvino-bf16, bgem3-openvino-int8 (NNCF), bgem3-openvino-{bf16,int8}-1req "
                          "(bulk as one request of 16384-token batches, as before the streams), flag, st, ort-fp32, ort-int8")
