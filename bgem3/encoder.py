@@ -882,9 +882,13 @@ class Encoder:
         out.dense, out.sparse, out.colbert = dense_out, sparse_out, colbert_out
         return out
 
-    def _pad(self, batch_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pad(self, batch_ids: list[list[int]], multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T]`` ids and mask; right padding to ``T`` = the longest row rounded up to ``multiple``
+        (left padding, the decoders' reference layout, always pads to the longest row exactly)."""
         lens = [len(x) for x in batch_ids]
         width = max(lens)
+        if multiple > 1 and not self._pad_left:
+            width = -(-width // multiple) * multiple
         arr = np.full((len(batch_ids), width), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(batch_ids), width), dtype=np.int64)
         for r, row in enumerate(batch_ids):
@@ -919,7 +923,7 @@ class Encoder:
     def _forward_graph(self, batch_ids, want_dense, want_sparse, want_colbert, prompt_len: int = 0):
         """backend='onnx' / 'openvino': the graph gives the padded last hidden states, the same
         pooling and heads as the padded torch path run on them (fp32)."""
-        input_ids, attention_mask = self._pad(batch_ids)
+        input_ids, attention_mask = self._pad(batch_ids, self.graph.width_multiple)
         hidden = self.graph.hidden_states(input_ids.numpy(), attention_mask.numpy())
         return self._graph_heads(hidden, input_ids, attention_mask, want_dense, want_sparse, want_colbert, prompt_len)
 
@@ -933,7 +937,7 @@ class Encoder:
 
         def padded():
             for start, end in batches:
-                input_ids, attention_mask = self._pad([ids[i] for i in order[start:end]])
+                input_ids, attention_mask = self._pad([ids[i] for i in order[start:end]], self.graph.width_multiple)
                 held.append((order[start:end], input_ids, attention_mask))
                 yield input_ids.numpy(), attention_mask.numpy()
 

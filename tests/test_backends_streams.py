@@ -169,3 +169,37 @@ def test_the_token_budget_per_batch_defaults_by_backend_and_a_given_one_holds(m3
         Encoder(m3_path, backend="openvino", max_tokens_per_batch=0)
     # a pickled graph encoder keeps "the backend's default", not the number it resolved to
     assert "max_tokens_per_batch" not in {k for k, v in enc._load_spec()[1].items() if v is not None}
+
+
+def test_openvino_batches_are_padded_to_a_width_multiple_and_give_the_exact_outputs(m3_path, ov_encoder, monkeypatch):
+    """OpenVINO prepares kernels per input shape: the encoder rounds each batch's width up to 8 tokens
+    (fewer shapes), and the extra masked columns change no output."""
+    assert ov_encoder.graph.width_multiple == 8
+    widths = []
+    real = type(ov_encoder.graph).hidden_states
+    monkeypatch.setattr(type(ov_encoder.graph), "hidden_states",
+                        lambda self, ids, mask: (widths.append(ids.shape[1]), real(self, ids, mask))[1])
+    ref = Encoder(m3_path).encode(TEXTS, sparse=True, colbert=True, show_progress=False)
+    lengths = [len(x) for x in ov_encoder.tokenize(TEXTS)]
+    for i, text in enumerate(TEXTS[:12]):  # one text per call: the single-query path
+        got = ov_encoder.encode([text], sparse=True, colbert=True, show_progress=False)
+        assert widths[-1] % 8 == 0 and lengths[i] <= widths[-1] < lengths[i] + 8
+        np.testing.assert_allclose(got.dense[0], ref.dense[i], atol=TOL, rtol=0)
+        assert_sparse_close(got.sparse[0], ref.sparse[i], TOL)
+        assert got.colbert[0].shape == ref.colbert[i].shape
+        np.testing.assert_allclose(got.colbert[0], ref.colbert[i], atol=TOL, rtol=0)
+    assert any(w not in lengths for w in widths)  # some widths were really rounded up
+    ov_encoder.graph.width_multiple = 1  # as before: the longest row exactly
+    ov_encoder.encode([TEXTS[5]], show_progress=False)
+    assert widths[-1] == lengths[5]
+
+
+def test_onnx_runtime_batches_keep_the_longest_row_width(m3_path, monkeypatch):
+    enc = Encoder(m3_path, backend="onnx")
+    assert enc.graph.width_multiple == 1
+    widths = []
+    real = type(enc.graph).hidden_states
+    monkeypatch.setattr(type(enc.graph), "hidden_states",
+                        lambda self, ids, mask: (widths.append(ids.shape[1]), real(self, ids, mask))[1])
+    enc.encode([TEXTS[3]], show_progress=False)
+    assert widths == [len(enc.tokenize([TEXTS[3]])[0])]

@@ -31,6 +31,9 @@ class GraphBackend:
     #: (smaller batches than the torch path's 16384: the padded attention's working set stays in cache,
     #: and a bulk call has batches enough for every stream of :meth:`hidden_states_stream`)
     preferred_tokens_per_batch = 4096
+    #: the encoder pads a batch's width up to a multiple of this (1: to the longest row): a runtime that
+    #: prepares its kernels once per input shape then meets fewer shapes (OpenVINO: 8)
+    width_multiple = 1
 
     def hidden_states(self, input_ids, attention_mask):  # pragma: no cover - interface
         raise NotImplementedError

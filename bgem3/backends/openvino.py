@@ -42,6 +42,9 @@ class OpenVINOBackend(GraphBackend):
     """An OpenVINO compiled model on ``path``: padded ids + mask -> last hidden states."""
 
     name = "openvino"
+    #: OpenVINO prepares its kernels per new input shape (~10-15 ms the first time a length is seen): widths
+    #: rounded up to 8 tokens meet 8x fewer shapes (measured: int8 query p50 6.3-7.9 -> 4.0-4.6 ms)
+    width_multiple = 8
 
     def __init__(self, path: str, *, threads: int = 0, config: Optional[Mapping[str, str]] = None,
                  precision: str = "fp32") -> None:
