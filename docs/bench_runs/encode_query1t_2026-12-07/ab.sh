@@ -1,6 +1,6 @@
 #!/bin/bash
-# session 9: single query, each system in its own process, in turn (exact, ONNX Runtime, [exact before], ...)
-# usage: ab.sh OUT.jsonl THREADS PAIRS [BASE_WORKTREE]   (BASE_WORKTREE: the code before, run as system "exact-before")
+# session 8: single query, each system in its own process, in turn (exact, ONNX Runtime, [exact before], ...)
+# usage: ab.sh OUT.jsonl (JSON lines; stored here as JSON arrays, .json) THREADS PAIRS [BASE_WORKTREE]   (BASE_WORKTREE: the code before, run as system "exact-before")
 OUT=$1; T=${2:-1}; PAIRS=${3:-4}; BASE=$4
 WT=$(cd "$(dirname "$0")/../../.." && pwd)
 PY=/work/main/.venv/bin/python

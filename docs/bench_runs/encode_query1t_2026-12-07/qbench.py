@@ -1,4 +1,4 @@
-"""One system's single-query latency in its own process (issue #26, session 9): 40 real short queries,
+"""One system's single-query latency in its own process (issue #26, session 8): 40 real short queries,
 one per call, all three outputs, after 10 warm-up calls; prints one JSON line.
 
 usage: qbench.py exact|onnx THREADS [MODEL_DIR] [ROUNDS]
