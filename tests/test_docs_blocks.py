@@ -6,6 +6,7 @@ should know which blocks are fragments, pseudo-code or need a server)."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import subprocess
@@ -53,3 +54,16 @@ def test_runnable_blocks_run(page, tmp_path, m3_path):
                           env=env)
     last = [ln for ln in proc.stdout.splitlines() if ln.startswith("--- ")]
     assert proc.returncode == 0, f"the block at {last[-1][4:] if last else '?'} failed:\n{proc.stderr[-3000:]}"
+
+
+def test_every_jsonl_file_under_docs_is_an_indexable_record_file():
+    """`make demo` (the README's main job) runs `bgem3 index README.md docs`, which reads .jsonl files as
+    records with a "text" field: raw benchmark output kept as JSON lines there broke it (store it as .json)."""
+    bad = []
+    for path in glob.glob(os.path.join(REPO, "docs", "**", "*.jsonl"), recursive=True):
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip() and not isinstance(json.loads(line).get("text"), str):
+                    bad.append(f"{os.path.relpath(path, REPO)} line {n}")
+                    break
+    assert not bad, f"these .jsonl files under docs/ have records without a 'text' field: {bad}"
