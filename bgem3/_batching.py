@@ -47,6 +47,13 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens_per_batch: int
     return order, batches
 
 
+def progress_bar(batches: list[tuple[int, int]], show_progress: Optional[bool], *, desc: str, unit: str) -> tqdm:
+    """The bar over the inputs of ``batches``; ``show_progress=None`` shows it for multi-batch work on a TTY."""
+    if show_progress is None:
+        show_progress = len(batches) > 1 and sys.stderr.isatty()
+    return tqdm(total=int(sum(end - start for start, end in batches)), desc=desc, unit=unit, disable=not show_progress)
+
+
 def run_batches(order: np.ndarray, batches: list[tuple[int, int]], forward: Callable[[np.ndarray], Any],
                 store: Callable[[np.ndarray, Any], None], *, device: Any, show_progress: Optional[bool], desc: str,
                 unit: str, log: Optional[logging.Logger] = None) -> None:
@@ -58,10 +65,7 @@ def run_batches(order: np.ndarray, batches: list[tuple[int, int]], forward: Call
     or an out-of-memory on a single input, is raised as it is. ``show_progress=None`` shows the bar for
     multi-batch work on a TTY.
     """
-    if show_progress is None:
-        show_progress = len(batches) > 1 and sys.stderr.isatty()
-    bar = tqdm(total=int(sum(end - start for start, end in batches)), desc=desc, unit=unit,
-               disable=not show_progress)
+    bar = progress_bar(batches, show_progress, desc=desc, unit=unit)
     try:
         queue = list(batches)
         while queue:

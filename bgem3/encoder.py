@@ -28,7 +28,6 @@ import functools
 import itertools
 import logging
 import os
-import sys
 import threading
 import weakref
 from collections import deque
@@ -37,9 +36,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ._batching import plan_batches as _plan_batches, run_batches
+from ._batching import plan_batches as _plan_batches, progress_bar, run_batches
 from ._checks import check_examples as _check_examples, check_texts as _check_texts
 from ._checks import positive_int as _check_positive_int
 from ._dtypes import DTYPE_NAMES, dtype_name
@@ -350,9 +348,8 @@ class Encoder:
 
             self.profile = replace(self.profile, examples=_check_examples(examples))
         self.batch_size = batch_size
-        #: the budget the user gave (None: the backend's default, set once the backend is known)
+        #: the budget the user gave (None: the backend's default, resolved once the backend is known)
         self._max_tokens_given = max_tokens_per_batch
-        self.max_tokens_per_batch = max_tokens_per_batch or DEFAULT_MAX_TOKENS_PER_BATCH
 
         self._tokenizer_lock = threading.Lock()
         self.tokenizer = self._load_tokenizer(trust_remote_code)
@@ -423,10 +420,9 @@ class Encoder:
             self._packed = None
             if self.graph is None:
                 self.graph = self._load_graph(trust_remote_code)
-            if self._max_tokens_given is None:
-                self.max_tokens_per_batch = self.graph.preferred_tokens_per_batch
-        elif self._max_tokens_given is None and self.device.type == "cpu":
-            self.max_tokens_per_batch = CPU_MAX_TOKENS_PER_BATCH
+        self.max_tokens_per_batch = self._max_tokens_given or (
+            self.graph.preferred_tokens_per_batch if self.graph is not None
+            else CPU_MAX_TOKENS_PER_BATCH if self.device.type == "cpu" else DEFAULT_MAX_TOKENS_PER_BATCH)
         if self.dtype == torch.qint8 and self.backend_name == "openvino":  # the NNCF graph: how it was made
             from .quant.openvino_int8 import graph_report
 
@@ -931,8 +927,6 @@ class Encoder:
         """Several batches through the graph runtime's stream (:meth:`GraphBackend.hidden_states_stream`:
         OpenVINO keeps a batch in flight per stream): each batch's heads run while the next ones infer,
         and ``store`` gets the batches in order, as :func:`run_batches` gives them."""
-        if show_progress is None:
-            show_progress = sys.stderr.isatty()
         held: deque = deque()  # the padded batches the stream has read and not yet given back
 
         def padded():
@@ -945,7 +939,7 @@ class Encoder:
         # too: at torch's full count they would preempt the streams (measured: bulk 6 % slower, no faster
         # than one request). The setting is process-wide: a torch-path encode in another thread meanwhile
         # runs on one thread too.
-        with tqdm(total=len(order), desc="Encoding", unit="text", disable=not show_progress) as bar, \
+        with progress_bar(batches, show_progress, desc="Encoding", unit="text") as bar, \
                 _one_torch_thread(self.graph.bulk_streams() > 1):
             for hidden in self.graph.hidden_states_stream(padded()):
                 idx, input_ids, attention_mask = held.popleft()
