@@ -48,7 +48,7 @@ import functools
 import os
 import platform
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch.nn.modules import module as _module
@@ -185,11 +185,7 @@ class PackedLinear(torch.nn.Linear):
         A layer packed with others in one product (:func:`pack_fused`) unpacks them all."""
         packed = self.__dict__.get("_packed")
         if packed is not None:
-            self._parameters["weight"] = torch.nn.Parameter(
-                packed.to_dense(), requires_grad=self.__dict__.get("_weight_requires_grad", False))
-            self.__class__ = torch.nn.Linear
-            self.__dict__.pop("_packed", None)
-            self.__dict__.pop("_weight_requires_grad", None)
+            _restore_dense(self, packed.to_dense())
         group = self.__dict__.get("_fused")
         if group is not None:
             group.unpack()
@@ -230,6 +226,23 @@ class PackedLinear(torch.nn.Linear):
 _PACKED_KEYS = ("_packed", "_fused", "_weight_requires_grad")
 
 
+def _drop_dense(mod: torch.nn.Linear, key: str, value: Any) -> None:
+    """Make ``mod`` a :class:`PackedLinear` holding ``value`` under ``key`` (``"_packed"`` or ``"_fused"``)
+    with its dense weight parameter slot emptied."""
+    mod.__dict__["_weight_requires_grad"] = mod._parameters["weight"].requires_grad
+    mod.__dict__[key] = value
+    mod._parameters["weight"] = None
+    mod.__class__ = PackedLinear
+
+
+def _restore_dense(mod: torch.nn.Module, dense: torch.Tensor) -> None:
+    """Back to a plain ``nn.Linear`` with ``dense`` as its weight parameter (the inverse of :func:`_drop_dense`)."""
+    mod._parameters["weight"] = torch.nn.Parameter(dense, requires_grad=mod.__dict__.get("_weight_requires_grad", False))
+    mod.__class__ = torch.nn.Linear
+    for k in _PACKED_KEYS:
+        mod.__dict__.pop(k, None)
+
+
 class _Fused:
     """One packed weight for several layers that read the same input (an attention block's query, key and
     value): one product ``[rows, sum(out)]`` instead of one per layer, bit for bit the same columns. The
@@ -239,7 +252,7 @@ class _Fused:
     def __init__(self, packed: torch.Tensor, mods: tuple):
         self.packed, self.mods = packed, mods
         self.sizes = [m.out_features for m in mods]
-        self._bias_key: Optional[tuple] = None
+        self._bias_key: Optional[list] = None
         self._bias: Optional[torch.Tensor] = None
 
     def bias(self) -> Optional[torch.Tensor]:
@@ -247,9 +260,8 @@ class _Fused:
         biases = [m.bias for m in self.mods]
         if biases[0] is None:
             return None
-        key = tuple((b, b._version) for b in biases)  # the tensors themselves: an id could be reused
-        old = self._bias_key
-        if old is None or any(a is not b or va != vb for (a, va), (b, vb) in zip(old, key)):
+        key = _tensor_state(biases)
+        if not _same_state(self._bias_key, key):
             with torch.inference_mode(False), torch.no_grad():
                 self._bias = torch.cat([b.detach() for b in biases])
             self._bias_key = key
@@ -269,11 +281,7 @@ class _Fused:
         start = 0
         for mod, size in zip(self.mods, self.sizes):
             if mod.__dict__.get("_fused") is self:
-                mod._parameters["weight"] = torch.nn.Parameter(
-                    dense[start:start + size].clone(), requires_grad=mod.__dict__.get("_weight_requires_grad", False))
-                mod.__class__ = torch.nn.Linear
-                mod.__dict__.pop("_fused", None)
-                mod.__dict__.pop("_weight_requires_grad", None)
+                _restore_dense(mod, dense[start:start + size].clone())
             start += size
 
 
@@ -322,11 +330,7 @@ def pack_linears(modules) -> int:
         if w.dtype != torch.float32 or w.device.type != "cpu" or w.dim() != 2 or w.is_meta \
                 or sys.getrefcount(w) > _REFS_OF_AN_UNSHARED_WEIGHT:
             continue
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS_HINT)
-        mod.__dict__["_weight_requires_grad"] = w.requires_grad
-        mod.__dict__["_packed"] = packed
-        mod._parameters["weight"] = None
-        mod.__class__ = PackedLinear
+        _drop_dense(mod, "_packed", torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS_HINT))
         done += w.numel() * w.element_size()
         _release_file_pages(w, file_maps)
         del w
@@ -423,11 +427,8 @@ def pack_fused(*mods: torch.nn.Module) -> int:
     group = _Fused(torch.ops.mkldnn._reorder_linear_weight(whole, PACK_ROWS_HINT), tuple(mods))
     del whole
     spans = _file_mappings()
-    for mod, w in zip(mods, ws):
-        mod.__dict__["_weight_requires_grad"] = w.requires_grad
-        mod.__dict__["_fused"] = group
-        mod._parameters["weight"] = None
-        mod.__class__ = PackedLinear
+    for mod in mods:
+        _drop_dense(mod, "_fused", group)
     done = 0
     while ws:
         w = ws.pop()
@@ -490,12 +491,19 @@ class PackedCopy:
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "").split(sizes, dim=-1)
 
 
+def _tensor_state(tensors) -> list:
+    """Each tensor (the object itself: an id could be reused) and its version counter (in-place writes)."""
+    out: list = []
+    for t in tensors:
+        out += [t, None if t is None else t._version]
+    return out
+
+
 def _layer_state(mods: tuple) -> list:
     """What a copy of ``mods``' weights depends on: the modules, their weight / bias tensors and versions."""
     out: list = []
     for m in mods:
-        w, b = m.weight, m.bias
-        out += [m, w, w._version, b, None if b is None else b._version]
+        out += [m, *_tensor_state((m.weight, m.bias))]
     return out
 
 
