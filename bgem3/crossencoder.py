@@ -47,6 +47,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ._attention import packed_layout
 from ._batching import plan_batches, run_batches
 from ._checks import check_pairs as _check_pairs, check_query, check_rank_texts as check_texts, check_top_n
 from ._checks import positive_int as _check_positive_int
@@ -610,17 +611,10 @@ class Reranker:
             tt = torch.from_numpy(np.fromiter((t for row in batch_tts for t in row), dtype=np.int64,
                                               count=total)).to(dev).unsqueeze(0)
         hidden = base.embeddings(input_ids=ids.unsqueeze(0), token_type_ids=tt, position_ids=pos.unsqueeze(0)).squeeze(0)
-        slot = None
-        attn_mask = None
-        if b > 1 and width * b != total:
-            seg = torch.from_numpy(np.repeat(np.arange(b, dtype=np.int64), lens_np)).to(dev)
-            slot = seg * width + local
-            key_mask = torch.arange(width, device=dev).unsqueeze(0) < lens.unsqueeze(1)
-            attn_mask = key_mask[:, None, None, :]
+        layout = packed_layout(lens_np, dev, local=local)
         layers = list(base.encoder.layer)
         for li, layer in enumerate(layers):
-            hidden = self._packed_layer(layer, hidden, b, width, slot, attn_mask,
-                                        starts if li == len(layers) - 1 else None)
+            hidden = self._packed_layer(layer, hidden, layout, starts if li == len(layers) - 1 else None)
         cls = hidden.unsqueeze(1)  # [B, 1, H]: the heads read features[:, 0]
         if self._head == "BertForSequenceClassification":
             logits = self.model.classifier(self.model.dropout(base.pooler(cls)))

@@ -44,6 +44,7 @@ from ._dtypes import DTYPE_NAMES, dtype_name
 from .families import check_runnable, family_for_name, reranker_for_name
 from .profiles import ICL_EXAMPLE_TEMPLATE, ICL_SUFFIX, M3_HEAD_FILES, Profile, detect_profile, get_profile
 from ._hf import ModelLoadError, quiet_expected_load_report, transformers_attr
+from ._attention import AttentionLayout, attend, packed_layout
 from ._cpu_linear import (PackedCopy, fused_product, linear, onednn_active, pack_fused, pack_linears, prepack_active, trim_heap,
                           unpack_linears)
 from .st_pipeline import STPipeline, load_dense_layers, read_st_pipeline
@@ -1072,15 +1073,10 @@ class Encoder:
                 pos = _packed_position_ids(self._packed, model.embeddings, ids, local, starts, lens)
             hidden = model.embeddings(input_ids=ids.unsqueeze(0), position_ids=pos.unsqueeze(0)).squeeze(0)
 
-            # attention layout: packed row r of text s sits at padded slot s * width + local[r]
-            slot = seg_idx = None
+            seg_idx = None
             if b > 1 and width * b != total:
                 seg_idx = torch.from_numpy(seg_np).to(dev)
-                slot = seg_idx * width + local
-                key_mask = (torch.arange(width, device=dev).unsqueeze(0) < lens.unsqueeze(1))
-                attn_mask = key_mask[:, None, None, :]  # [B, 1, 1, W], True = attend
-            else:
-                attn_mask = None
+            layout = packed_layout(lens_np, dev, local=local, seg=seg_idx)
             layers = list(model.encoder.layer)
             cls_only = want_dense and not (want_sparse or want_colbert) and self.profile.pooling == "cls"
             plan = self._one_text_plan(layers) if b == 1 and fast and hidden.device.type == "cpu" else None
@@ -1088,8 +1084,7 @@ class Encoder:
                 last = li == len(layers) - 1
                 rows = starts if (last and cls_only) else None
                 out = None if plan is None or rows is not None else _packed_layer_one(plan[li], hidden, width)
-                hidden = out if out is not None else self._packed_layer(layer, hidden, b, width, slot, attn_mask,
-                                                                         rows, fast)
+                hidden = out if out is not None else self._packed_layer(layer, hidden, layout, rows, fast)
             # after a cls-only last layer, hidden holds just the B CLS rows
 
             dense_np = sparse_list = colbert_list = None
@@ -1178,13 +1173,11 @@ class Encoder:
             self._arange_cache = r
         return r[:n]
 
-    def _packed_layer(self, layer, hidden, b, width, slot, attn_mask, query_rows, fast: Optional[bool] = None):
-        """One BERT/XLM-R encoder layer on packed rows. ``query_rows``: keep only those rows
-        (the CLS rows of the last layer when nothing else is needed). ``fast``: :func:`onednn_active`'s
-        answer when the caller has it."""
-        att = layer.attention
-        sa = att.self
-        nh, hd = sa.num_attention_heads, sa.attention_head_size
+    def _packed_layer(self, layer, hidden, layout: AttentionLayout, query_rows, fast: Optional[bool] = None):
+        """One BERT/XLM-R encoder layer on packed rows laid out as ``layout`` (:func:`~bgem3._attention.packed_layout`).
+        ``query_rows``: keep only those rows (the CLS rows of the last layer when nothing else is needed).
+        ``fast``: :func:`onednn_active`'s answer when the caller has it."""
+        sa = layer.attention.self
         q_in = hidden if query_rows is None else hidden[query_rows]
         if fast is None:
             fast = onednn_active()
@@ -1197,23 +1190,7 @@ class Encoder:
             q = linear(sa.query, q_in, active=fast)
             k = linear(sa.key, hidden, active=fast)
             v = linear(sa.value, hidden, active=fast)
-        h = q.shape[-1]
-        if slot is None:  # one text, or texts of one length: a plain reshape
-            kk = k.view(b, width, nh, hd).transpose(1, 2)
-            vv = v.view(b, width, nh, hd).transpose(1, 2)
-        else:
-            kk = k.new_zeros(b * width, h).index_copy_(0, slot, k).view(b, width, nh, hd).transpose(1, 2)
-            vv = v.new_zeros(b * width, h).index_copy_(0, slot, v).view(b, width, nh, hd).transpose(1, 2)
-        if query_rows is not None:
-            qq = q.view(b, 1, nh, hd).transpose(1, 2)
-        elif slot is None:
-            qq = q.view(b, width, nh, hd).transpose(1, 2)
-        else:
-            qq = q.new_zeros(b * width, h).index_copy_(0, slot, q).view(b, width, nh, hd).transpose(1, 2)
-        ctx = torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, attn_mask=attn_mask, scale=sa.scaling)
-        ctx = ctx.transpose(1, 2).reshape(-1, h)
-        if query_rows is None and slot is not None:
-            ctx = ctx[slot]
+        ctx = attend(layout, q, k, v, heads=sa.num_attention_heads, scale=sa.scaling, cls_only=query_rows is not None)
         return self._layer_rows(layer, ctx, q_in, fast)
 
     def _layer_rows(self, layer, ctx: torch.Tensor, residual: torch.Tensor, fast: Optional[bool] = None) -> torch.Tensor:

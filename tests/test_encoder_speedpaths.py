@@ -560,3 +560,70 @@ def test_heads_as_one_packed_product_equal_the_heads():
     torch.testing.assert_close(heads.product((colbert, sparse), x, True)[1], sparse(x), atol=1e-5, rtol=0)
     assert heads.product((colbert, sparse), x, False) is None  # oneDNN route off
     assert heads.product((colbert, sparse), x.double(), True) is None
+
+
+# --------------------------------------------------------------------------- attention per text (bgem3._attention)
+
+def test_attention_layout_per_device():
+    """On CPU texts of different lengths attend one by one (no padding, no mask); elsewhere they are padded
+    with a key mask; one text or texts of one length are one block either way."""
+    from bgem3._attention import packed_layout
+
+    lens = np.array([4, 2, 3])
+    cpu = packed_layout(lens, torch.device("cpu"))
+    assert cpu.spans == [(0, 4), (4, 2), (6, 3)] and cpu.slot is None and cpu.mask is None
+    meta = packed_layout(lens, torch.device("meta"))  # any non-CPU device: the padded layout
+    assert meta.spans is None and meta.slot.shape == (9,) and meta.mask.shape == (3, 1, 1, 4)
+    for one in (np.array([5]), np.array([3, 3])):
+        block = packed_layout(one, torch.device("cpu"))
+        assert block.spans is None and block.slot is None and block.mask is None
+
+
+@pytest.mark.parametrize("cls_only", [False, True])
+def test_attention_per_text_equals_padded_and_per_text_reference(cls_only):
+    from bgem3._attention import AttentionLayout, attend, packed_layout
+
+    torch.manual_seed(0)
+    lens = np.array([7, 3, 5, 1])
+    heads, hd = 3, 4
+    q, k, v = (torch.randn(int(lens.sum()), heads * hd) for _ in range(3))
+    starts = np.cumsum(lens) - lens
+    qs = q[torch.from_numpy(starts)] if cls_only else q
+    per_text = attend(packed_layout(lens, torch.device("cpu")), qs, k, v, heads=heads, scale=0.3, cls_only=cls_only)
+    # the padded layout, computed on CPU (what a GPU runs)
+    seg = torch.repeat_interleave(torch.arange(4), torch.from_numpy(lens))
+    local = torch.arange(int(lens.sum())) - torch.from_numpy(starts)[seg]
+    width = int(lens.max())
+    mask = (torch.arange(width)[None] < torch.from_numpy(lens)[:, None])[:, None, None, :]
+    padded = attend(AttentionLayout(4, width, slot=seg * width + local, mask=mask), qs, k, v, heads=heads, scale=0.3,
+                    cls_only=cls_only)
+    torch.testing.assert_close(per_text, padded, atol=1e-6, rtol=0)
+    # each text alone, written out
+    for i, (o, n) in enumerate(zip(starts, lens)):
+        qi = (q[o:o + 1] if cls_only else q[o:o + n]).view(-1, heads, hd).transpose(0, 1)
+        ki, vi = (t[o:o + n].view(n, heads, hd).transpose(0, 1) for t in (k, v))
+        ref = (torch.softmax(qi @ ki.transpose(1, 2) * 0.3, -1) @ vi).transpose(0, 1).reshape(-1, heads * hd)
+        got = per_text[i:i + 1] if cls_only else per_text[o:o + n]
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+
+
+def test_cpu_batches_of_mixed_lengths_attend_without_mask_or_padding(packed_enc, padded_enc, monkeypatch):
+    """The encoder's CPU path runs attention per text: no mask reaches the kernel, no padded rows; outputs
+    still equal the padded path's (and FlagEmbedding's, test_packed_matches_flagembedding)."""
+    import bgem3._attention as attention
+
+    seen = []
+    real = attention._sdpa
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((attn_mask, q.shape, k.shape))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(attention, "_sdpa", spy)
+    texts = [t for t in TEXTS if t] + ["ab cd"]
+    out = packed_enc.encode(texts, dense=True, sparse=True, colbert=True, batch_size=64)
+    lens = sorted(int(n) for n in out.token_counts)
+    assert seen and all(m is None for m, _, _ in seen)
+    assert sorted({k[2] for _, _, k in seen}) == sorted(set(lens))  # each call: one text's own length
+    monkeypatch.setattr(attention, "_sdpa", real)
+    _assert_same(out, padded_enc.encode(texts, dense=True, sparse=True, colbert=True, batch_size=64))
