@@ -11,6 +11,8 @@ from transformers import AutoTokenizer
 from bgem3.testing import minilm_path
 secs = float(sys.argv[1])
 models = {"m3small": os.path.join(MODELS, "small"), "minilm": minilm_path()}
+if os.environ.get("SERVE_MODELS"):  # e.g. "m3small": a subset
+    models = {k: v for k, v in models.items() if k in os.environ["SERVE_MODELS"].split(",")}
 out = {"load_start": os.getloadavg()}
 for mname, mpath in models.items():
     tok = AutoTokenizer.from_pretrained(mpath)
@@ -29,4 +31,5 @@ for mname, mpath in models.items():
                 print(mname, sname, budget, r, flush=True)
         finally:
             p.stop()
-json.dump(out, open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_ab.json"), "w"), indent=1)
+json.dump(out, open(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.environ.get("SERVE_OUT", "serve_ab.json")),
+                    "w"), indent=1)
