@@ -51,8 +51,8 @@ from ._attention import packed_layout
 from ._batching import plan_batches, run_batches
 from ._checks import check_pairs as _check_pairs, check_query, check_rank_texts as check_texts, check_top_n
 from ._checks import positive_int as _check_positive_int
-from .encoder import (DTypeLike, Encoder, ModelLoadError, _packed_kind, _packed_position_ids, resolve_device,
-                      resolve_dtype, resolve_model_path)
+from .encoder import (DTypeLike, Encoder, ModelLoadError, _packed_kind, _packed_position_ids, default_tokens_per_batch,
+                      resolve_device, resolve_dtype, resolve_model_path)
 from .families import (family_for_name, folder_architectures, is_cross_encoder_folder, reranker_for_name)
 from .profiles import M3_HEAD_FILES
 from .types import RankedText
@@ -96,7 +96,8 @@ class Reranker:
         max_length: longest pair in tokens (FlagEmbedding's ``max_length``, default 512).
         query_max_length: longest query in tokens (default ``max_length * 3 // 4``).
         batch_size: most pairs in one forward pass.
-        max_tokens_per_batch: most padded tokens in one forward pass (length x count).
+        max_tokens_per_batch: most padded tokens in one forward pass (length x count); default 4096 on CPU
+            (measured faster there: smaller passes stay in cache), 16384 on an accelerator. A value given is used.
         normalize: default of ``compute_score``'s ``normalize`` (the sigmoid of the logit).
         prompt: the LLM reranker's prompt (default FlagLLMReranker's); refused for encoders.
         query_instruction_for_rerank / passage_instruction_for_rerank / query_instruction_format /
@@ -120,7 +121,7 @@ class Reranker:
         max_length: int = 512,
         query_max_length: Optional[int] = None,
         batch_size: int = 128,
-        max_tokens_per_batch: int = 16384,
+        max_tokens_per_batch: Optional[int] = None,
         normalize: bool = False,
         prompt: Optional[str] = None,
         query_instruction_for_rerank: Optional[str] = ...,  # type: ignore[assignment]
@@ -149,7 +150,8 @@ class Reranker:
         self.max_length = _check_positive_int(max_length, "max_length")
         self.query_max_length = None if query_max_length is None else _check_positive_int(query_max_length, "query_max_length")
         self.batch_size = _check_positive_int(batch_size, "batch_size")
-        self.max_tokens_per_batch = _check_positive_int(max_tokens_per_batch, "max_tokens_per_batch")
+        if max_tokens_per_batch is not None:
+            _check_positive_int(max_tokens_per_batch, "max_tokens_per_batch")
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be True or False; got {normalize!r}")
         self.normalize = normalize
@@ -183,6 +185,8 @@ class Reranker:
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        #: padded tokens per forward pass: the one given, else the default for this device (4096 on CPU)
+        self.max_tokens_per_batch: int = max_tokens_per_batch or default_tokens_per_batch(self.device)
         if self.dtype == torch.qint8 and self.kind != "encoder":
             raise ValueError("dtype='int8' is for cross-encoder rerankers (bgem3.quant quantises an encoder stack); "
                              f"{self.model_name!r} is an LLM reranker: use dtype='bf16' or the fp32 default on CPU")

@@ -59,6 +59,14 @@ DEFAULT_MAX_TOKENS_PER_BATCH = 16384
 #: BGE-M3 shape, than 16384; docs/benchmarks_encode.md)
 CPU_MAX_TOKENS_PER_BATCH = 4096
 
+
+def default_tokens_per_batch(device: Union[str, torch.device]) -> int:
+    """Padded tokens per forward pass on the torch path when none is given: :data:`CPU_MAX_TOKENS_PER_BATCH`
+    on the CPU, :data:`DEFAULT_MAX_TOKENS_PER_BATCH` on an accelerator (the Encoder, the Reranker and
+    ``bgem3 serve``'s batcher take it)."""
+    return CPU_MAX_TOKENS_PER_BATCH if torch.device(device).type == "cpu" else DEFAULT_MAX_TOKENS_PER_BATCH
+
+
 DTypeLike = Union[str, torch.dtype, None]
 
 #: ``torch.dtype`` of each short name; :data:`_DTYPES` maps every accepted name (bgem3._dtypes' one table) to it.
@@ -423,7 +431,7 @@ class Encoder:
                 self.graph = self._load_graph(trust_remote_code)
         self.max_tokens_per_batch = self._max_tokens_given or (
             self.graph.preferred_tokens_per_batch if self.graph is not None
-            else CPU_MAX_TOKENS_PER_BATCH if self.device.type == "cpu" else DEFAULT_MAX_TOKENS_PER_BATCH)
+            else default_tokens_per_batch(self.device))
         if self.dtype == torch.qint8 and self.backend_name == "openvino":  # the NNCF graph: how it was made
             from .quant.openvino_int8 import graph_report
 

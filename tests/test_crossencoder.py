@@ -359,3 +359,24 @@ def test_oom_halves_the_batch_and_retries_as_the_encoder_does(paths, monkeypatch
     monkeypatch.setattr(rr, "_forward", broken)
     with pytest.raises(RuntimeError, match="kernel exploded"):
         rr.compute_score(PAIRS[:3])
+
+
+# --------------------------------------------------------------------------- CPU speed: token budget
+
+def test_token_budget_defaults_per_device_and_a_given_one_is_used(paths):
+    """max_tokens_per_batch: None -> 4096 on CPU (measured faster there), 16384 on an accelerator; any value
+    given is used as given; reloading (pickling, shared_reranker) resolves 'not given' again for its device."""
+    import torch
+
+    from bgem3.encoder import CPU_MAX_TOKENS_PER_BATCH, DEFAULT_MAX_TOKENS_PER_BATCH, default_tokens_per_batch
+
+    assert (CPU_MAX_TOKENS_PER_BATCH, DEFAULT_MAX_TOKENS_PER_BATCH) == (4096, 16384)
+    assert default_tokens_per_batch("cpu") == 4096
+    assert default_tokens_per_batch(torch.device("cuda", 1)) == 16384 == default_tokens_per_batch("mps")
+    rr = _ours(paths, "xlmr")
+    assert rr.max_tokens_per_batch == 4096
+    assert _ours(paths, "xlmr", max_tokens_per_batch=16384).max_tokens_per_batch == 16384
+    assert _ours(paths, "xlmr", max_tokens_per_batch=100).max_tokens_per_batch == 100
+    with pytest.raises((TypeError, ValueError), match="max_tokens_per_batch"):
+        _ours(paths, "xlmr", max_tokens_per_batch=0)
+    assert rr._load_options["max_tokens_per_batch"] is None

@@ -206,6 +206,8 @@ def test_info_models_and_embedder_beside_reranker(client, m3_path):
     assert rr["model_id"] == "tiny-reranker" and rr["max_input_length"] == RMAX and rr["kind"] == "encoder"
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert ids == ["tiny-m3", "tiny-reranker"]
+    # no --max-batch-tokens: each model's own budget for its device, shown (CPU: 4096, measured faster there)
+    assert info["max_batch_tokens"] == 4096 and rr["max_batch_tokens"] == 4096
     r = client.post("/embed", json={"inputs": ["hello"]})
     assert r.status_code == 200 and len(r.json()[0]) == 32
     metrics = client.get("/metrics").text
@@ -605,3 +607,48 @@ def test_rerank_tokenizer_never_reads_past_the_cut(xlmr_path, local_rr):
         q, texts = server.rerank_backend.cut(query, [text], RMAX)
         got = rr.forward_tokenized(server.rerank_backend.tokenize(q, texts, RMAX))[0]
         assert abs(got - score) <= 1e-5
+
+
+def test_batch_token_budget_resolution(m3_path, xlmr_path, capsys, monkeypatch):
+    """ServeConfig(max_batch_tokens=None) -> each model's own max_tokens_per_batch (4096 on CPU, 16384 on a GPU);
+    a value given (ServeConfig / --max-batch-tokens) is used for both batchers, and /info shows what is used."""
+    import types
+
+    import torch
+
+    from bgem3 import Encoder, Reranker
+    from bgem3.serve import ServeConfig
+    from bgem3.serve.app import _batch_tokens, _Server
+
+    enc = Encoder(m3_path, device="cpu")
+    rr = Reranker(xlmr_path, device="cpu")
+    server = _Server(enc, ServeConfig(), reranker=rr)
+    assert server.batcher.max_batch_tokens == 4096 == server.rerank_batcher.max_batch_tokens
+    given = _Server(enc, ServeConfig(max_batch_tokens=16384), reranker=rr)
+    assert given.batcher.max_batch_tokens == 16384 == given.rerank_batcher.max_batch_tokens
+    own = _Server(Encoder(m3_path, device="cpu", max_tokens_per_batch=777), ServeConfig())
+    assert own.batcher.max_batch_tokens == 777
+    gpu = types.SimpleNamespace(device=torch.device("cuda", 0))  # a model without its own budget
+    assert _batch_tokens(ServeConfig(), gpu) == 16384 and _batch_tokens(ServeConfig(), types.SimpleNamespace()) == 4096
+    assert _batch_tokens(ServeConfig(max_batch_tokens=2048), gpu) == 2048
+    from bgem3.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).max_batch_tokens is None
+    assert parser.parse_args(["serve", "--max-batch-tokens", "16384"]).max_batch_tokens == 16384
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--help"])
+    assert "4096 on CPU" in " ".join(capsys.readouterr().out.split())
+    import uvicorn
+
+    from bgem3.cli import main
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(uvicorn.Server, "run", interrupted)  # the start-up line, then stop at once
+    for extra, shown in (([], 4096), (["--max-batch-tokens", "16384"], 16384)):
+        assert main(["serve", "--model", m3_path, "--reranker", xlmr_path, "--port", "0", "--device", "cpu",
+                     *extra]) == 130
+        err = capsys.readouterr().err
+        assert err.count(f"on cpu ({shown} tokens per pass)") == 2, err

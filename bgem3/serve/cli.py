@@ -67,8 +67,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPa
     g.add_argument("--no-auto-truncate", dest="auto_truncate", action="store_false",
                    help="refuse (413) texts longer than --max-length unless the request says truncate=true "
                         "(default: truncate, like the local Encoder)")
-    g.add_argument("--max-batch-tokens", type=_positive, default=16384, metavar="N",
-                   help="most padded tokens in one forward pass (default 16384)")
+    g.add_argument("--max-batch-tokens", type=_positive, default=None, metavar="N",
+                   help="most padded tokens in one forward pass (default: the model's own budget, 4096 on CPU "
+                        "and 16384 on a GPU; shown in /info)")
     g.add_argument("--max-queue-tokens", type=_positive, default=262144, metavar="N",
                    help="tokens allowed to wait; beyond it requests get 429 + Retry-After (default 262144)")
     g.add_argument("--max-queue-texts", type=_positive, default=4096, metavar="N",
@@ -262,8 +263,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     if not args.quiet:
         auth = "bearer key required" if config.api_key else "no API key (open)"
-        served = [f"{model} on {encoder.device}"] if encoder is not None else []
-        served += [f"reranker {reranker_name} on {reranker.device}"] if reranker is not None else []
+        state = app.state.server
+        served = [f"{model} on {encoder.device} ({state.batcher.max_batch_tokens} tokens per pass)"] \
+            if encoder is not None else []
+        served += [f"reranker {reranker_name} on {reranker.device} ({state.rerank_batcher.max_batch_tokens} tokens per "
+                   "pass)"] if reranker is not None else []
         print(f"bgem3 serve: {', '.join(served)}, {auth}", file=sys.stderr)
     # one parseable line on stdout, for scripts and tests that start the server on port 0
     print(f"bgem3 serve: listening on http://{shown}:{port}", flush=True)
