@@ -3,7 +3,7 @@
 Reranker CPU A/B with the shipped code: before (no pre-pack, 16384) / budget 4096 only / pre-pack only / after
 (defaults: pre-pack + 4096). Interleaved blocks of 2 queries, order rotated; one process; scores compared.
 
-The pre-packed systems ("prepack", "after") ran on commit acc1f36 of branch issue-26f, whose Reranker packed its
+The pre-packed systems ("prepack", "after") ran on an unmerged experiment whose Reranker packed its
 layers when bgem3._cpu_linear.PREPACK allowed; that was not adopted (no gain), so on later code they equal
 "before" / "budget4096" (prepacked MB 0)."""
 import json, os, sys, time
