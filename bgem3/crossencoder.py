@@ -47,12 +47,13 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from . import _unpadded
 from ._attention import packed_layout
 from ._batching import plan_batches, run_batches
 from ._checks import check_pairs as _check_pairs, check_query, check_rank_texts as check_texts, check_top_n
 from ._checks import positive_int as _check_positive_int
-from .encoder import (DTypeLike, Encoder, ModelLoadError, _packed_kind, _packed_position_ids, default_tokens_per_batch,
-                      resolve_device, resolve_dtype, resolve_model_path)
+from .encoder import (DTypeLike, ModelLoadError, default_tokens_per_batch, resolve_device, resolve_dtype,
+                      resolve_model_path)
 from .families import (family_for_name, folder_architectures, is_cross_encoder_folder, reranker_for_name)
 from .profiles import M3_HEAD_FILES
 from .types import RankedText
@@ -201,7 +202,7 @@ class Reranker:
             if n_labels != 1:
                 raise ModelLoadError(f"{self.path!r} is a sequence classifier with {n_labels} labels; a reranker has one "
                                      "(its logit is the relevance score). Use a one-label cross-encoder.")
-            self._packed = _packed_kind(self.model.base_model)
+            self._packed = _unpadded.packed_kind(self.model.base_model)
             self._head = type(self.model).__name__
             if self._head not in ("XLMRobertaForSequenceClassification", "RobertaForSequenceClassification",
                                   "BertForSequenceClassification", "CamembertForSequenceClassification") \
@@ -589,18 +590,13 @@ class Reranker:
         where = self.path if os.path.isdir(self.path) else os.fspath(self.model_name)
         return _restore_reranker, (token, where, dict(self._load_options))
 
-    # the encoder's unpadded layer code, shared (same modules, same op order as the HF forward)
-    _packed_layer = Encoder._packed_layer
-    _layer_rows = Encoder._layer_rows
-
     def _forward_packed(self, batch_ids: list[list[int]], batch_tts: Optional[list[list[int]]]) -> np.ndarray:
-        """The unpadded path of :class:`~bgem3.Encoder` (every linear layer on the real tokens only;
-        attention per text), keeping only the CLS rows at the last layer, then the model's own head."""
+        """The unpadded path (:mod:`bgem3._unpadded`, as :class:`~bgem3.Encoder`'s: every linear layer on the real
+        tokens only, attention per text), keeping only the CLS rows at the last layer, then the model's own head."""
         dev = self.device
         b = len(batch_ids)
         lens_np = np.fromiter((len(x) for x in batch_ids), dtype=np.int64, count=b)
         total = int(lens_np.sum())
-        width = int(lens_np.max())
         flat = np.fromiter((t for row in batch_ids for t in row), dtype=np.int64, count=total)
         starts_np = np.cumsum(lens_np) - lens_np
         local_np = np.arange(total, dtype=np.int64) - np.repeat(starts_np, lens_np)
@@ -609,7 +605,7 @@ class Reranker:
         starts = torch.from_numpy(starts_np).to(dev)
         lens = torch.from_numpy(lens_np).to(dev)
         base = self.model.base_model
-        pos = _packed_position_ids(self._packed, base.embeddings, ids, local, starts, lens)
+        pos = _unpadded.packed_position_ids(self._packed, base.embeddings, ids, local, starts, lens)
         tt = None
         if batch_tts is not None:
             tt = torch.from_numpy(np.fromiter((t for row in batch_tts for t in row), dtype=np.int64,
@@ -618,7 +614,7 @@ class Reranker:
         layout = packed_layout(lens_np, dev, local=local)
         layers = list(base.encoder.layer)
         for li, layer in enumerate(layers):
-            hidden = self._packed_layer(layer, hidden, layout, starts if li == len(layers) - 1 else None)
+            hidden = _unpadded.packed_layer(layer, hidden, layout, starts if li == len(layers) - 1 else None)
         cls = hidden.unsqueeze(1)  # [B, 1, H]: the heads read features[:, 0]
         if self._head == "BertForSequenceClassification":
             logits = self.model.classifier(self.model.dropout(base.pooler(cls)))

@@ -17,7 +17,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bgem3 import Encoder  # noqa: E402
-from bgem3.encoder import _packed_kind  # noqa: E402
+from bgem3._unpadded import packed_kind as _packed_kind  # noqa: E402
 from bgem3.testing import make_m3_checkpoint, minilm_path  # noqa: E402
 
 TOL = 1e-5
@@ -149,9 +149,9 @@ def test_unsupported_architectures_fall_back_to_padded():
 def test_row_chunks_match_padded(packed_enc, padded_enc, monkeypatch):
     """The row-wise half of each layer runs in chunks of ROW_CHUNK rows (FFN intermediate in cache);
     chunk edges anywhere (here every 5 rows, with remainders) must not change any output."""
-    import bgem3.encoder as encoder_mod
+    import bgem3._unpadded as unpadded
 
-    monkeypatch.setattr(encoder_mod, "ROW_CHUNK", 5)
+    monkeypatch.setattr(unpadded, "ROW_CHUNK", 5)
     for bs in (3, 64):
         _assert_same(packed_enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=bs),
                      padded_enc.encode(TEXTS, dense=True, sparse=True, colbert=True, batch_size=bs))
@@ -162,7 +162,7 @@ def test_row_chunks_match_padded(packed_enc, padded_enc, monkeypatch):
 def test_non_erf_gelu_is_called_as_the_model_says(tmp_path):
     """Only transformers' exact erf GELU runs in place; any other activation (tanh GELU here) is the
     model's own module, so the packed path still matches the padded Hugging Face forward."""
-    from bgem3.encoder import _is_exact_gelu
+    from bgem3._unpadded import is_exact_gelu as _is_exact_gelu
 
     path = make_m3_checkpoint(str(tmp_path / "tanh"), seed=5, hidden_act="gelu_new")
     packed = Encoder(path, device="cpu")
@@ -174,7 +174,7 @@ def test_non_erf_gelu_is_called_as_the_model_says(tmp_path):
 
 
 def test_exact_gelu_detected_on_m3(packed_enc):
-    from bgem3.encoder import _is_exact_gelu
+    from bgem3._unpadded import is_exact_gelu as _is_exact_gelu
 
     assert _is_exact_gelu(packed_enc.model.encoder.layer[0].intermediate.intermediate_act_fn)
 
@@ -479,14 +479,14 @@ def test_query_key_value_packed_as_one_product():
 
 @onednn
 def test_single_text_path_equals_batched_and_reference(m3_dir, padded_enc, monkeypatch):
-    """A single text per call takes the lean one-text layers (_packed_layer_one, really used: counted)
+    """A single text per call takes the lean one-text layers (_unpadded.layer_one, really used: counted)
     and gives, for every output, what the same text gives inside a batch and on the padded reference path."""
-    import bgem3.encoder as enc_mod
+    import bgem3._unpadded as unpadded
 
     enc = _packed_encoder(m3_dir, monkeypatch)
     calls = []
-    real = enc_mod._packed_layer_one
-    monkeypatch.setattr(enc_mod, "_packed_layer_one", lambda *a: calls.append(1) or real(*a))
+    real = unpadded.layer_one
+    monkeypatch.setattr(unpadded, "layer_one", lambda *a: calls.append(1) or real(*a))
     kw = dict(dense=True, sparse=True, colbert=True)
     batched = enc.encode(TEXTS, batch_size=len(TEXTS), **kw)
     assert not calls  # a batch of several texts takes the general layers
