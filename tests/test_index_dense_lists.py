@@ -247,24 +247,18 @@ def test_crafted_lists_are_refused(tmp_path, small_lists, change, where):
 
 
 def test_dense_lists_keep_the_top10_of_real_minilm_vectors(minilm, tmp_path, small_lists):
-    """Real sentence vectors of real text (the package metadata on this machine, cut in ~40-word
-    passages): probing the default share of the lists keeps >= 0.9 of the exact dense top-10
-    (probing is meant for segments of 16k+ rows; here 1,500 rows in ~39 lists, 8 of them probed;
-    the 20k-row figures are in docs/benchmarks_index.md)."""
-    import glob
-    import os
-    import site
-    import sys
+    """Real sentence vectors of real text (Python's reference documentation, ``pydoc_data.topics``, cut in
+    40-word passages: the same text for a given Python on every machine; the installed packages' METADATA
+    used before changed whenever a dependency released a new version): probing the default share of the
+    lists keeps >= 0.9 of the exact dense top-10 (probing is meant for segments of 16k+ rows; here 1,500
+    rows in ~39 lists, 8 of them probed; the 20k-row figures are in docs/benchmarks_index.md)."""
+    import pydoc_data.topics as topics
 
     from bgem3.testing import minilm_sentence_vectors
 
     words: list[str] = []
-    for path in sorted(glob.glob(os.path.join(site.getsitepackages()[0] if hasattr(site, "getsitepackages")
-                                              else sys.prefix, "*.dist-info", "METADATA"))):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            words.extend(f.read().split())
-        if len(words) > 80_000:
-            break
+    for key in sorted(topics.topics):
+        words.extend(topics.topics[key].split())
     texts = [" ".join(words[a:a + 40]) for a in range(0, len(words) - 40, 40)][:1560]
     assert len(texts) >= 1000
     x = minilm_sentence_vectors(texts, path=minilm)
@@ -282,7 +276,7 @@ def test_dense_lists_keep_the_top10_of_real_minilm_vectors(minilm, tmp_path, sma
 
     probed, everything = recall(DEFAULT_PROBE), recall(1.0)
     print("real MiniLM dense top-10 recall, default probe / every list:", probed, everything)
-    assert probed >= 0.9          # measured 0.94 (lists assigned at random would give ~0.3)
+    assert probed >= 0.9          # measured 0.928 on Python 3.11.7 (lists assigned at random would give ~0.3)
     assert everything >= probed
 
 
