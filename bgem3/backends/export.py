@@ -37,7 +37,8 @@ __all__ = ["cache_dir", "export_dir_for", "export_graph", "cached_graph", "QUANT
 #: The file each backend's int8 export gets (sentence-transformers' names).
 QUANTIZED_FILES = {"onnx": "model_qint8.onnx", "openvino": "openvino_model_qint8_quantized.xml"}
 #: bump when the exported graph changes, so old cache entries are not reused
-EXPORT_VERSION = "1"
+#: (2: the int8 OpenVINO graph's feed-forward blocks regrouped by activation range)
+EXPORT_VERSION = "2"
 
 
 def cache_dir() -> str:
@@ -154,7 +155,8 @@ def _quantize_openvino(model_dir: str, fp32: str, final: str, texts, trust_remot
         part = os.path.join(tmp, os.path.basename(final))
         logger.info("quantising %s to int8 (NNCF, calibrated on %d texts) into %s; delete that file to redo it",
                     fp32, len(texts), final)
-        report = quantize_openvino_graph(fp32, part, tokenizer, texts=texts, max_length=max_length)
+        report = quantize_openvino_graph(fp32, part, tokenizer, texts=texts, max_length=max_length,
+                                         regrouped=lambda items: _grouped_openvino(model_dir, items, trust_remote_code))
         with open(part[:-4] + ".json", "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=1)
         for ext in (".json", ".bin"):  # the .xml last: its presence means the graph is complete
@@ -223,22 +225,44 @@ def _export_onnx(model_dir: str, out_file: str, trust_remote_code: bool) -> None
                              f"({type(exc).__name__}: {str(exc)[:300]}); use backend='torch' for this model") from None
 
 
-def _export_openvino(model_dir: str, out_file: str, trust_remote_code: bool) -> None:
+def _convert_openvino(model, what: str):
+    """The OpenVINO model of ``model``'s forward (ids + mask -> last hidden states), dynamic shapes."""
     import openvino as ov
     import torch
 
-    model = _load_fp32(model_dir, trust_remote_code)
     ids, mask = _example(model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             ov_model = ov.convert_model(_wrapped(model), example_input={"input_ids": ids, "attention_mask": mask})
         except Exception as exc:
-            raise ValueError(f"converting {model_dir!r} ({type(model).__name__}) to OpenVINO failed "
+            raise ValueError(f"converting {what} ({type(model).__name__}) to OpenVINO failed "
                              f"({type(exc).__name__}: {str(exc)[:300]}); use backend='torch' for this model") from None
     for port, pname in zip(ov_model.inputs, ("input_ids", "attention_mask")):
         port.get_tensor().set_names({pname})
     ov_model.outputs[0].get_tensor().set_names({"last_hidden_state"})
     ov_model.reshape({"input_ids": [-1, -1], "attention_mask": [-1, -1]})
+    return ov_model
+
+
+def _export_openvino(model_dir: str, out_file: str, trust_remote_code: bool) -> None:
+    import openvino as ov
+
+    ov_model = _convert_openvino(_load_fp32(model_dir, trust_remote_code), repr(model_dir))
     ov.save_model(ov_model, out_file, compress_to_fp16=False)  # fp16 weights would not be the exact fp32 graph
 
+
+def _grouped_openvino(model_dir: str, items: list, trust_remote_code: bool):
+    """The fp32 OpenVINO model of ``model_dir`` with its feed-forward blocks regrouped by activation range
+    over the calibration ``items`` (:mod:`bgem3.quant.ffn_channel_groups`), and how many blocks were;
+    ``(None, 0)`` for a model not shaped for it (the int8 graph then keeps its down-projections whole)."""
+    import torch
+
+    from ..quant.ffn_channel_groups import regroup_ffns
+
+    model = _load_fp32(model_dir, trust_remote_code)
+    batches = ({k: torch.from_numpy(v) for k, v in item.items()} for item in items)
+    blocks = regroup_ffns(model, batches)
+    if not blocks:
+        return None, 0
+    return _convert_openvino(model, repr(model_dir)), blocks
