@@ -109,3 +109,55 @@ def test_int8_graph_keeps_only_the_outlier_columns_out_of_int8(m3_path, tmp_path
     got = enc.encode(["a short text", "and a second, longer one to encode here"])
     assert ((got.dense * ref.dense).sum(1)).min() > 0.9
     assert os.path.isfile(graph[:-4] + ".bin")
+
+
+def test_a_layer_that_does_not_take_the_groups_is_put_back_and_refused(tmp_path):
+    """A remote-code layer that calls its up-projection directly (not ``intermediate(x)``): the check
+    after the rewrite fails, the original modules are put back, and RegroupMismatch says why."""
+    import types
+
+    from transformers import AutoModel
+
+    from bgem3.quant.ffn_channel_groups import RegroupMismatch
+
+    model = AutoModel.from_pretrained(make_bert_checkpoint(str(tmp_path / "m"), intermediate_size=96),
+                                      attn_implementation="eager").eval()
+    layer = model.encoder.layer[0]
+
+    def own_ffn(self, x):  # not BERT's output(intermediate(x), x)
+        return self.output(self.intermediate.intermediate_act_fn(self.intermediate.dense(x)), x)
+
+    layer.feed_forward_chunk = types.MethodType(own_ffn, layer)
+    x = _inputs(model, seed=3)
+    with torch.no_grad():
+        ref = model(**x).last_hidden_state
+    inter, dense = layer.intermediate, layer.output.dense
+    with pytest.raises(RegroupMismatch, match="do not compute the original model"):
+        regroup_ffns(model, [_inputs(model, seed=s) for s in range(2)])
+    assert layer.intermediate is inter and layer.output.dense is dense
+    assert isinstance(model.encoder.layer[1].output.dense, torch.nn.Linear)  # every block put back
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).last_hidden_state, ref, atol=0, rtol=0)
+
+
+def test_int8_export_falls_back_to_whole_down_projections_when_regrouping_is_refused(m3_path, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("nncf")
+    import json
+    import logging
+    import shutil
+
+    import bgem3.quant.ffn_channel_groups as groups_mod
+    from bgem3.backends.export import export_graph
+
+    def refuse(model, batches, **kw):
+        raise groups_mod.RegroupMismatch("the regrouped feed-forward blocks do not compute the original model (test)")
+
+    monkeypatch.setattr(groups_mod, "regroup_ffns", refuse)
+    folder = shutil.copytree(m3_path, str(tmp_path / "m3"))
+    with caplog.at_level(logging.WARNING, logger="bgem3.backends.export"):
+        graph = export_graph(folder, "openvino", folder, quantize="int8")
+    assert "the down-projections stay whole" in caplog.text
+    with open(graph[:-4] + ".json", encoding="utf-8") as fh:
+        made = json.load(fh)
+    assert "ffn_channel_groups" not in made and len(made["kept_out_of_int8"]) == 4
+    assert not any(f".{OUTLIER_MODULE}/" in k for k in made["kept_out_of_int8"])

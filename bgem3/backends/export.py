@@ -258,11 +258,15 @@ def _grouped_openvino(model_dir: str, items: list, trust_remote_code: bool):
     ``(None, 0)`` for a model not shaped for it (the int8 graph then keeps its down-projections whole)."""
     import torch
 
-    from ..quant.ffn_channel_groups import regroup_ffns
+    from ..quant.ffn_channel_groups import RegroupMismatch, regroup_ffns
 
     model = _load_fp32(model_dir, trust_remote_code)
     batches = ({k: torch.from_numpy(v) for k, v in item.items()} for item in items)
-    blocks = regroup_ffns(model, batches)
+    try:
+        blocks = regroup_ffns(model, batches)
+    except RegroupMismatch as exc:
+        logger.warning("int8: %s; the down-projections stay whole (out of int8)", exc)
+        return None, 0
     if not blocks:
         return None, 0
     return _convert_openvino(model, repr(model_dir)), blocks

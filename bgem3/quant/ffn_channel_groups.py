@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 __all__ = ["OUTLIER_SHARE", "GROUPS", "OUTLIER_MODULE", "ffn_blocks", "activation_ranges", "group_channels",
-           "GroupedUp", "GroupedDown", "regroup_ffns"]
+           "GroupedUp", "GroupedDown", "RegroupMismatch", "regroup_ffns"]
 
 #: the share of each block's intermediate channels (the largest activations) kept out of int8: 64 of 1536
 OUTLIER_SHARE = 1 / 24
@@ -131,22 +131,89 @@ class GroupedDown(nn.Module):
         return y + getattr(self, OUTLIER_MODULE)(parts[0])
 
 
+def _block_outputs(model: nn.Module, blocks: Sequence[nn.Module], batch: dict,
+                   inputs: Optional[list] = None) -> tuple[list, list]:
+    """Each block's input and output hidden states for ``batch``; with ``inputs``, each block is fed its
+    given input instead of the previous block's output."""
+    seen_in: list = [None] * len(blocks)
+    seen_out: list = [None] * len(blocks)
+
+    def pre(i):
+        def hook(_mod, args, kwargs):
+            if inputs is None:
+                seen_in[i] = args[0] if args else kwargs.get("hidden_states")
+                return None
+            if args:
+                return (inputs[i],) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": inputs[i]}
+        return hook
+
+    def post(i):
+        def hook(_mod, _args, _kwargs, out):
+            seen_out[i] = out[0] if isinstance(out, (tuple, list)) else out
+        return hook
+
+    handles = [b.register_forward_pre_hook(pre(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    handles += [b.register_forward_hook(post(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen_in, seen_out
+
+
+class RegroupMismatch(ValueError):
+    """The regrouped model did not compute what the original did (a model whose layers do not call
+    ``output(intermediate(x), x)`` as BERT's do); the model was put back as it was."""
+
+
 def regroup_ffns(model: nn.Module, batches: Iterable[dict], *, outlier_share: float = OUTLIER_SHARE,
                  groups: int = GROUPS) -> int:
     """Rewrite ``model``'s feed-forward blocks in place as channel groups ranked on ``batches`` (the
     calibration texts as model inputs); the number of blocks rewritten (0: not a BERT / XLM-R-style
-    encoder, or blocks too narrow, and the model is untouched)."""
+    encoder, or blocks too narrow, and the model is untouched).
+
+    The rewrite is checked block by block: each block, fed the input it had in the original model on
+    the first batch, must give the same output (to fp32 rounding: 1e-4 of the largest value; blocks are
+    compared one by one because random-weight deep stacks amplify rounding from block to block);
+    otherwise the original modules are put back and :class:`RegroupMismatch` is raised.
+    """
     blocks = ffn_blocks(model)
     if not blocks or blocks[0].intermediate.dense.out_features < max(MIN_CHANNELS, groups + 1):
         return 0
+    batches = list(batches)
+    if not batches:
+        raise ValueError("regrouping the feed-forward blocks needs calibration inputs; got none")
     ranges = activation_ranges(model, blocks, batches)
+    if not all(torch.isfinite(rng).all() for rng in ranges):
+        raise ValueError("the calibration pass gave non-finite feed-forward activations; the model's weights "
+                         "are damaged or not fp32")
+    inputs, before = _block_outputs(model, blocks, batches[0])
+    originals = [(layer, layer.intermediate, layer.output.dense) for layer in blocks]
     for layer, rng in zip(blocks, ranges):
-        if not torch.isfinite(rng).all():
-            raise ValueError("the calibration pass gave non-finite feed-forward activations; the model's weights "
-                             "are damaged or not fp32")
         parts = group_channels(rng, outlier_share=outlier_share, groups=groups)
         # the layer calls ``self.output(self.intermediate(x), x)``: the tuple of groups passes through
         # ``output.dense`` (now the grouped sum), then the output's dropout, residual and LayerNorm as before
         layer.output.dense = GroupedDown(layer.output.dense, parts)
         layer.intermediate = GroupedUp(layer.intermediate, parts)
+    try:
+        _, after = _block_outputs(model, blocks, batches[0], inputs)
+        worst, scale = 0.0, 1.0
+        for a, b in zip(after, before):
+            if a is None or a.shape != b.shape:
+                worst = float("inf")
+                break
+            worst = max(worst, float((a - b).abs().max()))
+            scale = max(scale, float(b.abs().max()))
+    except Exception as exc:  # a layer that does not take the groups' tuple
+        worst, scale = float("inf"), 1.0
+        reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+    else:
+        reason = f"a block's output moved by up to {worst:.3g} on values up to {scale:.3g}"
+    if not worst <= 1e-4 * scale:
+        for layer, inter, dense in originals:
+            layer.intermediate, layer.output.dense = inter, dense
+        raise RegroupMismatch(f"the regrouped feed-forward blocks do not compute the original model ({reason})")
     return len(blocks)
