@@ -13,7 +13,7 @@ range, each with its own up-projection rows and down-projection columns:
 
 The same sum in fp32 (the parity test holds it to float rounding); only the order of the additions
 changes. On real all-MiniLM-L6-v2 (300 real passages vs the exact path) the graph is at dense cosine
-median 0.99908 / min 0.99699, top-10 0.986 (the down-projection whole in bf16: 0.99919 / 0.99768,
+median 0.99912 / min 0.99730, top-10 0.982 (the down-projection whole in bf16: 0.99919 / 0.99768,
 0.976), and 9-11 % faster on bulk (docs/benchmarks_encode.md).
 
 Example::

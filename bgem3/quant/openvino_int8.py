@@ -16,7 +16,7 @@ every linear layer in int8 the dense vectors are at median cosine 0.9982 / min 0
 For BERT / XLM-RoBERTa encoders the feed-forward blocks are first rewritten, exactly, as channel
 groups ranked by activation range (:mod:`bgem3.quant.ffn_channel_groups`): only the down-projection's
 columns for the 1/24 most extreme channels stay out of int8, its other columns go int8 in four groups
-of similar range. Real MiniLM: 0.99908 / 0.99699, top-10 0.986; the graph 9-11 % faster on bulk.
+of similar range. Real MiniLM: 0.99912 / 0.99730, top-10 0.982; the graph 9-11 % faster on bulk.
 Other models keep their down-projections whole. On CPUs with native bf16 the encoder runs the layers
 kept out of int8 in bf16 (OpenVINO's ``INFERENCE_PRECISION_HINT``), elsewhere in fp32.
 
