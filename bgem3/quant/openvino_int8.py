@@ -199,22 +199,19 @@ def quantize_openvino_graph(fp32_xml: str, out_xml: str, tokenizer, *, texts: Se
     say = progress or logger.info
     if not texts:
         raise ValueError("quantising needs calibration texts; got none")
-    model = ov.Core().read_model(fp32_xml)
-    inputs = {p.get_any_name() for p in model.inputs}
     items = []
     for t in texts:
         enc = tokenizer(t, truncation=True, max_length=max_length, return_tensors="np")
-        item = {"input_ids": enc["input_ids"].astype(np.int64)}
-        if "attention_mask" in inputs:
-            item["attention_mask"] = enc["attention_mask"].astype(np.int64)
-        items.append(item)
-    blocks = 0
-    if regrouped is not None:
-        grouped, blocks = regrouped(items)
-        if grouped is not None:
-            model = grouped
-            say(f"int8: {blocks} feed-forward blocks regrouped by activation range; their outlier channels stay "
-                "out of int8")
+        items.append({"input_ids": enc["input_ids"].astype(np.int64),
+                      "attention_mask": enc["attention_mask"].astype(np.int64)})
+    model, blocks = regrouped(items) if regrouped is not None else (None, 0)
+    if model is not None:
+        say(f"int8: {blocks} feed-forward blocks regrouped by activation range; their outlier channels stay "
+            "out of int8")
+    else:  # the fp32 graph as exported, read only when it is the one quantised
+        model = ov.Core().read_model(fp32_xml)
+    inputs = {p.get_any_name() for p in model.inputs}
+    items = [{k: v for k, v in item.items() if k in inputs} for item in items]
     keep = kept_out_of_int8(model)
     say(f"int8: calibrating over {len(items)} texts ({sum(i['input_ids'].shape[1] for i in items)} tokens); "
         f"{len(keep)} feed-forward down-projections (or their outlier columns) and attention output projections "
