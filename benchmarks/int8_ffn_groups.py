@@ -38,44 +38,41 @@ VARIANTS = {"whole": None, "groups": (1 / 24, 4, True), "groups-o-int8": (1 / 24
 
 
 def make_graph(model_dir: str, variant: str, log=print) -> str:
-    """The ``variant`` int8 graph of ``model_dir`` (made once into bgem3's export cache); its path."""
-    import nncf
-    import openvino as ov
+    """The ``variant`` int8 graph of ``model_dir`` (made once into bgem3's export cache); its path. Made by
+    the product's own :func:`~bgem3.quant.openvino_int8.quantize_openvino_graph` (same tokenising, NNCF
+    call and calibration texts); only the regrouping and, for ``groups-o-int8``, what stays out differ."""
     import torch
     from transformers import AutoTokenizer
 
+    import bgem3.quant.openvino_int8 as ov_int8
     from bgem3.backends.export import _convert_openvino, _load_fp32, cached_graph, export_dir_for
     from bgem3.quant.ffn_channel_groups import regroup_ffns
-    from bgem3.quant.openvino_int8 import calibration_texts, kept_out_of_int8
 
     fp32 = cached_graph(model_dir, "openvino")
     dst = os.path.join(export_dir_for(model_dir), "openvino", f"openvino_model_qint8_ffn_{variant}.xml")
     if os.path.isfile(dst):
         return dst
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    items = []
-    for t in calibration_texts():
-        enc = tok(t, truncation=True, max_length=512, return_tensors="np")
-        items.append({"input_ids": enc["input_ids"].astype(np.int64),
-                      "attention_mask": enc["attention_mask"].astype(np.int64)})
     spec = VARIANTS[variant]
-    if spec is None:
-        model = ov.Core().read_model(fp32)
-    else:
+
+    def regrouped(items):
         share, groups, _ = spec
-        torch_model = _load_fp32(model_dir, False)
-        regroup_ffns(torch_model, ({k: torch.from_numpy(v) for k, v in i.items()} for i in items),
-                     outlier_share=share, groups=groups)
-        model = _convert_openvino(torch_model, model_dir)
-    keep = kept_out_of_int8(model)
-    if spec is not None and not spec[2]:
-        keep = [k for k in keep if "attention" not in k]
-    q = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                      preset=nncf.QuantizationPreset.MIXED, subset_size=len(items),
-                      ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
-    ov.save_model(q, dst, compress_to_fp16=False)
-    log(f"[{variant}] {len(keep)} MatMuls kept out of int8 -> {dst} ({time.perf_counter() - t0:.0f} s)")
+        model = _load_fp32(model_dir, False)
+        blocks = regroup_ffns(model, ({k: torch.from_numpy(v) for k, v in i.items()} for i in items),
+                              outlier_share=share, groups=groups)
+        return _convert_openvino(model, model_dir), blocks
+
+    kept = ov_int8.kept_out_of_int8
+    if spec is not None and not spec[2]:  # the attention output projection in int8 too
+        ov_int8.kept_out_of_int8 = lambda m: [k for k in kept(m) if "attention" not in k]
+    try:
+        report = ov_int8.quantize_openvino_graph(fp32, dst, AutoTokenizer.from_pretrained(model_dir),
+                                                 texts=ov_int8.calibration_texts(), max_length=512,
+                                                 progress=log, regrouped=None if spec is None else regrouped)
+    finally:
+        ov_int8.kept_out_of_int8 = kept
+    log(f"[{variant}] {len(report['kept_out_of_int8'])} MatMuls kept out of int8 -> {dst} "
+        f"({time.perf_counter() - t0:.0f} s)")
     return dst
 
 
